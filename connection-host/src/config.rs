@@ -1,0 +1,511 @@
+//! The host's one typed configuration: API Gateway's quotas are the defaults.
+//!
+//! Sources, later ones winning: the built-in defaults, a TOML file, environment variables
+//! (`CONNECTION_HOST_` + the field path with `__` between levels, e.g.
+//! `CONNECTION_HOST_LIMITS__IDLE_TIMEOUT=5m`), then command-line flags.
+
+use crate::routing::RouteSelectionExpression;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The complete, commented default configuration file (`connection-host config default`).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
+/// Prefix of the environment variables that override configuration fields.
+pub const ENV_PREFIX: &str = "CONNECTION_HOST_";
+
+/// Everything the host needs to know; every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and process behaviour.
+    pub server: ServerConfig,
+    /// The API's identity as it appears in events and URLs.
+    pub api: ApiConfig,
+    /// Quotas and timers.
+    pub limits: LimitsConfig,
+    /// Routes by route key (`$connect`, `$disconnect`, `$default`, or a custom key).
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Integrations by name, referred to from routes.
+    pub integrations: BTreeMap<String, IntegrationConfig>,
+    /// Behaviour beyond API Gateway's; all off by default.
+    pub extensions: ExtensionsConfig,
+}
+
+/// Listeners and process behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address for client WebSockets and, unless `management_listen` is set, the `@connections` API.
+    pub listen: SocketAddr,
+    /// Optional separate (internal) listener for the `@connections` API and `/health`; when set, the
+    /// public listener no longer serves the management API.
+    pub management_listen: Option<SocketAddr>,
+    /// TCP listen backlog; bursts of connects overflow small backlogs.
+    pub backlog: u32,
+    /// How long a client may take to send its HTTP request head.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long to wait for connections to close and `$disconnect`s to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            management_listen: None,
+            backlog: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The API's identity as it appears in events and URLs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `requestContext.apiId`: 10 lower-case letters or digits, like API Gateway's.
+    pub api_id: String,
+    /// Stage name: the first path segment of every URL (`/{stage}`, `/{stage}/@connections/…`).
+    pub stage: String,
+    /// `requestContext.domainName`; empty means the `Host` the client connected with, as API Gateway does.
+    pub domain_name: String,
+    /// Region used for ARNs and Lambda calls without their own region.
+    pub region: String,
+    /// Account ID used in ARNs.
+    pub account_id: String,
+    /// Route selection expression, e.g. `$request.body.action`.
+    pub route_selection_expression: RouteSelectionExpression,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            api_id: "local00api".into(),
+            stage: "dev".into(),
+            domain_name: String::new(),
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            route_selection_expression: RouteSelectionExpression::parse("$request.body.action")
+                .expect("the default expression parses"),
+        }
+    }
+}
+
+/// Quotas and timers; the defaults are API Gateway's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest inbound WebSocket frame in bytes (API Gateway: 32 KB); larger closes with 1009.
+    /// Also the largest outbound frame: longer messages are sent fragmented.
+    pub frame_size: usize,
+    /// Largest inbound message (after reassembly) in bytes (API Gateway: 128 KB); larger closes with 1009.
+    pub message_size: usize,
+    /// Largest PostToConnection payload in bytes (API Gateway: 131072); larger answers 413.
+    pub post_size: usize,
+    /// A connection with no data message in either direction for this long is closed with 1001.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections are closed with 1001 after this long, whatever their activity.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_duration: Duration,
+    /// How often the host pings a peer it has heard nothing from (dead-peer detection); 0 disables.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Pings in a row left unanswered before the connection is closed as dead.
+    pub missed_pongs: u32,
+    /// Bytes of outbound messages queued per connection before PostToConnection answers 429.
+    pub outbound_queue_bytes: usize,
+    /// A connection whose outbound queue stays full this long is closed (1008).
+    #[serde(with = "humantime_serde")]
+    pub outbound_full_grace: Duration,
+    /// Integration invocations in flight per connection; further messages wait (TCP backpressure).
+    pub max_inflight_messages: usize,
+    /// Read buffer per connection in bytes; small buffers keep idle connections cheap.
+    pub read_buffer_size: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            frame_size: 32 * 1024,
+            message_size: 128 * 1024,
+            post_size: 131_072,
+            idle_timeout: Duration::from_secs(600),
+            max_connection_duration: Duration::from_secs(7200),
+            ping_interval: Duration::from_secs(25),
+            missed_pongs: 2,
+            outbound_queue_bytes: 1024 * 1024,
+            outbound_full_grace: Duration::from_secs(10),
+            max_inflight_messages: 16,
+            read_buffer_size: 4096,
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name of the integration in `[integrations]`.
+    pub integration: String,
+    /// Two-way route (a `$default` route response): the integration's `body` is sent back to the client.
+    #[serde(default)]
+    pub two_way: bool,
+    /// Integration timeout, 50 ms to 29 s (API Gateway's range and default).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(29)
+}
+
+/// How a route's events reach a handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IntegrationConfig {
+    /// `AWS_PROXY`: the Lambda Invoke API with the event JSON as payload (AWS, LocalStack, `cargo lambda watch`).
+    Lambda {
+        /// Function name or ARN.
+        function_name: String,
+        /// Invoke API endpoint; empty uses the standard AWS configuration (`AWS_ENDPOINT_URL`, …).
+        #[serde(default)]
+        endpoint_url: String,
+        /// Region; empty uses `api.region`.
+        #[serde(default)]
+        region: String,
+    },
+    /// The event JSON POSTed to a URL, which answers with a Lambda proxy response (an extension
+    /// that lets any web server act as a handler).
+    Http {
+        /// Endpoint URL.
+        url: String,
+    },
+    /// `HTTP_PROXY`: the message body passed through to a URL and the response passed back.
+    HttpProxy {
+        /// Endpoint URL.
+        url: String,
+        /// HTTP method (API Gateway's `IntegrationMethod`).
+        #[serde(default = "default_method")]
+        method: String,
+        /// API Gateway request parameters, e.g. `"integration.request.header.connectionId" =
+        /// "context.connectionId"`.
+        #[serde(default)]
+        request_parameters: BTreeMap<String, String>,
+    },
+    /// `MOCK`: answers without a backend.
+    Mock {
+        /// Status code of the mocked response (a non-2xx on `$connect` rejects the connection).
+        #[serde(default = "default_status")]
+        status_code: u16,
+        /// Body sent back on two-way routes; `$input.body` and `$context.<name>` are substituted.
+        #[serde(default)]
+        response_template: String,
+    },
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// Behaviour beyond API Gateway's, each opt-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtensionsConfig {
+    /// Serve the groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`).
+    pub groups: bool,
+    /// Accept binary frames from clients as a base64 `body` with `isBase64Encoded: true` instead of
+    /// closing with 1003.
+    pub binary_messages: bool,
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not match the schema.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `server.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `server.management_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub management_listen: Option<SocketAddr>,
+    /// `api.stage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment < `overrides`, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    field: "--config".into(),
+                    reason: format!("file {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut server = serde_json::Map::new();
+        if let Some(listen) = overrides.listen {
+            server.insert("listen".into(), listen.to_string().into());
+        }
+        if let Some(m) = overrides.management_listen {
+            server.insert("management_listen".into(), m.to_string().into());
+        }
+        if !server.is_empty() {
+            figment = figment.merge(Serialized::default("server", server));
+        }
+        if let Some(stage) = &overrides.stage {
+            figment = figment.merge(Serialized::default("api.stage", stage));
+        }
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), then validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and references that the schema alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        let api = &self.api;
+        if api.api_id.len() != 10
+            || !api
+                .api_id
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return invalid(
+                "api.api_id".into(),
+                "must be 10 lower-case letters or digits, like API Gateway's API IDs",
+            );
+        }
+        if api.stage.is_empty()
+            || !api
+                .stage
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        {
+            return invalid(
+                "api.stage".into(),
+                "must be non-empty and use only letters, digits, '-' and '_'",
+            );
+        }
+        let l = &self.limits;
+        if l.frame_size < 1024 || l.frame_size > l.message_size {
+            return invalid(
+                "limits.frame_size".into(),
+                "must be at least 1024 and not larger than limits.message_size",
+            );
+        }
+        if l.post_size == 0 {
+            return invalid("limits.post_size".into(), "must be positive");
+        }
+        if l.idle_timeout.is_zero() || l.max_connection_duration.is_zero() {
+            return invalid(
+                "limits.idle_timeout".into(),
+                "idle_timeout and max_connection_duration must be positive",
+            );
+        }
+        if !l.ping_interval.is_zero() && l.missed_pongs == 0 {
+            return invalid(
+                "limits.missed_pongs".into(),
+                "must be at least 1 when ping_interval is set",
+            );
+        }
+        if l.outbound_queue_bytes < l.post_size {
+            return invalid(
+                "limits.outbound_queue_bytes".into(),
+                "must hold at least one message of limits.post_size bytes",
+            );
+        }
+        if l.max_inflight_messages == 0 {
+            return invalid("limits.max_inflight_messages".into(), "must be at least 1");
+        }
+        if l.read_buffer_size < 512 {
+            return invalid("limits.read_buffer_size".into(), "must be at least 512");
+        }
+        for (key, route) in &self.routes {
+            let field = |name: &str| format!("routes.\"{key}\".{name}");
+            if key.is_empty() {
+                return invalid("routes".into(), "a route key must not be empty");
+            }
+            if !self.integrations.contains_key(&route.integration) {
+                return invalid(
+                    field("integration"),
+                    &format!(
+                        "no integration named \"{}\" in [integrations]",
+                        route.integration
+                    ),
+                );
+            }
+            if route.timeout < Duration::from_millis(50) || route.timeout > Duration::from_secs(29)
+            {
+                return invalid(
+                    field("timeout"),
+                    "must be between 50ms and 29s (API Gateway's integration timeout range)",
+                );
+            }
+            if route.two_way && (key == "$connect" || key == "$disconnect") {
+                return invalid(
+                    field("two_way"),
+                    "$connect and $disconnect cannot send route responses to the client",
+                );
+            }
+        }
+        for (name, integration) in &self.integrations {
+            let field = |f: &str| format!("integrations.{name}.{f}");
+            match integration {
+                IntegrationConfig::Lambda {
+                    function_name,
+                    endpoint_url,
+                    ..
+                } => {
+                    if function_name.is_empty() {
+                        return invalid(field("function_name"), "must not be empty");
+                    }
+                    if !endpoint_url.is_empty() && !is_http_url(endpoint_url) {
+                        return invalid(
+                            field("endpoint_url"),
+                            "must be an http:// or https:// URL",
+                        );
+                    }
+                }
+                IntegrationConfig::Http { url } | IntegrationConfig::HttpProxy { url, .. } => {
+                    if !is_http_url(url) {
+                        return invalid(field("url"), "must be an http:// or https:// URL");
+                    }
+                }
+                IntegrationConfig::Mock { status_code, .. } => {
+                    if !(100..=599).contains(status_code) {
+                        return invalid(field("status_code"), "must be an HTTP status code");
+                    }
+                }
+            }
+            if let IntegrationConfig::HttpProxy { method, .. } = integration
+                && http::Method::from_bytes(method.as_bytes()).is_err()
+            {
+                return invalid(field("method"), "must be an HTTP method");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_is_complete_and_equals_the_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default file parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn durations_and_routes_parse() {
+        let c = Config::from_toml(
+            r#"
+            [limits]
+            idle_timeout = "5m"
+            [routes."$default"]
+            integration = "echo"
+            two_way = true
+            timeout = "500ms"
+            [integrations.echo]
+            type = "mock"
+            response_template = "$input.body"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        let r = &c.routes["$default"];
+        assert!(r.two_way);
+        assert_eq!(r.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "[routes.\"$default\"]\nintegration = \"nope\"",
+                "routes.\"$default\".integration",
+            ),
+            (
+                "[routes.x]\nintegration = \"m\"\ntimeout = \"30s\"\n[integrations.m]\ntype = \"mock\"",
+                "routes.\"x\".timeout",
+            ),
+            ("[api]\napi_id = \"UPPER\"", "api.api_id"),
+            ("[limits]\nframe_size = 10", "limits.frame_size"),
+            (
+                "[integrations.h]\ntype = \"http\"\nurl = \"ftp://x\"",
+                "integrations.h.url",
+            ),
+        ];
+        for (toml, field) in cases {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+        let err = Config::from_toml("[limits]\nidle_timeout = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
+        let err = Config::from_toml("[limits]\nbogus = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::from_toml("[api]\nroute_selection_expression = \"${request.body\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route_selection_expression"), "{err}");
+    }
+}

@@ -1,0 +1,373 @@
+//! One task per connection: the read loop, outbound delivery, timers and heartbeats.
+//!
+//! Messages of one connection are invoked concurrently (up to `limits.max_inflight_messages`),
+//! as API Gateway does: it gives no ordering guarantee across messages. Beyond that limit the
+//! connection is not read further, so an abusive client is slowed by TCP backpressure instead of
+//! growing the host's memory.
+
+use crate::events::{ConnectionContext, Event, EventKind};
+use crate::ids;
+use crate::integration::IntegrationError;
+use crate::registry::{ConnectionHandle, Outbound};
+use crate::server::Host;
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// How long to wait for the client's Close reply after the host sent its own.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the connection ended, as `$disconnect` reports it.
+struct Ending {
+    code: u16,
+    reason: String,
+    /// A Close frame the host still has to send (None when the client closed or vanished).
+    send: Option<(u16, &'static str)>,
+}
+
+impl Ending {
+    fn host(code: u16, reason: &'static str) -> Self {
+        Ending {
+            code,
+            reason: reason.to_string(),
+            send: Some((code, reason)),
+        }
+    }
+
+    fn abnormal() -> Self {
+        Ending {
+            code: 1006,
+            reason: "Connection closed abnormally".into(),
+            send: None,
+        }
+    }
+}
+
+/// Serves an established connection until it closes, then removes it and fires `$disconnect`.
+pub async fn run_connection<S>(
+    host: Arc<Host>,
+    mut ws: WebSocketStream<S>,
+    context: Arc<ConnectionContext>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handle = Arc::new(ConnectionHandle::new(context.clone()));
+    host.registry.insert(handle.clone());
+    let ending = serve(&host, &mut ws, &handle).await;
+    host.registry.remove(&context.connection_id);
+    handle.mark_closed();
+    if let Some((code, reason)) = ending.send {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
+    }
+    drop(ws);
+    tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
+    finish(&host, &context, ending.code, &ending.reason).await;
+}
+
+/// Deletes the connection's record and runs `$disconnect` (best effort, as on API Gateway).
+pub(super) async fn finish(
+    host: &Arc<Host>,
+    context: &Arc<ConnectionContext>,
+    code: u16,
+    reason: &str,
+) {
+    if let Err(e) = host.store.delete_connection(&context.connection_id).await {
+        tracing::warn!(error = %e, "connection record not deleted");
+    }
+    let Some(route) = host.routes.get("$disconnect") else {
+        return;
+    };
+    let event = Event {
+        route_key: "$disconnect".into(),
+        request_id: ids::new_id(),
+        request_time_epoch: ids::now_ms(),
+        connection: context.clone(),
+        kind: EventKind::Disconnect {
+            status_code: code,
+            reason: reason.to_string(),
+        },
+    };
+    match tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "$disconnect integration failed"),
+        Err(_) => tracing::warn!("$disconnect integration timed out"),
+    }
+}
+
+async fn serve<S>(
+    host: &Arc<Host>,
+    ws: &mut WebSocketStream<S>,
+    handle: &Arc<ConnectionHandle>,
+) -> Ending
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &host.config.limits;
+    let connected = Instant::now();
+    let max_deadline = connected + limits.max_connection_duration;
+    let mut idle_deadline = connected + limits.idle_timeout;
+    let pinging = !limits.ping_interval.is_zero();
+    let mut next_ping = connected + limits.ping_interval;
+    let mut last_heard = connected;
+    let mut missed_pongs = 0u32;
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_messages));
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let wakeup = tokio::time::sleep_until(idle_deadline.min(max_deadline));
+    tokio::pin!(wakeup);
+
+    loop {
+        let mut deadline = idle_deadline.min(max_deadline);
+        if pinging {
+            deadline = deadline.min(next_ping);
+        }
+        if wakeup.deadline() != deadline {
+            wakeup.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            biased;
+            _ = host.shutdown.cancelled() => return Ending::host(1001, "Going away"),
+            _ = handle.queued() => {
+                while let Some(item) = handle.pop() {
+                    let sent = match item {
+                        Outbound::Close { code, reason } => {
+                            return Ending { code, reason: reason.to_string(), send: Some((code, "")) };
+                        }
+                        Outbound::Text(text) => send_data(ws, limits.frame_size, OpCode::Data(Data::Text), text.into(), limits.outbound_full_grace).await,
+                        Outbound::Binary(bytes) => send_data(ws, limits.frame_size, OpCode::Data(Data::Binary), bytes, limits.outbound_full_grace).await,
+                    };
+                    match sent {
+                        Ok(()) => {
+                            idle_deadline = Instant::now() + limits.idle_timeout;
+                            handle.touch(ids::now_ms());
+                        }
+                        Err(SendError::Stalled) => {
+                            tracing::info!("client stopped reading; closing");
+                            return Ending { code: 1008, reason: "Client not reading".into(), send: None };
+                        }
+                        Err(SendError::Closed) => return Ending::abnormal(),
+                    }
+                }
+            }
+            acquired = inflight.clone().acquire_owned(), if permit.is_none() => {
+                permit = acquired.ok();
+            }
+            frame = ws.next(), if permit.is_some() => {
+                last_heard = Instant::now();
+                missed_pongs = 0;
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        idle_deadline = Instant::now() + limits.idle_timeout;
+                        handle.touch(ids::now_ms());
+                        let body = text.as_str().to_string();
+                        spawn_message(host, handle, body, false, permit.take());
+                    }
+                    Some(Ok(Message::Binary(data))) => {
+                        if !host.config.extensions.binary_messages {
+                            return Ending::host(1003, "Unsupported data");
+                        }
+                        idle_deadline = Instant::now() + limits.idle_timeout;
+                        handle.touch(ids::now_ms());
+                        let body = base64::engine::general_purpose::STANDARD.encode(&data);
+                        spawn_message(host, handle, body, true, permit.take());
+                    }
+                    Some(Ok(Message::Ping(_))) => {
+                        // tungstenite queued the Pong; push it out now rather than with the next write.
+                        if ws.flush().await.is_err() {
+                            return Ending::abnormal();
+                        }
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let _ = ws.flush().await;
+                        return match frame {
+                            Some(f) => Ending { code: f.code.into(), reason: f.reason.to_string(), send: None },
+                            None => Ending { code: 1005, reason: "Client-side close frame status not set".into(), send: None },
+                        };
+                    }
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        return Ending::host(1009, "Message too big");
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        return Ending::host(1007, "Invalid frame payload data");
+                    }
+                    Some(Err(WsError::Protocol(e))) => {
+                        tracing::info!(error = %e, "WebSocket protocol error");
+                        return Ending::host(1002, "Protocol error");
+                    }
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::info!(error = %e, "WebSocket capacity error");
+                        return Ending::host(1009, "Message too big");
+                    }
+                    Some(Err(_)) | None => return Ending::abnormal(),
+                }
+            }
+            _ = &mut wakeup => {
+                let now = Instant::now();
+                if now >= max_deadline || now >= idle_deadline {
+                    return Ending::host(1001, "Going away");
+                }
+                if pinging && now >= next_ping {
+                    next_ping = now + limits.ping_interval;
+                    if now.duration_since(last_heard) >= limits.ping_interval {
+                        if missed_pongs >= limits.missed_pongs {
+                            tracing::info!(missed_pongs, "peer stopped answering pings");
+                            return Ending::host(1001, "Going away");
+                        }
+                        missed_pongs += 1;
+                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return Ending::abnormal();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum SendError {
+    /// The write did not complete within the grace period: the client is not reading.
+    Stalled,
+    /// The socket failed.
+    Closed,
+}
+
+/// Sends one message, split into frames of at most `frame_size` bytes as API Gateway does.
+async fn send_data<S>(
+    ws: &mut WebSocketStream<S>,
+    frame_size: usize,
+    opcode: OpCode,
+    payload: Bytes,
+    grace: Duration,
+) -> Result<(), SendError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let write = async {
+        if payload.len() <= frame_size {
+            let message = match opcode {
+                OpCode::Data(Data::Text) => Message::Text(
+                    Utf8Bytes::try_from(payload).map_err(|_| WsError::Utf8(String::new()))?,
+                ),
+                _ => Message::Binary(payload),
+            };
+            return ws.send(message).await;
+        }
+        let chunks = payload.len().div_ceil(frame_size);
+        for i in 0..chunks {
+            let chunk = payload.slice(i * frame_size..((i + 1) * frame_size).min(payload.len()));
+            let code = if i == 0 {
+                opcode
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            ws.feed(Message::Frame(Frame::message(chunk, code, i + 1 == chunks)))
+                .await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(grace, write).await {
+        Err(_) => Err(SendError::Stalled),
+        Ok(Err(_)) => Err(SendError::Closed),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// The frame API Gateway sends when it cannot deliver a message (byte-exact, including spacing).
+pub(crate) fn error_frame(message: &str, connection_id: &str, request_id: &str) -> Outbound {
+    Outbound::Text(Utf8Bytes::from(format!(
+        "{{\"message\": \"{message}\", \"connectionId\":\"{connection_id}\", \"requestId\":\"{request_id}\"}}"
+    )))
+}
+
+fn spawn_message(
+    host: &Arc<Host>,
+    handle: &Arc<ConnectionHandle>,
+    body: String,
+    is_base64_encoded: bool,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let host = host.clone();
+    let handle = handle.clone();
+    host.clone().tasks.spawn(async move {
+        let _permit = permit;
+        let request_id = ids::new_id();
+        let limit = host.config.limits.outbound_queue_bytes;
+        let context = &handle.context;
+        let reply = |frame: Outbound| {
+            if handle.post(frame, limit).is_err() {
+                tracing::debug!("reply dropped: outbound queue full or connection closed");
+            }
+        };
+        let Some(route) = host.routes.select(&body) else {
+            reply(error_frame("Forbidden", &context.connection_id, &request_id));
+            return;
+        };
+        let event = Event {
+            route_key: route.key.clone(),
+            request_id,
+            request_time_epoch: ids::now_ms(),
+            connection: context.clone(),
+            kind: EventKind::Message {
+                message_id: ids::new_id(),
+                body,
+                is_base64_encoded,
+            },
+        };
+        let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
+        let failure = match outcome {
+            Err(_) => {
+                tracing::warn!(route = %route.key, timeout = ?route.timeout, "integration timed out");
+                "Endpoint request timed out"
+            }
+            Ok(Err(e)) => {
+                log_failure(&route.key, &e);
+                "Internal server error"
+            }
+            Ok(Ok(response)) => {
+                if route.two_way
+                    && let Some(body) = response.body.filter(|b| !b.is_empty())
+                {
+                    let frame = if response.is_base64_encoded {
+                        match base64::engine::general_purpose::STANDARD.decode(&body) {
+                            Ok(bytes) => Outbound::Binary(bytes.into()),
+                            Err(_) => {
+                                tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
+                                reply(error_frame("Internal server error", &context.connection_id, &event.request_id));
+                                return;
+                            }
+                        }
+                    } else {
+                        Outbound::Text(body.into())
+                    };
+                    reply(frame);
+                }
+                return;
+            }
+        };
+        reply(error_frame(failure, &context.connection_id, &event.request_id));
+    });
+}
+
+fn log_failure(route: &str, e: &IntegrationError) {
+    tracing::warn!(route, error = %e, "integration failed");
+}

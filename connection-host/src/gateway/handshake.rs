@@ -1,0 +1,272 @@
+//! The WebSocket handshake: validation, `$connect`, the store write, then the 101.
+//!
+//! Until `$connect` answers, the client waits for its 101 and the connection does not exist: the
+//! management API answers 410 for it and a rejected connect never gets a `$disconnect`.
+
+use super::connection;
+use super::head::Head;
+use super::write_response;
+use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
+use crate::ids;
+use crate::server::Host;
+use crate::store::ConnectionRecord;
+use base64::Engine;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
+
+/// API Gateway's limit on the WebSocket URL.
+const MAX_URL_LENGTH: usize = 4096;
+
+/// Runs the handshake on a request head that asked for a WebSocket upgrade.
+pub(super) async fn accept(
+    host: Arc<Host>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: Head,
+    leftover: BytesMut,
+) {
+    let (path, query) = match head.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (head.target.as_str(), None),
+    };
+    let key = match validate(&host, &head, path) {
+        Ok(key) => key.to_string(),
+        Err(rejection) => {
+            tracing::info!(%peer, target = %head.target, status = rejection.status, reason = rejection.log, "upgrade refused");
+            let _ = write_response(
+                &mut stream,
+                rejection.status,
+                rejection.headers,
+                rejection.body,
+            )
+            .await;
+            return;
+        }
+    };
+
+    let connected_at = ids::now_ms();
+    let host_header = head.header("host").unwrap_or_default().to_string();
+    let domain_name = if host.config.api.domain_name.is_empty() {
+        host_header.clone()
+    } else {
+        host.config.api.domain_name.clone()
+    };
+    let context = Arc::new(ConnectionContext {
+        connection_id: ids::new_id(),
+        connected_at,
+        source_ip: peer.ip().to_string(),
+        user_agent: head.header("user-agent").map(str::to_string),
+        domain_name,
+        host: host_header,
+        stage: host.config.api.stage.as_str().into(),
+        api_id: host.config.api.api_id.as_str().into(),
+        authorizer: None,
+    });
+    let span = tracing::info_span!("connection", connection_id = %context.connection_id);
+    establish(host, stream, peer, &head, query, key, leftover, context)
+        .instrument(span)
+        .await;
+}
+
+/// Runs `$connect`, writes the record and the 101, then serves the connection.
+#[allow(clippy::too_many_arguments)]
+async fn establish(
+    host: Arc<Host>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    head: &Head,
+    query: Option<&str>,
+    key: String,
+    leftover: BytesMut,
+    context: Arc<ConnectionContext>,
+) {
+    let connected_at = context.connected_at;
+    let mut subprotocol = None;
+    if let Some(route) = host.routes.get("$connect") {
+        let local_port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
+        let event = Event {
+            route_key: "$connect".into(),
+            request_id: ids::new_id(),
+            request_time_epoch: ids::now_ms(),
+            connection: context.clone(),
+            kind: EventKind::Connect {
+                headers: Arc::new(integration_headers(head, peer, local_port, connected_at)),
+                query: query
+                    .filter(|q| !q.is_empty())
+                    .map(|q| Arc::new(MultiMap::from_query(q))),
+            },
+        };
+        let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
+        let (status, body): (u16, &[u8]) = match outcome {
+            Err(_) => {
+                tracing::warn!(timeout = ?route.timeout, "$connect integration timed out");
+                (504, b"{\"message\": \"Endpoint request timed out\"}")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "$connect integration failed");
+                (502, b"{\"message\": \"Internal server error\"}")
+            }
+            Ok(Ok(response)) => match response.status_code {
+                None => {
+                    tracing::warn!("$connect integration response has no statusCode");
+                    (502, b"{\"message\": \"Internal server error\"}")
+                }
+                Some(code) if (200..300).contains(&code) => {
+                    subprotocol = response
+                        .header("Sec-WebSocket-Protocol")
+                        .map(str::to_string);
+                    (101, b"")
+                }
+                Some(code) => (code, b""),
+            },
+        };
+        if status != 101 {
+            tracing::info!(status, "$connect rejected the connection");
+            let _ = write_response(&mut stream, status, &[], body).await;
+            return;
+        }
+    }
+
+    let record = ConnectionRecord {
+        connection_id: context.connection_id.clone(),
+        connected_at,
+        source_ip: context.source_ip.clone(),
+        user_agent: context.user_agent.clone(),
+    };
+    if let Err(e) = host.store.put_connection(record).await {
+        tracing::error!(error = %e, "connection record not written; refusing the connection");
+        let _ = write_response(
+            &mut stream,
+            503,
+            &[],
+            b"{\"message\":\"Service Unavailable\"}",
+        )
+        .await;
+        return;
+    }
+
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nDate: {}\r\nConnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
+        ids::http_date(connected_at),
+        derive_accept_key(key.as_bytes())
+    );
+    if let Some(p) = &subprotocol {
+        response.push_str("sec-websocket-protocol: ");
+        response.push_str(p);
+        response.push_str("\r\n");
+    }
+    response.push_str("\r\n");
+    if let Err(e) = stream.write_all(response.as_bytes()).await {
+        tracing::info!(error = %e, "client left before the 101 was sent");
+        connection::finish(&host, &context, 1006, "Connection closed abnormally").await;
+        return;
+    }
+    tracing::debug!("connected");
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover.to_vec(),
+        Role::Server,
+        Some(host.ws_config),
+    )
+    .await;
+    connection::run_connection(host, ws, context).await;
+}
+
+struct Rejection {
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+    log: &'static str,
+}
+
+fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Rejection> {
+    if head.target.len() > MAX_URL_LENGTH {
+        return Err(Rejection {
+            status: 414,
+            headers: &[],
+            body: b"{\"message\":\"Request-URI Too Long\"}",
+            log: "URL longer than 4096 characters",
+        });
+    }
+    let stage = path.strip_prefix('/').unwrap_or(path);
+    let stage = stage.strip_suffix('/').unwrap_or(stage);
+    if stage != host.config.api.stage {
+        return Err(Rejection {
+            status: 403,
+            headers: &[],
+            body: b"{\"message\":\"Forbidden\"}",
+            log: "unknown stage",
+        });
+    }
+    let bad = |log| Rejection {
+        status: 400,
+        headers: &[],
+        body: b"{\"message\":\"Bad Request\"}",
+        log,
+    };
+    if head.method != "GET" {
+        return Err(bad("upgrade with a method other than GET"));
+    }
+    if !head.header_has_token("connection", "upgrade") {
+        return Err(bad("Connection header lacks 'upgrade'"));
+    }
+    if head.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Rejection {
+            status: 426,
+            headers: &[("Sec-WebSocket-Version", "13")],
+            body: b"{\"message\":\"Upgrade Required\"}",
+            log: "unsupported Sec-WebSocket-Version",
+        });
+    }
+    let key = head
+        .header("sec-websocket-key")
+        .map(str::trim)
+        .unwrap_or("");
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
+    if decoded.map(|k| k.len()) != Ok(16) {
+        return Err(bad("missing or malformed Sec-WebSocket-Key"));
+    }
+    Ok(key)
+}
+
+/// The headers `$connect` sees: the client's (hop-by-hop `Connection`/`Upgrade` removed) plus the
+/// forwarding headers API Gateway adds.
+fn integration_headers(head: &Head, peer: SocketAddr, local_port: u16, now_ms: i64) -> MultiMap {
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = match head.header("x-forwarded-for") {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    let trace = head
+        .header("x-amzn-trace-id")
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::trace_id(now_ms));
+    let port = local_port.to_string();
+    let replaced = [
+        "connection",
+        "upgrade",
+        "x-forwarded-for",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+        "x-amzn-trace-id",
+    ];
+    let client = head
+        .headers
+        .iter()
+        .filter(|(n, _)| !replaced.iter().any(|r| n.eq_ignore_ascii_case(r)))
+        .map(|(n, v)| (n.as_str(), v.as_str()));
+    let added = [
+        ("X-Amzn-Trace-Id", trace.as_str()),
+        ("X-Forwarded-For", forwarded_for.as_str()),
+        ("X-Forwarded-Port", port.as_str()),
+        ("X-Forwarded-Proto", "http"),
+    ];
+    MultiMap::from_headers(client.chain(added))
+}

@@ -1,0 +1,117 @@
+//! The client side: accepts TCP connections, reads the request head, and either runs the WebSocket
+//! handshake (authorization and `$connect` before the 101) or hands plain HTTP to the management API.
+
+mod connection;
+mod handshake;
+pub mod head;
+pub mod io;
+
+use crate::server::Host;
+use bytes::BytesMut;
+use head::HeadError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use connection::run_connection;
+
+/// Accepts client connections until shutdown; `serve_management` also serves `@connections` here.
+pub async fn accept_loop(host: Arc<Host>, listener: TcpListener, serve_management: bool) {
+    loop {
+        let accepted = tokio::select! {
+            _ = host.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                host.tasks
+                    .spawn(handle_tcp(host.clone(), stream, peer, serve_management));
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning while descriptors are exhausted.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_tcp(
+    host: Arc<Host>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    serve_management: bool,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = tokio::time::timeout(
+        host.config.server.handshake_timeout,
+        head::read_head(&mut stream, &mut buf),
+    )
+    .await;
+    let (head, len) = match read {
+        Ok(Ok(parsed)) => parsed,
+        Err(_) => {
+            tracing::debug!(%peer, "request head not received within handshake_timeout");
+            let _ =
+                write_response(&mut stream, 408, &[], b"{\"message\":\"Request Timeout\"}").await;
+            return;
+        }
+        Ok(Err(HeadError::Io(_))) => return,
+        Ok(Err(e @ (HeadError::TooLarge | HeadError::TooManyHeaders))) => {
+            tracing::info!(%peer, error = %e, "request refused");
+            let _ = write_response(
+                &mut stream,
+                431,
+                &[],
+                b"{\"message\":\"Request Header Fields Too Large\"}",
+            )
+            .await;
+            return;
+        }
+        Ok(Err(e @ HeadError::Malformed(_))) => {
+            tracing::info!(%peer, error = %e, "request refused");
+            let _ = write_response(&mut stream, 400, &[], b"{\"message\":\"Bad Request\"}").await;
+            return;
+        }
+    };
+    if head.is_websocket_upgrade() {
+        let leftover = buf.split_off(len);
+        drop(buf);
+        handshake::accept(host, stream, peer, head, leftover).await;
+    } else {
+        let io = io::Prefixed::new(buf.freeze(), stream);
+        crate::management::serve_http(host, io, serve_management).await;
+    }
+}
+
+/// Writes a complete, non-upgrade HTTP response and closes the write side.
+pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nx-amzn-RequestId: {}\r\n",
+        crate::ids::http_date(crate::ids::now_ms()),
+        body.len(),
+        uuid::Uuid::new_v4()
+    );
+    for (k, v) in headers {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,166 @@
+//! Integrations: how an event reaches a handler. One trait, several transports.
+
+mod http;
+mod http_proxy;
+mod lambda;
+mod mock;
+
+use crate::config::{ApiConfig, IntegrationConfig};
+use crate::events::{Event, EventKind, MalformedResponse, ProxyResponse};
+use std::sync::Arc;
+
+pub use self::http::HttpIntegration;
+pub use http_proxy::HttpProxyIntegration;
+pub use lambda::LambdaIntegration;
+pub use mock::MockIntegration;
+
+/// Why an invocation produced no usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationError {
+    /// The handler ran and failed (a Lambda function error, an HTTP handler's 5xx).
+    #[error("function error: {0}")]
+    Function(String),
+    /// The integration endpoint could not be reached or refused the call.
+    #[error("integration endpoint unavailable: {0}")]
+    Unavailable(String),
+    /// The handler answered with something that is not a proxy response.
+    #[error(transparent)]
+    Malformed(#[from] MalformedResponse),
+}
+
+/// A transport that delivers events to a handler and returns its (proxy-shaped) response.
+///
+/// The caller enforces the route's timeout by dropping the future, so implementations need no timer.
+#[async_trait::async_trait]
+pub trait Integration: Send + Sync + std::fmt::Debug {
+    /// Delivers one event.
+    async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError>;
+}
+
+/// Builds the integration a config entry describes; `http` is the shared, pooled HTTP client.
+pub async fn build(
+    config: &IntegrationConfig,
+    api: &ApiConfig,
+    http: &reqwest::Client,
+) -> Arc<dyn Integration> {
+    match config {
+        IntegrationConfig::Lambda {
+            function_name,
+            endpoint_url,
+            region,
+        } => {
+            let region = if region.is_empty() {
+                &api.region
+            } else {
+                region
+            };
+            Arc::new(LambdaIntegration::new(function_name, endpoint_url, region).await)
+        }
+        IntegrationConfig::Http { url } => Arc::new(HttpIntegration::new(http.clone(), url)),
+        IntegrationConfig::HttpProxy {
+            url,
+            method,
+            request_parameters,
+        } => Arc::new(HttpProxyIntegration::new(
+            http.clone(),
+            url,
+            method,
+            request_parameters,
+        )),
+        IntegrationConfig::Mock {
+            status_code,
+            response_template,
+        } => Arc::new(MockIntegration::new(*status_code, response_template)),
+    }
+}
+
+/// The value of `$context.<name>` for an event, as mapping expressions and MOCK templates see it.
+pub fn context_variable(event: &Event, name: &str) -> Option<String> {
+    let c = &event.connection;
+    Some(match name {
+        "connectionId" => c.connection_id.clone(),
+        "routeKey" => event.route_key.clone(),
+        "requestId" | "extendedRequestId" => event.request_id.clone(),
+        "eventType" => event.event_type().to_string(),
+        "messageDirection" => "IN".to_string(),
+        "stage" => c.stage.to_string(),
+        "apiId" => c.api_id.to_string(),
+        "domainName" => c.domain_name.clone(),
+        "connectedAt" => c.connected_at.to_string(),
+        "requestTimeEpoch" => event.request_time_epoch.to_string(),
+        "requestTime" => crate::ids::clf_time(event.request_time_epoch),
+        "identity.sourceIp" => c.source_ip.clone(),
+        "identity.userAgent" => c.user_agent.clone()?,
+        "messageId" => match &event.kind {
+            EventKind::Message { message_id, .. } => message_id.clone(),
+            _ => return None,
+        },
+        "disconnectStatusCode" => match &event.kind {
+            EventKind::Disconnect { status_code, .. } => status_code.to_string(),
+            _ => return None,
+        },
+        "disconnectReason" => match &event.kind {
+            EventKind::Disconnect { reason, .. } => reason.clone(),
+            _ => return None,
+        },
+        other => {
+            let key = other.strip_prefix("authorizer.")?;
+            let v = c.authorizer.as_ref()?.get(key)?;
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
+    use std::sync::Arc;
+
+    /// A connection context as a test client on loopback would produce.
+    pub fn connection() -> Arc<ConnectionContext> {
+        Arc::new(ConnectionContext {
+            connection_id: "BFaT_fALIAMCKug=".into(),
+            connected_at: 1731332735513,
+            source_ip: "127.0.0.1".into(),
+            user_agent: Some("test".into()),
+            domain_name: "localhost:8080".into(),
+            host: "localhost:8080".into(),
+            stage: "dev".into(),
+            api_id: "local00api".into(),
+            authorizer: None,
+        })
+    }
+
+    /// A MESSAGE event with `body`.
+    pub fn message(body: &str) -> Event {
+        Event {
+            route_key: "$default".into(),
+            request_id: "BFaVtH2HoAMFZEQ=".into(),
+            request_time_epoch: 1731332746514,
+            connection: connection(),
+            kind: EventKind::Message {
+                message_id: "BFaVtfGSIAMCKug=".into(),
+                body: body.into(),
+                is_base64_encoded: false,
+            },
+        }
+    }
+
+    /// A CONNECT event with the given headers and query string.
+    #[allow(dead_code)]
+    pub fn connect(headers: &[(&str, &str)], query: Option<&str>) -> Event {
+        Event {
+            route_key: "$connect".into(),
+            request_id: "BFHPhFe3IAMF95g=".into(),
+            request_time_epoch: 1731324924561,
+            connection: connection(),
+            kind: EventKind::Connect {
+                headers: Arc::new(MultiMap::from_headers(headers.iter().copied())),
+                query: query.map(|q| Arc::new(MultiMap::from_query(q))),
+            },
+        }
+    }
+}

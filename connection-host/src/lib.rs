@@ -1,0 +1,19 @@
+//! A self-hosted API Gateway WebSocket API: holds client WebSockets, posts every connection event
+//! to handlers with exactly the event JSON API Gateway sends, and serves the `@connections`
+//! management API wire-compatibly, so the official AWS SDK clients work unchanged.
+//!
+//! Start it with [`run`]; see `Config` for every setting.
+
+pub mod config;
+pub mod events;
+pub mod gateway;
+pub mod ids;
+pub mod integration;
+pub mod management;
+pub mod registry;
+pub mod routing;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{Listeners, bind, run, run_with_store};

@@ -1,0 +1,112 @@
+//! The `connection-host` binary: parses the command line and calls `connection_host::run`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use connection_host::config::{Config, DEFAULT_CONFIG_TOML, Overrides};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Self-hosted API Gateway WebSocket APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); `connection-host config default` prints a complete one.
+    #[arg(long, short, global = true, env = "CONNECTION_HOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for client WebSockets (and the management API unless --management-listen is set).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Separate address for the management API and /health.
+    #[arg(long)]
+    management_listen: Option<SocketAddr>,
+    /// Stage name (the first path segment of every URL).
+    #[arg(long)]
+    stage: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the complete, commented default configuration.
+    Default,
+    /// Check a configuration file and report the first problem with its field.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        management_listen: cli.management_listen,
+        stage: cli.stage.clone(),
+    };
+    match cli.command {
+        Some(Command::Config {
+            action: ConfigAction::Default,
+        }) => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            Ok(())
+        }
+        Some(Command::Config {
+            action: ConfigAction::Check { file },
+        }) => match Config::load(Some(&file), &overrides) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} routes, {} integrations)",
+                    file.display(),
+                    config.routes.len(),
+                    config.integrations.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                std::process::exit(1);
+            }
+        },
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listeners = connection_host::Listeners::bind(&config)
+                    .with_context(|| format!("could not listen on {}", config.server.listen))?;
+                connection_host::run(config, listeners, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,87 @@
+//! Management API errors in API Gateway's wire format: the status code, `x-amzn-ErrorType` naming
+//! the modelled exception, and the body the SDKs expect (empty for `GoneException`).
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+
+/// A management call that did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    /// 410: the connection does not exist (any more, or not yet during its `$connect`).
+    #[error("GoneException")]
+    Gone,
+    /// 400: the request is malformed (e.g. a connection ID not in API Gateway's format).
+    #[error("BadRequestException: {0}")]
+    BadRequest(String),
+    /// 413: the data exceeds the payload limit.
+    #[error("PayloadTooLargeException")]
+    PayloadTooLarge,
+    /// 429: the connection's outbound queue is full.
+    #[error("LimitExceededException")]
+    LimitExceeded,
+    /// 403: unknown path, stage or method.
+    #[error("ForbiddenException")]
+    Forbidden,
+    /// 503: the store could not be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// 426: a plain HTTP request on the WebSocket URL.
+    #[error("Upgrade Required")]
+    UpgradeRequired,
+}
+
+impl IntoResponse for ManagementError {
+    fn into_response(self) -> Response {
+        let (status, error_type, body): (StatusCode, Option<&str>, String) = match &self {
+            ManagementError::Gone => (StatusCode::GONE, Some("GoneException"), String::new()),
+            ManagementError::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                Some("BadRequestException"),
+                serde_json::json!({ "message": m }).to_string(),
+            ),
+            ManagementError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("PayloadTooLargeException"),
+                r#"{"message":"The data has exceeded the maximum size allowed."}"#.into(),
+            ),
+            ManagementError::LimitExceeded => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("LimitExceededException"),
+                r#"{"message":"The WebSocket client side buffer is full."}"#.into(),
+            ),
+            ManagementError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                Some("ForbiddenException"),
+                r#"{"message":"Forbidden"}"#.into(),
+            ),
+            ManagementError::Unavailable(detail) => {
+                tracing::error!(%detail, "management call failed: store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("ServiceUnavailableException"),
+                    r#"{"message":"Service Unavailable"}"#.into(),
+                )
+            }
+            ManagementError::UpgradeRequired => (
+                StatusCode::UPGRADE_REQUIRED,
+                None,
+                r#"{"message":"Upgrade Required"}"#.into(),
+            ),
+        };
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        if let Some(t) = error_type {
+            headers.insert("x-amzn-ErrorType", HeaderValue::from_static(t));
+        }
+        if !matches!(self, ManagementError::Gone) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if matches!(self, ManagementError::UpgradeRequired) {
+            headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        response
+    }
+}

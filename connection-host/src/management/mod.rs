@@ -1,0 +1,225 @@
+//! The `@connections` management API, wire-compatible with API Gateway's so the official SDK
+//! clients work unchanged, plus `/health` and the opt-in groups extension.
+//!
+//! Paths: `POST|GET|DELETE /{stage}/@connections/{connectionId}`; `@` may arrive as `%40` and the
+//! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
+
+mod error;
+mod groups;
+
+pub use error::ManagementError;
+
+use crate::gateway::io::Prefixed;
+use crate::ids;
+use crate::registry::{Outbound, PostError};
+use crate::server::Host;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+/// The management router; without `management` only the public-listener answers remain
+/// (426 for a plain GET on the stage, 403 elsewhere).
+pub fn router(host: Arc<Host>, management: bool) -> Router {
+    let router = if management {
+        Router::new()
+            .route("/health", axum::routing::get(health))
+            .fallback(dispatch)
+    } else {
+        Router::new().fallback(public_only)
+    };
+    router
+        .layer(axum::middleware::map_response(add_request_id))
+        .with_state(host)
+}
+
+/// Serves HTTP/1.1 on an accepted connection until it closes or the host shuts down.
+pub async fn serve_http<S>(host: Arc<Host>, io: S, management: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router(host.clone(), management));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(host.config.server.handshake_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = host.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Accepts connections on the separate management listener until shutdown.
+pub async fn accept_loop(host: Arc<Host>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = host.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                host.tasks.spawn(serve_http(
+                    host.clone(),
+                    Prefixed::new(Bytes::new(), stream),
+                    true,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "management accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn add_request_id(mut response: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    response
+}
+
+async fn health(State(host): State<Arc<Host>>) -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "connections": host.registry.len(),
+    }))
+    .into_response()
+}
+
+/// The path split into percent-decoded segments (`%40connections` becomes `@connections`).
+fn segments(path: &str) -> Vec<String> {
+    path.trim_start_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+async fn public_only(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let segs = segments(request.uri().path());
+    let on_stage = segs.first().map(String::as_str) == Some(host.config.api.stage.as_str())
+        && (segs.len() == 1 || (segs.len() == 2 && segs[1].is_empty()));
+    if on_stage && request.method() == Method::GET {
+        return ManagementError::UpgradeRequired.into_response();
+    }
+    ManagementError::Forbidden.into_response()
+}
+
+async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let segs = segments(request.uri().path());
+    let method = request.method().clone();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let stage = host.config.api.stage.as_str();
+    let groups = host.config.extensions.groups;
+    let result = match segs.as_slice() {
+        [s] | [s, ""] if *s == stage && method == Method::GET => {
+            Err(ManagementError::UpgradeRequired)
+        }
+        [s, "@connections", id] if *s == stage => match method {
+            Method::POST => post_to_connection(&host, id, request.into_body()).await,
+            Method::GET => get_connection(&host, id).await,
+            Method::DELETE => delete_connection(&host, id).await,
+            _ => Err(ManagementError::Forbidden),
+        },
+        [s, "@connections", id, "groups", group] if *s == stage && groups => match method {
+            Method::PUT => groups::join(&host, id, group).await,
+            Method::DELETE => groups::leave(&host, id, group).await,
+            _ => Err(ManagementError::Forbidden),
+        },
+        [s, "@groups", group] if *s == stage && groups => match method {
+            Method::POST => groups::broadcast(&host, group, &query, request.into_body()).await,
+            Method::GET => groups::members(&host, group, &query).await,
+            _ => Err(ManagementError::Forbidden),
+        },
+        _ => Err(ManagementError::Forbidden),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ManagementError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ManagementError::PayloadTooLarge)
+        }
+        Err(e) => Err(ManagementError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ManagementError> {
+    if ids::is_well_formed_id(id) {
+        Ok(())
+    } else {
+        Err(ManagementError::BadRequest(format!(
+            "Invalid connectionId: {id}"
+        )))
+    }
+}
+
+async fn post_to_connection(
+    host: &Host,
+    id: &str,
+    body: Body,
+) -> Result<Response, ManagementError> {
+    check_id(id)?;
+    let data = read_body(body, host.config.limits.post_size).await?;
+    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    match handle.post(
+        Outbound::data(data),
+        host.config.limits.outbound_queue_bytes,
+    ) {
+        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Err(PostError::Gone) => Err(ManagementError::Gone),
+        Err(PostError::Full) => Err(ManagementError::LimitExceeded),
+    }
+}
+
+async fn get_connection(host: &Host, id: &str) -> Result<Response, ManagementError> {
+    check_id(id)?;
+    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    let c = &handle.context;
+    let mut identity = serde_json::json!({ "sourceIp": c.source_ip });
+    if let Some(ua) = &c.user_agent {
+        identity["userAgent"] = ua.clone().into();
+    }
+    Ok(axum::Json(serde_json::json!({
+        "connectedAt": ids::iso8601_ms(c.connected_at),
+        "identity": identity,
+        "lastActiveAt": ids::iso8601_ms(handle.last_active_ms()),
+    }))
+    .into_response())
+}
+
+async fn delete_connection(host: &Host, id: &str) -> Result<Response, ManagementError> {
+    check_id(id)?;
+    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    if !handle.close(1000, "Connection Closed Normally") {
+        return Err(ManagementError::Gone);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,187 @@
+//! `run(config, listeners, shutdown)`: the whole host as one function, so tests start it on port 0.
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::routing::{Route, RouteTable};
+use crate::store::{ConnectionStore, MemoryStore};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The sockets the host serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client WebSockets (and the management API unless `management` is set).
+    pub public: TcpListener,
+    /// A separate listener for the management API and `/health`.
+    pub management: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(public: TcpListener) -> Self {
+        Self {
+            public,
+            management: None,
+        }
+    }
+}
+
+impl Listeners {
+    /// Binds the addresses in `config.server` with its backlog.
+    pub fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            public: bind(config.server.listen, config.server.backlog)?,
+            management: config
+                .server
+                .management_listen
+                .map(|addr| bind(addr, config.server.backlog))
+                .transpose()?,
+        })
+    }
+}
+
+/// Binds a listener with an explicit backlog (tokio's default of 1024 overflows under connect bursts).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Why the host could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener failed.
+    #[error("listener error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything the host's tasks share.
+#[derive(Debug)]
+pub struct Host {
+    /// The configuration the host runs with.
+    pub config: Config,
+    /// Connections held by this host.
+    pub registry: Registry,
+    /// Connection records and groups.
+    pub store: Arc<dyn ConnectionStore>,
+    /// Routes and the selection expression.
+    pub routes: RouteTable,
+    /// Connection and invocation tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the host starts shutting down.
+    pub shutdown: CancellationToken,
+    /// WebSocket protocol limits derived from `config.limits`.
+    pub ws_config: WebSocketConfig,
+}
+
+impl Host {
+    /// Builds the host's shared state: integrations, routes and the store.
+    pub async fn new(config: Config, store: Arc<dyn ConnectionStore>) -> Self {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("the HTTP client builds with static settings");
+        let mut integrations = std::collections::HashMap::new();
+        for (name, integration) in &config.integrations {
+            integrations.insert(
+                name.clone(),
+                crate::integration::build(integration, &config.api, &http).await,
+            );
+        }
+        let routes = config.routes.iter().map(|(key, route)| Route {
+            key: key.clone(),
+            integration: integrations[&route.integration].clone(),
+            two_way: route.two_way,
+            timeout: route.timeout,
+        });
+        let routes = RouteTable::new(config.api.route_selection_expression.clone(), routes);
+        let limits = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(limits.read_buffer_size)
+            .write_buffer_size(0)
+            .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.frame_size) * 2)
+            .max_frame_size(Some(limits.frame_size))
+            .max_message_size(Some(limits.message_size));
+        Self {
+            config,
+            registry: Registry::new(),
+            store,
+            routes,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            ws_config,
+        }
+    }
+}
+
+/// Runs the host with the embedded in-memory store until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: impl Into<Listeners>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    run_with_store(config, listeners, Arc::new(MemoryStore::new()), shutdown).await
+}
+
+/// Runs the host with a given store until `shutdown` resolves, then drains: stops accepting,
+/// closes every connection with 1001, and waits up to `drain_timeout` for the `$disconnect`s.
+pub async fn run_with_store(
+    config: Config,
+    listeners: impl Into<Listeners>,
+    store: Arc<dyn ConnectionStore>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let listeners = listeners.into();
+    let drain_timeout = config.server.drain_timeout;
+    let host = Arc::new(Host::new(config, store).await);
+    let separate_management = listeners.management.is_some();
+    tracing::info!(
+        listen = %listeners.public.local_addr()?,
+        stage = %host.config.api.stage,
+        routes = host.config.routes.len(),
+        "connection host listening"
+    );
+    let public = tokio::spawn(crate::gateway::accept_loop(
+        host.clone(),
+        listeners.public,
+        !separate_management,
+    ));
+    let management = listeners.management.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listen = %addr, "management API listening");
+        }
+        tokio::spawn(crate::management::accept_loop(host.clone(), listener))
+    });
+    shutdown.await;
+    tracing::info!(
+        connections = host.registry.len(),
+        "shutting down: closing connections with 1001"
+    );
+    host.shutdown.cancel();
+    let _ = public.await;
+    if let Some(m) = management {
+        let _ = m.await;
+    }
+    host.tasks.close();
+    if tokio::time::timeout(drain_timeout, host.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = host.tasks.len(),
+            "drain timeout reached; some $disconnect invocations did not finish"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The embedded, in-process store.
+
+use super::{ConnectionRecord, ConnectionStore, MembersPage, StoreError};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// Records and memberships in memory; lost when the process exits.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    connections: HashMap<String, ConnectionRecord>,
+    groups: HashMap<String, BTreeSet<String>>,
+    memberships: HashMap<String, BTreeSet<String>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than refusing all further service would.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionStore for MemoryStore {
+    async fn put_connection(&self, record: ConnectionRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.connections.contains_key(&record.connection_id) {
+            return Err(StoreError::AlreadyExists(record.connection_id));
+        }
+        inner
+            .connections
+            .insert(record.connection_id.clone(), record);
+        Ok(())
+    }
+
+    async fn get_connection(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        Ok(self.lock().connections.get(connection_id).cloned())
+    }
+
+    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.connections.remove(connection_id);
+        if let Some(groups) = inner.memberships.remove(connection_id) {
+            for g in groups {
+                if let Some(members) = inner.groups.get_mut(&g) {
+                    members.remove(connection_id);
+                    if members.is_empty() {
+                        inner.groups.remove(&g);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner
+            .groups
+            .entry(group.to_string())
+            .or_default()
+            .insert(connection_id.to_string());
+        inner
+            .memberships
+            .entry(connection_id.to_string())
+            .or_default()
+            .insert(group.to_string());
+        Ok(())
+    }
+
+    async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(members) = inner.groups.get_mut(group) {
+            members.remove(connection_id);
+            if members.is_empty() {
+                inner.groups.remove(group);
+            }
+        }
+        if let Some(groups) = inner.memberships.get_mut(connection_id) {
+            groups.remove(group);
+        }
+        Ok(())
+    }
+
+    async fn group_members(
+        &self,
+        group: &str,
+        next_token: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let inner = self.lock();
+        let Some(members) = inner.groups.get(group) else {
+            return Ok(MembersPage::default());
+        };
+        let start = match next_token {
+            Some(t) => std::ops::Bound::Excluded(t.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut page: Vec<String> = members
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next_token = if page.len() > limit {
+            page.pop();
+            page.last().cloned()
+        } else {
+            None
+        };
+        Ok(MembersPage {
+            connection_ids: page,
+            next_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: id.into(),
+            connected_at: 1,
+            source_ip: "127.0.0.1".into(),
+            user_agent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn put_is_conditional_and_delete_drops_memberships() {
+        let s = MemoryStore::new();
+        s.put_connection(record("a")).await.unwrap();
+        assert!(matches!(
+            s.put_connection(record("a")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        s.add_to_group("g", "a").await.unwrap();
+        s.add_to_group("g", "b").await.unwrap();
+        s.delete_connection("a").await.unwrap();
+        assert_eq!(s.get_connection("a").await.unwrap(), None);
+        let page = s.group_members("g", None, 10).await.unwrap();
+        assert_eq!(page.connection_ids, vec!["b".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn members_page_through_large_groups() {
+        let s = MemoryStore::new();
+        for i in 0..25 {
+            s.add_to_group("g", &format!("c{i:02}")).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = s.group_members("g", token.as_deref(), 10).await.unwrap();
+            assert!(page.connection_ids.len() <= 10);
+            seen.extend(page.connection_ids);
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        seen.dedup();
+        assert_eq!(seen.len(), 25);
+    }
+}

@@ -1,0 +1,1 @@
+//! Handler-author SDK for API Gateway WebSocket handlers (grows with the handler SDK work).
