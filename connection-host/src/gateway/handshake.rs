@@ -11,7 +11,6 @@ use crate::ids;
 use crate::server::Host;
 use crate::store::ConnectionRecord;
 use base64::Engine;
-use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -30,10 +29,10 @@ pub(super) async fn accept(
     mut stream: TcpStream,
     peer: SocketAddr,
     head: Head,
-    leftover: BytesMut,
+    leftover: Vec<u8>,
 ) {
     let (path, query) = match head.target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+        Some((p, q)) => (p, Some(q.to_string())),
         None => (head.target.as_str(), None),
     };
     let key = match validate(&host, &head, path) {
@@ -70,7 +69,7 @@ pub(super) async fn accept(
         authorizer: None,
     });
     let span = tracing::info_span!("connection", connection_id = %context.connection_id);
-    establish(host, stream, peer, &head, query, key, leftover, context)
+    establish(host, stream, peer, head, query, key, leftover, context)
         .instrument(span)
         .await;
 }
@@ -81,10 +80,10 @@ async fn establish(
     host: Arc<Host>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    head: &Head,
-    query: Option<&str>,
+    head: Head,
+    query: Option<String>,
     key: String,
-    leftover: BytesMut,
+    leftover: Vec<u8>,
     context: Arc<ConnectionContext>,
 ) {
     let connected_at = context.connected_at;
@@ -97,10 +96,10 @@ async fn establish(
             request_time_epoch: ids::now_ms(),
             connection: context.clone(),
             kind: EventKind::Connect {
-                headers: Arc::new(integration_headers(head, peer, local_port, connected_at)),
+                headers: Arc::new(integration_headers(&head, peer, local_port, connected_at)),
                 query: query
                     .filter(|q| !q.is_empty())
-                    .map(|q| Arc::new(MultiMap::from_query(q))),
+                    .map(|q| Arc::new(MultiMap::from_query(&q))),
             },
         };
         let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
@@ -169,9 +168,11 @@ async fn establish(
         return;
     }
     tracing::debug!("connected");
+    // The request head is not needed for the rest of the connection's life.
+    drop(head);
     let ws = WebSocketStream::from_partially_read(
         stream,
-        leftover.to_vec(),
+        leftover,
         Role::Server,
         Some(host.ws_config),
     )

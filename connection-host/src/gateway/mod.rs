@@ -77,7 +77,8 @@ async fn handle_tcp(
         }
     };
     if head.is_websocket_upgrade() {
-        let leftover = buf.split_off(len);
+        // Copied out so the head buffer is freed: the connection lives on with only what it needs.
+        let leftover = buf[len..].to_vec();
         drop(buf);
         handshake::accept(host, stream, peer, head, leftover).await;
     } else {

@@ -68,11 +68,13 @@ impl IntoResponse for ManagementError {
                 r#"{"message":"Upgrade Required"}"#.into(),
             ),
         };
-        let mut response = (status, body).into_response();
+        let mut response = Response::new(axum::body::Body::from(body));
+        *response.status_mut() = status;
         let headers = response.headers_mut();
         if let Some(t) = error_type {
             headers.insert("x-amzn-ErrorType", HeaderValue::from_static(t));
         }
+        // GoneException has an empty body, and no content type to go with it.
         if !matches!(self, ManagementError::Gone) {
             headers.insert(
                 http::header::CONTENT_TYPE,
