@@ -170,13 +170,9 @@ async fn establish(
     tracing::debug!("connected");
     // The request head is not needed for the rest of the connection's life.
     drop(head);
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        leftover,
-        Role::Server,
-        Some(host.ws_config),
-    )
-    .await;
+    let ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(host.ws_config))
+            .await;
     connection::run_connection(host, ws, context).await;
 }
 

@@ -150,7 +150,6 @@ pub(crate) mod testing {
     }
 
     /// A CONNECT event with the given headers and query string.
-    #[allow(dead_code)]
     pub fn connect(headers: &[(&str, &str)], query: Option<&str>) -> Event {
         Event {
             route_key: "$connect".into(),
