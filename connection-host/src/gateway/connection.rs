@@ -344,8 +344,10 @@ fn spawn_message(
                 "Internal server error"
             }
             Ok(Ok(response)) => {
+                // No body (absent or null) sends nothing; an empty-string body sends an empty
+                // message (so a `$input.body` echo answers an empty message with an empty one).
                 if route.two_way
-                    && let Some(body) = response.body.filter(|b| !b.is_empty())
+                    && let Some(body) = response.body
                 {
                     let frame = if response.is_base64_encoded {
                         match base64::engine::general_purpose::STANDARD.decode(&body) {

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The project's one test command (CI runs it through .ci/run). From the repository root or anywhere:
+#
+#   tests/run.sh                        every step, in this order:
+#     tools        Python venv .venv-test/ with the pinned test tools (kosoku), created/installed only if missing
+#     fmt          cargo fmt --all -- --check
+#     build        cargo build --workspace --all-targets (debug)
+#     clippy       cargo clippy --workspace --all-targets -- -D warnings
+#     test         cargo test --workspace (all unit and integration tests)
+#     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
+#                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
+#   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
+#                                       conformance builds the workspace itself when run without build
+#
+# Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo. KOSOKU_PARALLELISM (default 4).
+# PYTHON (default python3) creates the venv. Output of the conformance run: .test-run/ (ignored by git).
+# Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ALL_STEPS=(tools fmt build clippy test conformance)
+KOSOKU_VERSION="0.1.0"
+VENV="$ROOT/.venv-test"
+RUN_DIR="$ROOT/.test-run"
+PYTHON="${PYTHON:-python3}"
+KOSOKU_PARALLELISM="${KOSOKU_PARALLELISM:-4}"
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+
+only=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --only) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; IFS=, read -ra s <<<"$2"; only+=("${s[@]}"); shift 2 ;;
+        --only=*) IFS=, read -ra s <<<"${1#--only=}"; only+=("${s[@]}"); shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "tests/run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for s in "${only[@]}"; do
+    [[ " ${ALL_STEPS[*]} " == *" $s "* ]] || { echo "tests/run.sh: unknown step: $s (steps: ${ALL_STEPS[*]})" >&2; exit 2; }
+done
+selected() { [[ ${#only[@]} -eq 0 || " ${only[*]} " == *" $1 "* ]]; }
+
+CARGO_FLAGS=()
+if [[ "${CI:-}" == "true" ]]; then CARGO_FLAGS+=(--locked); fi
+
+# ---- bookkeeping: current step, timings, cleanup of everything started -----------------------------
+CURRENT_STEP="setup"
+TIMINGS=()
+HOST_PID=""
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n "$HOST_PID" ]] && kill -0 "$HOST_PID" 2>/dev/null; then
+        kill -TERM "$HOST_PID" 2>/dev/null
+        for _ in $(seq 150); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$HOST_PID" 2>/dev/null && kill -KILL "$HOST_PID" 2>/dev/null
+        wait "$HOST_PID" 2>/dev/null
+    fi
+    HOST_PID=""
+    if [[ ${#TIMINGS[@]} -gt 0 ]]; then
+        echo "==> step times: ${TIMINGS[*]}"
+    fi
+    if [[ $rc -ne 0 ]]; then
+        echo "tests/run.sh: FAILED at step '$CURRENT_STEP' (exit $rc)" >&2
+    else
+        echo "tests/run.sh: all steps passed"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+run_step() {
+    local name="$1"; shift
+    selected "$name" || return 0
+    CURRENT_STEP="$name"
+    echo "==> $name"
+    local start=$SECONDS
+    "$@"
+    TIMINGS+=("$name=$((SECONDS - start))s")
+}
+
+# ---- steps ------------------------------------------------------------------------------------------
+step_tools() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local have
+    have="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kosoku"))' 2>/dev/null || true)"
+    if [[ "$have" != "$KOSOKU_VERSION" || ! -x "$VENV/bin/kosoku" ]]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+            "kosoku==$KOSOKU_VERSION" </dev/null
+    fi
+    echo "kosoku $KOSOKU_VERSION in ${VENV#"$ROOT/"}/"
+}
+
+step_fmt() { cargo fmt --all -- --check; }
+
+step_build() { cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets; }
+
+step_clippy() { cargo clippy "${CARGO_FLAGS[@]}" --workspace --all-targets -- -D warnings; }
+
+step_test() { cargo test "${CARGO_FLAGS[@]}" --workspace </dev/null; }
+
+target_dir() {
+    # Wherever cargo puts artifacts (CARGO_TARGET_DIR, .cargo/config.toml, or ./target).
+    cargo metadata "${CARGO_FLAGS[@]}" --format-version 1 --no-deps \
+        | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+step_conformance() {
+    [[ -x "$VENV/bin/kosoku" ]] || step_tools
+    # The same command as the build step, so a no-op after it (building `-p connection-host` alone
+    # would unify features differently and rebuild); it builds the host when only conformance runs.
+    selected build || step_build
+    local bin config=tests/conformance.toml
+    bin="$(target_dir)/debug/connection-host"
+    "$bin" config check "$config"
+
+    local stage port report="$RUN_DIR/autobahn" log="$RUN_DIR/connection-host.log"
+    stage="$(sed -n 's/^stage *= *"\(.*\)"/\1/p' "$config" | head -n1)"
+    stage="${stage:-dev}"
+    port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    rm -rf "$report"
+    mkdir -p "$RUN_DIR"
+
+    RUST_LOG="${RUST_LOG:-warn}" "$bin" --config "$config" --listen "127.0.0.1:$port" </dev/null >"$log" 2>&1 &
+    HOST_PID=$!
+    local up=""
+    for _ in $(seq 200); do
+        if curl -sf --max-time 1 "http://127.0.0.1:$port/health" >/dev/null; then up=1; break; fi
+        kill -0 "$HOST_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$up" ]]; then
+        echo "connection-host did not become healthy on 127.0.0.1:$port; its log:" >&2
+        cat "$log" >&2
+        return 1
+    fi
+    echo "connection-host pid $HOST_PID on 127.0.0.1:$port (log: ${log#"$ROOT/"})"
+
+    # kosoku's verdict (exit status) and our own reading of index.json must both be clean.
+    local kosoku_rc=0
+    timeout 600 "$VENV/bin/kosoku" -x '12.*' -x '13.*' -p "$KOSOKU_PARALLELISM" -o "$report" \
+        "ws://127.0.0.1:$port/$stage" </dev/null || kosoku_rc=$?
+
+    "$VENV/bin/python" - "$report/index.json" <<'EOF'
+import json, sys
+from collections import Counter
+
+try:
+    with open(sys.argv[1]) as f:
+        index = json.load(f)
+except (OSError, ValueError) as e:
+    sys.exit(f"autobahn: no readable report: {e}")
+
+BAD = {"FAILED", "WRONG CODE", "ERROR"}
+counts, failed = Counter(), []
+for agent, cases in index.items():
+    for case, r in cases.items():
+        b, bc = r.get("behavior"), r.get("behaviorClose")
+        if b in BAD or bc in BAD:
+            counts["FAILED"] += 1
+            failed.append(f"  {case}: behavior={b}, behaviorClose={bc}, remoteCloseCode={r.get('remoteCloseCode')}")
+        else:
+            counts[b] += 1
+total = sum(counts.values())
+print("autobahn: " + ", ".join(f"{counts[k]} {k}" for k in
+      ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")) + f" ({total} cases)")
+if failed:
+    print("\n".join(sorted(failed, key=lambda l: [int(p) for p in l.split(":")[0].split(".")])))
+if total == 0 or failed:
+    sys.exit(1)
+EOF
+    if [[ $kosoku_rc -ne 0 ]]; then
+        echo "kosoku exited with status $kosoku_rc" >&2
+        return 1
+    fi
+    echo "reports: ${report#"$ROOT/"}/index.html"
+}
+
+run_step tools step_tools
+run_step fmt step_fmt
+run_step build step_build
+run_step clippy step_clippy
+run_step test step_test
+run_step conformance step_conformance
+CURRENT_STEP="done"
