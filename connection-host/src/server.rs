@@ -7,7 +7,7 @@ use crate::store::{ConnectionStore, MemoryStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -125,6 +125,31 @@ impl Host {
     }
 }
 
+/// Accepts connections until shutdown, serving each in its own tracked task.
+async fn accept_loop<F, Fut>(host: Arc<Host>, listener: TcpListener, serve: F)
+where
+    F: Fn(Arc<Host>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = host.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                host.tasks.spawn(serve(host.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning while descriptors are exhausted.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Runs the host with the embedded in-memory store until `shutdown` resolves, then drains.
 pub async fn run(
     config: Config,
@@ -152,16 +177,20 @@ pub async fn run_with_store(
         routes = host.config.routes.len(),
         "connection host listening"
     );
-    let public = tokio::spawn(crate::gateway::accept_loop(
+    let public = tokio::spawn(accept_loop(
         host.clone(),
         listeners.public,
-        !separate_management,
+        move |host, stream, peer| {
+            crate::gateway::handle_tcp(host, stream, peer, !separate_management)
+        },
     ));
     let management = listeners.management.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(listen = %addr, "management API listening");
         }
-        tokio::spawn(crate::management::accept_loop(host.clone(), listener))
+        tokio::spawn(accept_loop(host.clone(), listener, |host, stream, _| {
+            crate::management::serve_http(host, stream, true)
+        }))
     });
     shutdown.await;
     tracing::info!(

@@ -12,33 +12,13 @@ use head::HeadError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 pub use connection::run_connection;
 
-/// Accepts client connections until shutdown; `serve_management` also serves `@connections` here.
-pub async fn accept_loop(host: Arc<Host>, listener: TcpListener, serve_management: bool) {
-    loop {
-        let accepted = tokio::select! {
-            _ = host.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                host.tasks
-                    .spawn(handle_tcp(host.clone(), stream, peer, serve_management));
-            }
-            Err(e) => {
-                // Usually EMFILE: back off instead of spinning while descriptors are exhausted.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle_tcp(
+/// Serves one accepted client connection: a WebSocket upgrade, or plain HTTP (the management API
+/// too when `serve_management`).
+pub async fn handle_tcp(
     host: Arc<Host>,
     mut stream: TcpStream,
     peer: SocketAddr,

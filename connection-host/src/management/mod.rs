@@ -9,7 +9,6 @@ mod groups;
 
 pub use error::ManagementError;
 
-use crate::gateway::io::Prefixed;
 use crate::ids;
 use crate::registry::{Outbound, PostError};
 use crate::server::Host;
@@ -24,7 +23,6 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 
 /// The management router; without `management` only the public-listener answers remain
 /// (426 for a plain GET on the stage, 403 elsewhere).
@@ -61,30 +59,6 @@ where
         _ = host.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
-        }
-    }
-}
-
-/// Accepts connections on the separate management listener until shutdown.
-pub async fn accept_loop(host: Arc<Host>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = host.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                host.tasks.spawn(serve_http(
-                    host.clone(),
-                    Prefixed::new(Bytes::new(), stream),
-                    true,
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "management accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
         }
     }
 }
