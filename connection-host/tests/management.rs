@@ -577,3 +577,61 @@ async fn unknown_paths_stages_and_methods_are_forbidden() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["connections"], json!(1));
 }
+
+#[tokio::test]
+async fn a_separate_management_listener_takes_the_api_off_the_public_one() {
+    init_env();
+    let config = connection_host::Config::from_toml(WHOAMI).unwrap();
+    let public = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let internal = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let (public_addr, internal_addr) =
+        (public.local_addr().unwrap(), internal.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(connection_host::run(
+        config,
+        connection_host::Listeners {
+            public,
+            management: Some(internal),
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let (mut ws, id) = client(public_addr, &[]).await;
+    let path = format!("/dev/@connections/{}", encode_id(&id));
+
+    let on_public = http()
+        .post(format!("http://{public_addr}{path}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_public.status(), 403);
+    assert_eq!(
+        http()
+            .get(format!("http://{public_addr}/dev"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        426
+    );
+
+    let on_internal = http()
+        .post(format!("http://{internal_addr}{path}"))
+        .body("via the internal listener")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_internal.status(), 200);
+    assert_eq!(next_text(&mut ws).await, "via the internal listener");
+    let health = http()
+        .get(format!("http://{internal_addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let _ = tx.send(());
+    within("run to return", run).await.unwrap().unwrap();
+}

@@ -1,0 +1,945 @@
+//! Load figures for the connection host (a benchmark program, not a test).
+//!
+//! ```sh
+//! cargo build --release -p connection-host
+//! cargo run --release -p connection-host --example bench -- [--host-bin PATH] [--out FILE] \
+//!     [--duration SECS] [idle-memory] [post] [echo-http] [connect-rate] [baseline]
+//! ```
+//!
+//! Starts the real host binary as a child process (one per scenario, each with a generated
+//! config in a temp dir), drives it over loopback from this process, and prints a Markdown table.
+//! The child is killed on exit, on panic (a Drop guard) and on Ctrl-C. Everything is bounded in
+//! count and time; all sockets are on 127.0.0.0/8.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws = WebSocketStream<TcpStream>;
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, AnyError>;
+
+const ALL: &[&str] = &[
+    "idle-memory",
+    "post",
+    "echo-http",
+    "connect-rate",
+    "baseline",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The host child process
+
+/// PIDs of running hosts, killed by the Ctrl-C handler.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The host binary running as a child; killed when dropped (also while unwinding from a panic).
+struct HostProc {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl HostProc {
+    /// Writes `config` (with `{PORT}` replaced) to a temp dir and starts the host on a free port.
+    async fn start(bin: &Path, name: &str, config: &str) -> Res<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("ch-bench-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config.replace("{PORT}", &port.to_string()))?;
+        let log = std::fs::File::create(dir.join("host.log"))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        CHILDREN.lock().unwrap().push(child.id());
+        let mut host = HostProc { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = host.child.try_wait()? {
+                return Err(format!("host exited at start ({status}): {}", host.log_tail()).into());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("host did not start listening within 15 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(host)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of the host's log (RUST_LOG=warn).
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// Reports how many warning lines the host logged, with a sample.
+    fn report_log(&self) {
+        let text = std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default();
+        let n = text.lines().count();
+        if n > 0 {
+            eprintln!("  host logged {n} line(s); last ones:\n{}", self.log_tail());
+        }
+    }
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        CHILDREN.lock().unwrap().retain(|p| *p != self.child.id());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS line")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("bad VmRSS line")?
+        .parse()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// Next client source address: 127.0.0.2 .. 127.0.0.61, so no one source runs out of ports.
+static SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+fn client_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
+
+/// Opens a WebSocket to `127.0.0.1:port{path}` from the next 127.0.0.x source address.
+async fn ws_connect(port: u16, path: &str) -> Res<Ws> {
+    let n = SOURCE.fetch_add(1, Ordering::Relaxed);
+    let src = Ipv4Addr::new(127, 0, 0, 2 + (n % 60) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(src.into(), 0))?;
+    socket.set_nodelay(true)?;
+    let stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://127.0.0.1:{port}{path}"),
+        stream,
+        Some(client_ws_config()),
+    )
+    .await?;
+    Ok(ws)
+}
+
+/// Opens `n` WebSockets with at most `in_flight` handshakes at a time; returns them with each
+/// handshake's latency in µs and the number of failures.
+async fn open_many(port: u16, n: usize, in_flight: usize) -> (Vec<Ws>, Vec<u64>, usize) {
+    let results: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|_| async move {
+            let t = Instant::now();
+            ws_connect(port, "/dev")
+                .await
+                .map(|ws| (ws, t.elapsed().as_micros() as u64))
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let mut sockets = Vec::with_capacity(n);
+    let mut lat = Vec::with_capacity(n);
+    let mut failed = 0;
+    for r in results {
+        match r {
+            Ok((ws, us)) => {
+                sockets.push(ws);
+                lat.push(us);
+            }
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("  first connect failure: {e}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    (sockets, lat, failed)
+}
+
+/// Closes the sockets (Close frame, then drop), `in_flight` at a time, each bounded to 2 s.
+async fn close_many(sockets: Vec<Ws>, in_flight: usize) {
+    futures_util::stream::iter(sockets)
+        .for_each_concurrent(in_flight, |mut ws| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        })
+        .await;
+}
+
+/// The next text message, answering nothing else (tungstenite queues Pongs itself).
+async fn next_text(ws: &mut Ws) -> Res<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
+            Some(Ok(Message::Close(f))) => return Err(format!("closed: {f:?}").into()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("connection ended".into()),
+        }
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 client on one connection (cheaper per request than reqwest, so
+/// the client's own cost does not hide the host's on 2 cores).
+struct RawHttp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(port: u16) -> Res<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends a complete request and reads the response; returns the status and the body.
+    async fn request(&mut self, request: &[u8]) -> Res<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 24];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = response.parse(&self.buf)? {
+                let status = response.code.unwrap_or(0);
+                let body_len = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0usize);
+                if self.buf.len() >= head_len + body_len {
+                    let body = self.buf[head_len..head_len + body_len].to_vec();
+                    self.buf.drain(..head_len + body_len);
+                    return Ok((status, body));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err("HTTP connection closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// GET /health → the host's connection count.
+async fn health_connections(port: u16) -> Res<u64> {
+    let mut c = RawHttp::connect(port).await?;
+    let (status, body) = c
+        .request(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    if status != 200 {
+        return Err(format!("/health answered {status}").into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["connections"].as_u64().unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+/// One line of the table.
+struct Row {
+    scenario: String,
+    what: String,
+    count: String,
+    rate: String,
+    p50: String,
+    p99: String,
+    target: String,
+    verdict: String,
+}
+
+impl Row {
+    fn new(scenario: &str, what: &str) -> Self {
+        Row {
+            scenario: scenario.into(),
+            what: what.into(),
+            count: "—".into(),
+            rate: "—".into(),
+            p50: "—".into(),
+            p99: "—".into(),
+            target: "—".into(),
+            verdict: "—".into(),
+        }
+    }
+
+    fn failed(scenario: &str, error: &str) -> Self {
+        let mut row = Row::new(scenario, "scenario failed");
+        row.verdict = format!("ERROR: {error}");
+        row
+    }
+
+    fn print_line(&self) {
+        eprintln!(
+            "  => {} | {} | {} | {} | p50 {} | p99 {} | target {} | {}",
+            self.scenario,
+            self.what,
+            self.count,
+            self.rate,
+            self.p50,
+            self.p99,
+            self.target,
+            self.verdict
+        );
+    }
+}
+
+fn verdict(ok: bool) -> String {
+    if ok { "PASS".into() } else { "MISS".into() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+struct Opts {
+    host_bin: PathBuf,
+    duration: Duration,
+}
+
+const BASE_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+"#;
+
+async fn idle_memory(o: &Opts) -> Res<Vec<Row>> {
+    const N: usize = 10_000;
+    let host = HostProc::start(&o.host_bin, "idle", BASE_CONFIG).await?;
+    // Warm up the runtime and allocator with a few connections, then measure from a settled state.
+    let (warm, _, _) = open_many(host.port, 200, 100).await;
+    close_many(warm, 100).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = rss_kib(host.pid())?;
+    let t = Instant::now();
+    let (sockets, _, failed) = open_many(host.port, N, 200).await;
+    let open_time = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(host.pid())?;
+    let held = health_connections(host.port).await?;
+    let opened = sockets.len();
+    let per_conn = (after.saturating_sub(before)) as f64 * 1.024 / opened.max(1) as f64;
+    eprintln!(
+        "  idle-memory: {opened} open ({failed} failed) in {open_time:?}; host holds {held}; \
+         VmRSS {before} KiB -> {after} KiB"
+    );
+    let mut row = Row::new(
+        "idle-memory",
+        &format!("host VmRSS growth per idle connection ({before}→{after} KiB)"),
+    );
+    row.count = format!("{opened} conns (host holds {held}, {failed} failed)");
+    row.rate = format!("{per_conn:.1} KB/conn");
+    row.target = "≤ 16 KB/conn".into();
+    row.verdict = verdict(per_conn <= 16.0 && failed == 0 && held as usize == opened);
+    drop(sockets);
+    host.report_log();
+    Ok(vec![row])
+}
+
+const WHOAMI_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+
+[routes.whoami]
+integration = "whoami"
+two_way = true
+
+[integrations.whoami]
+type = "mock"
+response_template = '{"connectionId":"$context.connectionId"}'
+"#;
+
+async fn post(o: &Opts) -> Res<Vec<Row>> {
+    const CLIENTS: usize = 100;
+    const POSTERS: usize = 32;
+    const TOTAL: u64 = 200_000;
+    let host = HostProc::start(&o.host_bin, "post", WHOAMI_CONFIG).await?;
+    let port = host.port;
+    let (sockets, _, failed) = open_many(port, CLIENTS, 100).await;
+    if failed > 0 {
+        return Err(format!("{failed} of {CLIENTS} clients failed to connect").into());
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut ids = Vec::with_capacity(CLIENTS);
+    let mut readers = Vec::with_capacity(CLIENTS);
+    for mut ws in sockets {
+        ws.send(Message::text(r#"{"action":"whoami"}"#)).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), next_text(&mut ws)).await??;
+        let v: serde_json::Value = serde_json::from_str(&reply)?;
+        let id = v["connectionId"]
+            .as_str()
+            .ok_or_else(|| format!("whoami answered {reply}"))?
+            .to_string();
+        ids.push(id.replace('=', "%3D"));
+        let delivered = delivered.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if matches!(m, Message::Text(_)) {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        ids.iter()
+            .map(|id| {
+                let body = "bench message 0123456789abcdef";
+                format!(
+                    "POST /dev/@connections/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+                     Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + o.duration;
+    let mut posters = Vec::with_capacity(POSTERS);
+    for _ in 0..POSTERS {
+        let requests = requests.clone();
+        let next = next.clone();
+        posters.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(TOTAL as usize / POSTERS + 1);
+            let mut errors: Vec<u16> = Vec::new();
+            let mut c = RawHttp::connect(port).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= TOTAL || Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let (status, _) = c.request(&requests[i as usize % requests.len()]).await?;
+                if status == 200 {
+                    lat.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors.push(status);
+                }
+            }
+            Ok::<_, AnyError>((lat, errors))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = Vec::new();
+    for p in posters {
+        let (l, e) = p.await??;
+        lat.extend(l);
+        errors.extend(e);
+    }
+    let post_time = start.elapsed();
+    let sent = lat.len() as u64;
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deliver_time = start.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = delivered.load(Ordering::Relaxed);
+    for r in &readers {
+        r.abort();
+    }
+    lat.sort_unstable();
+    let post_rate = sent as f64 / post_time.as_secs_f64();
+    let deliver_rate = got as f64 / deliver_time.as_secs_f64();
+    if !errors.is_empty() {
+        let mut by_status = std::collections::BTreeMap::new();
+        for s in &errors {
+            *by_status.entry(*s).or_insert(0) += 1;
+        }
+        eprintln!("  post: non-200 answers: {by_status:?}");
+    }
+    if got != sent {
+        eprintln!("MISMATCH: post: {sent} posts answered 200 but {got} messages received");
+    }
+    let mut rows = Vec::new();
+    let mut row = Row::new(
+        "post",
+        &format!("POST @connections, {POSTERS} keep-alive HTTP clients → {CLIENTS} WebSockets"),
+    );
+    row.count = format!("{sent} posts ({} non-200)", errors.len());
+    row.rate = format!("{post_rate:.0} posts/s");
+    row.p50 = ms(percentile(&lat, 0.50));
+    row.p99 = ms(percentile(&lat, 0.99));
+    row.target = "≥ 30,000/s".into();
+    row.verdict = verdict(post_rate >= 30_000.0 && errors.is_empty());
+    rows.push(row);
+    let mut row = Row::new("post", "messages received by the WebSocket clients");
+    row.count = format!("{got} of {sent}");
+    row.rate = format!("{deliver_rate:.0} msg/s");
+    row.target = "≥ 30,000/s, delivered == sent".into();
+    row.verdict = if got != sent {
+        format!("MISMATCH ({got} ≠ {sent})")
+    } else {
+        verdict(deliver_rate >= 30_000.0)
+    };
+    rows.push(row);
+    host.report_log();
+    Ok(rows)
+}
+
+/// Closed-loop echo over `conns` WebSockets for `duration`: returns messages, latencies (µs,
+/// sorted) and wrong answers.
+async fn echo_loop(
+    port: u16,
+    path: &str,
+    conns: usize,
+    duration: Duration,
+) -> Res<(u64, Vec<u64>, u64, Duration)> {
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        sockets.push(ws_connect(port, path).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(conns);
+    for (n, mut ws) in sockets.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut wrong = 0u64;
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let text = format!("echo {n} {seq} ........................................");
+                seq += 1;
+                let t = Instant::now();
+                ws.send(Message::text(text.clone())).await?;
+                let got =
+                    tokio::time::timeout(Duration::from_secs(30), next_text(&mut ws)).await??;
+                lat.push(t.elapsed().as_micros() as u64);
+                if got != text {
+                    if wrong == 0 {
+                        eprintln!("  unexpected echo: {got:?}");
+                    }
+                    wrong += 1;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+            Ok::<_, AnyError>((lat, wrong))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut wrong = 0;
+    for t in tasks {
+        let (l, w) = t.await??;
+        lat.extend(l);
+        wrong += w;
+    }
+    let elapsed = start.elapsed();
+    lat.sort_unstable();
+    Ok((lat.len() as u64, lat, wrong, elapsed))
+}
+
+fn echo_row(
+    scenario: &str,
+    what: &str,
+    conns: usize,
+    figures: (u64, Vec<u64>, u64, Duration),
+    target: Option<(f64, u64)>,
+) -> Row {
+    let (count, lat, wrong, elapsed) = figures;
+    let rate = count as f64 / elapsed.as_secs_f64();
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    let mut row = Row::new(scenario, what);
+    row.count = format!(
+        "{count} msgs, {conns} conn{}",
+        if conns == 1 { "" } else { "s" }
+    );
+    if wrong > 0 {
+        row.count.push_str(&format!(", {wrong} WRONG"));
+    }
+    row.rate = format!("{rate:.0} msg/s");
+    row.p50 = ms(p50);
+    row.p99 = ms(p99);
+    match target {
+        Some((min_rate, max_p99_us)) => {
+            row.target = format!("≥ {min_rate:.0} msg/s, p99 ≤ {}", ms(max_p99_us));
+            row.verdict = verdict(rate >= min_rate && p99 <= max_p99_us && wrong == 0);
+        }
+        None => row.target = "— (reported)".into(),
+    }
+    row
+}
+
+/// The handler: parses the event JSON, answers a proxy response whose body is the event's body.
+async fn handler(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let answer = serde_json::json!({ "statusCode": 200, "body": event["body"] });
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(answer.to_string())))
+        .expect("static response"))
+}
+
+/// Starts the in-process HTTP handler server; returns its port.
+async fn start_handler_server() -> Res<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(handler),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+async fn echo_http(o: &Opts) -> Res<Vec<Row>> {
+    let hport = start_handler_server().await?;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{PORT}}"
+
+[routes."$default"]
+integration = "handler"
+two_way = true
+
+[integrations.handler]
+type = "http"
+url = "http://127.0.0.1:{hport}/"
+"#
+    );
+    let host = HostProc::start(&o.host_bin, "echo", &config).await?;
+    let mut rows = Vec::new();
+    for conns in [100, 1] {
+        let figures = echo_loop(host.port, "/dev", conns, o.duration).await?;
+        let target = (conns == 100).then_some((10_000.0, 20_000));
+        let row = echo_row(
+            "echo-http",
+            "closed-loop echo via $default → HTTP handler (in-process hyper)",
+            conns,
+            figures,
+            target,
+        );
+        rows.push(row);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    host.report_log();
+    Ok(rows)
+}
+
+const CONNECT_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PORT}"
+
+[routes."$connect"]
+integration = "accept"
+
+[integrations.accept]
+type = "mock"
+status_code = 200
+"#;
+
+async fn connect_rate(o: &Opts) -> Res<Vec<Row>> {
+    const N: usize = 5_000;
+    const IN_FLIGHT: usize = 200;
+    let host = HostProc::start(&o.host_bin, "connect", CONNECT_CONFIG).await?;
+    let t = Instant::now();
+    let (sockets, mut lat, failed) = open_many(host.port, N, IN_FLIGHT).await;
+    let elapsed = t.elapsed();
+    let held = health_connections(host.port).await?;
+    lat.sort_unstable();
+    let rate = sockets.len() as f64 / elapsed.as_secs_f64();
+    let mut row = Row::new(
+        "connect-rate",
+        &format!("WebSocket handshakes with $connect → MOCK 200, {IN_FLIGHT} in flight"),
+    );
+    row.count = format!(
+        "{} conns ({failed} failed, host holds {held})",
+        sockets.len()
+    );
+    row.rate = format!("{rate:.0} conn/s");
+    row.p50 = ms(percentile(&lat, 0.50));
+    row.p99 = ms(percentile(&lat, 0.99));
+    row.target = "≥ 3,000/s".into();
+    row.verdict = verdict(rate >= 3_000.0 && failed == 0);
+    let t = Instant::now();
+    let n = sockets.len();
+    close_many(sockets, IN_FLIGHT).await;
+    eprintln!("  connect-rate: closed {n} in {:?}", t.elapsed());
+    host.report_log();
+    Ok(vec![row])
+}
+
+/// A bare tokio-tungstenite echo server in this process (no gateway semantics); returns its port.
+async fn start_echo_server() -> Res<u16> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let listener = socket.listen(4096)?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let config = WebSocketConfig::default().read_buffer_size(4096);
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+                else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+async fn baseline(o: &Opts) -> Res<Vec<Row>> {
+    let port = start_echo_server().await?;
+    let mut rows = Vec::new();
+    for conns in [100, 1] {
+        let figures = echo_loop(port, "/", conns, o.duration).await?;
+        let row = echo_row(
+            "baseline",
+            "closed-loop echo, bare tokio-tungstenite echo server (in-process, reference)",
+            conns,
+            figures,
+            None,
+        );
+        rows.push(row);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench [--host-bin PATH] [--out FILE] [--duration SECS] [{}]...",
+        ALL.join("|")
+    );
+    std::process::exit(2);
+}
+
+fn machine_facts(host_bin: &Path) -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let bin_time = std::fs::metadata(host_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| format!(", built {} min ago", d.as_secs() / 60))
+        .unwrap_or_default();
+    format!(
+        "- date: {date}\n- nproc: {nproc} (bench clients and the host share these cores)\n- kernel: {}\n\
+         - host binary: {}{bin_time} (git {rev})\n",
+        kernel.trim(),
+        host_bin.display()
+    )
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | what | count | rate | p50 | p99 | target | result |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.what, r.count, r.rate, r.p50, r.p99, r.target, r.verdict
+        );
+    }
+    s
+}
+
+fn main() {
+    let mut host_bin: Option<PathBuf> = None;
+    let mut out: Option<PathBuf> = None;
+    let mut duration = Duration::from_secs(10);
+    let mut scenarios = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--host-bin" => host_bin = Some(args.next().unwrap_or_else(|| usage()).into()),
+            "--out" => out = Some(args.next().unwrap_or_else(|| usage()).into()),
+            "--duration" => {
+                let secs: f64 = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage());
+                duration = Duration::from_secs_f64(secs.clamp(0.5, 120.0));
+            }
+            "-h" | "--help" => usage(),
+            s if ALL.contains(&s) => scenarios.push(s.to_string()),
+            _ => usage(),
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios = ALL.iter().map(|s| s.to_string()).collect();
+    }
+    let host_bin = host_bin.unwrap_or_else(|| {
+        // target/release/examples/bench → target/release/connection-host
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.parent()?.join("connection-host")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("target/release/connection-host"))
+    });
+    if !host_bin.exists() {
+        eprintln!(
+            "host binary {} not found (build it: cargo build --release -p connection-host)",
+            host_bin.display()
+        );
+        std::process::exit(2);
+    }
+    let opts = Opts {
+        host_bin: host_bin.clone(),
+        duration,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rows = runtime.block_on(async {
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                for pid in CHILDREN.lock().unwrap().iter() {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+                let prefix = format!("ch-bench-{}-", std::process::id());
+                if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+                    for e in entries.flatten() {
+                        if e.file_name().to_string_lossy().starts_with(&prefix) {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+                eprintln!("interrupted; host processes killed");
+                std::process::exit(130);
+            }
+        });
+        let mut rows = Vec::new();
+        for s in &scenarios {
+            eprintln!("== {s}");
+            let result = match s.as_str() {
+                "idle-memory" => idle_memory(&opts).await,
+                "post" => post(&opts).await,
+                "echo-http" => echo_http(&opts).await,
+                "connect-rate" => connect_rate(&opts).await,
+                "baseline" => baseline(&opts).await,
+                _ => unreachable!("checked when parsing"),
+            };
+            match result {
+                Ok(r) => {
+                    for row in &r {
+                        row.print_line();
+                    }
+                    rows.extend(r);
+                }
+                Err(e) => {
+                    eprintln!("  {s} failed: {e}");
+                    rows.push(Row::failed(s, &e.to_string()));
+                }
+            }
+            // Let sockets in TIME_WAIT and the previous host's exit settle.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        rows
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let report = format!(
+        "## connection-host bench\n\n{}\n{}\nPeer figures on this machine kind (reference doc): tokio-tungstenite echo \
+         76k msg/s p99 4.9 ms (100 conns), 33k msg/s (1 conn); Pushpin push 4.5k/s; serverless-offline push 7.8k/s.\n",
+        machine_facts(&host_bin),
+        table(&rows)
+    );
+    print!("{report}");
+    if let Some(path) = out
+        && let Err(e) = std::fs::write(&path, &report)
+    {
+        eprintln!("could not write {}: {e}", path.display());
+    }
+}
