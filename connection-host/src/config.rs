@@ -508,4 +508,31 @@ mod tests {
             .to_string();
         assert!(err.contains("route_selection_expression"), "{err}");
     }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "host.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\n[api]\nstage = \"file\"\n[limits]\nidle_timeout = \"5m\"\nmissed_pongs = 3\n",
+            )?;
+            jail.set_env("CONNECTION_HOST_LIMITS__IDLE_TIMEOUT", "7m");
+            jail.set_env("CONNECTION_HOST_API__STAGE", "env");
+            let flags = Overrides {
+                stage: Some("flag".into()),
+                ..Overrides::default()
+            };
+            let c = Config::load(Some(Path::new("host.toml")), &flags).expect("loads");
+            assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+            assert_eq!(c.limits.missed_pongs, 3);
+            assert_eq!(c.limits.idle_timeout, Duration::from_secs(420));
+            assert_eq!(c.api.stage, "flag");
+            jail.set_env("CONNECTION_HOST_LIMITS__MISSED_PONGS", "many");
+            let err = Config::load(Some(Path::new("host.toml")), &flags).unwrap_err();
+            assert!(err.to_string().to_lowercase().contains("missed_pongs"), "{err}");
+            let missing = Config::load(Some(Path::new("nope.toml")), &flags).unwrap_err();
+            assert!(missing.to_string().contains("does not exist"), "{missing}");
+            Ok(())
+        });
+    }
 }
