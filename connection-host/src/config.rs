@@ -529,7 +529,10 @@ mod tests {
             assert_eq!(c.api.stage, "flag");
             jail.set_env("CONNECTION_HOST_LIMITS__MISSED_PONGS", "many");
             let err = Config::load(Some(Path::new("host.toml")), &flags).unwrap_err();
-            assert!(err.to_string().to_lowercase().contains("missed_pongs"), "{err}");
+            assert!(
+                err.to_string().to_lowercase().contains("missed_pongs"),
+                "{err}"
+            );
             let missing = Config::load(Some(Path::new("nope.toml")), &flags).unwrap_err();
             assert!(missing.to_string().contains("does not exist"), "{missing}");
             Ok(())

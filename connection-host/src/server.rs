@@ -63,6 +63,9 @@ pub enum RunError {
     /// A listener failed.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
+    /// The configuration is invalid (a `Config` built in code skips the checks loading does).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Everything the host's tasks share.
@@ -167,6 +170,7 @@ pub async fn run_with_store(
     store: Arc<dyn ConnectionStore>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    config.validate()?;
     let listeners = listeners.into();
     let drain_timeout = config.server.drain_timeout;
     let host = Arc::new(Host::new(config, store).await);
@@ -213,4 +217,30 @@ pub async fn run_with_store(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn run_refuses_an_invalid_config_built_in_code() {
+        let mut config = Config::default();
+        config.routes.insert(
+            "$default".into(),
+            crate::config::RouteConfig {
+                integration: "missing".into(),
+                two_way: false,
+                timeout: std::time::Duration::from_secs(1),
+            },
+        );
+        let listener = bind(([127, 0, 0, 1], 0).into(), 16).unwrap();
+        let err = run(config, listener, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("routes.\"$default\".integration"),
+            "{err}"
+        );
+    }
 }
