@@ -509,6 +509,8 @@ mod tests {
         assert!(err.contains("route_selection_expression"), "{err}");
     }
 
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     #[test]
     fn file_then_environment_then_flags() {
         figment::Jail::expect_with(|jail| {
