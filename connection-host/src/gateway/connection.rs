@@ -306,9 +306,12 @@ fn spawn_message(
     is_base64_encoded: bool,
     permit: Option<OwnedSemaphorePermit>,
 ) {
+    let tasks = host.tasks.clone();
     let host = host.clone();
     let handle = handle.clone();
-    host.clone().tasks.spawn(async move {
+    // A child of the connection's span, so the invocation's log lines carry the connection ID.
+    let span = tracing::debug_span!("message");
+    let task = async move {
         let _permit = permit;
         let request_id = ids::new_id();
         let limit = host.config.limits.outbound_queue_bytes;
@@ -319,7 +322,11 @@ fn spawn_message(
             }
         };
         let Some(route) = host.routes.select(&body) else {
-            reply(error_frame("Forbidden", &context.connection_id, &request_id));
+            reply(error_frame(
+                "Forbidden",
+                &context.connection_id,
+                &request_id,
+            ));
             return;
         };
         let event = Event {
@@ -354,7 +361,11 @@ fn spawn_message(
                             Ok(bytes) => Outbound::Binary(bytes.into()),
                             Err(_) => {
                                 tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
-                                reply(error_frame("Internal server error", &context.connection_id, &event.request_id));
+                                reply(error_frame(
+                                    "Internal server error",
+                                    &context.connection_id,
+                                    &event.request_id,
+                                ));
                                 return;
                             }
                         }
@@ -366,8 +377,13 @@ fn spawn_message(
                 return;
             }
         };
-        reply(error_frame(failure, &context.connection_id, &event.request_id));
-    });
+        reply(error_frame(
+            failure,
+            &context.connection_id,
+            &event.request_id,
+        ));
+    };
+    tasks.spawn(tracing::Instrument::instrument(task, span));
 }
 
 fn log_failure(route: &str, e: &IntegrationError) {
