@@ -2,18 +2,19 @@
 # The project's one test command (CI runs it through .ci/run). From the repository root or anywhere:
 #
 #   tests/run.sh                        every step, in this order:
-#     tools        Python venv .venv-test/ with the pinned test tools (kosoku), created/installed only if missing
+#     tools        Python venv .venv-test/ with the pinned test tools (kosoku, moto), created/installed only if missing
 #     fmt          cargo fmt --all -- --check
 #     build        cargo build --workspace --all-targets (debug)
 #     clippy       cargo clippy --workspace --all-targets -- -D warnings
-#     test         cargo test --workspace (all unit and integration tests)
+#     test         cargo test --workspace (all unit and integration tests), with a moto server (DynamoDB API)
+#                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
 # Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo. KOSOKU_PARALLELISM (default 4).
-# PYTHON (default python3) creates the venv. Output of the conformance run: .test-run/ (ignored by git).
+# PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
 set -euo pipefail
 
@@ -22,12 +23,13 @@ cd "$ROOT"
 
 ALL_STEPS=(tools fmt build clippy test conformance)
 KOSOKU_VERSION="0.1.0"
+MOTO_VERSION="5.2.5"
 VENV="$ROOT/.venv-test"
 RUN_DIR="$ROOT/.test-run"
 PYTHON="${PYTHON:-python3}"
 KOSOKU_PARALLELISM="${KOSOKU_PARALLELISM:-4}"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 only=()
 while [[ $# -gt 0 ]]; do
@@ -48,18 +50,34 @@ if [[ "${CI:-}" == "true" ]]; then CARGO_FLAGS+=(--locked); fi
 
 # ---- bookkeeping: current step, timings, cleanup of everything started -----------------------------
 CURRENT_STEP="setup"
+# Tests and conformance cases counted over the run, for the closing summary line.
+PASSED=0
+FAILED=0
 TIMINGS=()
 HOST_PID=""
+MOTO_PID=""
+
+# Stops a process this script started: SIGTERM, up to 15 s to exit, then SIGKILL.
+stop_pid() {
+    local pid="$1"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+
+# Stops the moto server started by step_test.
+stop_moto() {
+    stop_pid "$MOTO_PID"
+    MOTO_PID=""
+}
 
 cleanup() {
     local rc=$?
     set +e
-    if [[ -n "$HOST_PID" ]] && kill -0 "$HOST_PID" 2>/dev/null; then
-        kill -TERM "$HOST_PID" 2>/dev/null
-        for _ in $(seq 150); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$HOST_PID" 2>/dev/null && kill -KILL "$HOST_PID" 2>/dev/null
-        wait "$HOST_PID" 2>/dev/null
-    fi
+    stop_moto
+    stop_pid "$HOST_PID"
     HOST_PID=""
     if [[ ${#TIMINGS[@]} -gt 0 ]]; then
         echo "==> step times: ${TIMINGS[*]}"
@@ -69,6 +87,8 @@ cleanup() {
     else
         echo "tests/run.sh: all steps passed"
     fi
+    # Rust tests plus Autobahn cases, as the last line (a plain "N passed, N failed" summary).
+    echo "total: $PASSED passed, $FAILED failed"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -96,7 +116,12 @@ step_tools() {
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
             "kosoku==$KOSOKU_VERSION" </dev/null
     fi
-    echo "kosoku $KOSOKU_VERSION in ${VENV#"$ROOT/"}/"
+    have="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true)"
+    if [[ "$have" != "$MOTO_VERSION" || ! -x "$VENV/bin/moto_server" ]]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+            "moto[server]==$MOTO_VERSION" </dev/null
+    fi
+    echo "kosoku $KOSOKU_VERSION, moto $MOTO_VERSION in ${VENV#"$ROOT/"}/"
 }
 
 step_fmt() { cargo fmt --all -- --check; }
@@ -105,7 +130,43 @@ step_build() { cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets; }
 
 step_clippy() { cargo clippy "${CARGO_FLAGS[@]}" --workspace --all-targets -- -D warnings; }
 
-step_test() { cargo test "${CARGO_FLAGS[@]}" --workspace </dev/null; }
+free_port() {
+    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts moto (the DynamoDB API) on a free loopback port; sets MOTO_PID and MOTO_ENDPOINT.
+start_moto() {
+    [[ -x "$VENV/bin/moto_server" ]] || step_tools
+    local port log="$RUN_DIR/moto.log"
+    port="$(free_port)"
+    mkdir -p "$RUN_DIR"
+    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
+    MOTO_PID=$!
+    for _ in $(seq 300); do
+        if curl -sf --max-time 1 "http://127.0.0.1:$port/moto-api/" >/dev/null; then
+            MOTO_ENDPOINT="http://127.0.0.1:$port"
+            echo "moto pid $MOTO_PID on $MOTO_ENDPOINT (log: ${log#"$ROOT/"})"
+            return 0
+        fi
+        kill -0 "$MOTO_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "moto did not become ready on 127.0.0.1:$port; its log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+step_test() {
+    start_moto
+    mkdir -p "$RUN_DIR"
+    DYNAMODB_TEST_ENDPOINT="$MOTO_ENDPOINT" cargo test "${CARGO_FLAGS[@]}" --workspace </dev/null 2>&1 \
+        | tee "$RUN_DIR/cargo-test.log"
+    # cargo prints one "test result" line per test binary; the run's totals are their sum.
+    read -r p f < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' \
+        "$RUN_DIR/cargo-test.log" | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+    stop_moto
+}
 
 target_dir() {
     # Wherever cargo puts artifacts (CARGO_TARGET_DIR, .cargo/config.toml, or ./target).
@@ -125,8 +186,8 @@ step_conformance() {
     local stage port report="$RUN_DIR/autobahn" log="$RUN_DIR/connection-host.log"
     stage="$(sed -n 's/^stage *= *"\(.*\)"/\1/p' "$config" | head -n1)"
     stage="${stage:-dev}"
-    port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    rm -rf "$report"
+    port="$(free_port)"
+    rm -rf "$report" "$RUN_DIR/autobahn-counts"
     mkdir -p "$RUN_DIR"
 
     RUST_LOG="${RUST_LOG:-warn}" "$bin" --config "$config" --listen "127.0.0.1:$port" </dev/null >"$log" 2>&1 &
@@ -149,7 +210,8 @@ step_conformance() {
     timeout 600 "$VENV/bin/kosoku" -x '12.*' -x '13.*' -p "$KOSOKU_PARALLELISM" -o "$report" \
         "ws://127.0.0.1:$port/$stage" </dev/null || kosoku_rc=$?
 
-    "$VENV/bin/python" - "$report/index.json" <<'EOF'
+    local verdict_rc=0
+    "$VENV/bin/python" - "$report/index.json" "$RUN_DIR/autobahn-counts" <<'EOF' || verdict_rc=$?
 import json, sys
 from collections import Counter
 
@@ -174,9 +236,17 @@ print("autobahn: " + ", ".join(f"{counts[k]} {k}" for k in
       ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")) + f" ({total} cases)")
 if failed:
     print("\n".join(sorted(failed, key=lambda l: [int(p) for p in l.split(":")[0].split(".")])))
+with open(sys.argv[2], "w") as f:
+    f.write(f"{total - counts['FAILED']} {counts['FAILED']}\n")
 if total == 0 or failed:
     sys.exit(1)
 EOF
+    if [[ -f "$RUN_DIR/autobahn-counts" ]]; then
+        read -r p f <"$RUN_DIR/autobahn-counts"
+        PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+        rm -f "$RUN_DIR/autobahn-counts"
+    fi
+    [[ $verdict_rc -eq 0 ]] || return 1
     if [[ $kosoku_rc -ne 0 ]]; then
         echo "kosoku exited with status $kosoku_rc" >&2
         return 1

@@ -35,6 +35,8 @@ pub struct Config {
     pub integrations: BTreeMap<String, IntegrationConfig>,
     /// Behaviour beyond API Gateway's; all off by default.
     pub extensions: ExtensionsConfig,
+    /// Where connection records and group memberships live.
+    pub store: StoreConfig,
 }
 
 /// Listeners and process behaviour.
@@ -230,6 +232,47 @@ pub struct ExtensionsConfig {
     /// Accept binary frames from clients as a base64 `body` with `isBase64Encoded: true` instead of
     /// closing with 1003.
     pub binary_messages: bool,
+}
+
+/// Where connection records and group memberships live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (in-process, lost on exit) or `dynamodb` (shared tables, see `STORE.md`).
+    pub kind: StoreKind,
+    /// DynamoDB table of connection records (partition key `connectionId`).
+    pub connections_table: String,
+    /// DynamoDB table of group memberships (keys `group`, `connectionId`; index `byConnection`).
+    pub groups_table: String,
+    /// DynamoDB endpoint; empty uses the standard AWS configuration (`AWS_ENDPOINT_URL_DYNAMODB`,
+    /// `AWS_ENDPOINT_URL`, else AWS itself).
+    pub endpoint_url: String,
+    /// DynamoDB region; empty uses `api.region`.
+    pub region: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let tables = crate::store::DynamoDbTables::default();
+        Self {
+            kind: StoreKind::Memory,
+            connections_table: tables.connections,
+            groups_table: tables.groups,
+            endpoint_url: String::new(),
+            region: String::new(),
+        }
+    }
+}
+
+/// Which connection store the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process maps: one host only, nothing survives a restart.
+    #[default]
+    Memory,
+    /// DynamoDB tables shared by every host configured with them.
+    Dynamodb,
 }
 
 /// A configuration problem, naming the field.
@@ -432,8 +475,39 @@ impl Config {
                 return invalid(field("method"), "must be an HTTP method");
             }
         }
+        let store = &self.store;
+        for (field, name) in [
+            ("store.connections_table", &store.connections_table),
+            ("store.groups_table", &store.groups_table),
+        ] {
+            if !is_table_name(name) {
+                return invalid(
+                    field.into(),
+                    "must be a DynamoDB table name: 3 to 255 letters, digits, '_', '-' or '.'",
+                );
+            }
+        }
+        if store.connections_table == store.groups_table {
+            return invalid(
+                "store.groups_table".into(),
+                "must differ from store.connections_table (the tables have different keys)",
+            );
+        }
+        if !store.endpoint_url.is_empty() && !is_http_url(&store.endpoint_url) {
+            return invalid(
+                "store.endpoint_url".into(),
+                "must be an http:// or https:// URL",
+            );
+        }
         Ok(())
     }
+}
+
+fn is_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -487,6 +561,18 @@ mod tests {
             ("[api]\napi_id = \"UPPER\"", "api.api_id"),
             ("[limits]\nframe_size = 10", "limits.frame_size"),
             (
+                "[store]\nconnections_table = \"a b\"",
+                "store.connections_table",
+            ),
+            (
+                "[store]\ngroups_table = \"connection-host-connections\"",
+                "store.groups_table",
+            ),
+            (
+                "[store]\nendpoint_url = \"localhost:8000\"",
+                "store.endpoint_url",
+            ),
+            (
                 "[integrations.h]\ntype = \"http\"\nurl = \"ftp://x\"",
                 "integrations.h.url",
             ),
@@ -499,6 +585,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("idle_timeout"), "{err}");
+        let err = Config::from_toml("[store]\nkind = \"redis\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind"), "{err}");
+        let c = Config::from_toml("[store]\nkind = \"dynamodb\"").unwrap();
+        assert_eq!(c.store.kind, StoreKind::Dynamodb);
         let err = Config::from_toml("[limits]\nbogus = 1")
             .unwrap_err()
             .to_string();

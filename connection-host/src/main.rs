@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use connection_host::config::{Config, DEFAULT_CONFIG_TOML, Overrides};
+use connection_host::config::{Config, DEFAULT_CONFIG_TOML, Overrides, StoreKind};
+use connection_host::store::DynamoDbStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -33,6 +34,19 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Work with the connection store configured in `[store]`.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Create the DynamoDB tables named in `[store]` (on-demand capacity, TTL on `ttl`); tables
+    /// that already exist are left as they are. Uses `[store] endpoint_url`, else the standard AWS
+    /// configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials).
+    Init,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +91,13 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Some(Command::Store {
+            action: StoreAction::Init,
+        }) => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(store_init(&config))
+        }
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -94,6 +115,23 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `store init`: creates the DynamoDB tables whatever `store.kind` says, so the tables can be
+/// prepared before the hosts are switched over.
+async fn store_init(config: &Config) -> anyhow::Result<()> {
+    if config.store.kind != StoreKind::Dynamodb {
+        println!("note: [store] kind is not \"dynamodb\"; creating the tables anyway");
+    }
+    let store = DynamoDbStore::from_env(config).await;
+    let report = store
+        .create_tables()
+        .await
+        .context("could not create the DynamoDB tables")?;
+    for line in report {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

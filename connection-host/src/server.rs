@@ -1,9 +1,9 @@
 //! `run(config, listeners, shutdown)`: the whole host as one function, so tests start it on port 0.
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::registry::Registry;
 use crate::routing::{Route, RouteTable};
-use crate::store::{ConnectionStore, MemoryStore};
+use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +66,9 @@ pub enum RunError {
     /// The configuration is invalid (a `Config` built in code skips the checks loading does).
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// The configured connection store is not usable (e.g. its DynamoDB tables are missing).
+    #[error("connection store: {0}")]
+    Store(String),
 }
 
 /// Everything the host's tasks share.
@@ -153,13 +156,32 @@ where
     }
 }
 
-/// Runs the host with the embedded in-memory store until `shutdown` resolves, then drains.
+/// Runs the host with the store `config.store` selects until `shutdown` resolves, then drains.
+/// A DynamoDB store's tables are checked first, so a missing table fails here rather than on the
+/// first connect.
 pub async fn run(
     config: Config,
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    run_with_store(config, listeners, Arc::new(MemoryStore::new()), shutdown).await
+    config.validate()?;
+    let store: Arc<dyn ConnectionStore> = match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Dynamodb => {
+            let store = DynamoDbStore::from_env(&config).await;
+            store
+                .check_tables()
+                .await
+                .map_err(|e| RunError::Store(e.to_string()))?;
+            tracing::info!(
+                connections = %store.tables().connections,
+                groups = %store.tables().groups,
+                "DynamoDB connection store"
+            );
+            Arc::new(store)
+        }
+    };
+    run_with_store(config, listeners, store, shutdown).await
 }
 
 /// Runs the host with a given store until `shutdown` resolves, then drains: stops accepting,

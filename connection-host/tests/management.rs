@@ -15,16 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// A `whoami` route tells a client its connection ID.
-const WHOAMI: &str = r#"
-[routes.whoami]
-integration = "whoami"
-two_way = true
-[integrations.whoami]
-type = "mock"
-response_template = '{"connectionId":"$context.connectionId"}'
-"#;
-
 /// WHOAMI plus `$connect`/`$disconnect` to a recording handler, plus `extra`.
 fn with_handler(url: &str, extra: &str) -> String {
     format!(

@@ -1,10 +1,12 @@
 //! The connection store: connection records and group memberships, shared by every host that uses it.
 //!
-//! The in-memory implementation is the embedded default; a DynamoDB implementation sits behind the
-//! same trait for clusters.
+//! The in-memory implementation is the embedded default; the DynamoDB implementation sits behind the
+//! same trait for hosts that share connections (`[store] kind = "dynamodb"`).
 
+pub mod dynamodb;
 mod memory;
 
+pub use dynamodb::{DynamoDbStore, DynamoDbTables};
 pub use memory::MemoryStore;
 
 /// A connection's durable record, written before the 101 and deleted when it closes.

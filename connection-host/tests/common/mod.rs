@@ -23,6 +23,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// A `whoami` route tells a client its connection ID.
+pub const WHOAMI: &str = r#"
+[routes.whoami]
+integration = "whoami"
+two_way = true
+[integrations.whoami]
+type = "mock"
+response_template = '{"connectionId":"$context.connectionId"}'
+"#;
+
 /// Upper bound for every wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -48,6 +58,28 @@ pub fn init_env() {
     });
 }
 
+/// The DynamoDB-API endpoint for tests (`DYNAMODB_TEST_ENDPOINT`, set by `tests/run.sh`, which
+/// starts moto). Unset: panics when `CI` is set, so CI cannot pass without running the DynamoDB
+/// tests; otherwise prints why the test is skipped and returns `None`.
+pub fn dynamodb_test_endpoint(test: &str) -> Option<String> {
+    match std::env::var("DYNAMODB_TEST_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
+        _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => panic!(
+            "{test}: DYNAMODB_TEST_ENDPOINT is not set but CI is: the DynamoDB tests must run \
+             (tests/run.sh starts moto and sets it)"
+        ),
+        _ => {
+            // Written to the real stderr, past the test harness's capture, so a skip is visible.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: DYNAMODB_TEST_ENDPOINT is not set (tests/run.sh starts moto and sets it)"
+            );
+            None
+        }
+    }
+}
+
 /// A running host.
 pub struct TestHost {
     pub addr: SocketAddr,
@@ -66,6 +98,31 @@ impl TestHost {
         let join = tokio::spawn(connection_host::run(config, listener, async move {
             let _ = rx.await;
         }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    /// Starts `connection_host::run_with_store` with `store` and a TOML configuration.
+    pub async fn start_with_store(
+        toml: &str,
+        store: Arc<dyn connection_host::store::ConnectionStore>,
+    ) -> Self {
+        init_env();
+        let config = connection_host::Config::from_toml(toml).expect("test config is valid");
+        let listener = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(connection_host::run_with_store(
+            config,
+            listener,
+            store,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             shutdown: Some(tx),

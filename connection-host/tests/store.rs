@@ -1,0 +1,524 @@
+//! The connection store: one suite of assertions run against `MemoryStore` and `DynamoDbStore`
+//! (on the DynamoDB-API server in `DYNAMODB_TEST_ENDPOINT`, moto under `tests/run.sh`), plus the
+//! DynamoDB-only behaviour (table setup, expiry, unreachable endpoint) and the host end to end on
+//! DynamoDB. Every DynamoDB test works in its own uniquely named tables.
+
+mod common;
+
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use common::*;
+use connection_host::Config;
+use connection_host::config::StoreKind;
+use connection_host::server::RunError;
+use connection_host::store::{ConnectionRecord, ConnectionStore, DynamoDbStore, StoreError};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn record(id: &str, user_agent: Option<&str>) -> ConnectionRecord {
+    ConnectionRecord {
+        connection_id: id.into(),
+        connected_at: now_ms(),
+        source_ip: "203.0.113.7".into(),
+        user_agent: user_agent.map(str::to_string),
+    }
+}
+
+/// Every member of `group`, following `next_token`, with the size of each page.
+async fn all_members(
+    store: &dyn ConnectionStore,
+    group: &str,
+    limit: usize,
+) -> (Vec<String>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = store
+            .group_members(group, token.as_deref(), limit)
+            .await
+            .unwrap();
+        assert!(page.connection_ids.len() <= limit, "{page:?}");
+        sizes.push(page.connection_ids.len());
+        ids.extend(page.connection_ids);
+        token = page.next_token;
+        if token.is_none() {
+            return (ids, sizes);
+        }
+        assert!(sizes.len() < 100, "paging does not end");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared suite.
+// ---------------------------------------------------------------------------------------------
+
+async fn suite_put_get_delete(store: &dyn ConnectionStore) {
+    let a = record("conn-a", Some("test-agent/1.0"));
+    store.put_connection(a.clone()).await.unwrap();
+    assert_eq!(store.get_connection("conn-a").await.unwrap(), Some(a));
+    match store.put_connection(record("conn-a", None)).await {
+        Err(StoreError::AlreadyExists(id)) => assert_eq!(id, "conn-a"),
+        other => panic!("a second put of conn-a must fail with AlreadyExists, got {other:?}"),
+    }
+    // The failed put left the first record untouched.
+    let kept = store.get_connection("conn-a").await.unwrap().unwrap();
+    assert_eq!(kept.user_agent.as_deref(), Some("test-agent/1.0"));
+
+    let b = record("conn-b", None);
+    store.put_connection(b.clone()).await.unwrap();
+    assert_eq!(
+        store.get_connection("conn-b").await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(store.get_connection("conn-none").await.unwrap(), None);
+
+    store.delete_connection("conn-a").await.unwrap();
+    assert_eq!(store.get_connection("conn-a").await.unwrap(), None);
+    store.delete_connection("conn-a").await.unwrap();
+    assert_eq!(store.get_connection("conn-b").await.unwrap(), Some(b));
+    // A deleted ID can be written again.
+    store.put_connection(record("conn-a", None)).await.unwrap();
+}
+
+async fn suite_delete_removes_memberships(store: &dyn ConnectionStore) {
+    for id in ["m-a", "m-b"] {
+        store.put_connection(record(id, None)).await.unwrap();
+    }
+    store.add_to_group("g1", "m-a").await.unwrap();
+    store.add_to_group("g2", "m-a").await.unwrap();
+    store.add_to_group("g1", "m-b").await.unwrap();
+    store.delete_connection("m-a").await.unwrap();
+    let (g1, _) = all_members(store, "g1", 10).await;
+    assert_eq!(g1, vec!["m-b".to_string()]);
+    let g2 = store.group_members("g2", None, 10).await.unwrap();
+    assert!(g2.connection_ids.is_empty(), "{g2:?}");
+    assert_eq!(g2.next_token, None);
+}
+
+async fn suite_add_remove_idempotent(store: &dyn ConnectionStore) {
+    store.add_to_group("room", "i-a").await.unwrap();
+    store.add_to_group("room", "i-a").await.unwrap();
+    store.add_to_group("room", "i-b").await.unwrap();
+    let (ids, _) = all_members(store, "room", 10).await;
+    assert_eq!(ids, vec!["i-a".to_string(), "i-b".to_string()]);
+    store.remove_from_group("room", "i-a").await.unwrap();
+    store.remove_from_group("room", "i-a").await.unwrap();
+    store.remove_from_group("nowhere", "i-a").await.unwrap();
+    let (ids, _) = all_members(store, "room", 10).await;
+    assert_eq!(ids, vec!["i-b".to_string()]);
+}
+
+async fn suite_paging(store: &dyn ConnectionStore) {
+    let expected: Vec<String> = (0..27).map(|i| format!("p-{i:02}")).collect();
+    for id in &expected {
+        store.add_to_group("big", id).await.unwrap();
+    }
+    // A neighbouring group must not leak into the pages.
+    store.add_to_group("big2", "p-xx").await.unwrap();
+
+    let (ids, sizes) = all_members(store, "big", 10).await;
+    assert_eq!(sizes, vec![10, 10, 7]);
+    assert_eq!(ids, expected, "every member exactly once, in order");
+    // 27 = 3 × 9: the third page is the last and says so (no empty fourth page).
+    let (ids, sizes) = all_members(store, "big", 9).await;
+    assert_eq!(sizes, vec![9, 9, 9]);
+    assert_eq!(ids, expected);
+    let (ids, sizes) = all_members(store, "big", 100).await;
+    assert_eq!(sizes, vec![27]);
+    assert_eq!(ids.len(), 27);
+}
+
+async fn suite_empty_group(store: &dyn ConnectionStore) {
+    let page = store.group_members("empty", None, 10).await.unwrap();
+    assert!(page.connection_ids.is_empty());
+    assert_eq!(page.next_token, None);
+    let page = store
+        .group_members("empty", Some("after-this"), 10)
+        .await
+        .unwrap();
+    assert!(page.connection_ids.is_empty());
+    assert_eq!(page.next_token, None);
+}
+
+/// Uniquely named tables, created for one test and deleted at its end.
+struct TestTables {
+    store: DynamoDbStore,
+    config: Config,
+}
+
+impl TestTables {
+    /// The configuration of a DynamoDB store on fresh table names (not created yet).
+    fn config(endpoint: &str) -> Config {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut config = Config::default();
+        config.store.kind = StoreKind::Dynamodb;
+        config.store.connections_table = format!("test-connections-{suffix}");
+        config.store.groups_table = format!("test-groups-{suffix}");
+        config.store.endpoint_url = endpoint.to_string();
+        config
+    }
+
+    /// `None` (and a printed reason) when no endpoint is configured outside CI.
+    async fn create(test: &str) -> Option<Self> {
+        let endpoint = dynamodb_test_endpoint(test)?;
+        init_env();
+        let config = Self::config(&endpoint);
+        let store = DynamoDbStore::from_env(&config).await;
+        store.create_tables().await.expect("create the test tables");
+        Some(Self { store, config })
+    }
+
+    async fn delete(self) {
+        for table in [
+            &self.config.store.connections_table,
+            &self.config.store.groups_table,
+        ] {
+            let _ = self
+                .store
+                .client()
+                .delete_table()
+                .table_name(table)
+                .send()
+                .await;
+        }
+    }
+}
+
+macro_rules! shared_suite {
+    ($($suite:ident => $test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$suite(&connection_host::store::MemoryStore::new()).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some(tables) = super::TestTables::create(concat!("dynamodb::", stringify!($test))).await else {
+                        return;
+                    };
+                    super::$suite(&tables.store).await;
+                    tables.delete().await;
+                }
+            )*
+        }
+    };
+}
+
+shared_suite! {
+    suite_put_get_delete => put_is_conditional_get_and_delete,
+    suite_delete_removes_memberships => delete_removes_memberships,
+    suite_add_remove_idempotent => add_and_remove_are_idempotent,
+    suite_paging => pages_through_a_large_group,
+    suite_empty_group => empty_group_is_one_empty_page,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DynamoDB only.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
+    let Some(endpoint) =
+        dynamodb_test_endpoint("dynamodb_check_tables_names_missing_tables_and_init_is_idempotent")
+    else {
+        return;
+    };
+    init_env();
+    let config = TestTables::config(&endpoint);
+    let store = DynamoDbStore::from_env(&config).await;
+    let (connections, groups) = (&config.store.connections_table, &config.store.groups_table);
+
+    let err = store.check_tables().await.unwrap_err().to_string();
+    assert!(err.contains(connections) && err.contains(groups), "{err}");
+    assert!(err.contains("connection-host store init"), "{err}");
+
+    let report = store.create_tables().await.unwrap();
+    assert!(
+        report.contains(&format!("created table {connections}")),
+        "{report:?}"
+    );
+    assert!(
+        report.contains(&format!("created table {groups}")),
+        "{report:?}"
+    );
+    store.check_tables().await.expect("both tables exist now");
+    for table in [connections, groups] {
+        let ttl = store
+            .client()
+            .describe_time_to_live()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap();
+        let ttl = ttl.time_to_live_description().unwrap();
+        assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+        assert_eq!(ttl.attribute_name(), Some("ttl"));
+    }
+
+    let again = store.create_tables().await.expect("init twice is fine");
+    assert!(
+        again.contains(&format!("table {connections} already exists")),
+        "{again:?}"
+    );
+    assert!(
+        again.contains(&format!("TTL on {groups}.ttl already enabled")),
+        "{again:?}"
+    );
+
+    // Only the missing one is named.
+    let mut partial = config.clone();
+    partial.store.groups_table = format!("{groups}-missing");
+    let err = DynamoDbStore::from_env(&partial)
+        .await
+        .check_tables()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&partial.store.groups_table), "{err}");
+    assert!(!err.contains(&format!("table {connections} ")), "{err}");
+
+    // run() refuses to start on missing tables, with the same message.
+    let listener = connection_host::bind(([127, 0, 0, 1], 0).into(), 16).unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        connection_host::run(partial.clone(), listener, std::future::pending()),
+    )
+    .await
+    .expect("run returns promptly when the store check fails");
+    match result {
+        Err(RunError::Store(message)) => {
+            assert!(message.contains(&partial.store.groups_table), "{message}")
+        }
+        other => panic!("expected RunError::Store, got {other:?}"),
+    }
+    TestTables { store, config }.delete().await;
+}
+
+#[tokio::test]
+async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
+    let Some(tables) =
+        TestTables::create("dynamodb_items_stored_with_schema_and_expired_ones_ignored").await
+    else {
+        return;
+    };
+    let store = &tables.store;
+    let rec = record("schema-a", Some("ua"));
+    store.put_connection(rec.clone()).await.unwrap();
+    let item = store
+        .client()
+        .get_item()
+        .table_name(&tables.config.store.connections_table)
+        .key("connectionId", AttributeValue::S("schema-a".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the record is in the table");
+    let n = |name: &str| item[name].as_n().unwrap().parse::<i64>().unwrap();
+    assert_eq!(n("connectedAt"), rec.connected_at);
+    assert_eq!(item["sourceIp"].as_s().unwrap(), "203.0.113.7");
+    assert_eq!(item["userAgent"].as_s().unwrap(), "ua");
+    // Default max_connection_duration (2 h) + 1 h.
+    assert_eq!(n("ttl"), rec.connected_at / 1000 + 3 * 3600);
+
+    // Items whose ttl has passed are invisible, and an expired record's ID can be reused.
+    let expiring = DynamoDbStore::new(store.client().clone(), store.tables().clone())
+        .with_lifetime(Duration::ZERO);
+    let mut old = record("old", None);
+    old.connected_at -= 3_600_000;
+    expiring.put_connection(old.clone()).await.unwrap();
+    assert_eq!(store.get_connection("old").await.unwrap(), None);
+    store.put_connection(record("old", None)).await.unwrap();
+    assert!(store.get_connection("old").await.unwrap().is_some());
+    expiring.add_to_group("g", "gone").await.unwrap();
+    store.add_to_group("g", "live").await.unwrap();
+    let page = store.group_members("g", None, 1).await.unwrap();
+    assert_eq!(page.connection_ids, vec!["live".to_string()]);
+    assert_eq!(
+        page.next_token, None,
+        "the expired member is not a further page"
+    );
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn dynamodb_unreachable_endpoint_is_unavailable_quickly() {
+    init_env();
+    let closed = closed_port_url().await.replace("/nothing", "");
+    let mut config = TestTables::config(&closed);
+    config.store.endpoint_url = closed;
+    let store = DynamoDbStore::from_env(&config).await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.put_connection(record("x", None)),
+    )
+    .await
+    .expect("the SDK's own timeouts and retry limit end the call");
+    let elapsed = started.elapsed();
+    match result {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("PutItem"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(matches!(
+        store.check_tables().await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host end to end on DynamoDB.
+// ---------------------------------------------------------------------------------------------
+
+async fn whoami(ws: &mut Ws) -> String {
+    send_text(ws, r#"{"action":"whoami"}"#).await;
+    let v: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    v["connectionId"].as_str().unwrap().to_string()
+}
+
+/// Polls `store` until `id`'s record and its membership of `group` are gone.
+async fn wait_forgotten(store: &DynamoDbStore, id: &str, group: &str) {
+    within(&format!("{id} removed from the tables"), async {
+        loop {
+            let record = store.get_connection(id).await.unwrap();
+            let members = store.group_members(group, None, 100).await.unwrap();
+            if record.is_none() && !members.connection_ids.iter().any(|m| m == id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn host_on_dynamodb_connects_posts_groups_and_forgets() {
+    let Some(tables) =
+        TestTables::create("host_on_dynamodb_connects_posts_groups_and_forgets").await
+    else {
+        return;
+    };
+    let store = Arc::new(tables.store.clone());
+    let mut host = TestHost::start_with_store(
+        &format!("{WHOAMI}\n[extensions]\ngroups = true\n"),
+        store.clone(),
+    )
+    .await;
+    let sdk = mgmt_client(host.addr);
+    let http = reqwest::Client::new();
+
+    let (mut a, _) = try_connect(host.addr, "/dev", &[("User-Agent", "e2e/1")], None)
+        .await
+        .unwrap();
+    let id_a = whoami(&mut a).await;
+    let mut b = connect(host.addr).await;
+    let id_b = whoami(&mut b).await;
+    let rec = store
+        .get_connection(&id_a)
+        .await
+        .unwrap()
+        .expect("record of a");
+    assert_eq!(rec.source_ip, "127.0.0.1");
+    assert_eq!(rec.user_agent.as_deref(), Some("e2e/1"));
+
+    sdk.post_to_connection()
+        .connection_id(&id_a)
+        .data(Blob::new("hello a"))
+        .send()
+        .await
+        .expect("PostToConnection");
+    assert_eq!(next_text(&mut a).await, "hello a");
+    let info = sdk
+        .get_connection()
+        .connection_id(&id_a)
+        .send()
+        .await
+        .expect("GetConnection");
+    assert_eq!(info.identity().unwrap().source_ip(), Some("127.0.0.1"));
+
+    for id in [&id_a, &id_b] {
+        let r = http
+            .put(host.http(&format!("/dev/@connections/{}/groups/room", encode_id(id))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "join {id}");
+    }
+    let members: BTreeSet<String> = store
+        .group_members("room", None, 10)
+        .await
+        .unwrap()
+        .connection_ids
+        .into_iter()
+        .collect();
+    assert_eq!(members, [id_a.clone(), id_b.clone()].into());
+    let r = http
+        .post(host.http("/dev/@groups/room"))
+        .body("to the room")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (v["delivered"].as_u64(), v["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
+    assert_eq!(next_text(&mut a).await, "to the room");
+    assert_eq!(next_text(&mut b).await, "to the room");
+
+    // a leaves: its record and membership go, the management API answers 410, and a broadcast
+    // reaches only b.
+    a.close(None).await.unwrap();
+    wait_forgotten(&store, &id_a, "room").await;
+    let gone = sdk
+        .get_connection()
+        .connection_id(&id_a)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        gone.raw_response().map(|r| r.status().as_u16()),
+        Some(410),
+        "{gone:?}"
+    );
+    let r = http
+        .post(host.http("/dev/@groups/room"))
+        .body("again")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (v["delivered"].as_u64(), v["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    assert_eq!(next_text(&mut b).await, "again");
+
+    b.close(None).await.unwrap();
+    wait_forgotten(&store, &id_b, "room").await;
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
+    drop(store);
+    tables.delete().await;
+}
