@@ -1,0 +1,440 @@
+//! Fault behaviour on DynamoDB: the host with a `DynamoDbStore` whose traffic goes through a TCP
+//! proxy that can refuse or black-hole connections, so DynamoDB (moto, in `DYNAMODB_TEST_ENDPOINT`)
+//! becomes unreachable and comes back without losing its state.
+//!
+//! While DynamoDB is unreachable: new connects get 503 within the store client's timeouts,
+//! connections made before keep working (PostToConnection, two-way routes), `$disconnect` is not
+//! held up, and a closed connection's record is deleted by background retries once DynamoDB is
+//! back; new connects then succeed again by themselves. On shutdown during an outage the retries
+//! end with the drain timeout. Throttling is not simulated: the store client retries throttling
+//! errors itself (the SDK's standard retry mode, 3 attempts).
+
+mod common;
+
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use common::*;
+use connection_host::store::dynamodb::client as dynamodb_client;
+use connection_host::store::{ConnectionStore, DynamoDbStore, DynamoDbTables};
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+// ---------------------------------------------------------------------------------------------
+// The fault-injecting proxy.
+// ---------------------------------------------------------------------------------------------
+
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Forward bytes both ways.
+    Pass,
+    /// Close new connections at once, and every open one (as a dead host's RST would).
+    Refuse,
+    /// Accept new connections and never answer; open ones stop forwarding (a network partition).
+    /// Leaving this mode closes the held connections.
+    Blackhole,
+}
+
+/// A TCP proxy on `127.0.0.1:0` in front of a DynamoDB endpoint, switchable at run time.
+struct FaultProxy {
+    /// `http://127.0.0.1:PORT`, the endpoint URL for the store's client.
+    url: String,
+    mode: Arc<watch::Sender<Mode>>,
+    /// TCP connections accepted so far (each SDK attempt on a fresh connection counts one).
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    async fn start(endpoint: &str) -> Self {
+        let url = reqwest::Url::parse(endpoint).expect("DYNAMODB_TEST_ENDPOINT is a URL");
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().expect("endpoint host"),
+            url.port_or_known_default().expect("endpoint port")
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(watch::channel(Mode::Pass).0);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let mode = mode.clone();
+            let accepted = accepted.clone();
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let rx = mode.subscribe();
+                    let current = *rx.borrow();
+                    match current {
+                        Mode::Refuse => drop(client),
+                        Mode::Blackhole => {
+                            tokio::spawn(async move {
+                                let _held = client;
+                                hold_while_blackholed(rx).await;
+                            });
+                        }
+                        Mode::Pass => {
+                            tokio::spawn(pipe(client, upstream.clone(), rx));
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            url: format!("http://{addr}"),
+            mode,
+            accepted,
+            task,
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards until either side closes or the mode leaves `Pass`; then closes both sides (after
+/// holding them for as long as the proxy black-holes).
+async fn pipe(mut client: TcpStream, upstream: String, mut mode: watch::Receiver<Mode>) {
+    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+        _ = mode.wait_for(|m| *m != Mode::Pass) => {}
+    }
+    hold_while_blackholed(mode).await;
+}
+
+async fn hold_while_blackholed(mut mode: watch::Receiver<Mode>) {
+    let _ = mode.wait_for(|m| *m != Mode::Blackhole).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host on a proxied DynamoDB store.
+// ---------------------------------------------------------------------------------------------
+
+/// Uniquely named tables on moto, the proxy, the host on a store through the proxy, and a
+/// recording `$disconnect` handler.
+struct Setup {
+    direct: Direct,
+    proxy: FaultProxy,
+    /// The host's store, through the proxy.
+    store: Arc<DynamoDbStore>,
+    handler: Handler,
+    host: TestHost,
+}
+
+impl Setup {
+    /// `None` (and a printed reason) when no endpoint is configured outside CI.
+    async fn start(test: &str, extra_toml: &str) -> Option<Self> {
+        let endpoint = dynamodb_test_endpoint(test)?;
+        init_env();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let tables = DynamoDbTables {
+            connections: format!("faults-connections-{suffix}"),
+            groups: format!("faults-groups-{suffix}"),
+        };
+        let direct = Direct(DynamoDbStore::new(
+            dynamodb_client(&endpoint, "us-east-1").await,
+            tables.clone(),
+        ));
+        direct
+            .0
+            .create_tables()
+            .await
+            .expect("create the test tables");
+        let proxy = FaultProxy::start(&endpoint).await;
+        // Built like `DynamoDbStore::from_env` builds it: the same timeouts and retry policy.
+        let store = Arc::new(DynamoDbStore::new(
+            dynamodb_client(&proxy.url, "us-east-1").await,
+            tables,
+        ));
+        let handler = Handler::start(|_| Reply::proxy(200, None)).await;
+        let toml = format!(
+            "{WHOAMI}\n[routes.\"$disconnect\"]\nintegration = \"h\"\n[integrations.h]\ntype = \"http\"\nurl = \"{}\"\n{extra_toml}",
+            handler.url
+        );
+        let host = TestHost::start_with_store(&toml, store.clone()).await;
+        Some(Self {
+            direct,
+            proxy,
+            store,
+            handler,
+            host,
+        })
+    }
+}
+
+/// A store on moto directly (not through the proxy): creates and inspects the tables.
+struct Direct(DynamoDbStore);
+
+impl Direct {
+    /// Whether the connections table holds `id`'s record (read from moto directly).
+    async fn has_record(&self, id: &str) -> bool {
+        self.0
+            .get_connection(id)
+            .await
+            .expect("moto is reachable directly")
+            .is_some()
+    }
+
+    /// Polls the table until `id`'s record is gone; panics after `limit`.
+    async fn wait_record_gone(&self, id: &str, limit: Duration) {
+        let started = Instant::now();
+        while self.has_record(id).await {
+            assert!(
+                started.elapsed() < limit,
+                "record of {id} still in the table after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn drop_tables(&self) {
+        let tables = self.0.tables();
+        for table in [&tables.connections, &tables.groups] {
+            let _ = self
+                .0
+                .client()
+                .delete_table()
+                .table_name(table)
+                .send()
+                .await;
+        }
+    }
+}
+
+async fn whoami(ws: &mut Ws) -> String {
+    send_text(ws, r#"{"action":"whoami"}"#).await;
+    let v: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    v["connectionId"].as_str().unwrap().to_string()
+}
+
+/// One connect to `ws://ADDR/dev`, bounded by `limit`: the client on a 101, else the refusal's
+/// HTTP status; and how long the handshake took.
+async fn attempt(addr: std::net::SocketAddr, limit: Duration) -> (Result<Ws, u16>, Duration) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        limit,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/dev")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the handshake did not end within {limit:?}"));
+    let outcome = match result {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("expected a 101 or an HTTP refusal, got {e}"),
+    };
+    (outcome, started.elapsed())
+}
+
+/// Written past the test harness's capture, so the measured figures show in the run's output.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------------------
+
+/// The whole outage cycle with the proxy in `mode`; a new connect must be refused with 503 within
+/// `refused_within`.
+async fn outage_cycle(test: &str, mode: Mode, refused_within: Duration) {
+    let Some(s) = Setup::start(test, "").await else {
+        return;
+    };
+    let addr = s.host.addr;
+    let sdk = mgmt_client(addr);
+    // Connected while DynamoDB is reachable: `a` stays throughout, `b` leaves during the outage.
+    let mut a = connect(addr).await;
+    let id_a = whoami(&mut a).await;
+    let mut b = connect(addr).await;
+    let id_b = whoami(&mut b).await;
+    assert!(s.direct.has_record(&id_a).await && s.direct.has_record(&id_b).await);
+
+    s.proxy.set(mode);
+    let outage = Instant::now();
+    // In the background: a black-holed request takes the client's whole operation timeout.
+    let refused = tokio::spawn(attempt(addr, refused_within + Duration::from_secs(5)));
+
+    // Connections made before the outage keep working: local PostToConnection and a two-way route.
+    sdk.post_to_connection()
+        .connection_id(&id_a)
+        .data(Blob::new("during the outage"))
+        .send()
+        .await
+        .expect("PostToConnection during the outage");
+    assert_eq!(next_text(&mut a).await, "during the outage");
+    assert_eq!(whoami(&mut a).await, id_a);
+
+    // b leaves: $disconnect is not held up by the unreachable store, and the record stays.
+    let closed = Instant::now();
+    b.close(None).await.unwrap();
+    s.handler.wait_route("$disconnect", Some(&id_b)).await;
+    let disconnect_after = closed.elapsed();
+    assert!(
+        disconnect_after < Duration::from_secs(3),
+        "$disconnect took {disconnect_after:?}"
+    );
+    assert!(
+        s.direct.has_record(&id_b).await,
+        "b's record cannot be deleted while DynamoDB is unreachable"
+    );
+
+    let (outcome, refused_after) = refused.await.unwrap();
+    assert_eq!(
+        outcome.err(),
+        Some(503),
+        "a connect during the outage is refused with 503"
+    );
+    assert!(
+        refused_after < refused_within,
+        "503 after {refused_after:?}, expected under {refused_within:?}"
+    );
+    // Still refused later in the outage (not a one-off).
+    if mode == Mode::Refuse {
+        let (outcome, _) = attempt(addr, refused_within).await;
+        assert_eq!(outcome.err(), Some(503));
+    }
+    let outage_lasted = outage.elapsed();
+
+    // DynamoDB comes back: new connects succeed again by themselves.
+    s.proxy.set(Mode::Pass);
+    let back = Instant::now();
+    let mut c = loop {
+        match attempt(addr, Duration::from_secs(20)).await.0 {
+            Ok(ws) => break ws,
+            Err(503) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(10),
+                    "connects still refused 10 s after DynamoDB came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected refusal {status} after recovery"),
+        }
+    };
+    let recovered_after = back.elapsed();
+    let id_c = whoami(&mut c).await;
+    assert!(s.direct.has_record(&id_c).await, "c's record was written");
+
+    // b's record goes by the background retries: at most one backoff step (5 s) after recovery.
+    s.direct
+        .wait_record_gone(&id_b, Duration::from_secs(10))
+        .await;
+    let b_deleted_after = back.elapsed();
+    assert!(s.direct.has_record(&id_a).await, "a's record is untouched");
+    report(&format!(
+        "{test}: outage of {outage_lasted:?}: 503 after {refused_after:?}, $disconnect after \
+         {disconnect_after:?}; after recovery: connect in {recovered_after:?}, closed record \
+         deleted in {b_deleted_after:?}"
+    ));
+
+    // Shutdown with DynamoDB healthy deletes the remaining records.
+    let Setup {
+        direct, mut host, ..
+    } = s;
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
+    for id in [&id_a, &id_c] {
+        direct.wait_record_gone(id, Duration::from_secs(5)).await;
+    }
+    direct.drop_tables().await;
+}
+
+#[tokio::test]
+async fn refused_dynamodb_connects_503_existing_work_and_it_recovers() {
+    outage_cycle(
+        "refused_dynamodb_connects_503_existing_work_and_it_recovers",
+        Mode::Refuse,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// A black hole costs a connect the client's whole operation timeout (15 s in `dynamodb.rs`:
+/// 5 s per attempt, 3 attempts), so the bound is looser than for a refused connection.
+#[tokio::test]
+async fn blackholed_dynamodb_connects_503_existing_work_and_it_recovers() {
+    outage_cycle(
+        "blackholed_dynamodb_connects_503_existing_work_and_it_recovers",
+        Mode::Blackhole,
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_during_an_outage_ends_the_delete_retries_with_the_drain_timeout() {
+    let test = "shutdown_during_an_outage_ends_the_delete_retries_with_the_drain_timeout";
+    let Some(s) = Setup::start(test, "[server]\ndrain_timeout = \"1s\"\n").await else {
+        return;
+    };
+    let mut a = connect(s.host.addr).await;
+    let id_a = whoami(&mut a).await;
+    s.proxy.set(Mode::Refuse);
+    a.close(None).await.unwrap();
+    s.handler.wait_route("$disconnect", Some(&id_a)).await;
+
+    // The delete is being retried: new attempts keep reaching the proxy.
+    let seen = s.proxy.accepted();
+    within("delete retries reaching the proxy", async {
+        while s.proxy.accepted() < seen + 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let Setup {
+        direct,
+        store,
+        mut host,
+        ..
+    } = s;
+    let shutdown = Instant::now();
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
+    // Once every task of the host has ended, the test holds the only reference to the store; a
+    // retry loop that ignored the shutdown would keep it for its whole 2 min.
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            shutdown.elapsed() < Duration::from_secs(5),
+            "the host's tasks still hold the store {:?} after shutdown with a 1 s drain timeout",
+            shutdown.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended_after = shutdown.elapsed();
+    assert!(
+        ended_after >= Duration::from_millis(900),
+        "retries continue through the drain timeout, ended after {ended_after:?}"
+    );
+    assert!(
+        direct.has_record(&id_a).await,
+        "the record is left to its ttl when the host shuts down during the outage"
+    );
+    report(&format!(
+        "{test}: delete retries ended {ended_after:?} after shutdown (drain timeout 1 s)"
+    ));
+    direct.drop_tables().await;
+}
