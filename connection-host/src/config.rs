@@ -37,6 +37,8 @@ pub struct Config {
     pub extensions: ExtensionsConfig,
     /// Where connection records and group memberships live.
     pub store: StoreConfig,
+    /// This host's identity in a cluster of hosts sharing one DynamoDB store.
+    pub cluster: ClusterConfig,
 }
 
 /// Listeners and process behaviour.
@@ -261,6 +263,78 @@ impl Default for StoreConfig {
             endpoint_url: String::new(),
             region: String::new(),
         }
+    }
+}
+
+/// This host's identity in a cluster: several hosts sharing one DynamoDB store, where a management
+/// call made to any host reaches the connection wherever it lives (see the README, "Running a
+/// cluster").
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This host's ID in the store (letters, digits, `-`, `_`, `.`; at most 64); empty means a
+    /// random ID generated at each start. A fixed ID lets a restarted host remove the records its
+    /// previous run left behind at once instead of waiting for the reaper. Must be unique in the
+    /// cluster.
+    pub host_id: String,
+    /// The base URL other hosts use to reach this host's management API, e.g.
+    /// `http://10.0.0.5:9080`; empty means not clustered (management calls reach only this host's
+    /// connections, and nothing runs in the background).
+    pub advertise_url: String,
+    /// Shared token that authenticates host-to-host calls (`x-connection-host-secret`); required
+    /// when `advertise_url` is set. Prefer the environment (`CONNECTION_HOST_CLUSTER__SECRET`) to
+    /// the file.
+    pub secret: String,
+    /// How often this host writes its heartbeat and looks for dead hosts to reap.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A host whose last heartbeat is older than this is dead: calls for its connections answer
+    /// 410 and its records are reaped. Must exceed twice `heartbeat_interval` (plus clock skew).
+    #[serde(with = "humantime_serde")]
+    pub host_timeout: Duration,
+    /// Connection owners remembered per host, so repeated calls for a remote connection skip the
+    /// store read.
+    pub owner_cache_size: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            host_id: String::new(),
+            advertise_url: String::new(),
+            secret: String::new(),
+            heartbeat_interval: Duration::from_secs(5),
+            host_timeout: Duration::from_secs(20),
+            owner_cache_size: 100_000,
+        }
+    }
+}
+
+// The secret must not end up in logs through `{:?}` of the configuration.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("host_id", &self.host_id)
+            .field("advertise_url", &self.advertise_url)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("host_timeout", &self.host_timeout)
+            .field("owner_cache_size", &self.owner_cache_size)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this host takes part in a cluster (`advertise_url` is set).
+    pub fn enabled(&self) -> bool {
+        !self.advertise_url.is_empty()
     }
 }
 
@@ -499,8 +573,57 @@ impl Config {
                 "must be an http:// or https:// URL",
             );
         }
+        let cluster = &self.cluster;
+        if !cluster.host_id.is_empty() && !is_host_id(&cluster.host_id) {
+            return invalid(
+                "cluster.host_id".into(),
+                "must be at most 64 letters, digits, '-', '_' or '.'",
+            );
+        }
+        if cluster.heartbeat_interval < Duration::from_millis(100) {
+            return invalid(
+                "cluster.heartbeat_interval".into(),
+                "must be at least 100ms",
+            );
+        }
+        if cluster.host_timeout < cluster.heartbeat_interval * 2 {
+            return invalid(
+                "cluster.host_timeout".into(),
+                "must be at least twice cluster.heartbeat_interval, or one late heartbeat kills a host",
+            );
+        }
+        if cluster.owner_cache_size == 0 {
+            return invalid("cluster.owner_cache_size".into(), "must be at least 1");
+        }
+        if cluster.enabled() {
+            if !is_http_url(&cluster.advertise_url) {
+                return invalid(
+                    "cluster.advertise_url".into(),
+                    "must be an http:// or https:// URL",
+                );
+            }
+            if cluster.secret.len() < 16 {
+                return invalid(
+                    "cluster.secret".into(),
+                    "must be at least 16 characters when cluster.advertise_url is set (it authenticates host-to-host calls)",
+                );
+            }
+            if store.kind == StoreKind::Memory {
+                return invalid(
+                    "cluster.advertise_url".into(),
+                    "a cluster needs a shared store: set store.kind = \"dynamodb\"",
+                );
+            }
+        }
         Ok(())
     }
+}
+
+fn is_host_id(id: &str) -> bool {
+    id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
 fn is_table_name(name: &str) -> bool {
@@ -576,6 +699,23 @@ mod tests {
                 "[integrations.h]\ntype = \"http\"\nurl = \"ftp://x\"",
                 "integrations.h.url",
             ),
+            ("[cluster]\nhost_id = \"a b\"", "cluster.host_id"),
+            (
+                "[cluster]\nheartbeat_interval = \"11s\"",
+                "cluster.host_timeout",
+            ),
+            (
+                "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"",
+                "cluster.secret",
+            ),
+            (
+                "[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"\nsecret = \"0123456789abcdef\"",
+                "store.kind",
+            ),
+            (
+                "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"127.0.0.1:9080\"\nsecret = \"0123456789abcdef\"",
+                "cluster.advertise_url",
+            ),
         ];
         for (toml, field) in cases {
             let err = Config::from_toml(toml).unwrap_err().to_string();
@@ -612,6 +752,7 @@ mod tests {
             )?;
             jail.set_env("CONNECTION_HOST_LIMITS__IDLE_TIMEOUT", "7m");
             jail.set_env("CONNECTION_HOST_API__STAGE", "env");
+            jail.set_env("CONNECTION_HOST_CLUSTER__SECRET", "from-the-environment");
             let flags = Overrides {
                 stage: Some("flag".into()),
                 ..Overrides::default()
@@ -621,6 +762,8 @@ mod tests {
             assert_eq!(c.limits.missed_pongs, 3);
             assert_eq!(c.limits.idle_timeout, Duration::from_secs(420));
             assert_eq!(c.api.stage, "flag");
+            assert_eq!(c.cluster.secret, "from-the-environment");
+            assert!(!format!("{c:?}").contains("from-the-environment"));
             jail.set_env("CONNECTION_HOST_LIMITS__MISSED_PONGS", "many");
             let err = Config::load(Some(Path::new("host.toml")), &flags).unwrap_err();
             assert!(

@@ -1,5 +1,6 @@
 //! `run(config, listeners, shutdown)`: the whole host as one function, so tests start it on port 0.
 
+use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, StoreKind};
 use crate::registry::Registry;
 use crate::routing::{Route, RouteTable};
@@ -88,6 +89,10 @@ pub struct Host {
     pub shutdown: CancellationToken,
     /// WebSocket protocol limits derived from `config.limits`.
     pub ws_config: WebSocketConfig,
+    /// Who this host is in the store (every record it writes names it).
+    pub identity: Identity,
+    /// Owner lookups and host-to-host calls; `None` when not clustered.
+    pub cluster: Option<Cluster>,
 }
 
 impl Host {
@@ -119,6 +124,9 @@ impl Host {
             .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.frame_size) * 2)
             .max_frame_size(Some(limits.frame_size))
             .max_message_size(Some(limits.message_size));
+        let identity = Identity::new(&config.cluster);
+        // The same pooled keep-alive client as the integrations: forwarded calls reuse connections.
+        let cluster = Cluster::new(&config.cluster, &identity, http);
         Self {
             config,
             registry: Registry::new(),
@@ -127,6 +135,8 @@ impl Host {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             ws_config,
+            identity,
+            cluster,
         }
     }
 }
@@ -197,6 +207,20 @@ pub async fn run_with_store(
     let drain_timeout = config.server.drain_timeout;
     let host = Arc::new(Host::new(config, store).await);
     let separate_management = listeners.management.is_some();
+    if host.cluster.is_some() {
+        // Registered before the first connection, so no record ever names an unknown host.
+        crate::cluster::liveness::register(&host)
+            .await
+            .map_err(|e| RunError::Store(format!("registering this host: {e}")))?;
+        tracing::info!(
+            host_id = %host.identity.host_id,
+            incarnation = %host.identity.incarnation,
+            advertise_url = %host.identity.endpoint,
+            "joined the cluster"
+        );
+        host.tasks
+            .spawn(crate::cluster::liveness::run(host.clone()));
+    }
     tracing::info!(
         listen = %listeners.public.local_addr()?,
         stage = %host.config.api.stage,
@@ -237,6 +261,17 @@ pub async fn run_with_store(
             remaining = host.tasks.len(),
             "drain timeout reached; some $disconnect invocations did not finish"
         );
+    }
+    if host.cluster.is_some() {
+        // Drained: this host's records are gone, so others need not wait host_timeout to know.
+        let identity = &host.identity;
+        if let Err(e) = host
+            .store
+            .remove_host(&identity.host_id, &identity.incarnation)
+            .await
+        {
+            tracing::warn!(error = %e, "liveness record not removed; other hosts will reap it");
+        }
     }
     Ok(())
 }

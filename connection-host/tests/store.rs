@@ -11,7 +11,9 @@ use common::*;
 use connection_host::Config;
 use connection_host::config::StoreKind;
 use connection_host::server::RunError;
-use connection_host::store::{ConnectionRecord, ConnectionStore, DynamoDbStore, StoreError};
+use connection_host::store::{
+    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, StoreError,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,6 +32,28 @@ fn record(id: &str, user_agent: Option<&str>) -> ConnectionRecord {
         connected_at: now_ms(),
         source_ip: "203.0.113.7".into(),
         user_agent: user_agent.map(str::to_string),
+        owner_host: "host-1".into(),
+        owner_incarnation: "inc-1".into(),
+        owner_endpoint: "http://127.0.0.1:9080".into(),
+    }
+}
+
+fn owned(id: &str, host: &str, incarnation: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        owner_host: host.into(),
+        owner_incarnation: incarnation.into(),
+        owner_endpoint: format!("http://{host}:9080"),
+        ..record(id, None)
+    }
+}
+
+fn host_record(host_id: &str, incarnation: &str, heartbeat_at: i64) -> HostRecord {
+    HostRecord {
+        host_id: host_id.into(),
+        incarnation: incarnation.into(),
+        endpoint: format!("http://{host_id}:9080"),
+        heartbeat_at,
+        reaping: false,
     }
 }
 
@@ -150,6 +174,130 @@ async fn suite_empty_group(store: &dyn ConnectionStore) {
     assert_eq!(page.next_token, None);
 }
 
+async fn suite_records_name_their_owner(store: &dyn ConnectionStore) {
+    let records = [
+        owned("o-a", "h1", "1"),
+        owned("o-b", "h1", "2"),
+        owned("o-c", "h2", "1"),
+    ];
+    for r in &records {
+        store.put_connection(r.clone()).await.unwrap();
+    }
+    let read = store.get_connection("o-a").await.unwrap().unwrap();
+    assert_eq!(read, records[0]);
+    assert_eq!(
+        (read.owner_host.as_str(), read.owner_incarnation.as_str()),
+        ("h1", "1")
+    );
+
+    let ids = ["o-c", "o-a", "missing"].map(String::from);
+    let mut batch = store.get_connections(&ids).await.unwrap();
+    batch.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(batch, vec![records[0].clone(), records[2].clone()]);
+    assert!(store.get_connections(&[]).await.unwrap().is_empty());
+
+    let first = store.connections_of_host("h1", None, 1).await.unwrap();
+    assert_eq!(first.records, vec![records[0].clone()]);
+    let token = first.next_token.expect("a second page");
+    let second = store
+        .connections_of_host("h1", Some(&token), 1)
+        .await
+        .unwrap();
+    assert_eq!(second.records, vec![records[1].clone()]);
+    assert_eq!(second.next_token, None, "two records: no third page");
+    let h2 = store.connections_of_host("h2", None, 10).await.unwrap();
+    assert_eq!(h2.records, vec![records[2].clone()]);
+    assert_eq!(h2.next_token, None);
+    assert!(
+        store
+            .connections_of_host("nobody", None, 10)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    store.delete_connection("o-a").await.unwrap();
+    let h1 = store.connections_of_host("h1", None, 10).await.unwrap();
+    assert_eq!(h1.records, vec![records[1].clone()]);
+}
+
+async fn suite_host_liveness(store: &dyn ConnectionStore) {
+    assert!(store.hosts().await.unwrap().is_empty());
+    assert_eq!(store.get_host("h1").await.unwrap(), None);
+    store
+        .register_host(&host_record("h1", "a", 1_000))
+        .await
+        .unwrap();
+    store
+        .register_host(&host_record("h2", "x", 1_000))
+        .await
+        .unwrap();
+    let mut hosts = store.hosts().await.unwrap();
+    hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+    assert_eq!(
+        hosts,
+        vec![host_record("h1", "a", 1_000), host_record("h2", "x", 1_000)]
+    );
+    // Host records are not connections of anyone.
+    assert!(
+        store
+            .connections_of_host("h1", None, 10)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+
+    assert!(store.heartbeat("h1", "a", 2_000).await.unwrap());
+    assert_eq!(
+        store.get_host("h1").await.unwrap(),
+        Some(host_record("h1", "a", 2_000))
+    );
+    assert!(
+        !store.heartbeat("h1", "other", 3_000).await.unwrap(),
+        "another incarnation's heartbeat fails"
+    );
+    assert!(!store.heartbeat("nobody", "a", 3_000).await.unwrap());
+
+    // A reaper that saw an old heartbeat loses; one that saw the current one claims the host, and
+    // the host's own heartbeats fail from then on.
+    assert!(
+        !store
+            .begin_reap(&host_record("h1", "a", 1_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .begin_reap(&host_record("h1", "a", 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_host("h1").await.unwrap().unwrap().reaping);
+    assert!(!store.heartbeat("h1", "a", 4_000).await.unwrap());
+
+    store.remove_host("h1", "other").await.unwrap();
+    assert!(
+        store.get_host("h1").await.unwrap().is_some(),
+        "kept: other incarnation"
+    );
+    store.remove_host("h1", "a").await.unwrap();
+    assert_eq!(store.get_host("h1").await.unwrap(), None);
+    store.remove_host("h1", "a").await.unwrap();
+
+    // A restart replaces the record: new incarnation, not reaping.
+    store
+        .register_host(&host_record("h2", "y", 5_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.hosts().await.unwrap(),
+        vec![host_record("h2", "y", 5_000)]
+    );
+    assert!(!store.heartbeat("h2", "x", 6_000).await.unwrap());
+    assert!(store.heartbeat("h2", "y", 6_000).await.unwrap());
+}
+
 /// Uniquely named tables, created for one test and deleted at its end.
 struct TestTables {
     store: DynamoDbStore,
@@ -225,6 +373,8 @@ shared_suite! {
     suite_add_remove_idempotent => add_and_remove_are_idempotent,
     suite_paging => pages_through_a_large_group,
     suite_empty_group => empty_group_is_one_empty_page,
+    suite_records_name_their_owner => records_name_their_owner,
+    suite_host_liveness => host_liveness,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,6 +442,24 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     assert!(err.contains(&partial.store.groups_table), "{err}");
     assert!(!err.contains(&format!("table {connections} ")), "{err}");
 
+    // A connections table without the byOwner index (made before clusters) is named too: here
+    // the groups table, which has byConnection but not byOwner, stands in for one.
+    let tables = connection_host::store::DynamoDbTables {
+        connections: groups.clone(),
+        groups: groups.clone(),
+    };
+    let err = DynamoDbStore::new(store.client().clone(), tables)
+        .check_tables()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "table {groups} has no global secondary index byOwner"
+        )),
+        "{err}"
+    );
+
     // run() refuses to start on missing tables, with the same message.
     let listener = connection_host::bind(([127, 0, 0, 1], 0).into(), 16).unwrap();
     let result = tokio::time::timeout(
@@ -333,6 +501,12 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
     assert_eq!(n("connectedAt"), rec.connected_at);
     assert_eq!(item["sourceIp"].as_s().unwrap(), "203.0.113.7");
     assert_eq!(item["userAgent"].as_s().unwrap(), "ua");
+    assert_eq!(item["ownerHost"].as_s().unwrap(), "host-1");
+    assert_eq!(item["ownerIncarnation"].as_s().unwrap(), "inc-1");
+    assert_eq!(
+        item["ownerEndpoint"].as_s().unwrap(),
+        "http://127.0.0.1:9080"
+    );
     // Default max_connection_duration (2 h) + 1 h.
     assert_eq!(n("ttl"), rec.connected_at / 1000 + 3 * 3600);
 

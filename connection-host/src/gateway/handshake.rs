@@ -138,6 +138,9 @@ async fn establish(
         connected_at,
         source_ip: context.source_ip.clone(),
         user_agent: context.user_agent.clone(),
+        owner_host: host.identity.host_id.clone(),
+        owner_incarnation: host.identity.incarnation.clone(),
+        owner_endpoint: host.identity.endpoint.clone(),
     };
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");

@@ -1,17 +1,28 @@
 //! The groups extension (off by default): server-side fan-out so a broadcast is one call, not one
 //! billed PostToConnection per recipient. Membership ends with the connection.
+//!
+//! In a cluster, a broadcast delivers to this host's members directly and makes one call per
+//! other host per page of members (`POST /{stage}/@internal/deliver`), so each member gets the
+//! message exactly once whichever host received the broadcast.
 
-use super::{ManagementError, check_id, read_body};
+use super::{Call, ManagementError, check_id, elsewhere, read_body};
+use crate::cluster::{Cluster, Owner};
 use crate::registry::Outbound;
 use crate::server::Host;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
 use http::StatusCode;
+use std::collections::HashMap;
 
 /// Members listed per page when the caller gives no `limit`.
 const DEFAULT_PAGE: usize = 100;
 /// Most members listed per page.
 const MAX_PAGE: usize = 1000;
+/// Other hosts a broadcast calls at once.
+const REMOTE_CONCURRENCY: usize = 8;
 
 fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
     query
@@ -22,12 +33,20 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, st
 }
 
 /// `PUT /{stage}/@connections/{id}/groups/{group}`.
-pub(super) async fn join(host: &Host, id: &str, group: &str) -> Result<Response, ManagementError> {
+pub(super) async fn join(
+    host: &Host,
+    call: &Call,
+    id: &str,
+    group: &str,
+) -> Result<Response, ManagementError> {
     check_id(id)?;
     if group.is_empty() {
         return Err(ManagementError::BadRequest("empty group name".into()));
     }
-    host.registry.get(id).ok_or(ManagementError::Gone)?;
+    // The owner writes the membership: only it can tell whether the connection is still open.
+    if host.registry.get(id).is_none() {
+        return elsewhere(host, call, id, Bytes::new()).await;
+    }
     host.store
         .add_to_group(group, id)
         .await
@@ -61,7 +80,7 @@ pub(super) async fn broadcast(
     let data = read_body(body, host.config.limits.post_size).await?;
     let exclude = query_param(query, "exclude");
     // Serialized once: every member's queue holds a reference to the same buffer.
-    let message = Outbound::data(data);
+    let message = Outbound::data(data.clone());
     let limit = host.config.limits.outbound_queue_bytes;
     let (mut delivered, mut failed) = (0usize, 0usize);
     let mut token: Option<String> = None;
@@ -71,20 +90,124 @@ pub(super) async fn broadcast(
             .group_members(group, token.as_deref(), MAX_PAGE)
             .await
             .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-        for id in &page.connection_ids {
+        let mut remote: HashMap<Owner, Vec<String>> = HashMap::new();
+        let mut unknown = Vec::new();
+        for id in page.connection_ids {
             if exclude.as_deref() == Some(id.as_str()) {
                 continue;
             }
-            match host.registry.get(id) {
-                Some(handle) if handle.post(message.clone(), limit).is_ok() => delivered += 1,
+            match (host.registry.get(&id), &host.cluster) {
+                (Some(handle), _) if handle.post(message.clone(), limit).is_ok() => delivered += 1,
+                (None, Some(cluster)) => match cluster.cached_owner(&id) {
+                    Some(owner) => remote.entry(owner).or_default().push(id),
+                    None => unknown.push(id),
+                },
                 _ => failed += 1,
             }
+        }
+        if let Some(cluster) = &host.cluster {
+            failed += owners_of(host, cluster, unknown, &mut remote).await?;
+            let (d, f) = deliver_remote(host, cluster, remote, &data).await?;
+            delivered += d;
+            failed += f;
         }
         token = page.next_token;
         if token.is_none() {
             break;
         }
     }
+    Ok(axum::Json(serde_json::json!({ "delivered": delivered, "failed": failed })).into_response())
+}
+
+/// Looks up the owners of `ids` in one batch read and sorts them into `remote`; returns how many
+/// have no live-looking owner (no record, or a record of this host that is not in its registry).
+async fn owners_of(
+    host: &Host,
+    cluster: &Cluster,
+    ids: Vec<String>,
+    remote: &mut HashMap<Owner, Vec<String>>,
+) -> Result<usize, ManagementError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let records = host
+        .store
+        .get_connections(&ids)
+        .await
+        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+    let mut failed = ids.len() - records.len().min(ids.len());
+    for record in records {
+        let owner = Owner {
+            host_id: record.owner_host,
+            incarnation: record.owner_incarnation,
+            endpoint: record.owner_endpoint,
+        };
+        if owner.host_id == host.identity.host_id || owner.endpoint.is_empty() {
+            failed += 1;
+            continue;
+        }
+        cluster.remember(&record.connection_id, &owner);
+        remote.entry(owner).or_default().push(record.connection_id);
+    }
+    Ok(failed)
+}
+
+/// One delivery call per live owner, a few at a time; members of dead owners count as failed.
+async fn deliver_remote(
+    host: &Host,
+    cluster: &Cluster,
+    remote: HashMap<Owner, Vec<String>>,
+    data: &Bytes,
+) -> Result<(usize, usize), ManagementError> {
+    let (mut delivered, mut failed) = (0, 0);
+    let mut live = Vec::with_capacity(remote.len());
+    for (owner, ids) in remote {
+        if cluster.is_live(host.store.as_ref(), &owner).await? {
+            live.push((owner, ids));
+        } else {
+            failed += ids.len();
+        }
+    }
+    let stage = host.config.api.stage.as_str();
+    let mut calls = futures_util::stream::iter(live)
+        .map(|(owner, ids)| async move { cluster.deliver(&owner, stage, &ids, data).await })
+        .buffer_unordered(REMOTE_CONCURRENCY);
+    while let Some((d, f)) = calls.next().await {
+        delivered += d;
+        failed += f;
+    }
+    Ok((delivered, failed))
+}
+
+/// `POST /{stage}/@internal/deliver` (host-to-host, authenticated by the caller): delivers one
+/// broadcast's data to the listed connections of this host, as another host's broadcast asks.
+pub(super) async fn deliver(host: &Host, body: Body) -> Result<Response, ManagementError> {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        #[serde(rename = "connectionIds")]
+        connection_ids: Vec<String>,
+        data: String,
+    }
+    // Base64 data of at most post_size bytes, plus a page of connection IDs.
+    let limit = host.config.limits.post_size * 2 + 64 * 1024;
+    let body = read_body(body, limit).await?;
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| ManagementError::BadRequest(format!("invalid delivery batch: {e}")))?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&batch.data)
+        .map_err(|e| ManagementError::BadRequest(format!("invalid delivery data: {e}")))?;
+    let message = Outbound::data(data.into());
+    let limit = host.config.limits.outbound_queue_bytes;
+    let delivered = batch
+        .connection_ids
+        .iter()
+        .filter(|id| {
+            host.registry
+                .get(id)
+                .is_some_and(|h| h.post(message.clone(), limit).is_ok())
+        })
+        .count();
+    let failed = batch.connection_ids.len() - delivered;
     Ok(axum::Json(serde_json::json!({ "delivered": delivered, "failed": failed })).into_response())
 }
 

@@ -3,12 +3,16 @@
 //!
 //! Paths: `POST|GET|DELETE /{stage}/@connections/{connectionId}`; `@` may arrive as `%40` and the
 //! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
+//!
+//! In a cluster, a call for a connection another host holds is forwarded to that host (see
+//! [`crate::cluster`]); host-to-host calls carry the cluster secret and are never forwarded again.
 
 mod error;
 mod groups;
 
 pub use error::ManagementError;
 
+use crate::cluster;
 use crate::ids;
 use crate::registry::{Outbound, PostError};
 use crate::server::Host;
@@ -100,6 +104,15 @@ async fn public_only(State(host): State<Arc<Host>>, request: Request) -> Respons
     ManagementError::Forbidden.into_response()
 }
 
+/// What a handler needs to know about the call besides its path, to forward it if need be.
+pub(crate) struct Call {
+    method: Method,
+    /// The path and query as received (still percent-encoded), for the owner's URL.
+    target: String,
+    /// Sent by another host of the cluster (authenticated): served here, never forwarded again.
+    forwarded: bool,
+}
+
 async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     let segs = segments(request.uri().path());
     let method = request.method().clone();
@@ -107,18 +120,40 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let stage = host.config.api.stage.as_str();
     let groups = host.config.extensions.groups;
+    // A host-to-host call must carry the right secret; a wrong one is refused before anything
+    // else, and a host outside any cluster accepts none.
+    let headers = request.headers();
+    let forwarded = headers.contains_key(cluster::SECRET_HEADER)
+        || headers.contains_key(cluster::FORWARDED_HEADER);
+    if forwarded
+        && !host
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.authenticates(headers))
+    {
+        tracing::warn!(path = %request.uri().path(), "host-to-host call with a wrong secret refused");
+        return ManagementError::Forbidden.into_response();
+    }
+    let call = Call {
+        method: method.clone(),
+        target: request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_string(),
+            |p| p.as_str().to_string(),
+        ),
+        forwarded,
+    };
     let result = match segs.as_slice() {
         [s] | [s, ""] if *s == stage && method == Method::GET => {
             Err(ManagementError::UpgradeRequired)
         }
         [s, "@connections", id] if *s == stage => match method {
-            Method::POST => post_to_connection(&host, id, request.into_body()).await,
-            Method::GET => get_connection(&host, id).await,
-            Method::DELETE => delete_connection(&host, id).await,
+            Method::POST => post_to_connection(&host, &call, id, request.into_body()).await,
+            Method::GET => get_connection(&host, &call, id).await,
+            Method::DELETE => delete_connection(&host, &call, id).await,
             _ => Err(ManagementError::Forbidden),
         },
         [s, "@connections", id, "groups", group] if *s == stage && groups => match method {
-            Method::PUT => groups::join(&host, id, group).await,
+            Method::PUT => groups::join(&host, &call, id, group).await,
             Method::DELETE => groups::leave(&host, id, group).await,
             _ => Err(ManagementError::Forbidden),
         },
@@ -127,9 +162,31 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
             Method::GET => groups::members(&host, group, &query).await,
             _ => Err(ManagementError::Forbidden),
         },
+        [s, "@internal", "deliver"] if *s == stage && forwarded && method == Method::POST => {
+            groups::deliver(&host, request.into_body()).await
+        }
         _ => Err(ManagementError::Forbidden),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A call for a connection this host does not hold: forwarded to the owning host when clustered
+/// (unless it was itself forwarded), else 410 as on a single host.
+pub(crate) async fn elsewhere(
+    host: &Host,
+    call: &Call,
+    id: &str,
+    body: Bytes,
+) -> Result<Response, ManagementError> {
+    let Some(cluster) = host.cluster.as_ref().filter(|_| !call.forwarded) else {
+        return Err(ManagementError::Gone);
+    };
+    let Some(owner) = cluster.locate(host.store.as_ref(), id).await? else {
+        return Err(ManagementError::Gone);
+    };
+    cluster
+        .forward(&owner, id, call.method.clone(), &call.target, body)
+        .await
 }
 
 /// Reads a request body of at most `limit` bytes.
@@ -157,12 +214,15 @@ fn check_id(id: &str) -> Result<(), ManagementError> {
 
 async fn post_to_connection(
     host: &Host,
+    call: &Call,
     id: &str,
     body: Body,
 ) -> Result<Response, ManagementError> {
     check_id(id)?;
     let data = read_body(body, host.config.limits.post_size).await?;
-    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    let Some(handle) = host.registry.get(id) else {
+        return elsewhere(host, call, id, data).await;
+    };
     match handle.post(
         Outbound::data(data),
         host.config.limits.outbound_queue_bytes,
@@ -173,9 +233,11 @@ async fn post_to_connection(
     }
 }
 
-async fn get_connection(host: &Host, id: &str) -> Result<Response, ManagementError> {
+async fn get_connection(host: &Host, call: &Call, id: &str) -> Result<Response, ManagementError> {
     check_id(id)?;
-    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    let Some(handle) = host.registry.get(id) else {
+        return elsewhere(host, call, id, Bytes::new()).await;
+    };
     let c = &handle.context;
     let mut identity = serde_json::json!({ "sourceIp": c.source_ip });
     if let Some(ua) = &c.user_agent {
@@ -189,9 +251,15 @@ async fn get_connection(host: &Host, id: &str) -> Result<Response, ManagementErr
     .into_response())
 }
 
-async fn delete_connection(host: &Host, id: &str) -> Result<Response, ManagementError> {
+async fn delete_connection(
+    host: &Host,
+    call: &Call,
+    id: &str,
+) -> Result<Response, ManagementError> {
     check_id(id)?;
-    let handle = host.registry.get(id).ok_or(ManagementError::Gone)?;
+    let Some(handle) = host.registry.get(id) else {
+        return elsewhere(host, call, id, Bytes::new()).await;
+    };
     if !handle.close(1000, "Connection Closed Normally") {
         return Err(ManagementError::Gone);
     }

@@ -10,7 +10,17 @@
 //! | `connectedAt` | N | epoch milliseconds of the connect |
 //! | `sourceIp` | S | `identity.sourceIp` |
 //! | `userAgent` | S | `identity.userAgent`, absent when the client sent none |
+//! | `ownerHost` | S | ID of the host holding the connection |
+//! | `ownerIncarnation` | S | that host's incarnation (one per start) |
+//! | `ownerEndpoint` | S | that host's `cluster.advertise_url`; absent when not clustered |
 //! | `ttl` | N | epoch seconds: `connectedAt` + `limits.max_connection_duration` + 1 h |
+//!
+//! Its global secondary index `byOwner` (partition `ownerHost`, sort `connectionId`, all
+//! attributes) lists a host's connections for the reaper. Host liveness records live in the same
+//! table under the reserved key `@host#{hostId}` (connection IDs never contain `@`), with
+//! `ownerHost = "@hosts"` so that the same index lists every host in one partition: `hostId`,
+//! `incarnation`, `endpoint`, `heartbeatAt` (N, epoch ms), `reapingSince` (N, set by a reaper) and
+//! `ttl`.
 //!
 //! **Groups table** (default `connection-host-groups`), partition key `group` (S), sort key
 //! `connectionId` (S), attribute `ttl` (N, the write time + the same lifetime), and a global secondary
@@ -21,19 +31,27 @@
 //! disappear by themselves. TTL deletion is late (days on DynamoDB, never on moto), so every read
 //! ignores items whose `ttl` has passed.
 
-use super::{ConnectionRecord, ConnectionStore, MembersPage, StoreError};
+use super::{ConnectionRecord, ConnectionStore, HostRecord, MembersPage, RecordsPage, StoreError};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
-    IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType,
-    TableStatus, TimeToLiveSpecification, TimeToLiveStatus, WriteRequest,
+    IndexStatus, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus, WriteRequest,
 };
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Name of the groups table's index by connection.
 pub const BY_CONNECTION_INDEX: &str = "byConnection";
+/// Name of the connections table's index by owning host.
+pub const BY_OWNER_INDEX: &str = "byOwner";
+/// `ownerHost` of the host liveness records: one index partition lists every host.
+const HOSTS_PARTITION: &str = "@hosts";
+/// Key prefix of host liveness records in the connections table.
+const HOST_KEY_PREFIX: &str = "@host#";
+/// Most keys in one `BatchGetItem` call (a DynamoDB limit).
+const BATCH_GET_SIZE: usize = 100;
 
 /// Most write requests in one `BatchWriteItem` call (a DynamoDB limit).
 const BATCH_SIZE: usize = 25;
@@ -134,13 +152,28 @@ impl DynamoDbStore {
                 .build()
                 .expect("static attribute definition")
         };
+        let by_owner = GlobalSecondaryIndex::builder()
+            .index_name(BY_OWNER_INDEX)
+            .key_schema(key("ownerHost", KeyType::Hash))
+            .key_schema(key("connectionId", KeyType::Range))
+            // All attributes: the reaper needs each record's incarnation, and listing hosts needs
+            // their heartbeats, without a read per item.
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .expect("static index definition");
         let connections = self
             .client
             .create_table()
             .table_name(&self.tables.connections)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attr("connectionId"))
-            .key_schema(key("connectionId", KeyType::Hash));
+            .attribute_definitions(attr("ownerHost"))
+            .key_schema(key("connectionId", KeyType::Hash))
+            .global_secondary_indexes(by_owner);
         let index = GlobalSecondaryIndex::builder()
             .index_name(BY_CONNECTION_INDEX)
             .key_schema(key("connectionId", KeyType::Hash))
@@ -250,11 +283,15 @@ impl DynamoDbStore {
         Ok(format!("enabled TTL on {table}.ttl"))
     }
 
-    /// Checks that both tables exist and the groups table has its `byConnection` index; the error
-    /// names every missing piece and how to create it.
+    /// Checks that both tables exist, the connections table has its `byOwner` index and the
+    /// groups table its `byConnection` index; the error names every missing piece and how to
+    /// create it.
     pub async fn check_tables(&self) -> Result<(), StoreError> {
         let mut problems = Vec::new();
-        for table in [&self.tables.connections, &self.tables.groups] {
+        for (table, index) in [
+            (&self.tables.connections, BY_OWNER_INDEX),
+            (&self.tables.groups, BY_CONNECTION_INDEX),
+        ] {
             match self.client.describe_table().table_name(table).send().await {
                 Ok(out) => {
                     let has_index = out
@@ -262,10 +299,10 @@ impl DynamoDbStore {
                         .map(|t| t.global_secondary_indexes())
                         .unwrap_or_default()
                         .iter()
-                        .any(|i| i.index_name() == Some(BY_CONNECTION_INDEX));
-                    if *table == self.tables.groups && !has_index {
+                        .any(|i| i.index_name() == Some(index));
+                    if !has_index {
                         problems.push(format!(
-                            "table {table} has no global secondary index {BY_CONNECTION_INDEX}"
+                            "table {table} has no global secondary index {index}"
                         ));
                     }
                 }
@@ -312,16 +349,7 @@ impl DynamoDbStore {
                 .collect();
             let mut attempt = 0;
             while !pending.is_empty() {
-                if attempt == BATCH_ATTEMPTS {
-                    return Err(StoreError::Unavailable(format!(
-                        "{} memberships of {connection_id} still unprocessed after {BATCH_ATTEMPTS} BatchWriteItem calls",
-                        pending.len()
-                    )));
-                }
-                if attempt > 0 {
-                    // Unprocessed items mean throttling: back off before resubmitting them.
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-                }
+                before_batch_attempt(attempt, pending.len(), "BatchWriteItem").await?;
                 attempt += 1;
                 let out = self
                     .client
@@ -340,6 +368,24 @@ impl DynamoDbStore {
     }
 }
 
+/// Runs before batch call number `attempt` (from 0) while `left` items remain: unprocessed items
+/// mean throttling, so later calls back off, and after `BATCH_ATTEMPTS` calls the operation fails.
+async fn before_batch_attempt(
+    attempt: u32,
+    left: usize,
+    operation: &str,
+) -> Result<(), StoreError> {
+    if attempt == BATCH_ATTEMPTS {
+        return Err(StoreError::Unavailable(format!(
+            "{left} items still unprocessed after {BATCH_ATTEMPTS} {operation} calls"
+        )));
+    }
+    if attempt > 0 {
+        tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+    }
+    Ok(())
+}
+
 /// A DynamoDB client from the standard AWS configuration, with `endpoint_url` (when not empty) and
 /// `region` on top, and bounded timeouts and retries so an unreachable endpoint fails in seconds
 /// instead of stalling handshakes.
@@ -350,8 +396,10 @@ pub async fn client(endpoint_url: &str, region: &str) -> Client {
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(5))
-                .operation_timeout(Duration::from_secs(15))
+                // A DynamoDB call takes milliseconds; an endpoint that does not answer should refuse
+                // a new connection (503) in seconds, not keep its client waiting.
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(6))
                 .build(),
         );
     if !endpoint_url.is_empty() {
@@ -374,6 +422,36 @@ fn get_s(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> {
 
 fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<i64> {
     item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+fn host_key(host_id: &str) -> AttributeValue {
+    s(&format!("{HOST_KEY_PREFIX}{host_id}"))
+}
+
+fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option<ConnectionRecord> {
+    Some(ConnectionRecord {
+        connection_id: get_s(item, "connectionId")?,
+        connected_at: get_n(item, "connectedAt").unwrap_or_default(),
+        source_ip: get_s(item, "sourceIp").unwrap_or_default(),
+        user_agent: get_s(item, "userAgent"),
+        owner_host: get_s(item, "ownerHost").unwrap_or_default(),
+        owner_incarnation: get_s(item, "ownerIncarnation").unwrap_or_default(),
+        owner_endpoint: get_s(item, "ownerEndpoint").unwrap_or_default(),
+    })
+}
+
+fn host_from_item(item: &HashMap<String, AttributeValue>) -> Option<HostRecord> {
+    Some(HostRecord {
+        host_id: get_s(item, "hostId")?,
+        incarnation: get_s(item, "incarnation").unwrap_or_default(),
+        endpoint: get_s(item, "endpoint").unwrap_or_default(),
+        heartbeat_at: get_n(item, "heartbeatAt").unwrap_or_default(),
+        reaping: item.contains_key("reapingSince"),
+    })
+}
+
+fn is_conditional_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.code() == Some("ConditionalCheckFailedException")
 }
 
 fn now_secs() -> i64 {
@@ -410,6 +488,16 @@ impl ConnectionStore for DynamoDbStore {
         if let Some(ua) = &record.user_agent {
             put = put.item("userAgent", s(ua));
         }
+        // Empty strings are left out: DynamoDB refuses an empty index key.
+        for (name, value) in [
+            ("ownerHost", &record.owner_host),
+            ("ownerIncarnation", &record.owner_incarnation),
+            ("ownerEndpoint", &record.owner_endpoint),
+        ] {
+            if !value.is_empty() {
+                put = put.item(name, s(value));
+            }
+        }
         match put.send().await {
             Ok(_) => Ok(()),
             Err(e)
@@ -442,12 +530,7 @@ impl ConnectionStore for DynamoDbStore {
         if get_n(&item, "ttl").is_some_and(|ttl| ttl < now_secs()) {
             return Ok(None);
         }
-        Ok(Some(ConnectionRecord {
-            connection_id: connection_id.to_string(),
-            connected_at: get_n(&item, "connectedAt").unwrap_or_default(),
-            source_ip: get_s(&item, "sourceIp").unwrap_or_default(),
-            user_agent: get_s(&item, "userAgent"),
-        }))
+        Ok(record_from_item(&item))
     }
 
     async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
@@ -561,5 +644,225 @@ impl ConnectionStore for DynamoDbStore {
             connection_ids: ids,
             next_token,
         })
+    }
+
+    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let now = now_secs();
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_GET_SIZE) {
+            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|id| HashMap::from([("connectionId".to_string(), s(id))]))
+                .collect();
+            // BatchGetItem refuses duplicate keys.
+            keys.sort_by(|a, b| {
+                a["connectionId"]
+                    .as_s()
+                    .ok()
+                    .cmp(&b["connectionId"].as_s().ok())
+            });
+            keys.dedup();
+            let mut attempt = 0;
+            while !keys.is_empty() {
+                before_batch_attempt(attempt, keys.len(), "BatchGetItem").await?;
+                attempt += 1;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(format!("BatchGetItem request: {e}")))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.tables.connections, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchGetItem", e))?;
+                if let Some(items) = out
+                    .responses
+                    .as_ref()
+                    .and_then(|r| r.get(&self.tables.connections))
+                {
+                    records.extend(
+                        items
+                            .iter()
+                            .filter(|i| get_n(i, "ttl").is_none_or(|ttl| ttl >= now))
+                            .filter_map(record_from_item),
+                    );
+                }
+                keys = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.tables.connections))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+        }
+        Ok(records)
+    }
+
+    async fn connections_of_host(
+        &self,
+        host_id: &str,
+        next_token: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        // As in group_members: one record past the page tells whether another page exists.
+        let want = limit.saturating_add(1);
+        let mut start = next_token.map(|t| {
+            HashMap::from([
+                ("ownerHost".to_string(), s(host_id)),
+                ("connectionId".to_string(), s(t)),
+            ])
+        });
+        let mut records = Vec::new();
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.connections)
+                .index_name(BY_OWNER_INDEX)
+                .key_condition_expression("ownerHost = :h")
+                .expression_attribute_values(":h", s(host_id))
+                .limit(i32::try_from(want - records.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query byOwner", e))?;
+            records.extend(out.items().iter().filter_map(record_from_item));
+            start = out.last_evaluated_key;
+            if records.len() >= want || start.is_none() {
+                break;
+            }
+        }
+        let next_token = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| r.connection_id.clone())
+        } else {
+            None
+        };
+        Ok(RecordsPage {
+            records,
+            next_token,
+        })
+    }
+
+    async fn register_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.connections)
+            .item("connectionId", host_key(&host.host_id))
+            .item("ownerHost", s(HOSTS_PARTITION))
+            .item("hostId", s(&host.host_id))
+            .item("incarnation", s(&host.incarnation))
+            .item("endpoint", s(&host.endpoint))
+            .item("heartbeatAt", n(host.heartbeat_at))
+            // A liveness record nobody reaps (the whole cluster stopped) goes away by itself.
+            .item("ttl", n(self.expiry(host.heartbeat_at / 1000)))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem host", e))?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        host_id: &str,
+        incarnation: &str,
+        heartbeat_at: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.connections)
+            .key("connectionId", host_key(host_id))
+            .update_expression("SET heartbeatAt = :hb, #ttl = :ttl")
+            .condition_expression("incarnation = :inc AND attribute_not_exists(reapingSince)")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":hb", n(heartbeat_at))
+            .expression_attribute_values(":ttl", n(self.expiry(heartbeat_at / 1000)))
+            .expression_attribute_values(":inc", s(incarnation))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("UpdateItem heartbeat", e)),
+        }
+    }
+
+    async fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.connections)
+            .key("connectionId", host_key(host_id))
+            // Deciding that a host is dead must not rest on a stale read.
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem host", e))?;
+        Ok(out.item.as_ref().and_then(host_from_item))
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut hosts = Vec::new();
+        let mut start = None;
+        loop {
+            // The index is eventually consistent: a host that registered a moment ago may be
+            // missing, which only delays reaping it.
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.connections)
+                .index_name(BY_OWNER_INDEX)
+                .key_condition_expression("ownerHost = :h")
+                .expression_attribute_values(":h", s(HOSTS_PARTITION))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query byOwner hosts", e))?;
+            hosts.extend(out.items().iter().filter_map(host_from_item));
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(hosts);
+            }
+        }
+    }
+
+    async fn begin_reap(&self, host: &HostRecord) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.tables.connections)
+            .key("connectionId", host_key(&host.host_id))
+            .update_expression("SET reapingSince = :now")
+            .condition_expression("incarnation = :inc AND heartbeatAt = :hb")
+            .expression_attribute_values(":now", n(crate::ids::now_ms()))
+            .expression_attribute_values(":inc", s(&host.incarnation))
+            .expression_attribute_values(":hb", n(host.heartbeat_at))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("UpdateItem reap", e)),
+        }
+    }
+
+    async fn remove_host(&self, host_id: &str, incarnation: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.connections)
+            .key("connectionId", host_key(host_id))
+            .condition_expression("incarnation = :inc")
+            .expression_attribute_values(":inc", s(incarnation))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable("DeleteItem host", e)),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The embedded, in-process store.
 
-use super::{ConnectionRecord, ConnectionStore, MembersPage, StoreError};
+use super::{ConnectionRecord, ConnectionStore, HostRecord, MembersPage, RecordsPage, StoreError};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -15,6 +15,7 @@ struct Inner {
     connections: HashMap<String, ConnectionRecord>,
     groups: HashMap<String, BTreeSet<String>>,
     memberships: HashMap<String, BTreeSet<String>>,
+    hosts: HashMap<String, HostRecord>,
 }
 
 impl MemoryStore {
@@ -125,6 +126,90 @@ impl ConnectionStore for MemoryStore {
             next_token,
         })
     }
+
+    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.connections.get(id).cloned())
+            .collect())
+    }
+
+    async fn connections_of_host(
+        &self,
+        host_id: &str,
+        next_token: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        let inner = self.lock();
+        let mut records: Vec<&ConnectionRecord> = inner
+            .connections
+            .values()
+            .filter(|r| r.owner_host == host_id)
+            .filter(|r| next_token.is_none_or(|t| r.connection_id.as_str() > t))
+            .collect();
+        records.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        let more = records.len() > limit;
+        records.truncate(limit);
+        Ok(RecordsPage {
+            next_token: more
+                .then(|| records.last().map(|r| r.connection_id.clone()))
+                .flatten(),
+            records: records.into_iter().cloned().collect(),
+        })
+    }
+
+    async fn register_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.lock().hosts.insert(host.host_id.clone(), host.clone());
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        host_id: &str,
+        incarnation: &str,
+        heartbeat_at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.hosts.get_mut(host_id) {
+            Some(h) if h.incarnation == incarnation && !h.reaping => {
+                h.heartbeat_at = heartbeat_at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
+        Ok(self.lock().hosts.get(host_id).cloned())
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        Ok(self.lock().hosts.values().cloned().collect())
+    }
+
+    async fn begin_reap(&self, host: &HostRecord) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.hosts.get_mut(&host.host_id) {
+            Some(h) if h.incarnation == host.incarnation && h.heartbeat_at == host.heartbeat_at => {
+                h.reaping = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn remove_host(&self, host_id: &str, incarnation: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .hosts
+            .get(host_id)
+            .is_some_and(|h| h.incarnation == incarnation)
+        {
+            inner.hosts.remove(host_id);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +221,7 @@ mod tests {
             connection_id: id.into(),
             connected_at: 1,
             source_ip: "127.0.0.1".into(),
-            user_agent: None,
+            ..ConnectionRecord::default()
         }
     }
 

@@ -10,7 +10,7 @@ pub use dynamodb::{DynamoDbStore, DynamoDbTables};
 pub use memory::MemoryStore;
 
 /// A connection's durable record, written before the 101 and deleted when it closes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConnectionRecord {
     /// `connectionId`.
     pub connection_id: String,
@@ -20,6 +20,36 @@ pub struct ConnectionRecord {
     pub source_ip: String,
     /// `identity.userAgent`.
     pub user_agent: Option<String>,
+    /// ID of the host that holds the connection (`cluster.host_id`).
+    pub owner_host: String,
+    /// The owner's incarnation (one per start), so a restarted host's old records are told apart.
+    pub owner_incarnation: String,
+    /// The owner's `cluster.advertise_url`; empty when the owner is not clustered.
+    pub owner_endpoint: String,
+}
+
+/// A host's liveness record, rewritten every `cluster.heartbeat_interval`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostRecord {
+    /// `cluster.host_id`.
+    pub host_id: String,
+    /// The host's current incarnation.
+    pub incarnation: String,
+    /// `cluster.advertise_url`.
+    pub endpoint: String,
+    /// Epoch milliseconds of the last heartbeat (the writing host's clock).
+    pub heartbeat_at: i64,
+    /// A reaper declared the host dead and is removing its records; its heartbeats now fail.
+    pub reaping: bool,
+}
+
+/// One page of connection records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordsPage {
+    /// Records, ordered by connection ID.
+    pub records: Vec<ConnectionRecord>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_token: Option<String>,
 }
 
 /// A store operation that failed; the caller decides whether to refuse (503) or retry.
@@ -65,4 +95,36 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         next_token: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, StoreError>;
+    /// Reads the records of several connections at once (missing ones are left out, in no
+    /// particular order); a broadcast uses it to find the owners of its members.
+    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError>;
+    /// Lists the records owned by `host_id` (every incarnation), `limit` at a time, starting after
+    /// `next_token`; the reaper and a restarting host use it.
+    async fn connections_of_host(
+        &self,
+        host_id: &str,
+        next_token: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError>;
+    /// Writes a host's liveness record, replacing any earlier incarnation's (a host starting).
+    async fn register_host(&self, host: &HostRecord) -> Result<(), StoreError>;
+    /// Sets the heartbeat of `host_id` to `heartbeat_at` if its record still names `incarnation`
+    /// and no reaper has claimed it; `false` means the host was reaped or replaced and must not
+    /// carry on as if nothing happened.
+    async fn heartbeat(
+        &self,
+        host_id: &str,
+        incarnation: &str,
+        heartbeat_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Reads one host's liveness record (strongly consistent).
+    async fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError>;
+    /// Every host's liveness record, live or dead (the caller compares `heartbeat_at`).
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Claims a dead host for reaping: marks it `reaping` if its record still has the incarnation
+    /// and heartbeat the caller saw. `false` means it heartbeated since (it is alive) or restarted.
+    async fn begin_reap(&self, host: &HostRecord) -> Result<bool, StoreError>;
+    /// Deletes a host's liveness record if it still names `incarnation` (a restarted host's new
+    /// record is kept).
+    async fn remove_host(&self, host_id: &str, incarnation: &str) -> Result<(), StoreError>;
 }

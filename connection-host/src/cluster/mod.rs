@@ -1,0 +1,338 @@
+//! Several hosts sharing one DynamoDB store as one cluster: every connection record names its
+//! owning host, and a management call for a connection held elsewhere is forwarded to the owner.
+//! DynamoDB is the only shared state: liveness is a heartbeat record per host, and any host reaps
+//! the records of a host whose heartbeat lapsed (see [`liveness`]).
+
+mod cache;
+pub mod liveness;
+
+use crate::config::ClusterConfig;
+use crate::management::ManagementError;
+use crate::store::{ConnectionStore, HostRecord};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use cache::OwnerCache;
+use http::{HeaderMap, HeaderValue, Method};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Header carrying `cluster.secret` on host-to-host calls.
+pub const SECRET_HEADER: &str = "x-connection-host-secret";
+/// Header marking a call forwarded by another host: it is served locally, never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-connection-host-forwarded";
+/// Response headers passed back from the owner besides the body and status.
+const PASSED_HEADERS: [&str; 2] = ["x-amzn-ErrorType", "content-type"];
+/// Upper bound for one host-to-host call (a post or a batch delivery is quick on a live host).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who this host is in the store.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `cluster.host_id`, or a random ID when that is empty.
+    pub host_id: String,
+    /// Fresh at every start, so records of a previous run with the same `host_id` are told apart.
+    pub incarnation: String,
+    /// `cluster.advertise_url` without a trailing slash; empty when not clustered.
+    pub endpoint: String,
+}
+
+impl Identity {
+    /// The identity for `config`: its `host_id` (random when empty) and a new incarnation.
+    pub fn new(config: &ClusterConfig) -> Self {
+        let random = || uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            host_id: if config.host_id.is_empty() {
+                format!("host-{}", &random()[..12])
+            } else {
+                config.host_id.clone()
+            },
+            incarnation: random(),
+            endpoint: config.advertise_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Where a connection lives, as its record says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The owning host's ID.
+    pub host_id: String,
+    /// The owning host's incarnation when the connection was accepted.
+    pub incarnation: String,
+    /// The owning host's management base URL.
+    pub endpoint: String,
+}
+
+/// The cluster side of a host: owner lookups, liveness view, host-to-host calls.
+#[derive(Debug)]
+pub struct Cluster {
+    identity: Identity,
+    secret: HeaderValue,
+    host_timeout_ms: i64,
+    http: reqwest::Client,
+    owners: OwnerCache,
+    /// The last liveness record seen per host (refreshed every heartbeat, and on demand).
+    hosts: RwLock<HashMap<String, HostRecord>>,
+}
+
+impl Cluster {
+    /// The cluster state of a clustered host; `None` when `config.advertise_url` is empty.
+    pub fn new(config: &ClusterConfig, identity: &Identity, http: reqwest::Client) -> Option<Self> {
+        if !config.enabled() {
+            return None;
+        }
+        let mut secret = HeaderValue::from_str(&config.secret).ok()?;
+        secret.set_sensitive(true);
+        Some(Self {
+            identity: identity.clone(),
+            secret,
+            host_timeout_ms: i64::try_from(config.host_timeout.as_millis()).unwrap_or(i64::MAX),
+            http,
+            owners: OwnerCache::new(config.owner_cache_size),
+            hosts: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Checks the secret of a host-to-host call in constant time.
+    pub fn authenticates(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(SECRET_HEADER)
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.secret.as_bytes()))
+    }
+
+    /// The owner of a connection that is not in the local registry: `None` when it does not
+    /// exist, is this host's own (closing, or a previous run's), or its owner is dead.
+    pub async fn locate(
+        &self,
+        store: &dyn ConnectionStore,
+        connection_id: &str,
+    ) -> Result<Option<Owner>, ManagementError> {
+        let owner = match self.owners.get(connection_id) {
+            Some(owner) => owner,
+            None => {
+                let record = store
+                    .get_connection(connection_id)
+                    .await
+                    .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+                let Some(record) = record else {
+                    return Ok(None);
+                };
+                let owner = Owner {
+                    host_id: record.owner_host,
+                    incarnation: record.owner_incarnation,
+                    endpoint: record.owner_endpoint,
+                };
+                if owner.host_id == self.identity.host_id || owner.endpoint.is_empty() {
+                    return Ok(None);
+                }
+                // A connection never moves: the entry stays valid until the owner answers 410.
+                self.owners.insert(connection_id.to_string(), owner.clone());
+                owner
+            }
+        };
+        if self.is_live(store, &owner).await? {
+            Ok(Some(owner))
+        } else {
+            self.owners.remove(connection_id);
+            Ok(None)
+        }
+    }
+
+    /// Remembers owners read in bulk (a broadcast's members).
+    pub fn remember(&self, connection_id: &str, owner: &Owner) {
+        self.owners.insert(connection_id.to_string(), owner.clone());
+    }
+
+    /// The cached owner of a connection, if any.
+    pub fn cached_owner(&self, connection_id: &str) -> Option<Owner> {
+        self.owners.get(connection_id)
+    }
+
+    /// Forgets a connection's owner (it answered 410).
+    pub fn forget(&self, connection_id: &str) {
+        self.owners.remove(connection_id);
+    }
+
+    /// This host's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether `owner`'s incarnation heartbeated within `host_timeout`. The local view answers
+    /// when it says live; otherwise the store is asked, so a host that started a moment ago (or
+    /// heartbeated since the view was refreshed) is not taken for dead.
+    pub async fn is_live(
+        &self,
+        store: &dyn ConnectionStore,
+        owner: &Owner,
+    ) -> Result<bool, ManagementError> {
+        let now = crate::ids::now_ms();
+        let fresh = |h: &HostRecord| {
+            h.incarnation == owner.incarnation
+                && !h.reaping
+                && now - h.heartbeat_at <= self.host_timeout_ms
+        };
+        if self.view(|hosts| hosts.get(&owner.host_id).is_some_and(fresh)) {
+            return Ok(true);
+        }
+        let record = store
+            .get_host(&owner.host_id)
+            .await
+            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        let live = record.as_ref().is_some_and(fresh);
+        if let Some(record) = record {
+            self.write_view(|hosts| {
+                hosts.insert(record.host_id.clone(), record);
+            });
+        }
+        Ok(live)
+    }
+
+    /// Replaces the liveness view with a fresh listing of every host.
+    pub fn refresh_view(&self, hosts: &[HostRecord]) {
+        self.write_view(|view| {
+            *view = hosts
+                .iter()
+                .map(|h| (h.host_id.clone(), h.clone()))
+                .collect();
+        });
+    }
+
+    /// Whether a host record's heartbeat lapsed (or a reaper claimed it).
+    pub fn is_dead(&self, host: &HostRecord, now_ms: i64) -> bool {
+        host.reaping || now_ms - host.heartbeat_at > self.host_timeout_ms
+    }
+
+    fn view<T>(&self, f: impl FnOnce(&HashMap<String, HostRecord>) -> T) -> T {
+        f(&self.hosts.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn write_view(&self, f: impl FnOnce(&mut HashMap<String, HostRecord>)) {
+        f(&mut self.hosts.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sends a management call to `owner` (same method, path and query) and passes its answer
+    /// back. An unreachable owner answers 410: it is dead, or its connections are unreachable.
+    pub async fn forward(
+        &self,
+        owner: &Owner,
+        connection_id: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Response, ManagementError> {
+        let url = format!("{}{path_and_query}", owner.endpoint);
+        let sent = self
+            .http
+            .request(method, &url)
+            .header(SECRET_HEADER, self.secret.clone())
+            .header(FORWARDED_HEADER, &self.identity.host_id)
+            .timeout(FORWARD_TIMEOUT)
+            .body(body)
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::info!(owner = %owner.host_id, error = %e, "owner unreachable; answering 410");
+                return Err(ManagementError::Gone);
+            }
+        };
+        let status = answer.status();
+        if status == http::StatusCode::GONE {
+            self.forget(connection_id);
+        }
+        let mut headers = HeaderMap::new();
+        for name in PASSED_HEADERS {
+            if let Some(v) = answer.headers().get(name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        let body = match answer.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::info!(owner = %owner.host_id, error = %e, "owner's answer cut short; answering 410");
+                return Err(ManagementError::Gone);
+            }
+        };
+        Ok((status, headers, body).into_response())
+    }
+
+    /// Asks `owner` to deliver `data` to its connections `ids` (one call per host per page of a
+    /// broadcast); returns `(delivered, failed)`. A failed call counts every ID as failed, and is
+    /// not retried: a retry after a timeout could deliver twice.
+    pub async fn deliver(
+        &self,
+        owner: &Owner,
+        stage: &str,
+        ids: &[String],
+        data: &Bytes,
+    ) -> (usize, usize) {
+        use base64::Engine;
+        let url = format!("{}/{stage}/@internal/deliver", owner.endpoint);
+        let body = serde_json::json!({
+            "connectionIds": ids,
+            "data": base64::engine::general_purpose::STANDARD.encode(data),
+        });
+        let sent = self
+            .http
+            .post(&url)
+            .header(SECRET_HEADER, self.secret.clone())
+            .header(FORWARDED_HEADER, &self.identity.host_id)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .timeout(FORWARD_TIMEOUT)
+            .body(body.to_string())
+            .send()
+            .await;
+        let counts = match sent {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok().and_then(|b| {
+                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+                Some((
+                    v["delivered"].as_u64()? as usize,
+                    v["failed"].as_u64()? as usize,
+                ))
+            }),
+            Ok(r) => {
+                tracing::warn!(owner = %owner.host_id, status = %r.status(), "batch delivery refused");
+                None
+            }
+            Err(e) => {
+                tracing::info!(owner = %owner.host_id, error = %e, "batch delivery failed");
+                None
+            }
+        };
+        counts.unwrap_or((0, ids.len()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_random_unless_fixed_and_incarnations_differ() {
+        let mut config = ClusterConfig::default();
+        let a = Identity::new(&config);
+        let b = Identity::new(&config);
+        assert_ne!(a.host_id, b.host_id);
+        config.host_id = "fixed".into();
+        config.advertise_url = "http://127.0.0.1:9080/".into();
+        let c = Identity::new(&config);
+        let d = Identity::new(&config);
+        assert_eq!((c.host_id.as_str(), d.host_id.as_str()), ("fixed", "fixed"));
+        assert_ne!(c.incarnation, d.incarnation);
+        assert_eq!(c.endpoint, "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,531 @@
+//! Several hosts on one DynamoDB store (moto, `DYNAMODB_TEST_ENDPOINT`) as one cluster: management
+//! calls reach a connection through any host, broadcasts reach every member once, a killed host's
+//! connections are reaped, and a restarted host does not bring its old connections back.
+//!
+//! Each host runs on its own tokio runtime, so a test can kill one abruptly: dropping the runtime
+//! drops every task and socket at once, without Close frames, `$disconnect` or a goodbye to the
+//! store, as when a process dies.
+
+mod common;
+
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use common::*;
+use connection_host::server::{Listeners, RunError};
+use connection_host::store::{ConnectionStore, DynamoDbStore};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// Timings of the tests that kill a host: dead after 2 s without a heartbeat.
+const FAST_LIVENESS: &str = "heartbeat_interval = \"500ms\"\nhost_timeout = \"2s\"\n";
+
+/// Uniquely named tables for one test.
+struct Tables {
+    endpoint: String,
+    connections: String,
+    groups: String,
+    store: DynamoDbStore,
+}
+
+impl Tables {
+    async fn create(test: &str) -> Option<Self> {
+        let endpoint = dynamodb_test_endpoint(test)?;
+        init_env();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut config = connection_host::Config::default();
+        config.store.connections_table = format!("cluster-connections-{suffix}");
+        config.store.groups_table = format!("cluster-groups-{suffix}");
+        config.store.endpoint_url = endpoint.clone();
+        let store = DynamoDbStore::from_env(&config).await;
+        store.create_tables().await.expect("create the test tables");
+        Some(Self {
+            endpoint,
+            connections: config.store.connections_table,
+            groups: config.store.groups_table,
+            store,
+        })
+    }
+
+    async fn delete(self) {
+        for table in [&self.connections, &self.groups] {
+            let _ = self
+                .store
+                .client()
+                .delete_table()
+                .table_name(table)
+                .send()
+                .await;
+        }
+    }
+}
+
+/// A clustered host on its own runtime, with a public and a management listener.
+struct ClusterHost {
+    public: SocketAddr,
+    management: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), RunError>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ClusterHost {
+    fn start(tables: &Tables, host_id: &str, liveness: &str) -> Self {
+        let bind = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let (public, management) = (bind(), bind());
+        let (public_addr, management_addr) = (
+            public.local_addr().unwrap(),
+            management.local_addr().unwrap(),
+        );
+        let toml = format!(
+            r#"{WHOAMI}
+[extensions]
+groups = true
+[store]
+kind = "dynamodb"
+connections_table = "{}"
+groups_table = "{}"
+endpoint_url = "{}"
+[cluster]
+host_id = "{host_id}"
+advertise_url = "http://{management_addr}"
+secret = "{SECRET}"
+{liveness}"#,
+            tables.connections, tables.groups, tables.endpoint
+        );
+        let config = connection_host::Config::from_toml(&toml).expect("valid cluster config");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        // Everything (listeners, store client, tasks) is created inside the host's runtime, so
+        // dropping that runtime takes all of it down.
+        let join = runtime.spawn(async move {
+            let listeners = Listeners {
+                public: tokio::net::TcpListener::from_std(public)?,
+                management: Some(tokio::net::TcpListener::from_std(management)?),
+            };
+            connection_host::run(config, listeners, async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Self {
+            public: public_addr,
+            management: management_addr,
+            shutdown: Some(tx),
+            join: Some(join),
+            runtime: Some(runtime),
+        }
+    }
+
+    fn sdk(&self) -> aws_sdk_apigatewaymanagement::Client {
+        mgmt_client(self.management)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.management)
+    }
+
+    /// Graceful shutdown: drains, then `run` returns.
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let join = self.join.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(15), join)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run does not panic")
+            .expect("clean shutdown");
+    }
+
+    /// Kills the host: every task and socket is dropped at once.
+    fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ClusterHost {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn whoami(ws: &mut Ws) -> String {
+    send_text(ws, r#"{"action":"whoami"}"#).await;
+    let v: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+    v["connectionId"].as_str().unwrap().to_string()
+}
+
+async fn client(host: &ClusterHost) -> (Ws, String) {
+    let mut ws = connect(host.public).await;
+    let id = whoami(&mut ws).await;
+    (ws, id)
+}
+
+/// PostToConnection through `via`; `Ok` or the HTTP status of the error.
+async fn post(via: &ClusterHost, id: &str, data: &str) -> Result<(), Option<u16>> {
+    via.sdk()
+        .post_to_connection()
+        .connection_id(id)
+        .data(Blob::new(data))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            assert!(
+                matches!(
+                    &e,
+                    aws_sdk_apigatewaymanagement::error::SdkError::ServiceError(_)
+                ),
+                "expected a service error, got {e:?}"
+            );
+            e.raw_response().map(|r| r.status().as_u16())
+        })
+}
+
+async fn broadcast(via: &ClusterHost, group: &str, data: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(via.url(&format!("/dev/@groups/{group}")))
+        .body(data.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `bound`; returns the time it took.
+async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn management_calls_reach_a_connection_through_any_host() {
+    let Some(tables) = Tables::create("management_calls_reach_a_connection_through_any_host").await
+    else {
+        return;
+    };
+    let mut a = ClusterHost::start(&tables, "a", "");
+    let mut b = ClusterHost::start(&tables, "b", "");
+    let mut c = ClusterHost::start(&tables, "c", "");
+    let (mut ws, id) = client(&a).await;
+
+    let record = tables.store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(record.owner_host, "a");
+    assert_eq!(record.owner_endpoint, format!("http://{}", a.management));
+    assert!(!record.owner_incarnation.is_empty());
+
+    // PostToConnection through B, with the official SDK client.
+    post(&b, &id, "via b").await.expect("post through b");
+    assert_eq!(next_text(&mut ws).await, "via b");
+    // Again, now from B's owner cache.
+    post(&b, &id, "via b again")
+        .await
+        .expect("second post through b");
+    assert_eq!(next_text(&mut ws).await, "via b again");
+
+    let info = c
+        .sdk()
+        .get_connection()
+        .connection_id(&id)
+        .send()
+        .await
+        .expect("GetConnection through c");
+    assert_eq!(info.identity().unwrap().source_ip(), Some("127.0.0.1"));
+    assert!(info.connected_at().is_some());
+
+    // Host-to-host calls need the secret: a wrong one is refused (and delivers nothing), the
+    // right one is served by the owner.
+    let http = reqwest::Client::new();
+    let path = format!("/dev/@connections/{}", encode_id(&id));
+    for (headers, target) in [
+        (
+            vec![
+                ("x-connection-host-secret", "wrong-secret-wrong-secret"),
+                ("x-connection-host-forwarded", "b"),
+            ],
+            a.url(&path),
+        ),
+        (
+            vec![("x-connection-host-secret", "wrong-secret-wrong-secret")],
+            b.url(&path),
+        ),
+        (vec![("x-connection-host-forwarded", "b")], a.url(&path)),
+        (
+            vec![("x-connection-host-secret", "wrong-secret-wrong-secret")],
+            a.url("/dev/@internal/deliver"),
+        ),
+        (vec![], a.url("/dev/@internal/deliver")),
+    ] {
+        let mut request = http.post(&target).body(format!(
+            r#"{{"connectionIds":["{id}"],"data":"bm90IGZvciB5b3U="}}"#
+        ));
+        for (k, v) in &headers {
+            request = request.header(*k, *v);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{target} with {headers:?}");
+        assert_eq!(
+            r.headers()
+                .get("x-amzn-ErrorType")
+                .map(|v| v.to_str().unwrap()),
+            Some("ForbiddenException")
+        );
+    }
+    let r = http
+        .post(a.url(&path))
+        .header("x-connection-host-secret", SECRET)
+        .header("x-connection-host-forwarded", "b")
+        .body("with the secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The refused calls delivered nothing: this is the next message.
+    assert_eq!(next_text(&mut ws).await, "with the secret");
+
+    // DeleteConnection through C closes the client with 1000.
+    c.sdk()
+        .delete_connection()
+        .connection_id(&id)
+        .send()
+        .await
+        .expect("DeleteConnection through c");
+    assert_eq!(expect_close(&mut ws).await.0, 1000);
+    // B still has A cached as the owner: A answers 410 and B passes it on, then B forgets.
+    for attempt in ["cached owner", "after 410"] {
+        let err = b
+            .sdk()
+            .post_to_connection()
+            .connection_id(&id)
+            .data(Blob::new("too late"))
+            .send()
+            .await
+            .expect_err("posting to a deleted connection fails");
+        assert!(
+            err.as_service_error()
+                .is_some_and(|e| e.is_gone_exception()),
+            "{attempt}: {err:?}"
+        );
+    }
+
+    for host in [&mut a, &mut b, &mut c] {
+        host.stop().await;
+    }
+    // Drained hosts leave nothing behind: no records, no liveness records.
+    let hosts = tables.store.hosts().await.unwrap();
+    assert!(hosts.is_empty(), "{hosts:?}");
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_through_any_host_reaches_every_member_once() {
+    let Some(tables) =
+        Tables::create("a_broadcast_through_any_host_reaches_every_member_once").await
+    else {
+        return;
+    };
+    let mut hosts = [
+        ClusterHost::start(&tables, "a", ""),
+        ClusterHost::start(&tables, "b", ""),
+        ClusterHost::start(&tables, "c", ""),
+    ];
+    // Two members on A, one each on B and C, and a bystander on C.
+    let mut members = vec![
+        client(&hosts[0]).await,
+        client(&hosts[0]).await,
+        client(&hosts[1]).await,
+        client(&hosts[2]).await,
+    ];
+    let (mut bystander, bystander_id) = client(&hosts[2]).await;
+    let http = reqwest::Client::new();
+    for (i, (_, id)) in members.iter().enumerate() {
+        // Joined through a host that does not hold the connection: the owner writes it.
+        let via = &hosts[(i + 1) % 3];
+        let r = http
+            .put(via.url(&format!("/dev/@connections/{}/groups/room", encode_id(id))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "join {id}");
+    }
+
+    for (via, data) in hosts.iter().zip(["from a", "from b", "from c"]) {
+        let v = broadcast(via, "room", data).await;
+        assert_eq!(
+            (v["delivered"].as_u64(), v["failed"].as_u64()),
+            (Some(4), Some(0)),
+            "{data}: {v}"
+        );
+    }
+    // A marker behind the broadcasts: each member's queue is FIFO, so a duplicate would show up
+    // before it, and a broadcast to the bystander too.
+    for id in members.iter().map(|(_, id)| id).chain([&bystander_id]) {
+        post(&hosts[1], id, "marker").await.expect("marker");
+    }
+    for (ws, id) in &mut members {
+        for expected in ["from a", "from b", "from c", "marker"] {
+            assert_eq!(next_text(ws).await, expected, "member {id}");
+        }
+    }
+    assert_eq!(next_text(&mut bystander).await, "marker");
+
+    for host in &mut hosts {
+        host.stop().await;
+    }
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_killed_host_is_reaped_and_the_others_carry_on() {
+    let Some(tables) = Tables::create("a_killed_host_is_reaped_and_the_others_carry_on").await
+    else {
+        return;
+    };
+    let mut a = ClusterHost::start(&tables, "a", FAST_LIVENESS);
+    let mut b = ClusterHost::start(&tables, "b", FAST_LIVENESS);
+    let mut c = ClusterHost::start(&tables, "c", FAST_LIVENESS);
+    let (mut ws_a, id_a) = client(&a).await;
+    let (mut ws_c, id_c) = client(&c).await;
+    let http = reqwest::Client::new();
+    for id in [&id_a, &id_c] {
+        let r = http
+            .put(b.url(&format!("/dev/@connections/{}/groups/room", encode_id(id))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    post(&a, &id_c, "before").await.expect("c reachable");
+    assert_eq!(next_text(&mut ws_c).await, "before");
+
+    c.kill();
+    let killed = Instant::now();
+    // The client sees its socket drop: no Close frame.
+    let ended = within("the killed host's socket to drop", async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws_c).await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "expected the socket to drop, got {ended:?}"
+    );
+
+    // Posts through another host answer 410 within the reap time (at once: C is unreachable).
+    let reap_time = Duration::from_millis(2_500);
+    eventually("410 for the dead host's connection", reap_time, || async {
+        post(&a, &id_c, "to the dead").await == Err(Some(410))
+    })
+    .await;
+    // Its records, membership and liveness record are removed by the survivors' reaper.
+    let store = &tables.store;
+    let took = eventually("the dead host reaped", Duration::from_secs(10), || async {
+        let record = store.get_connection(&id_c).await.unwrap();
+        let members = store.group_members("room", None, 10).await.unwrap();
+        let hosts = store.hosts().await.unwrap();
+        record.is_none()
+            && members.connection_ids == vec![id_a.clone()]
+            && !hosts.iter().any(|h| h.host_id == "c")
+    })
+    .await;
+    let since_kill = killed.elapsed();
+    eprintln!("reaped {since_kill:?} after the kill (polled for {took:?})");
+    // The last heartbeat came at most one interval before the kill: dead host_timeout after it.
+    assert!(
+        since_kill >= Duration::from_millis(1_500),
+        "reaped before host_timeout: {since_kill:?}"
+    );
+
+    // The other hosts and their connections are unaffected.
+    post(&b, &id_a, "still here").await.expect("a reachable");
+    assert_eq!(next_text(&mut ws_a).await, "still here");
+    let v = broadcast(&b, "room", "room").await;
+    assert_eq!(
+        (v["delivered"].as_u64(), v["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
+    assert_eq!(next_text(&mut ws_a).await, "room");
+    let hosts: Vec<String> = store
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.host_id)
+        .collect();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+
+    a.stop().await;
+    b.stop().await;
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_restarted_host_does_not_resurrect_its_old_connections() {
+    let Some(tables) =
+        Tables::create("a_restarted_host_does_not_resurrect_its_old_connections").await
+    else {
+        return;
+    };
+    // Default timings: the reaper would take 20 s, so a quick removal is the restart's doing.
+    let mut a = ClusterHost::start(&tables, "a", "");
+    let mut r = ClusterHost::start(&tables, "r", "");
+    let (_ws_old, id_old) = client(&r).await;
+    post(&a, &id_old, "hello").await.expect("old reachable");
+    r.kill();
+
+    let mut r2 = ClusterHost::start(&tables, "r", "");
+    let store = &tables.store;
+    let took = eventually(
+        "the previous run's record removed",
+        Duration::from_secs(10),
+        || async { store.get_connection(&id_old).await.unwrap().is_none() },
+    )
+    .await;
+    eprintln!("previous run's records removed {took:?} after the restart began");
+    for via in [&a, &r2] {
+        assert_eq!(post(via, &id_old, "again").await, Err(Some(410)));
+    }
+    // The restarted host serves new connections across the cluster.
+    let (mut ws_new, id_new) = client(&r2).await;
+    let record = store.get_connection(&id_new).await.unwrap().unwrap();
+    assert_eq!(record.owner_host, "r");
+    post(&a, &id_new, "to the new run")
+        .await
+        .expect("new reachable");
+    assert_eq!(next_text(&mut ws_new).await, "to the new run");
+
+    a.stop().await;
+    r2.stop().await;
+    tables.delete().await;
+}
