@@ -11,7 +11,7 @@ mod common;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use common::*;
 use connection_host::server::{Listeners, RunError};
-use connection_host::store::{ConnectionStore, DynamoDbStore};
+use connection_host::store::ConnectionStore;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,46 +24,6 @@ const SECRET: &str = "cluster-test-secret-0123456789";
 /// Timings of the tests that kill a host: dead after 2 s without a heartbeat.
 const FAST_LIVENESS: &str = "heartbeat_interval = \"500ms\"\nhost_timeout = \"2s\"\n";
 
-/// Uniquely named tables for one test.
-struct Tables {
-    endpoint: String,
-    connections: String,
-    groups: String,
-    store: DynamoDbStore,
-}
-
-impl Tables {
-    async fn create(test: &str) -> Option<Self> {
-        let endpoint = dynamodb_test_endpoint(test)?;
-        init_env();
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let mut config = connection_host::Config::default();
-        config.store.connections_table = format!("cluster-connections-{suffix}");
-        config.store.groups_table = format!("cluster-groups-{suffix}");
-        config.store.endpoint_url = endpoint.clone();
-        let store = DynamoDbStore::from_env(&config).await;
-        store.create_tables().await.expect("create the test tables");
-        Some(Self {
-            endpoint,
-            connections: config.store.connections_table,
-            groups: config.store.groups_table,
-            store,
-        })
-    }
-
-    async fn delete(self) {
-        for table in [&self.connections, &self.groups] {
-            let _ = self
-                .store
-                .client()
-                .delete_table()
-                .table_name(table)
-                .send()
-                .await;
-        }
-    }
-}
-
 /// A clustered host on its own runtime, with a public and a management listener.
 struct ClusterHost {
     public: SocketAddr,
@@ -74,7 +34,7 @@ struct ClusterHost {
 }
 
 impl ClusterHost {
-    fn start(tables: &Tables, host_id: &str, liveness: &str) -> Self {
+    fn start(tables: &TestTables, host_id: &str, liveness: &str) -> Self {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
@@ -99,7 +59,9 @@ host_id = "{host_id}"
 advertise_url = "http://{management_addr}"
 secret = "{SECRET}"
 {liveness}"#,
-            tables.connections, tables.groups, tables.endpoint
+            tables.connections(),
+            tables.groups(),
+            tables.endpoint()
         );
         let config = connection_host::Config::from_toml(&toml).expect("valid cluster config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -226,7 +188,8 @@ where
 
 #[tokio::test]
 async fn management_calls_reach_a_connection_through_any_host() {
-    let Some(tables) = Tables::create("management_calls_reach_a_connection_through_any_host").await
+    let Some(tables) =
+        TestTables::create("management_calls_reach_a_connection_through_any_host").await
     else {
         return;
     };
@@ -346,7 +309,7 @@ async fn management_calls_reach_a_connection_through_any_host() {
 #[tokio::test]
 async fn a_broadcast_through_any_host_reaches_every_member_once() {
     let Some(tables) =
-        Tables::create("a_broadcast_through_any_host_reaches_every_member_once").await
+        TestTables::create("a_broadcast_through_any_host_reaches_every_member_once").await
     else {
         return;
     };
@@ -403,7 +366,7 @@ async fn a_broadcast_through_any_host_reaches_every_member_once() {
 
 #[tokio::test]
 async fn a_killed_host_is_reaped_and_the_others_carry_on() {
-    let Some(tables) = Tables::create("a_killed_host_is_reaped_and_the_others_carry_on").await
+    let Some(tables) = TestTables::create("a_killed_host_is_reaped_and_the_others_carry_on").await
     else {
         return;
     };
@@ -493,7 +456,7 @@ async fn a_killed_host_is_reaped_and_the_others_carry_on() {
 #[tokio::test]
 async fn a_restarted_host_does_not_resurrect_its_old_connections() {
     let Some(tables) =
-        Tables::create("a_restarted_host_does_not_resurrect_its_old_connections").await
+        TestTables::create("a_restarted_host_does_not_resurrect_its_old_connections").await
     else {
         return;
     };

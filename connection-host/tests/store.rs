@@ -8,8 +8,6 @@ mod common;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use common::*;
-use connection_host::Config;
-use connection_host::config::StoreKind;
 use connection_host::server::RunError;
 use connection_host::store::{
     ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, StoreError,
@@ -296,50 +294,6 @@ async fn suite_host_liveness(store: &dyn ConnectionStore) {
     );
     assert!(!store.heartbeat("h2", "x", 6_000).await.unwrap());
     assert!(store.heartbeat("h2", "y", 6_000).await.unwrap());
-}
-
-/// Uniquely named tables, created for one test and deleted at its end.
-struct TestTables {
-    store: DynamoDbStore,
-    config: Config,
-}
-
-impl TestTables {
-    /// The configuration of a DynamoDB store on fresh table names (not created yet).
-    fn config(endpoint: &str) -> Config {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let mut config = Config::default();
-        config.store.kind = StoreKind::Dynamodb;
-        config.store.connections_table = format!("test-connections-{suffix}");
-        config.store.groups_table = format!("test-groups-{suffix}");
-        config.store.endpoint_url = endpoint.to_string();
-        config
-    }
-
-    /// `None` (and a printed reason) when no endpoint is configured outside CI.
-    async fn create(test: &str) -> Option<Self> {
-        let endpoint = dynamodb_test_endpoint(test)?;
-        init_env();
-        let config = Self::config(&endpoint);
-        let store = DynamoDbStore::from_env(&config).await;
-        store.create_tables().await.expect("create the test tables");
-        Some(Self { store, config })
-    }
-
-    async fn delete(self) {
-        for table in [
-            &self.config.store.connections_table,
-            &self.config.store.groups_table,
-        ] {
-            let _ = self
-                .store
-                .client()
-                .delete_table()
-                .table_name(table)
-                .send()
-                .await;
-        }
-    }
 }
 
 macro_rules! shared_suite {

@@ -80,6 +80,67 @@ pub fn dynamodb_test_endpoint(test: &str) -> Option<String> {
     }
 }
 
+/// Uniquely named tables, created for one test and deleted at its end.
+pub struct TestTables {
+    pub store: connection_host::store::DynamoDbStore,
+    pub config: connection_host::Config,
+}
+
+impl TestTables {
+    /// The configuration of a DynamoDB store on fresh table names (not created yet).
+    pub fn config(endpoint: &str) -> connection_host::Config {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let mut config = connection_host::Config::default();
+        config.store.kind = connection_host::config::StoreKind::Dynamodb;
+        config.store.connections_table = format!("test-connections-{suffix}");
+        config.store.groups_table = format!("test-groups-{suffix}");
+        config.store.endpoint_url = endpoint.to_string();
+        config
+    }
+
+    /// `None` (and a printed reason) when no endpoint is configured outside CI.
+    pub async fn create(test: &str) -> Option<Self> {
+        let endpoint = dynamodb_test_endpoint(test)?;
+        init_env();
+        let config = Self::config(&endpoint);
+        let store = connection_host::store::DynamoDbStore::from_env(&config).await;
+        store.create_tables().await.expect("create the test tables");
+        Some(Self { store, config })
+    }
+
+    pub async fn delete(self) {
+        for table in [
+            &self.config.store.connections_table,
+            &self.config.store.groups_table,
+        ] {
+            let _ = self
+                .store
+                .client()
+                .delete_table()
+                .table_name(table)
+                .send()
+                .await;
+        }
+    }
+}
+
+impl TestTables {
+    /// The DynamoDB endpoint the tables live on.
+    pub fn endpoint(&self) -> &str {
+        &self.config.store.endpoint_url
+    }
+
+    /// The connections table's name.
+    pub fn connections(&self) -> &str {
+        &self.config.store.connections_table
+    }
+
+    /// The groups table's name.
+    pub fn groups(&self) -> &str {
+        &self.config.store.groups_table
+    }
+}
+
 /// A running host.
 pub struct TestHost {
     pub addr: SocketAddr,
