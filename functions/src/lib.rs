@@ -1,1 +1,57 @@
-//! Handler-author SDK for API Gateway WebSocket handlers (grows with the handler SDK work).
+//! Writing API Gateway WebSocket handlers in Rust, on top of `lambda_http`.
+//!
+//! A handler is an ordinary `lambda_http` function. It deploys unchanged to AWS Lambda behind API
+//! Gateway, and runs against the connection host locally or self-hosted. This crate adds:
+//! - [`context`]: the WebSocket event behind a `lambda_http::Request` (connection ID, route key,
+//!   event type, body, authorizer context, query string, close code), see [`WebSocketEvent`];
+//! - [`response`]: the responses API Gateway understands (accept, reply, reject);
+//! - [`management`]: pushing messages to connections through the `@connections` API;
+//! - [`rooms`]: join, leave, list and broadcast, on the connection host's groups extension or on
+//!   a DynamoDB table;
+//! - [`testing`]: test doubles to unit-test handler logic with captured events;
+//! - [`examples`]: the logic of the example functions in `src/bin/` (`chat`, `echo`,
+//!   `authorizer`).
+//!
+//! ```no_run
+//! use lambda_http::{Error, Request, service_fn};
+//! use ws_handler::{EventType, Management, WebSocketEvent, response};
+//!
+//! async fn handler(request: Request) -> Result<response::Response, Error> {
+//!     let event = WebSocketEvent::from_request(&request)?;
+//!     if event.event_type() == EventType::Message {
+//!         let management = Management::for_event(&event).await;
+//!         management.post_text(event.connection_id(), "got it").await?;
+//!     }
+//!     Ok(response::ok())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Error> {
+//!     lambda_http::run(service_fn(handler)).await
+//! }
+//! ```
+
+pub mod context;
+pub mod examples;
+pub mod management;
+pub mod response;
+pub mod rooms;
+pub mod testing;
+
+pub use context::{Authorizer, EventType, WebSocketEvent};
+pub use management::{Management, ManagementError, PostToConnection};
+pub use rooms::{BroadcastReport, Rooms, RoomsConfig, RoomsError};
+
+/// Sends `tracing` output to stderr, which Lambda forwards to CloudWatch Logs: no colours and no
+/// timestamps (CloudWatch adds its own). The level comes from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (e.g. from tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,260 @@
+//! Rooms on the connection host's groups extension (`extensions.groups = true` on the host).
+//!
+//! A room is a group; the calls go to the management endpoint (the same base URL as
+//! `@connections`, stage included):
+//! - join: `PUT {endpoint}/@connections/{id}/groups/{room}`: 204, or 410 when the connection is gone;
+//! - leave: `DELETE {endpoint}/@connections/{id}/groups/{room}`: 204;
+//! - broadcast: `POST {endpoint}/@groups/{room}[?exclude={id}]` with the message as the body: the
+//!   host sends it to every member and answers `{"delivered":N,"failed":M}`;
+//! - members: `GET {endpoint}/@groups/{room}?limit=N[&nextToken=T]`: one page,
+//!   `{"connectionIds":[...],"nextToken":"..."}`.
+//!
+//! The host removes a connection from its groups when it closes, so [`Rooms::rooms_of`] answers
+//! `None`. Room names `.` and `..` are refused: URL parsers resolve them as path segments, whatever
+//! their encoding.
+
+use super::{BroadcastReport, Rooms, RoomsError};
+use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// Members asked for per page (the host's maximum).
+const PAGE_SIZE: usize = 1000;
+
+/// Everything but RFC 3986's unreserved characters is encoded, so `=`, `/`, `?`, `&`, `%` and `+`
+/// in IDs, room names and tokens reach the host as data.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The HTTP client every [`GroupsRooms`] of the process shares, so connections are reused across
+/// events.
+pub fn shared_http_client() -> reqwest::Client {
+    static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+        reqwest::Client::builder()
+            // Well inside API Gateway's 29 s integration timeout, so a stuck host surfaces as an
+            // error the handler can report.
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    });
+    CLIENT.clone()
+}
+
+/// Rooms as connection-host groups at one management endpoint.
+#[derive(Debug, Clone)]
+pub struct GroupsRooms {
+    http: reqwest::Client,
+    endpoint: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MembersPage {
+    connection_ids: Vec<String>,
+    next_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Delivery {
+    delivered: usize,
+    failed: usize,
+}
+
+impl GroupsRooms {
+    /// Groups at `endpoint`, the management endpoint (e.g. `http://127.0.0.1:8080/dev`).
+    pub fn new(http: reqwest::Client, endpoint: &str) -> Self {
+        Self {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn encode(component: &str) -> String {
+        utf8_percent_encode(component, COMPONENT).to_string()
+    }
+
+    fn membership_url(&self, room: &str, connection_id: &str) -> Result<String, RoomsError> {
+        Ok(format!(
+            "{}/@connections/{}/groups/{}",
+            self.endpoint,
+            Self::encode(connection_id),
+            Self::encode(checked(room)?)
+        ))
+    }
+
+    fn group_url(&self, room: &str) -> Result<String, RoomsError> {
+        Ok(format!(
+            "{}/@groups/{}",
+            self.endpoint,
+            Self::encode(checked(room)?)
+        ))
+    }
+
+    /// Sends a request and returns the response when its status is `expected`.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: String,
+        body: Option<Vec<u8>>,
+        expected: StatusCode,
+    ) -> Result<reqwest::Response, RoomsError> {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await?;
+        match response.status() {
+            status if status == expected => Ok(response),
+            StatusCode::GONE => Err(RoomsError::Gone),
+            status => {
+                let mut body = response.text().await.unwrap_or_default();
+                body.truncate(body.floor_char_boundary(200));
+                Err(RoomsError::Host {
+                    operation,
+                    status: status.as_u16(),
+                    body,
+                })
+            }
+        }
+    }
+}
+
+/// `.` and `..` cannot be sent as path segments: the URL would be rewritten to another path.
+fn checked(room: &str) -> Result<&str, RoomsError> {
+    if room == "." || room == ".." {
+        return Err(RoomsError::UnsupportedRoomName(room.to_string()));
+    }
+    Ok(room)
+}
+
+#[async_trait]
+impl Rooms for GroupsRooms {
+    async fn join(&self, room: &str, connection_id: &str) -> Result<(), RoomsError> {
+        let url = self.membership_url(room, connection_id)?;
+        self.call(
+            "PUT group membership",
+            Method::PUT,
+            url,
+            None,
+            StatusCode::NO_CONTENT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, connection_id: &str) -> Result<(), RoomsError> {
+        let url = self.membership_url(room, connection_id)?;
+        match self
+            .call(
+                "DELETE group membership",
+                Method::DELETE,
+                url,
+                None,
+                StatusCode::NO_CONTENT,
+            )
+            .await
+        {
+            // A gone connection has left every group already.
+            Ok(_) | Err(RoomsError::Gone) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>, RoomsError> {
+        let base = self.group_url(room)?;
+        let mut members = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{base}?limit={PAGE_SIZE}");
+            if let Some(token) = &token {
+                url.push_str("&nextToken=");
+                url.push_str(&Self::encode(token));
+            }
+            let response = self
+                .call("GET group", Method::GET, url, None, StatusCode::OK)
+                .await?;
+            let page: MembersPage = serde_json::from_slice(&response.bytes().await?)
+                .map_err(|e| RoomsError::Unexpected(format!("members page: {e}")))?;
+            members.extend(page.connection_ids);
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(members),
+            }
+        }
+    }
+
+    async fn broadcast(
+        &self,
+        room: &str,
+        data: &[u8],
+        exclude: Option<&str>,
+    ) -> Result<BroadcastReport, RoomsError> {
+        let mut url = self.group_url(room)?;
+        if let Some(exclude) = exclude {
+            url.push_str("?exclude=");
+            url.push_str(&Self::encode(exclude));
+        }
+        let response = self
+            .call(
+                "POST group",
+                Method::POST,
+                url,
+                Some(data.to_vec()),
+                StatusCode::OK,
+            )
+            .await?;
+        let delivery: Delivery = serde_json::from_slice(&response.bytes().await?)
+            .map_err(|e| RoomsError::Unexpected(format!("broadcast answer: {e}")))?;
+        // The host drops closed connections from their groups itself: nothing to remove here.
+        Ok(BroadcastReport {
+            delivered: delivery.delivered,
+            failed: delivery.failed,
+            gone_removed: 0,
+        })
+    }
+
+    async fn rooms_of(&self, _connection_id: &str) -> Result<Option<Vec<String>>, RoomsError> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooms() -> GroupsRooms {
+        GroupsRooms::new(reqwest::Client::new(), "http://127.0.0.1:8080/dev/")
+    }
+
+    #[test]
+    fn ids_and_names_are_percent_encoded_in_paths() {
+        assert_eq!(
+            rooms()
+                .membership_url("a b/c?d", "BFaT_fALIAMCKug=")
+                .unwrap(),
+            "http://127.0.0.1:8080/dev/@connections/BFaT_fALIAMCKug%3D/groups/a%20b%2Fc%3Fd"
+        );
+        assert_eq!(
+            rooms().group_url("lobby.1-x_y").unwrap(),
+            "http://127.0.0.1:8080/dev/@groups/lobby.1-x_y"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for room in [".", ".."] {
+            assert!(matches!(
+                rooms().group_url(room),
+                Err(RoomsError::UnsupportedRoomName(_))
+            ));
+        }
+        assert!(rooms().group_url("...").is_ok());
+    }
+}
