@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// Integrations by name, referred to from routes.
     pub integrations: BTreeMap<String, IntegrationConfig>,
+    /// Lambda functions the host runs itself (its local Lambda runtime), by function name.
+    pub functions: BTreeMap<String, FunctionConfig>,
     /// Behaviour beyond API Gateway's; all off by default.
     pub extensions: ExtensionsConfig,
     /// Where connection records and group memberships live.
@@ -58,6 +60,9 @@ pub struct ServerConfig {
     /// On shutdown, how long to wait for connections to close and `$disconnect`s to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Optional folder of files served to plain HTTP `GET`s on the public listener outside the
+    /// stage's paths (`/` serves its `index.html`), e.g. the demo chat page.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
             backlog: 4096,
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            static_dir: None,
         }
     }
 }
@@ -215,6 +221,45 @@ pub enum IntegrationConfig {
         #[serde(default)]
         response_template: String,
     },
+}
+
+/// A Lambda function the host runs itself: real handler binaries (`lambda_http`,
+/// `lambda_runtime`) talking to the host's Lambda Runtime API, one process per unit of concurrency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// The executable. `${NAME}` and `${NAME:-default}` are replaced from the environment, e.g.
+    /// `"${CARGO_TARGET_DIR:-target}/debug/chat"`; a relative path starts at the working directory.
+    pub command: String,
+    /// Arguments for the executable.
+    pub args: Vec<String>,
+    /// A command run once before the host starts, e.g. `["cargo", "build", "--bin", "chat"]`;
+    /// if it fails the host does not start. Identical commands of several functions run once.
+    pub build: Vec<String>,
+    /// Extra environment variables for the function (beside the host's own and Lambda's).
+    pub environment: BTreeMap<String, String>,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` in MB, 128 to 10240 (reported, not enforced).
+    pub memory_size: u32,
+    /// Longest an invocation may run; past it the process is killed and restarted and the
+    /// invocation fails, as Lambda's function timeout does. 1 s to 900 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Processes kept running: invocations beyond this many wait in a queue.
+    pub concurrency: u32,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        Self {
+            command: String::new(),
+            args: Vec::new(),
+            build: Vec::new(),
+            environment: BTreeMap::new(),
+            memory_size: 128,
+            timeout: Duration::from_secs(3),
+            concurrency: 1,
+        }
+    }
 }
 
 fn default_method() -> String {
@@ -549,6 +594,32 @@ impl Config {
                 return invalid(field("method"), "must be an HTTP method");
             }
         }
+        for (name, function) in &self.functions {
+            let field = |f: &str| format!("functions.{name}.{f}");
+            if !is_function_name(name) {
+                return invalid(
+                    format!("functions.{name}"),
+                    "a function name is 1 to 64 letters, digits, '-' or '_'",
+                );
+            }
+            if function.command.is_empty() {
+                return invalid(field("command"), "must name the function's executable");
+            }
+            if !(128..=10240).contains(&function.memory_size) {
+                return invalid(field("memory_size"), "must be between 128 and 10240 (MB)");
+            }
+            if function.timeout < Duration::from_secs(1)
+                || function.timeout > Duration::from_secs(900)
+            {
+                return invalid(
+                    field("timeout"),
+                    "must be between 1s and 900s (Lambda's range)",
+                );
+            }
+            if !(1..=64).contains(&function.concurrency) {
+                return invalid(field("concurrency"), "must be between 1 and 64 processes");
+            }
+        }
         let store = &self.store;
         for (field, name) in [
             ("store.connections_table", &store.connections_table),
@@ -631,6 +702,13 @@ fn is_table_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
 fn is_http_url(url: &str) -> bool {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod gateway;
 pub mod ids;
 pub mod integration;
+pub mod local_lambda;
 pub mod management;
 pub mod registry;
 pub mod routing;

@@ -104,6 +104,8 @@ fn main() -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
                 )
+                // Colour codes only for a terminal; log files and collectors get plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .init();
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;

@@ -2,6 +2,7 @@
 
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, StoreKind};
+use crate::local_lambda::{LocalFunctions, RuntimeSettings};
 use crate::registry::Registry;
 use crate::routing::{Route, RouteTable};
 use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
@@ -70,6 +71,9 @@ pub enum RunError {
     /// The configured connection store is not usable (e.g. its DynamoDB tables are missing).
     #[error("connection store: {0}")]
     Store(String),
+    /// The local Lambda runtime could not start (e.g. a function's build failed).
+    #[error(transparent)]
+    Functions(#[from] crate::local_lambda::FunctionsError),
 }
 
 /// Everything the host's tasks share.
@@ -93,11 +97,20 @@ pub struct Host {
     pub identity: Identity,
     /// Owner lookups and host-to-host calls; `None` when not clustered.
     pub cluster: Option<Cluster>,
+    /// The functions this host runs itself (`[functions]`).
+    pub functions: LocalFunctions,
+    /// `server.static_dir`, ready to serve.
+    pub static_files: Option<tower_http::services::ServeDir>,
 }
 
 impl Host {
-    /// Builds the host's shared state: integrations, routes and the store.
-    pub async fn new(config: Config, store: Arc<dyn ConnectionStore>) -> Self {
+    /// Builds the host's shared state: integrations, routes and the store; `functions` are the
+    /// locally run functions that `lambda` integrations may resolve to.
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn ConnectionStore>,
+        functions: LocalFunctions,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
@@ -107,7 +120,7 @@ impl Host {
         for (name, integration) in &config.integrations {
             integrations.insert(
                 name.clone(),
-                crate::integration::build(integration, &config.api, &http).await,
+                crate::integration::build(integration, &config.api, &http, &functions).await,
             );
         }
         let routes = config.routes.iter().map(|(key, route)| Route {
@@ -125,6 +138,11 @@ impl Host {
             .max_frame_size(Some(limits.frame_size))
             .max_message_size(Some(limits.message_size));
         let identity = Identity::new(&config.cluster);
+        let static_files = config
+            .server
+            .static_dir
+            .as_ref()
+            .map(tower_http::services::ServeDir::new);
         // The same pooled keep-alive client as the integrations: forwarded calls reuse connections.
         let cluster = Cluster::new(&config.cluster, &identity, http);
         Self {
@@ -137,6 +155,8 @@ impl Host {
             ws_config,
             identity,
             cluster,
+            functions,
+            static_files,
         }
     }
 }
@@ -205,7 +225,20 @@ pub async fn run_with_store(
     config.validate()?;
     let listeners = listeners.into();
     let drain_timeout = config.server.drain_timeout;
-    let host = Arc::new(Host::new(config, store).await);
+    let management_addr = match &listeners.management {
+        Some(listener) => listener.local_addr()?,
+        None => listeners.public.local_addr()?,
+    };
+    let functions = LocalFunctions::start(
+        &config.functions,
+        &RuntimeSettings {
+            region: config.api.region.clone(),
+            account_id: config.api.account_id.clone(),
+            management_endpoint: management_endpoint(management_addr, &config.api.stage),
+        },
+    )
+    .await?;
+    let host = Arc::new(Host::new(config, store, functions).await);
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
         // Registered before the first connection, so no record ever names an unknown host.
@@ -262,6 +295,8 @@ pub async fn run_with_store(
             "drain timeout reached; some $disconnect invocations did not finish"
         );
     }
+    // After the drain, so the functions could still handle the `$disconnect`s.
+    host.functions.shutdown().await;
     if host.cluster.is_some() {
         // Drained: this host's records are gone, so others need not wait host_timeout to know.
         let identity = &host.identity;
@@ -274,6 +309,20 @@ pub async fn run_with_store(
         }
     }
     Ok(())
+}
+
+/// The URL functions use to reach this host's `@connections` API: a wildcard listen address is
+/// reached through loopback.
+fn management_endpoint(addr: SocketAddr, stage: &str) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("http://{addr}/{stage}")
 }
 
 #[cfg(test)]

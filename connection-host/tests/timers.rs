@@ -68,7 +68,7 @@ async fn start(
     let mut config = Config::default();
     adjust(&mut config.limits);
     let expression = config.api.route_selection_expression.clone();
-    let mut host = Host::new(config, Arc::new(MemoryStore::new())).await;
+    let mut host = Host::new(config, Arc::new(MemoryStore::new()), Default::default()).await;
     let recorder = Arc::new(Recorder::default());
     host.routes = RouteTable::new(
         expression,

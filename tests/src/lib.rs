@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `connection-host` binary of the workspace build: next to the `deps/` directory holding the
-/// running test binary (`<target>/debug/deps/…` → `<target>/debug/connection-host`), else
-/// `$CARGO_TARGET_DIR/debug/connection-host`. Panics, saying how to build it, when neither exists.
+/// The `connection-host` binary of the workspace build (see [`workspace_binary`]).
 pub fn host_binary() -> PathBuf {
-    let name = format!("connection-host{}", std::env::consts::EXE_SUFFIX);
+    workspace_binary("connection-host")
+}
+
+/// A binary of the workspace build, e.g. a function such as `chat`: next to the `deps/` directory
+/// holding the running test binary (`<target>/debug/deps/…` → `<target>/debug/{name}`), else
+/// `$CARGO_TARGET_DIR/debug/{name}`. Panics, saying how to build it, when neither exists.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let name = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe()
         && let Some(profile_dir) = exe.parent().and_then(Path::parent)
@@ -26,7 +31,7 @@ pub fn host_binary() -> PathBuf {
     match candidates.iter().find(|c| c.is_file()) {
         Some(found) => found.clone(),
         None => panic!(
-            "the connection-host binary is missing (looked at {candidates:?}): build the workspace \
+            "the {name} binary is missing (looked at {candidates:?}): build the workspace \
              first with `cargo build --workspace --all-targets` (tests/run.sh does)"
         ),
     }

@@ -1,20 +1,49 @@
-//! `AWS_PROXY` through the Lambda Invoke API: real AWS, LocalStack, `cargo lambda watch`, or any
-//! endpoint that speaks it.
+//! `AWS_PROXY` through the Lambda Invoke API: real AWS, LocalStack, `cargo lambda watch`, the
+//! host's own local runtime ([`crate::local_lambda`]), or any endpoint that speaks it.
 
 use super::http::error_chain;
 use super::{Integration, IntegrationError};
 use crate::events::{Event, ProxyResponse};
 use aws_sdk_lambda::error::SdkError;
 use aws_sdk_lambda::primitives::Blob;
+use bytes::Bytes;
+use std::sync::Arc;
 
-/// Invokes one function synchronously (`RequestResponse`), as API Gateway does.
+/// Runs a Lambda function synchronously (`RequestResponse`): payload in, result payload out.
+///
+/// A function error (the handler failed, crashed or timed out) is [`IntegrationError::Function`]
+/// carrying the function's error payload as text, usually `{"errorType":…,"errorMessage":…}`, so
+/// callers such as the authorizer can read `errorMessage`.
+#[async_trait::async_trait]
+pub trait LambdaInvoker: Send + Sync + std::fmt::Debug {
+    /// Invokes the function once with `payload`.
+    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError>;
+}
+
+/// The invoker for `function_name`: the local runtime when the function is declared in
+/// `[functions]` and no `endpoint_url` is given, otherwise the Lambda Invoke API through the AWS SDK.
+pub async fn lambda_invoker(
+    function_name: &str,
+    endpoint_url: &str,
+    region: &str,
+    local: &crate::local_lambda::LocalFunctions,
+) -> Arc<dyn LambdaInvoker> {
+    if endpoint_url.is_empty()
+        && let Some(function) = local.get(function_name)
+    {
+        return function;
+    }
+    Arc::new(SdkInvoker::new(function_name, endpoint_url, region).await)
+}
+
+/// The Lambda Invoke API through `aws-sdk-lambda`.
 #[derive(Debug)]
-pub struct LambdaIntegration {
+pub struct SdkInvoker {
     client: aws_sdk_lambda::Client,
     function_name: String,
 }
 
-impl LambdaIntegration {
+impl SdkInvoker {
     /// A client for `function_name`; an empty `endpoint_url` uses the standard AWS configuration.
     pub async fn new(function_name: &str, endpoint_url: &str, region: &str) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -32,36 +61,59 @@ impl LambdaIntegration {
     }
 }
 
+/// At most this much of an error payload goes into messages and logs.
+const ERROR_EXCERPT: usize = 1000;
+
+fn excerpt(payload: &[u8]) -> String {
+    String::from_utf8_lossy(&payload[..payload.len().min(ERROR_EXCERPT)]).into_owned()
+}
+
 #[async_trait::async_trait]
-impl Integration for LambdaIntegration {
-    async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError> {
+impl LambdaInvoker for SdkInvoker {
+    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError> {
         let result = self
             .client
             .invoke()
             .function_name(&self.function_name)
-            .payload(Blob::new(event.to_json()))
+            .payload(Blob::new(payload))
             .send()
             .await;
         match result {
             Ok(out) => {
                 let payload = out.payload().map(Blob::as_ref).unwrap_or_default();
-                if let Some(kind) = out.function_error() {
-                    return Err(IntegrationError::Function(format!(
-                        "{kind}: {}",
-                        String::from_utf8_lossy(&payload[..payload.len().min(500)])
-                    )));
+                if out.function_error().is_some() {
+                    return Err(IntegrationError::Function(excerpt(payload)));
                 }
-                Ok(ProxyResponse::parse(payload)?)
+                Ok(Bytes::copy_from_slice(payload))
             }
             // `cargo lambda watch` reports a function error as HTTP 500 rather than 200 with
             // X-Amz-Function-Error; both are the handler's failure, not the endpoint's.
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 500 => {
                 let body = e.raw().body().bytes().unwrap_or_default();
-                Err(IntegrationError::Function(
-                    String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
-                ))
+                Err(IntegrationError::Function(excerpt(body)))
             }
             Err(e) => Err(IntegrationError::Unavailable(error_chain(&e))),
         }
+    }
+}
+
+/// A route's Lambda proxy integration: the event JSON in, a proxy response out.
+#[derive(Debug)]
+pub struct LambdaIntegration {
+    invoker: Arc<dyn LambdaInvoker>,
+}
+
+impl LambdaIntegration {
+    /// An integration calling `invoker`.
+    pub fn new(invoker: Arc<dyn LambdaInvoker>) -> Self {
+        Self { invoker }
+    }
+}
+
+#[async_trait::async_trait]
+impl Integration for LambdaIntegration {
+    async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError> {
+        let payload = self.invoker.invoke(Bytes::from(event.to_json())).await?;
+        Ok(ProxyResponse::parse(&payload)?)
     }
 }

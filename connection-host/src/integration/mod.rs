@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use self::http::HttpIntegration;
 pub use http_proxy::HttpProxyIntegration;
-pub use lambda::LambdaIntegration;
+pub use lambda::{LambdaIntegration, LambdaInvoker, SdkInvoker, lambda_invoker};
 pub use mock::MockIntegration;
 
 /// Why an invocation produced no usable response.
@@ -37,11 +37,13 @@ pub trait Integration: Send + Sync + std::fmt::Debug {
     async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError>;
 }
 
-/// Builds the integration a config entry describes; `http` is the shared, pooled HTTP client.
+/// Builds the integration a config entry describes; `http` is the shared, pooled HTTP client and
+/// `local` the functions the host runs itself.
 pub async fn build(
     config: &IntegrationConfig,
     api: &ApiConfig,
     http: &reqwest::Client,
+    local: &crate::local_lambda::LocalFunctions,
 ) -> Arc<dyn Integration> {
     match config {
         IntegrationConfig::Lambda {
@@ -54,7 +56,9 @@ pub async fn build(
             } else {
                 region
             };
-            Arc::new(LambdaIntegration::new(function_name, endpoint_url, region).await)
+            Arc::new(LambdaIntegration::new(
+                lambda_invoker(function_name, endpoint_url, region, local).await,
+            ))
         }
         IntegrationConfig::Http { url } => Arc::new(HttpIntegration::new(http.clone(), url)),
         IntegrationConfig::HttpProxy {

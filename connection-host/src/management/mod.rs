@@ -94,7 +94,32 @@ fn segments(path: &str) -> Vec<String> {
         .collect()
 }
 
+/// Serves `request` from `server.static_dir` when it is a `GET` outside the stage's and the
+/// APIs' paths; otherwise hands it back.
+async fn static_file(host: &Host, request: Request) -> Result<Response, Request> {
+    let Some(files) = &host.static_files else {
+        return Err(request);
+    };
+    let path = request.uri().path();
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let reserved = first == host.config.api.stage || first == "health" || first == "2015-03-31";
+    if reserved || !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return Err(request);
+    }
+    match files.clone().try_call(request).await {
+        Ok(response) => Ok(response.map(Body::new)),
+        Err(e) => {
+            tracing::warn!(error = %e, "static file could not be read");
+            Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    }
+}
+
 async fn public_only(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let request = match static_file(&host, request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     let segs = segments(request.uri().path());
     let on_stage = segs.first().map(String::as_str) == Some(host.config.api.stage.as_str())
         && (segs.len() == 1 || (segs.len() == 2 && segs[1].is_empty()));
@@ -114,6 +139,10 @@ pub(crate) struct Call {
 }
 
 async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let request = match static_file(&host, request).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     let segs = segments(request.uri().path());
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
@@ -142,6 +171,30 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         ),
         forwarded,
     };
+    if let Some(name) = crate::local_lambda::invoke_api::function_name(&segs)
+        && method == Method::POST
+        && !forwarded
+    {
+        let headers = request.headers().clone();
+        return match read_body(
+            request.into_body(),
+            crate::local_lambda::invoke_api::MAX_REQUEST + 1,
+        )
+        .await
+        {
+            Ok(body) => {
+                crate::local_lambda::invoke_api::invoke(
+                    &host.functions,
+                    &host.tasks,
+                    name,
+                    &headers,
+                    body,
+                )
+                .await
+            }
+            Err(e) => e.into_response(),
+        };
+    }
     let result = match segs.as_slice() {
         [s] | [s, ""] if *s == stage && method == Method::GET => {
             Err(ManagementError::UpgradeRequired)

@@ -1,0 +1,323 @@
+//! The local Lambda runtime: the host runs real handler binaries (`lambda_http`,
+//! `lambda_runtime`) as Lambda would, so the same binaries deploy unchanged to AWS Lambda.
+//!
+//! Each function declared in `[functions]` gets `concurrency` processes. Every process has its
+//! own Lambda Runtime API server on a loopback port ([`runtime_api`]), so the host always knows
+//! which process holds which invocation and can enforce the function's deadline by killing exactly
+//! that process ([`process`]). Invocations wait in one queue per function. The Lambda Invoke API
+//! ([`invoke_api`]) and the `lambda` integration reach the same queue.
+
+mod env;
+pub mod invoke_api;
+mod process;
+mod runtime_api;
+
+use crate::config::FunctionConfig;
+use crate::integration::{IntegrationError, LambdaInvoker};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Invocations that may wait for a free process before new ones are refused as throttled.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// What every function process is told about its surroundings.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Region reported as `AWS_REGION` and used in function ARNs.
+    pub region: String,
+    /// Account ID used in function ARNs.
+    pub account_id: String,
+    /// The host's own `@connections` endpoint including the stage, e.g. `http://127.0.0.1:8080/dev`,
+    /// given to functions as `APIGW_MANAGEMENT_ENDPOINT` so they can push back without configuration.
+    pub management_endpoint: String,
+}
+
+/// Why the local runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionsError {
+    /// A `build` command failed or could not be started.
+    #[error("functions.{function}.build: {reason}")]
+    Build {
+        /// The function whose build failed.
+        function: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A function's Runtime API listener could not be bound.
+    #[error("functions.{function}: Runtime API listener: {source}")]
+    Listener {
+        /// The function.
+        function: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+}
+
+/// One queued invocation.
+#[derive(Debug)]
+struct Invocation {
+    /// `Lambda-Runtime-Aws-Request-Id`.
+    request_id: String,
+    payload: Bytes,
+    reply: oneshot::Sender<Result<Bytes, IntegrationError>>,
+}
+
+/// What the processes of one function share.
+#[derive(Debug)]
+struct Function {
+    name: String,
+    arn: String,
+    config: FunctionConfig,
+    queue: async_channel::Sender<Invocation>,
+    pending: async_channel::Receiver<Invocation>,
+    /// Processes currently waiting in `GET /invocation/next`.
+    ready: AtomicUsize,
+    /// The error payload of the last failed initialization, until a process initializes again:
+    /// while set and no process is ready, invocations fail at once rather than wait in the queue
+    /// through the restart backoff.
+    init_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Function {
+    /// Fails every queued invocation at once: used when no process can take them (every one of
+    /// them failed to start), so callers get the function error now instead of a timeout later.
+    fn fail_queued(&self, error: &str) {
+        *self.init_failure.lock().expect("function lock poisoned") = Some(error.to_string());
+        if self.ready.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        while let Ok(invocation) = self.pending.try_recv() {
+            let _ = invocation
+                .reply
+                .send(Err(IntegrationError::Function(error.to_string())));
+        }
+    }
+}
+
+/// A locally run function as a [`LambdaInvoker`].
+#[derive(Debug, Clone)]
+pub struct LocalFunction(Arc<Function>);
+
+#[async_trait::async_trait]
+impl LambdaInvoker for LocalFunction {
+    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError> {
+        if self.0.ready.load(Ordering::Acquire) == 0
+            && let Some(error) = self
+                .0
+                .init_failure
+                .lock()
+                .expect("function lock poisoned")
+                .clone()
+        {
+            return Err(IntegrationError::Function(error));
+        }
+        let (reply, result) = oneshot::channel();
+        let invocation = Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            payload,
+            reply,
+        };
+        self.0.queue.try_send(invocation).map_err(|_| {
+            IntegrationError::Unavailable(format!(
+                "TooManyRequestsException: {QUEUE_CAPACITY} invocations of {} already waiting",
+                self.0.name
+            ))
+        })?;
+        // The sender is dropped unanswered only when the host shuts down.
+        result.await.unwrap_or_else(|_| {
+            Err(IntegrationError::Unavailable(format!(
+                "{} stopped before answering",
+                self.0.name
+            )))
+        })
+    }
+}
+
+impl LocalFunction {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// The functions this host runs; empty when `[functions]` is.
+#[derive(Debug, Default)]
+pub struct LocalFunctions {
+    functions: HashMap<String, LocalFunction>,
+    shutdown: CancellationToken,
+    processes: TaskTracker,
+}
+
+impl LocalFunctions {
+    /// Runs the `build` commands, then starts every function's processes. Processes that fail to
+    /// start are retried with backoff in the background; only a failed build stops the start.
+    pub async fn start(
+        configs: &BTreeMap<String, FunctionConfig>,
+        settings: &RuntimeSettings,
+    ) -> Result<Self, FunctionsError> {
+        run_builds(configs).await?;
+        let shutdown = CancellationToken::new();
+        let processes = TaskTracker::new();
+        let mut functions = HashMap::new();
+        for (name, config) in configs {
+            let (queue, pending) = async_channel::bounded(QUEUE_CAPACITY);
+            let function = Arc::new(Function {
+                name: name.clone(),
+                arn: format!(
+                    "arn:aws:lambda:{}:{}:function:{name}",
+                    settings.region, settings.account_id
+                ),
+                config: config.clone(),
+                queue,
+                pending,
+                ready: AtomicUsize::new(0),
+                init_failure: std::sync::Mutex::new(None),
+            });
+            for index in 0..config.concurrency as usize {
+                let slot =
+                    process::Slot::bind(function.clone(), index)
+                        .await
+                        .map_err(|source| FunctionsError::Listener {
+                            function: name.clone(),
+                            source,
+                        })?;
+                processes.spawn(slot.supervise(settings.clone(), shutdown.clone()));
+            }
+            tracing::info!(
+                function = %name,
+                command = %config.command,
+                concurrency = config.concurrency,
+                timeout = ?config.timeout,
+                "local function started"
+            );
+            functions.insert(name.clone(), LocalFunction(function));
+        }
+        processes.close();
+        Ok(Self {
+            functions,
+            shutdown,
+            processes,
+        })
+    }
+
+    /// The function called `name`, which may also be given as a function ARN (with or without a
+    /// version qualifier), as the Lambda API accepts.
+    pub fn function(&self, name: &str) -> Option<&LocalFunction> {
+        let name = match name.strip_prefix("arn:") {
+            // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+            Some(rest) => rest.split(':').nth(5)?,
+            None => name.split(':').next()?,
+        };
+        self.functions.get(name)
+    }
+
+    /// The function called `name` as an invoker (see [`Self::function`]).
+    pub fn get(&self, name: &str) -> Option<Arc<dyn LambdaInvoker>> {
+        self.function(name)
+            .map(|f| Arc::new(f.clone()) as Arc<dyn LambdaInvoker>)
+    }
+
+    /// Stops every process and waits for them to exit; invocations still queued fail.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.processes.wait().await;
+        for function in self.functions.values() {
+            function.0.pending.close();
+        }
+    }
+}
+
+/// Runs each distinct `build` command once, in declaration order, with its output on the
+/// host's own stdout and stderr so a first run shows the compiler's progress.
+async fn run_builds(configs: &BTreeMap<String, FunctionConfig>) -> Result<(), FunctionsError> {
+    let mut done: Vec<&Vec<String>> = Vec::new();
+    for (name, config) in configs {
+        if config.build.is_empty() || done.contains(&&config.build) {
+            continue;
+        }
+        done.push(&config.build);
+        let failed = |reason: String| FunctionsError::Build {
+            function: name.clone(),
+            reason,
+        };
+        tracing::info!(function = %name, command = ?config.build, "building");
+        let status = tokio::process::Command::new(&config.build[0])
+            .args(&config.build[1..])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .await
+            .map_err(|e| failed(format!("could not run {:?}: {e}", config.build[0])))?;
+        if !status.success() {
+            return Err(failed(format!("{:?} exited with {status}", config.build)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn functions_are_found_by_name_or_arn() {
+        let mut configs = BTreeMap::new();
+        configs.insert(
+            "chat".to_string(),
+            FunctionConfig {
+                command: "/nonexistent/chat".into(),
+                ..FunctionConfig::default()
+            },
+        );
+        let settings = RuntimeSettings {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            management_endpoint: "http://127.0.0.1:1/dev".into(),
+        };
+        let functions = LocalFunctions::start(&configs, &settings).await.unwrap();
+        for name in [
+            "chat",
+            "chat:$LATEST",
+            "arn:aws:lambda:us-east-1:000000000000:function:chat",
+            "arn:aws:lambda:us-east-1:000000000000:function:chat:$LATEST",
+        ] {
+            assert_eq!(
+                functions.function(name).map(LocalFunction::name),
+                Some("chat"),
+                "{name}"
+            );
+        }
+        assert!(functions.function("other").is_none());
+        assert!(functions.function("arn:aws:lambda:us-east-1").is_none());
+        functions.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_stops_the_start_and_names_the_function() {
+        let mut configs = BTreeMap::new();
+        configs.insert(
+            "chat".to_string(),
+            FunctionConfig {
+                command: "unused".into(),
+                build: vec!["false".into()],
+                ..FunctionConfig::default()
+            },
+        );
+        let settings = RuntimeSettings {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            management_endpoint: String::new(),
+        };
+        let err = LocalFunctions::start(&configs, &settings)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("functions.chat.build:"),
+            "{err}"
+        );
+    }
+}

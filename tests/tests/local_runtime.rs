@@ -1,0 +1,282 @@
+//! The host's local Lambda runtime with real `lambda_http` binaries (the `faulty` test function
+//! of this crate): `$connect` decided by a handler, crashes, panics, hangs and failed starts, and
+//! the Lambda Invoke API driven by the official `aws-sdk-lambda` client.
+
+use e2e_tests::{HostProcess, TempDir, free_loopback_addrs, within, workspace_binary};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A host process running `faulty` under its local runtime.
+struct Local {
+    host: HostProcess,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+/// Starts a host whose `$connect` and `$default` (two-way, 1 s integration timeout) go to
+/// `faulty` (2 s function timeout), with `extra` appended to `[functions.faulty]`.
+async fn start(name: &str, extra: &str) -> Local {
+    let dir = TempDir::new(name);
+    let addr = free_loopback_addrs(1)[0];
+    let config = dir.path().join("host.toml");
+    let command = workspace_binary("faulty");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "{addr}"
+drain_timeout = "2s"
+
+[routes."$connect"]
+integration = "faulty"
+
+[routes."$default"]
+integration = "faulty"
+two_way = true
+timeout = "1s"
+
+[integrations.faulty]
+type = "lambda"
+function_name = "faulty"
+
+[functions.faulty]
+command = "{command}"
+timeout = "2s"
+{extra}
+"#,
+            command = command.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("host.log");
+    let mut host = HostProcess::spawn(name, &config, &log, &[("RUST_LOG", "info")]);
+    host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
+        .await;
+    Local {
+        host,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn connect(addr: SocketAddr, query: &str) -> Result<Ws, u16> {
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/dev{query}")).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("connect failed unexpectedly: {e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+}
+
+/// The next text frame, within `bound`.
+async fn next_text(ws: &mut Ws, bound: Duration) -> String {
+    within("a text frame", bound, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// The gateway error frame's message, checking it is one (`{"message": …, "connectionId":…}`).
+fn error_message(frame: &str) -> String {
+    let v: Value = serde_json::from_str(frame).unwrap_or_else(|_| panic!("not JSON: {frame}"));
+    assert!(
+        v.get("connectionId").is_some(),
+        "not an error frame: {frame}"
+    );
+    v["message"].as_str().unwrap_or_default().to_string()
+}
+
+/// The `faulty` function's echo reply: the process ID that answered.
+fn echo_pid(frame: &str) -> u64 {
+    let v: Value = serde_json::from_str(frame).unwrap_or_else(|_| panic!("not JSON: {frame}"));
+    assert!(v.get("echo").is_some(), "not an echo reply: {frame}");
+    v["pid"].as_u64().expect("pid")
+}
+
+#[tokio::test]
+async fn a_real_handler_accepts_or_rejects_connect_and_answers_messages() {
+    let local = start("runtime-connect", "").await;
+    assert_eq!(connect(local.addr, "?reject=1").await.err(), Some(403));
+    let mut ws = connect(local.addr, "?name=a").await.expect("accepted");
+    send(&mut ws, r#"{"action":"hello"}"#).await;
+    let reply = next_text(&mut ws, Duration::from_secs(10)).await;
+    let v: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["echo"], r#"{"action":"hello"}"#);
+    let log = local.host.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("faulty handling hello") && l.contains("function=faulty")),
+        "the function's output is not in the host log, named by the function:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn crashes_and_panics_give_internal_server_error_and_the_function_recovers() {
+    let local = start("runtime-crash", "").await;
+    let mut ws = connect(local.addr, "").await.expect("accepted");
+    send(&mut ws, r#"{"action":"first"}"#).await;
+    let first_pid = echo_pid(&next_text(&mut ws, Duration::from_secs(10)).await);
+
+    // A panic is caught by the runtime and reported as a function error; the process lives on.
+    send(&mut ws, r#"{"action":"panic"}"#).await;
+    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(error_message(&frame), "Internal server error");
+    send(&mut ws, r#"{"action":"after-panic"}"#).await;
+    assert_eq!(
+        echo_pid(&next_text(&mut ws, Duration::from_secs(5)).await),
+        first_pid
+    );
+
+    // A returned error is a function error too.
+    send(&mut ws, r#"{"action":"error"}"#).await;
+    assert_eq!(
+        error_message(&next_text(&mut ws, Duration::from_secs(5)).await),
+        "Internal server error"
+    );
+
+    // The process exiting mid-invocation fails that invocation; a new process takes the next one.
+    send(&mut ws, r#"{"action":"exit"}"#).await;
+    assert_eq!(
+        error_message(&next_text(&mut ws, Duration::from_secs(5)).await),
+        "Internal server error"
+    );
+    send(&mut ws, r#"{"action":"after-exit"}"#).await;
+    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    let new_pid = echo_pid(&frame);
+    assert_ne!(new_pid, first_pid, "the crashed process was not replaced");
+}
+
+#[tokio::test]
+async fn a_hanging_handler_times_out_and_is_restarted_after_its_deadline() {
+    let local = start("runtime-hang", "").await;
+    let mut ws = connect(local.addr, "").await.expect("accepted");
+    send(&mut ws, r#"{"action":"first"}"#).await;
+    let first_pid = echo_pid(&next_text(&mut ws, Duration::from_secs(10)).await);
+
+    // The route's 1 s integration timeout answers first; the function's own 2 s deadline then
+    // kills the process, and the next message is served by its replacement.
+    let started = std::time::Instant::now();
+    send(&mut ws, r#"{"action":"hang"}"#).await;
+    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(error_message(&frame), "Endpoint request timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(&mut ws, r#"{"action":"after-hang"}"#).await;
+    let pid = echo_pid(&next_text(&mut ws, Duration::from_secs(5)).await);
+    assert_ne!(
+        pid, first_pid,
+        "the hung process was not killed and replaced"
+    );
+    let log = local.host.log_text();
+    assert!(log.contains("invocation timed out"), "{log}");
+}
+
+#[tokio::test]
+async fn a_function_that_cannot_start_fails_invocations_at_once() {
+    let local = start(
+        "runtime-init",
+        r#"environment = { FAULTY_FAIL_INIT = "1" }"#,
+    )
+    .await;
+    // No $connect answer is possible: the handler's failure is a function error, so 502.
+    assert_eq!(connect(local.addr, "").await.err(), Some(502));
+    let log = local.host.log_text();
+    assert!(
+        log.contains("FAULTY_FAIL_INIT is set"),
+        "the function's stderr is not in the log:\n{log}"
+    );
+}
+
+async fn lambda_client(addr: SocketAddr) -> aws_sdk_lambda::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_lambda::Client::new(&config)
+}
+
+#[tokio::test]
+async fn the_invoke_api_behaves_like_lambda_for_the_official_sdk() {
+    use aws_sdk_lambda::primitives::Blob;
+    use aws_sdk_lambda::types::InvocationType;
+    let local = start("runtime-invoke", "").await;
+    let lambda = lambda_client(local.addr).await;
+    let event =
+        include_str!("../../connection-host/tests/fixtures/apiGatewayWebSocketApiMessage.json");
+    let out = lambda
+        .invoke()
+        .function_name("faulty")
+        .payload(Blob::new(event))
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(out.status_code(), 200);
+    assert_eq!(out.function_error(), None);
+    assert_eq!(out.executed_version(), Some("$LATEST"));
+    let response: Value = serde_json::from_slice(out.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(response["statusCode"], 200, "{response}");
+
+    // A function error is a 200 with X-Amz-Function-Error and Lambda's error payload.
+    let mut failing: Value = serde_json::from_str(event).unwrap();
+    failing["body"] = r#"{"action":"error"}"#.into();
+    let out = lambda
+        .invoke()
+        .function_name("arn:aws:lambda:us-east-1:000000000000:function:faulty")
+        .payload(Blob::new(failing.to_string()))
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(out.status_code(), 200);
+    assert_eq!(out.function_error(), Some("Unhandled"));
+    let error: Value = serde_json::from_slice(out.payload().unwrap().as_ref()).unwrap();
+    assert_eq!(error["errorMessage"], "asked to fail", "{error}");
+
+    let out = lambda
+        .invoke()
+        .function_name("faulty")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(event))
+        .send()
+        .await
+        .expect("async invoke");
+    assert_eq!(out.status_code(), 202);
+
+    let err = lambda
+        .invoke()
+        .function_name("missing")
+        .payload(Blob::new("{}"))
+        .send()
+        .await
+        .expect_err("unknown function");
+    assert!(
+        err.as_service_error()
+            .is_some_and(|e| e.is_resource_not_found_exception()),
+        "{err:?}"
+    );
+}
