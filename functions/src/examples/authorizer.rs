@@ -333,3 +333,79 @@ fn guest(
         context,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<AuthorizerConfig, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AuthorizerConfig::from_vars(|name| vars.get(name).cloned())
+    }
+
+    fn key(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    fn algorithm(config: &AuthorizerConfig) -> Option<Vec<Algorithm>> {
+        config.key.as_ref().map(|(_, v)| v.algorithms.clone())
+    }
+
+    #[test]
+    fn a_key_is_required_unless_guests_are_allowed() {
+        assert!(matches!(config(&[]), Err(ConfigError::NoKey)));
+        assert!(matches!(
+            config(&[(SECRET_ENV, "  ")]),
+            Err(ConfigError::NoKey)
+        ));
+        let guests = config(&[(ALLOW_GUESTS_ENV, "TRUE")]).unwrap();
+        assert!(guests.allow_guests && guests.key.is_none());
+    }
+
+    #[test]
+    fn the_key_decides_the_only_accepted_algorithm() {
+        let hs = config(&[(SECRET_ENV, "s3cret")]).unwrap();
+        assert_eq!(algorithm(&hs), Some(vec![Algorithm::HS256]));
+        assert!(!hs.allow_guests);
+        let rsa = config(&[(PUBLIC_KEY_PEM_ENV, &key("rsa-public.pem"))]).unwrap();
+        assert_eq!(algorithm(&rsa), Some(vec![Algorithm::RS256]));
+        // One-line PEM with `\n` escapes, as environment variables often carry it.
+        let escaped = key("ec-public.pem").replace('\n', "\\n");
+        let ec = config(&[(PUBLIC_KEY_PEM_ENV, &escaped)]).unwrap();
+        assert_eq!(algorithm(&ec), Some(vec![Algorithm::ES256]));
+        let path = format!(
+            "{}/tests/fixtures/keys/rsa-public.pem",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let file = config(&[(PUBLIC_KEY_FILE_ENV, &path)]).unwrap();
+        assert_eq!(algorithm(&file), Some(vec![Algorithm::RS256]));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        assert!(matches!(
+            config(&[
+                (SECRET_ENV, "s"),
+                (PUBLIC_KEY_PEM_ENV, &key("rsa-public.pem"))
+            ]),
+            Err(ConfigError::SeveralKeys)
+        ));
+        assert!(matches!(
+            config(&[(PUBLIC_KEY_FILE_ENV, "/nonexistent/key.pem")]),
+            Err(ConfigError::KeyFile { .. })
+        ));
+        assert!(matches!(
+            config(&[(PUBLIC_KEY_PEM_ENV, "not a key")]),
+            Err(ConfigError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            config(&[(SECRET_ENV, "s"), (ALLOW_GUESTS_ENV, "yes please")]),
+            Err(ConfigError::InvalidFlag(_))
+        ));
+    }
+}

@@ -357,13 +357,16 @@ impl<'a> Chat<'a> {
                 }
                 Ok(())
             }
+            // Idempotent like join: a client's leave may overtake its own join (messages of one
+            // connection are handled concurrently), and its state is the same either way.
             ClientMessage::Leave { room } => {
-                if !self.rooms.is_member(&room, me).await? {
-                    return self.not_a_member(me, &room).await;
-                }
+                let was_member = self.rooms.is_member(&room, me).await?;
                 self.rooms.leave(&room, me).await?;
                 self.send(me, &ServerMessage::Left { room: &room }).await?;
-                self.presence(&room, Presence::Leave, &nickname, me).await
+                if was_member {
+                    self.presence(&room, Presence::Leave, &nickname, me).await?;
+                }
+                Ok(())
             }
             ClientMessage::Send { room, text } => {
                 if !self.rooms.is_member(&room, me).await? {
