@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// Integrations by name, referred to from routes.
     pub integrations: BTreeMap<String, IntegrationConfig>,
+    /// Lambda `REQUEST` authorizers by name, referred to from the `$connect` route.
+    pub authorizers: BTreeMap<String, AuthorizerConfig>,
     /// Lambda functions the host runs itself (its local Lambda runtime), by function name.
     pub functions: BTreeMap<String, FunctionConfig>,
     /// Behaviour beyond API Gateway's; all off by default.
@@ -173,6 +175,10 @@ pub struct RouteConfig {
     /// Integration timeout, 50 ms to 29 s (API Gateway's range and default).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Name of the authorizer in `[authorizers]` that must allow a connection before `$connect`
+    /// runs; only the `$connect` route may have one, as on API Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorizer: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -221,6 +227,25 @@ pub enum IntegrationConfig {
         #[serde(default)]
         response_template: String,
     },
+}
+
+/// A Lambda `REQUEST` authorizer (API Gateway's `CUSTOM` authorization type), run on `$connect`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizerConfig {
+    /// The authorizer function's name or ARN.
+    pub function_name: String,
+    /// Invoke API endpoint; empty uses the host's own function of that name when `[functions]`
+    /// declares one, else the standard AWS configuration (`AWS_ENDPOINT_URL`, …).
+    #[serde(default)]
+    pub endpoint_url: String,
+    /// Region; empty uses `api.region`.
+    #[serde(default)]
+    pub region: String,
+    /// Request parameters that must all be present and non-empty, or the client gets 401 without
+    /// the function being called: `route.request.header.NAME`, `route.request.querystring.NAME`.
+    #[serde(default)]
+    pub identity_sources: Vec<crate::authorizer::IdentitySource>,
 }
 
 /// A Lambda function the host runs itself: real handler binaries (`lambda_http`,
@@ -558,6 +583,29 @@ impl Config {
                     "$connect and $disconnect cannot send route responses to the client",
                 );
             }
+            if let Some(authorizer) = &route.authorizer {
+                if key != "$connect" {
+                    return invalid(
+                        field("authorizer"),
+                        "only the $connect route can have an authorizer (it guards the whole connection)",
+                    );
+                }
+                if !self.authorizers.contains_key(authorizer) {
+                    return invalid(
+                        field("authorizer"),
+                        &format!("no authorizer named \"{authorizer}\" in [authorizers]"),
+                    );
+                }
+            }
+        }
+        for (name, authorizer) in &self.authorizers {
+            let field = |f: &str| format!("authorizers.{name}.{f}");
+            if authorizer.function_name.is_empty() {
+                return invalid(field("function_name"), "must not be empty");
+            }
+            if !authorizer.endpoint_url.is_empty() && !is_http_url(&authorizer.endpoint_url) {
+                return invalid(field("endpoint_url"), "must be an http:// or https:// URL");
+            }
         }
         for (name, integration) in &self.integrations {
             let field = |f: &str| format!("integrations.{name}.{f}");
@@ -817,6 +865,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("route_selection_expression"), "{err}");
+    }
+
+    #[test]
+    fn authorizers_parse_and_only_connect_may_name_one() {
+        let base = "[integrations.m]\ntype = \"mock\"\n[authorizers.auth]\nfunction_name = \"authorizer\"\nidentity_sources = [\"route.request.header.Authorization\", \"route.request.querystring.token\"]\n";
+        let c = Config::from_toml(&format!(
+            "{base}[routes.\"$connect\"]\nintegration = \"m\"\nauthorizer = \"auth\""
+        ))
+        .unwrap();
+        assert_eq!(c.routes["$connect"].authorizer.as_deref(), Some("auth"));
+        assert_eq!(c.authorizers["auth"].identity_sources.len(), 2);
+        assert!(c.authorizers["auth"].endpoint_url.is_empty());
+        let cases = [
+            (
+                format!("{base}[routes.\"$default\"]\nintegration = \"m\"\nauthorizer = \"auth\""),
+                "routes.\"$default\".authorizer",
+            ),
+            (
+                format!("{base}[routes.\"$connect\"]\nintegration = \"m\"\nauthorizer = \"nope\""),
+                "routes.\"$connect\".authorizer",
+            ),
+            (
+                "[authorizers.a]\nfunction_name = \"\"".to_string(),
+                "authorizers.a.function_name",
+            ),
+            (
+                "[authorizers.a]\nfunction_name = \"f\"\nendpoint_url = \"localhost:1\"".to_string(),
+                "authorizers.a.endpoint_url",
+            ),
+            (
+                "[authorizers.a]\nfunction_name = \"f\"\nidentity_sources = [\"header.Authorization\"]".to_string(),
+                "route.request.header.NAME",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
     }
 
     // figment's Jail closure must return figment's own (large) error type.

@@ -4,6 +4,7 @@
 //!
 //! Start it with [`run`]; see `Config` for every setting.
 
+pub mod authorizer;
 pub mod cluster;
 pub mod config;
 pub mod events;

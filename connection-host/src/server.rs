@@ -101,6 +101,8 @@ pub struct Host {
     pub functions: LocalFunctions,
     /// `server.static_dir`, ready to serve.
     pub static_files: Option<tower_http::services::ServeDir>,
+    /// The authorizer the `$connect` route names, run before `$connect` on every connection attempt.
+    pub authorizer: Option<crate::authorizer::Authorizer>,
 }
 
 impl Host {
@@ -137,6 +139,7 @@ impl Host {
             .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.frame_size) * 2)
             .max_frame_size(Some(limits.frame_size))
             .max_message_size(Some(limits.message_size));
+        let authorizer = crate::authorizer::Authorizer::for_connect(&config, &functions).await;
         let identity = Identity::new(&config.cluster);
         let static_files = config
             .server
@@ -157,6 +160,7 @@ impl Host {
             cluster,
             functions,
             static_files,
+            authorizer,
         }
     }
 }
@@ -338,6 +342,7 @@ mod tests {
                 integration: "missing".into(),
                 two_way: false,
                 timeout: std::time::Duration::from_secs(1),
+                authorizer: None,
             },
         );
         let listener = bind(([127, 0, 0, 1], 0).into(), 16).unwrap();

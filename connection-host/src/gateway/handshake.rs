@@ -1,11 +1,13 @@
-//! The WebSocket handshake: validation, `$connect`, the store write, then the 101.
+//! The WebSocket handshake: validation, the authorizer, `$connect`, the store write, then the 101.
 //!
 //! Until `$connect` answers, the client waits for its 101 and the connection does not exist: the
-//! management API answers 410 for it and a rejected connect never gets a `$disconnect`.
+//! management API answers 410 for it, and a connection refused by the authorizer or by `$connect`
+//! never gets a `$disconnect`.
 
 use super::connection;
 use super::head::Head;
 use super::write_response;
+use crate::authorizer::ConnectRequest;
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::ids;
 use crate::server::Host;
@@ -74,7 +76,7 @@ pub(super) async fn accept(
         .await;
 }
 
-/// Runs `$connect`, writes the record and the 101, then serves the connection.
+/// Runs the authorizer and `$connect`, writes the record and the 101, then serves the connection.
 #[allow(clippy::too_many_arguments)]
 async fn establish(
     host: Arc<Host>,
@@ -84,22 +86,61 @@ async fn establish(
     query: Option<String>,
     key: String,
     leftover: Vec<u8>,
-    context: Arc<ConnectionContext>,
+    mut context: Arc<ConnectionContext>,
 ) {
     let connected_at = context.connected_at;
+    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
+    // The authorizer and `$connect` handle one upgrade request: they see the same request ID and
+    // the same trace ID.
+    let request_id = ids::new_id();
+    let trace = head
+        .header("x-amzn-trace-id")
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::trace_id(connected_at));
+    let query = query
+        .filter(|q| !q.is_empty())
+        .map(|q| MultiMap::from_query(&q));
+    if let Some(authorizer) = &host.authorizer {
+        let request = ConnectRequest {
+            connection: context.clone(),
+            request_id: request_id.clone(),
+            headers: request_headers(&head, peer, local_port, &trace, Audience::Authorizer),
+            query: query.clone().unwrap_or_default(),
+        };
+        match authorizer.authorize(request).await {
+            // The request (and its clone of the context) is gone, so this changes it in place.
+            Ok(claims) => Arc::make_mut(&mut context).authorizer = Some(claims),
+            Err(refusal) => {
+                let status = refusal.status();
+                let name = authorizer.name();
+                if status >= 500 {
+                    tracing::warn!(authorizer = name, status, error = %refusal,
+                        "authorizer failed; connection refused");
+                } else {
+                    tracing::info!(authorizer = name, status, reason = %refusal,
+                        "authorizer refused the connection");
+                }
+                let _ = write_response(&mut stream, status, &[], refusal.body()).await;
+                return;
+            }
+        }
+    }
     let mut subprotocol = None;
     if let Some(route) = host.routes.get("$connect") {
-        let local_port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
         let event = Event {
             route_key: "$connect".into(),
-            request_id: ids::new_id(),
+            request_id,
             request_time_epoch: ids::now_ms(),
             connection: context.clone(),
             kind: EventKind::Connect {
-                headers: Arc::new(integration_headers(&head, peer, local_port, connected_at)),
-                query: query
-                    .filter(|q| !q.is_empty())
-                    .map(|q| Arc::new(MultiMap::from_query(&q))),
+                headers: Arc::new(request_headers(
+                    &head,
+                    peer,
+                    local_port,
+                    &trace,
+                    Audience::Integration,
+                )),
+                query: query.map(Arc::new),
             },
         };
         let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
@@ -236,37 +277,59 @@ fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Reje
     Ok(key)
 }
 
-/// The headers `$connect` sees: the client's (hop-by-hop `Connection`/`Upgrade` removed) plus the
-/// forwarding headers API Gateway adds.
-fn integration_headers(head: &Head, peer: SocketAddr, local_port: u16, now_ms: i64) -> MultiMap {
+/// Which event the handshake's headers are for; API Gateway shows them differently to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The REQUEST authorizer: hop-by-hop `Connection`/`Upgrade` kept, `content-length: 0` added
+    /// (spec §6.2).
+    Authorizer,
+    /// The `$connect` integration: hop-by-hop `Connection`/`Upgrade` removed (spec §2.3).
+    Integration,
+}
+
+/// The headers an event of the handshake carries: the client's, adjusted for `audience`, plus the
+/// forwarding headers API Gateway adds (`trace` is the request's `X-Amzn-Trace-Id`).
+fn request_headers(
+    head: &Head,
+    peer: SocketAddr,
+    local_port: u16,
+    trace: &str,
+    audience: Audience,
+) -> MultiMap {
     let peer_ip = peer.ip().to_string();
     let forwarded_for = match head.header("x-forwarded-for") {
         Some(existing) if !existing.is_empty() => format!("{existing}, {peer_ip}"),
         _ => peer_ip,
     };
-    let trace = head
-        .header("x-amzn-trace-id")
-        .map(str::to_string)
-        .unwrap_or_else(|| ids::trace_id(now_ms));
     let port = local_port.to_string();
-    let replaced = [
-        "connection",
-        "upgrade",
+    let forwarding = [
         "x-forwarded-for",
         "x-forwarded-port",
         "x-forwarded-proto",
         "x-amzn-trace-id",
     ];
+    let dropped = |name: &str| {
+        let is = |other: &str| name.eq_ignore_ascii_case(other);
+        forwarding.iter().any(|f| is(f))
+            || match audience {
+                Audience::Integration => is("connection") || is("upgrade"),
+                // Replaced by the upgrade request's real body length, zero.
+                Audience::Authorizer => is("content-length"),
+            }
+    };
     let client = head
         .headers
         .iter()
-        .filter(|(n, _)| !replaced.iter().any(|r| n.eq_ignore_ascii_case(r)))
+        .filter(|(n, _)| !dropped(n))
         .map(|(n, v)| (n.as_str(), v.as_str()));
-    let added = [
-        ("X-Amzn-Trace-Id", trace.as_str()),
+    let mut added = vec![
+        ("X-Amzn-Trace-Id", trace),
         ("X-Forwarded-For", forwarded_for.as_str()),
         ("X-Forwarded-Port", port.as_str()),
         ("X-Forwarded-Proto", "http"),
     ];
+    if audience == Audience::Authorizer {
+        added.push(("content-length", "0"));
+    }
     MultiMap::from_headers(client.chain(added))
 }
