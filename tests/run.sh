@@ -10,18 +10,22 @@
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
+#     browser      the demo chat page (functions/web) in headless Chromium against the host running
+#                  functions/demo.toml (tests/browser/chat.test.mjs); installs Debian's chromium (apt-get) and
+#                  playwright-core (npm ci in tests/browser/) when missing, and builds the host and ws-handler
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
 # Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo. KOSOKU_PARALLELISM (default 4).
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
+# The browser step needs Node.js 20+ (node, npm) and root or sudo when chromium is not installed yet.
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test conformance)
+ALL_STEPS=(tools fmt build clippy test conformance browser)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
 VENV="$ROOT/.venv-test"
@@ -29,7 +33,8 @@ RUN_DIR="$ROOT/.test-run"
 PYTHON="${PYTHON:-python3}"
 KOSOKU_PARALLELISM="${KOSOKU_PARALLELISM:-4}"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+# The header comment above, from line 2 to the first line that is not a comment.
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 
 only=()
 while [[ $# -gt 0 ]]; do
@@ -56,6 +61,7 @@ FAILED=0
 TIMINGS=()
 HOST_PID=""
 MOTO_PID=""
+BROWSER_TEST_PID=""
 
 # Stops a process this script started: SIGTERM, up to 15 s to exit, then SIGKILL.
 stop_pid() {
@@ -79,6 +85,9 @@ cleanup() {
     stop_moto
     stop_pid "$HOST_PID"
     HOST_PID=""
+    # SIGTERM lets the browser test stop its host and Chromium itself (within ~10 s).
+    stop_pid "$BROWSER_TEST_PID"
+    BROWSER_TEST_PID=""
     if [[ ${#TIMINGS[@]} -gt 0 ]]; then
         echo "==> step times: ${TIMINGS[*]}"
     fi
@@ -254,10 +263,64 @@ EOF
     echo "reports: ${report#"$ROOT/"}/index.html"
 }
 
+# Root runs apt-get itself; anyone else through sudo, without a password prompt (no stdin here).
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        echo "tests/run.sh: '$*' needs root, and sudo is not available" >&2
+        return 1
+    fi
+}
+
+# What the browser test needs: Debian's Chromium and playwright-core (which never downloads a browser).
+browser_tools() {
+    if [[ ! -x /usr/bin/chromium ]]; then
+        echo "installing chromium (apt-get)"
+        local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0)
+        # A fresh machine may have no package lists (or stale ones): update, then try again.
+        if ! as_root "${apt[@]}" install --no-install-recommends chromium </dev/null; then
+            as_root "${apt[@]}" update </dev/null
+            as_root "${apt[@]}" install --no-install-recommends chromium </dev/null
+        fi
+    fi
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+        || { echo "tests/run.sh: the browser step needs Node.js 20+ (node and npm)" >&2; return 1; }
+    local dir="$ROOT/tests/browser" want have
+    want="$(node -p 'require(process.argv[1]).dependencies["playwright-core"]' "$dir/package.json")"
+    have="$(node -p 'require(process.argv[1]).version' "$dir/node_modules/playwright-core/package.json" 2>/dev/null || true)"
+    if [[ "$have" != "$want" ]]; then
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error </dev/null)
+    fi
+    echo "$(/usr/bin/chromium --version 2>/dev/null || echo chromium), playwright-core $want in tests/browser/node_modules/"
+}
+
+step_browser() {
+    browser_tools
+    # The host, and the chat and authorizer functions that functions/demo.toml runs (its `build`
+    # commands are then no-ops).
+    cargo build "${CARGO_FLAGS[@]}" -p connection-host --bin connection-host
+    cargo build "${CARGO_FLAGS[@]}" -p ws-handler --bins
+    local bin rc=0
+    bin="$(target_dir)/debug/connection-host"
+    mkdir -p "$RUN_DIR"
+    # In the background and waited for, so that the INT/TERM traps run at once and cleanup stops it.
+    CONNECTION_HOST_BIN="$bin" node "$ROOT/tests/browser/chat.test.mjs" </dev/null &
+    BROWSER_TEST_PID=$!
+    wait "$BROWSER_TEST_PID" || rc=$?
+    BROWSER_TEST_PID=""
+    # One end-to-end test, counted as one in the totals.
+    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+    return "$rc"
+}
+
 run_step tools step_tools
 run_step fmt step_fmt
 run_step build step_build
 run_step clippy step_clippy
 run_step test step_test
 run_step conformance step_conformance
+run_step browser step_browser
 CURRENT_STEP="done"
