@@ -121,9 +121,10 @@ function killHostNow() {
 // ---- pages --------------------------------------------------------------------------------------
 const pageProblems = [];
 
-async function openPage(browser, url, name) {
+async function openPage(browser, url, name, { fakeClock = false } = {}) {
   const context = await browser.newContext();
   const page = await context.newPage();
+  if (fakeClock) await page.clock.install();
   page.setDefaultTimeout(10_000);
   page.on("pageerror", (e) => pageProblems.push(`${name}: uncaught ${e.message}`));
   page.on("dialog", (d) => { pageProblems.push(`${name}: a dialog opened (${d.type()}: ${d.message()})`); d.dismiss().catch(() => {}); });
@@ -264,7 +265,7 @@ async function run(ctx) {
   progress("alice queued a message while disconnected");
 
   startHost(port);
-  await waitHealthy(port, 30_000);
+  await waitHealthy(port, 60_000);
   progress(`host pid ${host.pid} started again on 127.0.0.1:${port}`);
   await waitState(alice, "alice", "connected", 60_000);
   await waitState(bob, "bob", "connected", 60_000);
@@ -278,6 +279,25 @@ async function run(ctx) {
   progress("both pages re-joined lobby; the queued message was delivered");
   await chat([alice, bob], "after restart");
 
+  // Keep-alive: with nothing sent for 5 minutes (on a fake clock), the page sends {"action":"ping"}.
+  const carol = await openPage(ctx.browser, url, "carol", { fakeClock: true });
+  const pings = [];
+  carol.on("websocket", (ws) => ws.on("framesent", (f) => { if (f.payload === '{"action":"ping"}') pings.push(Date.now()); }));
+  await login(carol, "carol");
+  await waitState(carol, "carol", "connected", 15_000);
+  await waitJoined(carol, "carol", "lobby", 10_000);
+  await carol.clock.fastForward("04:50");
+  await sleep(300);
+  if (pings.length !== 0) fail("carol: a ping was sent before 5 minutes without messages");
+  await carol.clock.fastForward("00:15");
+  for (let i = 0; i < 50 && pings.length === 0; i++) await sleep(100);
+  if (pings.length !== 1) fail(`carol: expected one ping after 5 minutes without messages, saw ${pings.length}`);
+  await carol.clock.fastForward("05:00");
+  for (let i = 0; i < 50 && pings.length < 2; i++) await sleep(100);
+  if (pings.length !== 2) fail(`carol: expected a second ping 5 minutes after the first, saw ${pings.length} in all`);
+  await waitState(carol, "carol", "connected", 1_000);
+  progress("carol's page sent a ping after each 5 minutes without messages (fake clock)");
+
   // Disconnect is final: no reconnecting afterwards.
   await bob.click("#disconnect");
   await waitState(bob, "bob", "disconnected", 5_000);
@@ -288,14 +308,15 @@ async function run(ctx) {
   if (pageProblems.length) fail(`problems on the pages:\n  ${pageProblems.join("\n  ")}`);
 }
 
+// At most ~10 s in all (tests/run.sh gives a test it interrupts 15 s before SIGKILL).
 async function cleanup(ctx) {
   if (ctx.browser) {
-    await Promise.race([ctx.browser.close().catch(() => {}), sleep(10_000)]);
+    await Promise.race([ctx.browser.close().catch(() => {}), sleep(5_000)]);
     ctx.browser = null;
   }
   if (host) {
     const h = host;
-    await Promise.race([stopHost(10_000).catch(() => {}), sleep(12_000)]);
+    await Promise.race([stopHost(4_000).catch(() => {}), sleep(5_000)]);
     killGroup(h.pid, "SIGKILL");
   }
 }
