@@ -1,4 +1,5 @@
-// Demo chat client for connection-host (protocol: the chat function's; see README).
+// Demo chat client for connection-host, speaking the protocol of the `chat` function
+// (functions/src/examples/chat.rs), served by the host from this folder (functions/demo.toml).
 //
 // Connects to ws(s)://{this host}/{stage}?nickname=..., stage "dev" unless the page URL has ?stage=NAME.
 // Plain JavaScript, no build step. All text that users or the server provide is rendered with
@@ -270,7 +271,7 @@
       }
       case "presence":
         nicknames.set(msg.connectionId, String(msg.nickname));
-        append(room, "event", [["text", `${msg.nickname} ${msg.event === "join" ? "joined" : "left"}`]]);
+        append(room, "event", [["text", `${String(msg.nickname)} ${msg.event === "join" ? "joined" : "left"}`]]);
         break;
       case "members": {
         const ids = Array.isArray(msg.connectionIds) ? msg.connectionIds : [];
