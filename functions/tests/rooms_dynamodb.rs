@@ -2,61 +2,16 @@
 //! `DYNAMODB_TEST_ENDPOINT` names it. Each test creates a uniquely named table with
 //! `create_table` (the documented schema) and deletes it at the end.
 
-use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+mod common;
+
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::{dynamodb_client as client, dynamodb_endpoint as endpoint, unique_table};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use ws_handler::rooms::dynamodb::{DynamoDbRooms, create_table};
 use ws_handler::testing::Recorder;
 use ws_handler::{BroadcastReport, Rooms};
-
-/// The endpoint, or `None` (with the reason printed) when the test cannot run here. In CI the
-/// DynamoDB tests must run, so a missing endpoint fails there.
-fn endpoint(test: &str) -> Option<String> {
-    match std::env::var("DYNAMODB_TEST_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("{test}: DYNAMODB_TEST_ENDPOINT is not set but CI is (tests/run.sh sets it)")
-        }
-        _ => {
-            // Past the test harness's output capture, so the skip is visible.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: DYNAMODB_TEST_ENDPOINT is not set"
-            );
-            None
-        }
-    }
-}
-
-/// A client for the test server; moto accepts any credentials.
-fn client(endpoint: &str) -> Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
-
-/// A table name no other test (or earlier run) uses.
-fn unique_table() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "ws-handler-rooms-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn sorted_members(rooms: &dyn Rooms, room: &str) -> Vec<String> {
     let mut members = rooms.members(room).await.unwrap();

@@ -1,0 +1,372 @@
+//! The example functions end to end against a real connection host, in process, over real
+//! sockets: WebSocket clients connect to the host, the host posts API Gateway events to an HTTP
+//! integration that runs the functions' logic, and the functions push back through the host's
+//! management API (the official SDK client) and their rooms: the host's groups extension (the
+//! default backend) or a DynamoDB table on the test server (`DYNAMODB_TEST_ENDPOINT`).
+
+mod common;
+
+use aws_sdk_apigatewaymanagement::config::{BehaviorVersion, Credentials, Region};
+use axum::body::Bytes;
+use axum::extract::State;
+use futures_util::{SinkExt, StreamExt};
+use lambda_http::Body;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use ws_handler::examples::{chat::Chat, echo};
+use ws_handler::rooms::dynamodb::{DynamoDbRooms, create_table};
+use ws_handler::{Management, ManagementError, Rooms, RoomsConfig, WebSocketEvent};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for every wait.
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+enum Function {
+    /// Chat with the default rooms backend (the host's groups extension).
+    Chat,
+    /// Chat with rooms in a DynamoDB table.
+    ChatOnDynamoDb {
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+    },
+    Echo,
+}
+
+struct Integration {
+    function: Function,
+    management: Management,
+    rooms: Arc<dyn Rooms>,
+}
+
+/// The official SDK client for the host's management API; the host checks no signatures.
+fn management(endpoint: &str) -> Management {
+    let config = aws_sdk_apigatewaymanagement::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .build();
+    Management::from_client(
+        aws_sdk_apigatewaymanagement::Client::from_conf(config),
+        endpoint,
+    )
+}
+
+/// The `http` integration: one API Gateway event in, one Lambda proxy response out, as the
+/// function would answer on Lambda.
+async fn invoke(State(integration): State<Arc<Integration>>, body: Bytes) -> axum::Json<Value> {
+    let json = String::from_utf8(body.to_vec()).expect("UTF-8 event");
+    let request = lambda_http::request::from_str(&json).expect("a WebSocket event");
+    let event = WebSocketEvent::from_request(&request).expect("a WebSocket event");
+    let response = match integration.function {
+        Function::Chat | Function::ChatOnDynamoDb { .. } => {
+            Chat::new(integration.rooms.as_ref(), &integration.management)
+                .handle(&event)
+                .await
+        }
+        Function::Echo => echo::handle(&event, &integration.management)
+            .await
+            .expect("echo"),
+    };
+    let mut proxy = json!({ "statusCode": response.status().as_u16() });
+    if let Body::Text(text) = response.body() {
+        proxy["body"] = text.as_str().into();
+    }
+    axum::Json(proxy)
+}
+
+/// A host on a free port whose `$connect`, `$disconnect` and `$default` run `function`.
+struct Host {
+    addr: SocketAddr,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl Host {
+    async fn start(function: Function, groups: bool, two_way: bool) -> Self {
+        let listener =
+            connection_host::bind(([127, 0, 0, 1], 0).into(), 128).expect("bind the host");
+        let addr = listener.local_addr().unwrap();
+        let management = management(&format!("http://{addr}/dev"));
+        let rooms: Arc<dyn Rooms> = match &function {
+            Function::ChatOnDynamoDb { client, table } => Arc::new(DynamoDbRooms::new(
+                client.clone(),
+                table,
+                Some(Duration::from_secs(7200)),
+                Arc::new(management.clone()),
+            )),
+            Function::Chat | Function::Echo => RoomsConfig::Groups.open(&management).await,
+        };
+        let integration = Arc::new(Integration {
+            function,
+            management,
+            rooms,
+        });
+        let app = axum::Router::new().fallback(invoke).with_state(integration);
+        let handler = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handler_url = format!("http://{}/", handler.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(handler, app).await.unwrap() });
+
+        let config = connection_host::Config::from_toml(&format!(
+            r#"
+[routes."$connect"]
+integration = "f"
+[routes."$disconnect"]
+integration = "f"
+[routes."$default"]
+integration = "f"
+two_way = {two_way}
+[extensions]
+groups = {groups}
+[integrations.f]
+type = "http"
+url = "{handler_url}"
+"#
+        ))
+        .expect("valid host config");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(connection_host::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            _shutdown: tx,
+        }
+    }
+
+    async fn connect(&self, query: &str) -> Result<Ws, WsError> {
+        let url = format!("ws://{}/dev{query}", self.addr);
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("handshake in time")
+            .map(|(ws, _)| ws)
+    }
+}
+
+async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// The next text message.
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        match message {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    let text = next_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+#[tokio::test]
+async fn chat_over_the_groups_extension() {
+    let host = Host::start(Function::Chat, true, false).await;
+
+    // $connect without a nickname is refused before the upgrade, with the chat's 400.
+    match host.connect("").await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 400),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("a connection without a nickname was accepted"),
+    }
+
+    let mut alice = host.connect("?nickname=alice").await.expect("alice");
+    send(&mut alice, json!({"action": "join", "room": "lobby"})).await;
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"type": "joined", "room": "lobby"})
+    );
+
+    let mut bob = host.connect("?nickname=bob").await.expect("bob");
+    send(&mut bob, json!({"action": "join", "room": "lobby"})).await;
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "joined", "room": "lobby"})
+    );
+    let presence = next_json(&mut alice).await;
+    assert_eq!(presence["type"], "presence");
+    assert_eq!(presence["event"], "join");
+    let bob_id = presence["connectionId"].as_str().unwrap().to_string();
+    assert_eq!(
+        presence["nickname"],
+        format!("guest-{}", &bob_id[..6]),
+        "without an authorizer, MESSAGE events carry no nickname"
+    );
+
+    send(
+        &mut alice,
+        json!({"action": "send", "room": "lobby", "text": "hello"}),
+    )
+    .await;
+    let to_alice = next_json(&mut alice).await;
+    let to_bob = next_json(&mut bob).await;
+    assert_eq!(to_alice, to_bob);
+    assert_eq!(to_alice["type"], "message");
+    assert_eq!(to_alice["text"], "hello");
+    assert!(to_alice["sentAt"].as_i64().is_some_and(|t| t > 0));
+    let alice_id = to_alice["connectionId"].as_str().unwrap().to_string();
+
+    send(&mut bob, json!({"action": "list", "room": "lobby"})).await;
+    let members = next_json(&mut bob).await;
+    assert_eq!(members["type"], "members");
+    let mut ids: Vec<String> = serde_json::from_value(members["connectionIds"].clone()).unwrap();
+    ids.sort();
+    let mut expected = vec![alice_id.clone(), bob_id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    send(&mut bob, json!({"action": "dance"})).await;
+    assert_eq!(next_json(&mut bob).await["type"], "error");
+    bob.send(Message::text("not json")).await.unwrap();
+    assert_eq!(next_json(&mut bob).await["type"], "error");
+
+    // The host drops a closed connection from its groups.
+    bob.close(None).await.unwrap();
+    let mut listed: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        send(&mut alice, json!({"action": "list", "room": "lobby"})).await;
+        listed =
+            serde_json::from_value(next_json(&mut alice).await["connectionIds"].clone()).unwrap();
+        if listed == std::slice::from_ref(&alice_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed, std::slice::from_ref(&alice_id));
+
+    // The management client's other calls, against the host.
+    let endpoint = format!("http://{}/dev", host.addr);
+    let client = management(&endpoint);
+    let info = client.get(&alice_id).await.expect("GetConnection");
+    assert_eq!(info.source_ip.as_deref(), Some("127.0.0.1"));
+    assert!(info.connected_at.is_some_and(|t| t > 0));
+    client
+        .post_json(&alice_id, &json!({"type": "pong"}))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut alice).await, json!({"type": "pong"}));
+    client.delete(&alice_id).await.expect("DeleteConnection");
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = alice.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(1000));
+    assert!(matches!(
+        client.post_text(&alice_id, "anyone?").await,
+        Err(ManagementError::Gone)
+    ));
+    assert!(matches!(
+        client.get(&bob_id).await,
+        Err(ManagementError::Gone)
+    ));
+}
+
+/// Joins `ws` to `room` and waits for the confirmation.
+async fn join(ws: &mut Ws, room: &str) {
+    send(ws, json!({"action": "join", "room": room})).await;
+    assert_eq!(next_json(ws).await, json!({"type": "joined", "room": room}));
+}
+
+#[tokio::test]
+async fn chat_over_dynamodb_rooms() {
+    let Some(endpoint) = common::dynamodb_endpoint("chat_over_dynamodb_rooms") else {
+        return;
+    };
+    let client = common::dynamodb_client(&endpoint);
+    let table = common::unique_table();
+    create_table(&client, &table).await.expect("create table");
+    let chat = Function::ChatOnDynamoDb {
+        client: client.clone(),
+        table: table.clone(),
+    };
+    let host = Host::start(chat, false, false).await;
+
+    let mut alice = host.connect("?nickname=alice").await.expect("alice");
+    join(&mut alice, "lobby").await;
+    let mut bob = host.connect("?nickname=bob").await.expect("bob");
+    join(&mut bob, "lobby").await;
+    let bob_id = next_json(&mut alice).await["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A membership whose connection is long gone (a lost $disconnect): the next broadcast finds
+    // it gone (410 from the host) and removes it.
+    let stale = "AAAAAAAAAAAAAAA=";
+    let rooms = DynamoDbRooms::new(
+        client.clone(),
+        &table,
+        None,
+        Arc::new(management("http://unused")),
+    );
+    rooms.join("lobby", stale).await.unwrap();
+    send(
+        &mut alice,
+        json!({"action": "send", "room": "lobby", "text": "hi"}),
+    )
+    .await;
+    let said = next_json(&mut alice).await;
+    assert_eq!(next_json(&mut bob).await, said);
+    let alice_id = said["connectionId"].as_str().unwrap().to_string();
+    let mut expected = vec![alice_id.clone(), bob_id.clone()];
+    expected.sort();
+    // The removal follows the deliveries, so it may land just after Alice got the message.
+    let mut members = Vec::new();
+    for _ in 0..50 {
+        members = rooms.members("lobby").await.unwrap();
+        members.sort();
+        if members == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(members, expected, "the gone member was removed");
+
+    // $disconnect finds Bob's rooms through the byConnection index and tells Alice.
+    bob.close(None).await.unwrap();
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"type": "presence", "room": "lobby", "event": "leave",
+               "nickname": format!("guest-{}", &bob_id[..6]), "connectionId": bob_id})
+    );
+    assert_eq!(rooms.members("lobby").await.unwrap(), [alice_id]);
+
+    client
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn echo_on_a_two_way_route_replies_twice() {
+    let host = Host::start(Function::Echo, false, true).await;
+    let mut client = host.connect("").await.expect("echo accepts everyone");
+    client.send(Message::text("hi there")).await.unwrap();
+    // Once through PostToConnection, once as the route response.
+    assert_eq!(next_text(&mut client).await, "hi there");
+    assert_eq!(next_text(&mut client).await, "hi there");
+}
