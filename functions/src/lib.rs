@@ -31,6 +31,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod context;
 pub mod examples;
 pub mod management;

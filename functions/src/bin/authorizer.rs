@@ -10,7 +10,8 @@ use ws_handler::examples::authorizer::{AuthorizerConfig, authorize};
 async fn main() -> Result<(), Error> {
     ws_handler::init_logging();
     // Read once, so a bad configuration fails the cold start instead of every event.
-    let config = AuthorizerConfig::from_env()?;
+    let config = AuthorizerConfig::from_env()
+        .inspect_err(|error| tracing::error!(%error, "invalid authorizer configuration"))?;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>| {
             let decision = authorize(&config, &event.payload);

@@ -10,6 +10,7 @@ use ws_handler::examples::chat;
 async fn main() -> Result<(), Error> {
     ws_handler::init_logging();
     // Read once, so a bad configuration fails the cold start instead of every event.
-    let config = RoomsConfig::from_env()?;
+    let config = RoomsConfig::from_env()
+        .inspect_err(|error| tracing::error!(%error, "invalid rooms configuration"))?;
     lambda_http::run(service_fn(|request| chat::handle_request(&config, request))).await
 }
