@@ -311,3 +311,75 @@ async fn the_example_functions_answer_the_captured_aws_sample_events() {
     let log = host.log_text();
     assert!(!log.contains("panicked"), "a function panicked:\n{log}");
 }
+
+#[tokio::test]
+async fn shutdown_runs_the_chat_disconnects_and_exits_promptly() {
+    let mut demo = start_demo().await;
+    let mut clients = Vec::new();
+    for nickname in ["alice", "bob", "carol"] {
+        let mut ws = connect(demo.addr, nickname).await.expect(nickname);
+        join(&mut ws, "lobby").await;
+        clients.push(ws);
+    }
+    let pid = demo.host.pid().expect("running");
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Every client is told the host is going away.
+    for ws in &mut clients {
+        let close = within("the close frame", Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        // Sends the queued close reply, as a browser does at once.
+                        let _ = ws.flush().await;
+                        return frame.map(|f| u16::from(f.code));
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(close, Some(1001));
+    }
+    let exited = e2e_tests::eventually("the host exits", Duration::from_secs(15), || {
+        let done = demo.host.try_exit_status().is_some();
+        async move { done }
+    })
+    .await;
+    let log = demo.host.log_text();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the host took {:?} to drain three chat connections (exited after {exited:?}):\n{log}",
+        started.elapsed()
+    );
+    assert!(!log.contains("drain timeout reached"), "{log}");
+}
+
+#[tokio::test]
+async fn an_unused_browser_preconnect_does_not_hold_up_shutdown() {
+    let mut demo = start_demo().await;
+    // Chromium opens spare connections and may never send a request on them.
+    let _spare = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = demo.host.pid().expect("running");
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    e2e_tests::eventually("the host exits", Duration::from_secs(15), || {
+        let done = demo.host.try_exit_status().is_some();
+        async move { done }
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "an idle connection held the shutdown for {:?}",
+        started.elapsed()
+    );
+}

@@ -25,11 +25,15 @@ pub async fn handle_tcp(
     serve_management: bool,
 ) {
     let mut buf = BytesMut::with_capacity(1024);
-    let read = tokio::time::timeout(
-        host.config.server.handshake_timeout,
-        head::read_head(&mut stream, &mut buf),
-    )
-    .await;
+    let read = tokio::select! {
+        read = tokio::time::timeout(
+            host.config.server.handshake_timeout,
+            head::read_head(&mut stream, &mut buf),
+        ) => read,
+        // Browsers open spare connections they may never use; on shutdown they must not hold the
+        // drain up until the handshake timeout.
+        _ = host.shutdown.cancelled() => return,
+    };
     let (head, len) = match read {
         Ok(Ok(parsed)) => parsed,
         Err(_) => {

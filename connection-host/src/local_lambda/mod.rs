@@ -190,7 +190,7 @@ impl LocalFunctions {
             }
             tracing::info!(
                 function = %name,
-                command = %config.command,
+                command = %env::expand(&config.command, |n| std::env::var(n).ok()),
                 concurrency = config.concurrency,
                 timeout = ?config.timeout,
                 "local function started"
