@@ -307,7 +307,7 @@ step_browser() {
     bin="$(target_dir)/debug/connection-host"
     mkdir -p "$RUN_DIR"
     # In the background and waited for, so that the INT/TERM traps run at once and cleanup stops it.
-    CONNECTION_HOST_BIN="$bin" node "$ROOT/tests/browser/chat.test.mjs" </dev/null &
+    BROWSER_TEST_HOST_BIN="$bin" node "$ROOT/tests/browser/chat.test.mjs" </dev/null &
     BROWSER_TEST_PID=$!
     wait "$BROWSER_TEST_PID" || rc=$?
     BROWSER_TEST_PID=""

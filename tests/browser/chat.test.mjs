@@ -4,7 +4,7 @@
 //   node tests/browser/chat.test.mjs          (from anywhere; tests/run.sh --only browser builds first)
 //
 // Environment:
-//   CONNECTION_HOST_BIN   host binary (default ${CARGO_TARGET_DIR:-target}/debug/connection-host)
+//   BROWSER_TEST_HOST_BIN   host binary (default ${CARGO_TARGET_DIR:-target}/debug/connection-host)
 //   BROWSER_TEST_CONFIG   host configuration (default functions/demo.toml), relative to the repository root
 //   BROWSER_TEST_PORT     port for the host (default: a free loopback port)
 //   CHROMIUM_PATH         browser (default /usr/bin/chromium, Debian's package)
@@ -25,7 +25,7 @@ import { chromium } from "playwright-core";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || "target");
-const HOST_BIN = path.resolve(ROOT, process.env.CONNECTION_HOST_BIN || path.join(TARGET, "debug/connection-host"));
+const HOST_BIN = path.resolve(ROOT, process.env.BROWSER_TEST_HOST_BIN || path.join(TARGET, "debug/connection-host"));
 const CONFIG = process.env.BROWSER_TEST_CONFIG || "functions/demo.toml";
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const OVERALL_S = Number(process.env.BROWSER_TEST_TIMEOUT || 120);
@@ -53,16 +53,12 @@ function freePort() {
   });
 }
 
-// The host reads every CONNECTION_HOST_* variable as configuration and refuses unknown ones, so
-// CONNECTION_HOST_BIN (ours, naming the binary) must not reach it.
 function hostEnv() {
-  const env = { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" };
-  delete env.CONNECTION_HOST_BIN;
-  return env;
+  return { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" };
 }
 
 function startHost(port) {
-  if (!fs.existsSync(HOST_BIN)) fail(`host binary not found: ${HOST_BIN} (build it, or set CONNECTION_HOST_BIN)`);
+  if (!fs.existsSync(HOST_BIN)) fail(`host binary not found: ${HOST_BIN} (build it, or set BROWSER_TEST_HOST_BIN)`);
   if (!fs.existsSync(path.resolve(ROOT, CONFIG))) fail(`host configuration not found: ${CONFIG}`);
   fs.writeSync(logFd, `\n===== ${new Date().toISOString()} start: ${HOST_BIN} --config ${CONFIG} --listen 127.0.0.1:${port}\n`);
   // Its own process group, so that a hard kill also reaches the function processes it started.
