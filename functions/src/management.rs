@@ -232,9 +232,11 @@ impl Management {
                 .identity()
                 .and_then(|i| i.source_ip())
                 .map(str::to_string),
+            // `userAgent` is modelled as required, so the SDK fills an absent one with "".
             user_agent: output
                 .identity()
                 .and_then(|i| i.user_agent())
+                .filter(|ua| !ua.is_empty())
                 .map(str::to_string),
         })
     }
