@@ -239,7 +239,7 @@ impl ServerMessage<'_> {
 
 /// Why handling an event failed (not the client's fault).
 #[derive(Debug, thiserror::Error)]
-pub enum ChatError {
+enum ChatError {
     /// The rooms backend failed.
     #[error(transparent)]
     Rooms(#[from] RoomsError),
