@@ -238,3 +238,64 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A client WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url`; a refused handshake is its HTTP status.
+pub async fn ws_connect(url: &str) -> Result<Ws, u16> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("connecting to {url} failed unexpectedly: {e}"),
+    }
+}
+
+/// The next text frame, within `bound`; pings and pongs are skipped, anything else panics.
+pub async fn next_text(ws: &mut Ws, bound: Duration) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    within("a text frame", bound, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// The official Lambda client, pointed at a host's Invoke API.
+pub async fn lambda_client(addr: SocketAddr) -> aws_sdk_lambda::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_lambda::Client::new(&config)
+}
+
+/// Writes `config` into `dir`, starts a host with it (see [`HostProcess::spawn`]) and waits until
+/// `http://{addr}/health` answers.
+pub async fn start_host(
+    name: &str,
+    dir: &Path,
+    addr: SocketAddr,
+    config: &str,
+    env: &[(&str, &str)],
+) -> HostProcess {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, config).expect("write the host's configuration");
+    let mut host = HostProcess::spawn(name, &file, &dir.join(format!("{name}.log")), env);
+    host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
+        .await;
+    host
+}

@@ -2,16 +2,16 @@
 //! under the host's local Lambda runtime, the groups extension as the rooms backend, and three
 //! WebSocket clients chatting across rooms.
 
-use e2e_tests::{HostProcess, TempDir, free_loopback_addrs, within, workspace_binary};
+use e2e_tests::{
+    HostProcess, TempDir, Ws, free_loopback_addrs, lambda_client, next_text, start_host, within,
+    workspace_binary, ws_connect,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The repository's `functions/demo.toml`, pointed at the workspace build's binaries (already
 /// built, so without the `build` commands) and at `addr`.
@@ -50,11 +50,7 @@ struct Demo {
 async fn start_demo() -> Demo {
     let dir = TempDir::new("chat-demo");
     let addr = free_loopback_addrs(1)[0];
-    let config = dir.path().join("demo.toml");
-    std::fs::write(&config, demo_config(addr)).unwrap();
-    let mut host = HostProcess::spawn("demo", &config, &dir.path().join("host.log"), &[]);
-    host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
-        .await;
+    let host = start_host("demo", dir.path(), addr, &demo_config(addr), &[]).await;
     Demo {
         host,
         addr,
@@ -63,12 +59,7 @@ async fn start_demo() -> Demo {
 }
 
 async fn connect(addr: SocketAddr, nickname: &str) -> Result<Ws, u16> {
-    let url = format!("ws://{addr}/dev?nickname={nickname}");
-    match tokio_tungstenite::connect_async(url).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("connect failed unexpectedly: {e}"),
-    }
+    ws_connect(&format!("ws://{addr}/dev?nickname={nickname}")).await
 }
 
 async fn send(ws: &mut Ws, value: Value) {
@@ -76,18 +67,8 @@ async fn send(ws: &mut Ws, value: Value) {
 }
 
 async fn next_json(ws: &mut Ws) -> Value {
-    within("a chat message", Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(&t).unwrap_or_else(|_| panic!("not JSON: {t}"));
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
+    let text = next_text(ws, Duration::from_secs(10)).await;
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 
 /// Asks for a pong and returns everything that arrived before it: proof of what a client did
@@ -232,15 +213,8 @@ async fn the_demo_page_is_served() {
 /// Invokes `function` through the host's Lambda Invoke API with the official SDK client; returns
 /// the function error kind (if any) and the payload.
 async fn invoke(addr: SocketAddr, function: &str, event: &str) -> (Option<String>, Value) {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
-    let out = aws_sdk_lambda::Client::new(&config)
+    let out = lambda_client(addr)
+        .await
         .invoke()
         .function_name(function)
         .payload(aws_sdk_lambda::primitives::Blob::new(event))
@@ -262,20 +236,12 @@ async fn the_example_functions_answer_the_captured_aws_sample_events() {
     );
     let dir = TempDir::new("examples");
     let addr = free_loopback_addrs(1)[0];
-    let config = dir.path().join("host.toml");
-    let echo = workspace_binary("echo");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[functions.echo]\ncommand = \"{}\"\n",
-            demo_config(addr),
-            echo.display()
-        ),
-    )
-    .unwrap();
-    let mut host = HostProcess::spawn("examples", &config, &dir.path().join("host.log"), &[]);
-    host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
-        .await;
+    let config = format!(
+        "{}\n[functions.echo]\ncommand = \"{}\"\n",
+        demo_config(addr),
+        workspace_binary("echo").display()
+    );
+    let host = start_host("examples", dir.path(), addr, &config, &[]).await;
 
     // The samples come from an API without an authorizer or a nickname: chat refuses the
     // connect with 400 and answers the rest (its pushes to the sample's connection are Gone).

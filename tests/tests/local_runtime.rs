@@ -2,15 +2,15 @@
 //! of this crate): `$connect` decided by a handler, crashes, panics, hangs and failed starts, and
 //! the Lambda Invoke API driven by the official `aws-sdk-lambda` client.
 
-use e2e_tests::{HostProcess, TempDir, free_loopback_addrs, within, workspace_binary};
-use futures_util::{SinkExt, StreamExt};
+use e2e_tests::{
+    HostProcess, TempDir, Ws, free_loopback_addrs, lambda_client, next_text, start_host,
+    workspace_binary, ws_connect,
+};
+use futures_util::SinkExt;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A host process running `faulty` under its local runtime.
 struct Local {
@@ -24,12 +24,9 @@ struct Local {
 async fn start(name: &str, extra: &str) -> Local {
     let dir = TempDir::new(name);
     let addr = free_loopback_addrs(1)[0];
-    let config = dir.path().join("host.toml");
     let command = workspace_binary("faulty");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
 [server]
 listen = "{addr}"
 drain_timeout = "2s"
@@ -51,14 +48,9 @@ command = "{command}"
 timeout = "2s"
 {extra}
 "#,
-            command = command.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("host.log");
-    let mut host = HostProcess::spawn(name, &config, &log, &[("RUST_LOG", "info")]);
-    host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
-        .await;
+        command = command.display()
+    );
+    let host = start_host(name, dir.path(), addr, &config, &[("RUST_LOG", "info")]).await;
     Local {
         host,
         addr,
@@ -67,31 +59,11 @@ timeout = "2s"
 }
 
 async fn connect(addr: SocketAddr, query: &str) -> Result<Ws, u16> {
-    match tokio_tungstenite::connect_async(format!("ws://{addr}/dev{query}")).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            Err(response.status().as_u16())
-        }
-        Err(e) => panic!("connect failed unexpectedly: {e}"),
-    }
+    ws_connect(&format!("ws://{addr}/dev{query}")).await
 }
 
 async fn send(ws: &mut Ws, text: &str) {
     ws.send(Message::text(text)).await.expect("send");
-}
-
-/// The next text frame, within `bound`.
-async fn next_text(ws: &mut Ws, bound: Duration) -> String {
-    within("a text frame", bound, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return t.to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
 }
 
 /// The gateway error frame's message, checking it is one (`{"message": …, "connectionId":…}`).
@@ -207,18 +179,6 @@ async fn a_function_that_cannot_start_fails_invocations_at_once() {
         log.contains("FAULTY_FAIL_INIT is set"),
         "the function's stderr is not in the log:\n{log}"
     );
-}
-
-async fn lambda_client(addr: SocketAddr) -> aws_sdk_lambda::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_lambda::Client::new(&config)
 }
 
 #[tokio::test]
