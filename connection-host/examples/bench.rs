@@ -4,13 +4,16 @@
 //! cargo build --release -p connection-host
 //! cargo run --release -p connection-host --example bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
-//!     [post-cross-host] [echo-http] [connect-rate] [connect-rate-dynamodb] [baseline]
+//!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] [baseline]
 //! ```
 //!
 //! Starts the real host binary as a child process (one per scenario, two for `post-cross-host`,
 //! each with a generated config in a temp dir), drives it over loopback from this process, and
 //! prints a Markdown table. Children are killed on exit, on panic (a Drop guard) and on Ctrl-C.
 //! Everything is bounded in count and time; all sockets are on 127.0.0.0/8.
+//!
+//! `echo-lambda` runs the `echo` example function (`cargo build --release -p ws-handler --bin
+//! echo`, found beside the host binary) under the host's local Lambda runtime.
 //!
 //! The `*-dynamodb` and `post-cross-host` scenarios use `[store] kind = "dynamodb"` with freshly
 //! named tables (`connection-host store init`). The endpoint is `--dynamodb-endpoint URL`; without
@@ -44,6 +47,7 @@ const ALL: &[&str] = &[
     "post-dynamodb",
     "post-cross-host",
     "echo-http",
+    "echo-lambda",
     "connect-rate",
     "connect-rate-dynamodb",
     "baseline",
@@ -1044,6 +1048,59 @@ url = "http://127.0.0.1:{hport}/"
     Ok(rows)
 }
 
+/// Processes the `echo` function runs as in `echo-lambda` (Lambda's concurrency).
+const ECHO_LAMBDA_CONCURRENCY: u32 = 4;
+
+async fn echo_lambda(o: &Opts) -> Res<Vec<Row>> {
+    let echo = o.host_bin.with_file_name("echo");
+    if !echo.is_file() {
+        return Err(format!(
+            "{} is missing: cargo build --release -p ws-handler --bin echo",
+            echo.display()
+        )
+        .into());
+    }
+    // One-way route: the function's PostToConnection is the only reply, as in a deployed echo.
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{PORT}}"
+
+[routes."$default"]
+integration = "echo"
+
+[integrations.echo]
+type = "lambda"
+function_name = "echo"
+
+[functions.echo]
+command = "{}"
+concurrency = {ECHO_LAMBDA_CONCURRENCY}
+environment = {{ RUST_LOG = "warn" }}
+"#,
+        echo.display()
+    );
+    let host = HostProc::start(&o.host_bin, "echo-lambda", &config).await?;
+    let mut rows = Vec::new();
+    for conns in [100, 1] {
+        let figures = echo_loop(host.port, "/dev", conns, o.duration).await?;
+        let row = echo_row(
+            "echo-lambda",
+            &format!(
+                "closed-loop echo via $default → local Lambda runtime → `echo` function \
+                 ({ECHO_LAMBDA_CONCURRENCY} processes) → PostToConnection"
+            ),
+            conns,
+            figures,
+            None,
+        );
+        rows.push(row);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    host.report_log();
+    Ok(rows)
+}
+
 const CONNECT_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:{PORT}"
@@ -1356,6 +1413,7 @@ fn main() {
                 "post-dynamodb" => post_dynamodb(&opts, endpoint).await,
                 "post-cross-host" => post_cross_host(&opts, endpoint).await,
                 "echo-http" => echo_http(&opts).await,
+                "echo-lambda" => echo_lambda(&opts).await,
                 "connect-rate" => connect_rate(&opts).await,
                 "connect-rate-dynamodb" => connect_rate_dynamodb(&opts, endpoint).await,
                 "baseline" => baseline(&opts).await,
