@@ -17,6 +17,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Listeners, bind, run, run_with_store};
