@@ -229,16 +229,28 @@ pub async fn run_with_store(
     config.validate()?;
     let listeners = listeners.into();
     let drain_timeout = config.server.drain_timeout;
-    let management_addr = match &listeners.management {
-        Some(listener) => listener.local_addr()?,
-        None => listeners.public.local_addr()?,
+    // Read here, at start: a certificate replaced later is picked up by a restart.
+    let load = |tls: &Option<crate::config::TlsConfig>, field| {
+        tls.as_ref()
+            .map(|tls| crate::tls::acceptor(tls, field))
+            .transpose()
+    };
+    let public_tls = load(&config.server.tls, "server.tls")?;
+    let management_tls = load(&config.server.management_tls, "server.management_tls")?;
+    let (management_addr, management_is_tls) = match &listeners.management {
+        Some(listener) => (listener.local_addr()?, management_tls.is_some()),
+        None => (listeners.public.local_addr()?, public_tls.is_some()),
     };
     let functions = LocalFunctions::start(
         &config.functions,
         &RuntimeSettings {
             region: config.api.region.clone(),
             account_id: config.api.account_id.clone(),
-            management_endpoint: management_endpoint(management_addr, &config.api.stage),
+            management_endpoint: management_endpoint(
+                management_addr,
+                management_is_tls,
+                &config.api.stage,
+            ),
         },
     )
     .await?;
@@ -260,6 +272,7 @@ pub async fn run_with_store(
     }
     tracing::info!(
         listen = %listeners.public.local_addr()?,
+        tls = public_tls.is_some(),
         stage = %host.config.api.stage,
         routes = host.config.routes.len(),
         "connection host listening"
@@ -268,15 +281,16 @@ pub async fn run_with_store(
         host.clone(),
         listeners.public,
         move |host, stream, peer| {
-            crate::gateway::handle_tcp(host, stream, peer, !separate_management)
+            let tls = public_tls.clone();
+            crate::gateway::handle_tcp(host, stream, peer, !separate_management, tls)
         },
     ));
     let management = listeners.management.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(listen = %addr, "management API listening");
+            tracing::info!(listen = %addr, tls = management_tls.is_some(), "management API listening");
         }
-        tokio::spawn(accept_loop(host.clone(), listener, |host, stream, _| {
-            crate::management::serve_http(host, stream, true)
+        tokio::spawn(accept_loop(host.clone(), listener, move |host, stream, peer| {
+            serve_management(host, stream, peer, management_tls.clone())
         }))
     });
     shutdown.await;
@@ -315,9 +329,28 @@ pub async fn run_with_store(
     Ok(())
 }
 
+/// Serves a connection to the separate management listener, over TLS when `tls` is given.
+async fn serve_management(
+    host: Arc<Host>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<crate::tls::TlsAcceptor>,
+) {
+    let Some(acceptor) = tls else {
+        return crate::management::serve_http(host, stream, true).await;
+    };
+    // hyper's header read timeout starts only after the handshake, which gets its own budget.
+    let deadline = tokio::time::Instant::now() + host.config.server.handshake_timeout;
+    if let Some(stream) =
+        crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown).await
+    {
+        crate::management::serve_http(host, stream, true).await;
+    }
+}
+
 /// The URL functions use to reach this host's `@connections` API: a wildcard listen address is
 /// reached through loopback.
-fn management_endpoint(addr: SocketAddr, stage: &str) -> String {
+fn management_endpoint(addr: SocketAddr, tls: bool, stage: &str) -> String {
     let mut addr = addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
@@ -326,7 +359,8 @@ fn management_endpoint(addr: SocketAddr, stage: &str) -> String {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    format!("http://{addr}/{stage}")
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}/{stage}")
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! management API answers 410 for it, and a connection refused by the authorizer or by `$connect`
 //! never gets a `$disconnect`.
 
+use super::Origin;
 use super::connection;
 use super::head::Head;
 use super::write_response;
@@ -13,10 +14,8 @@ use crate::ids;
 use crate::server::Host;
 use crate::store::ConnectionRecord;
 use base64::Engine;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -26,13 +25,16 @@ use tracing::Instrument;
 const MAX_URL_LENGTH: usize = 4096;
 
 /// Runs the handshake on a request head that asked for a WebSocket upgrade.
-pub(super) async fn accept(
+pub(super) async fn accept<S>(
     host: Arc<Host>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: S,
+    origin: Origin,
     head: Head,
     leftover: Vec<u8>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = origin.peer;
     let (path, query) = match head.target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (head.target.as_str(), None),
@@ -71,25 +73,26 @@ pub(super) async fn accept(
         authorizer: None,
     });
     let span = tracing::info_span!("connection", connection_id = %context.connection_id);
-    establish(host, stream, peer, head, query, key, leftover, context)
+    establish(host, stream, origin, head, query, key, leftover, context)
         .instrument(span)
         .await;
 }
 
 /// Runs the authorizer and `$connect`, writes the record and the 101, then serves the connection.
 #[allow(clippy::too_many_arguments)]
-async fn establish(
+async fn establish<S>(
     host: Arc<Host>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: S,
+    origin: Origin,
     head: Head,
     query: Option<String>,
     key: String,
     leftover: Vec<u8>,
     mut context: Arc<ConnectionContext>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let connected_at = context.connected_at;
-    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
     // The authorizer and `$connect` handle one upgrade request: they see the same request ID and
     // the same trace ID.
     let request_id = ids::new_id();
@@ -104,7 +107,7 @@ async fn establish(
         let request = ConnectRequest {
             connection: context.clone(),
             request_id: request_id.clone(),
-            headers: request_headers(&head, peer, local_port, &trace, Audience::Authorizer),
+            headers: request_headers(&head, origin, &trace, Audience::Authorizer),
             query: query.clone().unwrap_or_default(),
         };
         match authorizer.authorize(request).await {
@@ -135,8 +138,7 @@ async fn establish(
             kind: EventKind::Connect {
                 headers: Arc::new(request_headers(
                     &head,
-                    peer,
-                    local_port,
+                    origin,
                     &trace,
                     Audience::Integration,
                 )),
@@ -289,19 +291,13 @@ enum Audience {
 
 /// The headers an event of the handshake carries: the client's, adjusted for `audience`, plus the
 /// forwarding headers API Gateway adds (`trace` is the request's `X-Amzn-Trace-Id`).
-fn request_headers(
-    head: &Head,
-    peer: SocketAddr,
-    local_port: u16,
-    trace: &str,
-    audience: Audience,
-) -> MultiMap {
-    let peer_ip = peer.ip().to_string();
+fn request_headers(head: &Head, origin: Origin, trace: &str, audience: Audience) -> MultiMap {
+    let peer_ip = origin.peer.ip().to_string();
     let forwarded_for = match head.header("x-forwarded-for") {
         Some(existing) if !existing.is_empty() => format!("{existing}, {peer_ip}"),
         _ => peer_ip,
     };
-    let port = local_port.to_string();
+    let port = origin.local_port.to_string();
     let forwarding = [
         "x-forwarded-for",
         "x-forwarded-port",
@@ -326,7 +322,10 @@ fn request_headers(
         ("X-Amzn-Trace-Id", trace),
         ("X-Forwarded-For", forwarded_for.as_str()),
         ("X-Forwarded-Port", port.as_str()),
-        ("X-Forwarded-Proto", "http"),
+        (
+            "X-Forwarded-Proto",
+            if origin.tls { "https" } else { "http" },
+        ),
     ];
     if audience == Audience::Authorizer {
         added.push(("content-length", "0"));

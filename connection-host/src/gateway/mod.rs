@@ -1,5 +1,6 @@
-//! The client side: accepts TCP connections, reads the request head, and either runs the WebSocket
-//! handshake (authorization and `$connect` before the 101) or hands plain HTTP to the management API.
+//! The client side: accepts TCP connections (over TLS when `server.tls` is set), reads the request
+//! head, and either runs the WebSocket handshake (authorization and `$connect` before the 101) or
+//! hands plain HTTP to the management API.
 
 mod connection;
 mod handshake;
@@ -11,25 +12,66 @@ use bytes::BytesMut;
 use head::HeadError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 pub use connection::run_connection;
 
+/// Where a client connection arrived, as the forwarding headers of its events report it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The listener's port (`X-Forwarded-Port`).
+    pub local_port: u16,
+    /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
 /// Serves one accepted client connection: a WebSocket upgrade, or plain HTTP (the management API
-/// too when `serve_management`).
+/// too when `serve_management`); over TLS when `tls` is given.
 pub async fn handle_tcp(
     host: Arc<Host>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     serve_management: bool,
+    tls: Option<crate::tls::TlsAcceptor>,
 ) {
+    // One budget for the TLS handshake and the request head, so TLS cannot double a slow client's time.
+    let deadline = Instant::now() + host.config.server.handshake_timeout;
+    let origin = Origin {
+        peer,
+        local_port: stream.local_addr().map(|a| a.port()).unwrap_or_default(),
+        tls: tls.is_some(),
+    };
+    // Generic rather than boxed: plain TCP keeps its direct, allocation-free reads and writes.
+    match tls {
+        None => handle(host, stream, origin, deadline, serve_management).await,
+        Some(acceptor) => {
+            let handshake =
+                crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown);
+            if let Some(stream) = handshake.await {
+                handle(host, stream, origin, deadline, serve_management).await;
+            }
+        }
+    }
+}
+
+/// [`handle_tcp`] once the transport is ready: reads the head by `deadline` and dispatches it.
+async fn handle<S>(
+    host: Arc<Host>,
+    mut stream: S,
+    origin: Origin,
+    deadline: Instant,
+    serve_management: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = origin.peer;
     let mut buf = BytesMut::with_capacity(1024);
     let read = tokio::select! {
-        read = tokio::time::timeout(
-            host.config.server.handshake_timeout,
-            head::read_head(&mut stream, &mut buf),
-        ) => read,
+        read = tokio::time::timeout_at(deadline, head::read_head(&mut stream, &mut buf)) => read,
         // Browsers open spare connections they may never use; on shutdown they must not hold the
         // drain up until the handshake timeout.
         _ = host.shutdown.cancelled() => return,
@@ -64,7 +106,7 @@ pub async fn handle_tcp(
         // Copied out so the head buffer is freed: the connection lives on with only what it needs.
         let leftover = buf[len..].to_vec();
         drop(buf);
-        handshake::accept(host, stream, peer, head, leftover).await;
+        handshake::accept(host, stream, origin, head, leftover).await;
     } else {
         let io = io::Prefixed::new(buf.freeze(), stream);
         crate::management::serve_http(host, io, serve_management).await;
