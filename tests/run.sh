@@ -299,15 +299,19 @@ browser_tools() {
 
 step_browser() {
     browser_tools
-    # The host, and the chat and authorizer functions that functions/demo.toml runs (its `build`
-    # commands are then no-ops).
-    cargo build "${CARGO_FLAGS[@]}" -p connection-host --bin connection-host
-    cargo build "${CARGO_FLAGS[@]}" -p ws-handler --bins
+    # The host and the chat and authorizer functions, as the build step made them (a no-op after
+    # it). The demo's `build` commands (`cargo build -p ws-handler --bins`) would compile the
+    # functions again with a different feature set, so the test runs functions/demo.toml without
+    # them, on the workspace build's binaries; tests/tests/chat.rs checks the rest of that file.
+    cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets
     local bin rc=0
     bin="$(target_dir)/debug/connection-host"
     mkdir -p "$RUN_DIR"
+    sed -e '/^build = /d' -e "s|\${CARGO_TARGET_DIR:-target}|$(target_dir)|g" \
+        "$ROOT/functions/demo.toml" >"$RUN_DIR/browser-demo.toml"
     # In the background and waited for, so that the INT/TERM traps run at once and cleanup stops it.
-    BROWSER_TEST_HOST_BIN="$bin" node "$ROOT/tests/browser/chat.test.mjs" </dev/null &
+    BROWSER_TEST_HOST_BIN="$bin" BROWSER_TEST_CONFIG="$RUN_DIR/browser-demo.toml" \
+        node "$ROOT/tests/browser/chat.test.mjs" </dev/null &
     BROWSER_TEST_PID=$!
     wait "$BROWSER_TEST_PID" || rc=$?
     BROWSER_TEST_PID=""
