@@ -43,6 +43,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// This host's identity in a cluster of hosts sharing one DynamoDB store.
     pub cluster: ClusterConfig,
+    /// The `@connections` management API (and the Lambda Invoke API beside it).
+    pub management: ManagementConfig,
 }
 
 /// Listeners and process behaviour.
@@ -427,6 +429,137 @@ impl ClusterConfig {
     }
 }
 
+/// The `@connections` management API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Who may call it: SigV4 signatures checked against configured access keys.
+    pub auth: ManagementAuthConfig,
+}
+
+/// Authentication of management API calls (and of the Lambda Invoke API for local functions):
+/// AWS Signature Version 4 as API Gateway checks it, against access keys configured here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementAuthConfig {
+    /// `auto` (SigV4 unless the listener serving the management API is bound to a loopback
+    /// address), `sigv4` (always) or `none` (never: anyone who reaches the listener may post to,
+    /// read and close every connection).
+    pub mode: AuthMode,
+    /// How far a request's `X-Amz-Date` may be from the host's clock, either way (AWS: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Accepted access keys by access key ID; each names where its secret comes from.
+    pub keys: BTreeMap<String, AccessKeyConfig>,
+}
+
+impl Default for ManagementAuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Auto,
+            clock_skew: Duration::from_secs(300),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// When the management API requires SigV4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// SigV4 unless the management API's listener is bound to a loopback address.
+    #[default]
+    Auto,
+    /// SigV4 on every listener.
+    Sigv4,
+    /// No authentication.
+    None,
+}
+
+impl AuthMode {
+    /// The mode as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Auto => "auto",
+            AuthMode::Sigv4 => "sigv4",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// Where one access key's secret comes from: exactly one of the three fields.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    /// Name of an environment variable holding the secret (preferred).
+    pub secret_env: String,
+    /// A file holding the secret (surrounding whitespace is ignored), e.g. a mounted secret.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The secret itself, for tests and local setups; keep real secrets out of files under
+    /// version control.
+    pub secret: String,
+}
+
+// Secrets must not end up in logs through `{:?}` of the configuration.
+impl std::fmt::Debug for AccessKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeyConfig")
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+impl AccessKeyConfig {
+    fn sources(&self) -> usize {
+        usize::from(!self.secret_env.is_empty())
+            + usize::from(self.secret_file.is_some())
+            + usize::from(!self.secret.is_empty())
+    }
+
+    /// Reads the secret from its source; on failure, the field at fault and why.
+    pub fn resolve(&self) -> Result<crate::management::auth::Secret, (String, String)> {
+        use crate::management::auth::Secret;
+        if !self.secret.is_empty() {
+            return Ok(Secret::new(self.secret.clone()));
+        }
+        if !self.secret_env.is_empty() {
+            return match std::env::var(&self.secret_env) {
+                Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+                _ => Err((
+                    "secret_env".into(),
+                    format!(
+                        "environment variable {} is not set or empty",
+                        self.secret_env
+                    ),
+                )),
+            };
+        }
+        let Some(path) = &self.secret_file else {
+            return Err((
+                "secret_env".into(),
+                "set one of secret_env, secret_file or secret".into(),
+            ));
+        };
+        match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_string())),
+            Ok(_) => Err(("secret_file".into(), format!("{} is empty", path.display()))),
+            Err(e) => Err((
+                "secret_file".into(),
+                format!("{} could not be read: {e}", path.display()),
+            )),
+        }
+    }
+}
+
 /// Which connection store the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -741,6 +874,37 @@ impl Config {
             return invalid(
                 "cluster.host_timeout".into(),
                 "must be at least twice cluster.heartbeat_interval, or one late heartbeat kills a host",
+            );
+        }
+        let auth = &self.management.auth;
+        if auth.clock_skew < Duration::from_secs(1) || auth.clock_skew > Duration::from_secs(3600) {
+            return invalid(
+                "management.auth.clock_skew".into(),
+                "must be between 1s and 1h (AWS allows 5m)",
+            );
+        }
+        for (id, key) in &auth.keys {
+            if id.is_empty() || id.len() > 128 || !id.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return invalid(
+                    format!("management.auth.keys.{id}"),
+                    "an access key ID is 1 to 128 letters or digits",
+                );
+            }
+            if key.sources() != 1 {
+                return invalid(
+                    format!("management.auth.keys.{id}"),
+                    "set exactly one of secret_env, secret_file or secret",
+                );
+            }
+        }
+        let management_addr = self.server.management_listen.unwrap_or(self.server.listen);
+        if auth.keys.is_empty() && crate::management::auth::required(auth, management_addr) {
+            return invalid(
+                "management.auth.keys".into(),
+                &format!(
+                    "SigV4 is required on the management API at {management_addr} (mode \"{}\"), but no access key is configured; add one, or set management.auth.mode = \"none\" to leave the API open",
+                    auth.mode.as_str()
+                ),
             );
         }
         if cluster.owner_cache_size == 0 {

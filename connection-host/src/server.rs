@@ -103,6 +103,8 @@ pub struct Host {
     pub static_files: Option<tower_http::services::ServeDir>,
     /// The authorizer the `$connect` route names, run before `$connect` on every connection attempt.
     pub authorizer: Option<crate::authorizer::Authorizer>,
+    /// SigV4 verification of management and Invoke API calls; `None` when they are open.
+    pub management_auth: Option<crate::management::auth::Verifier>,
 }
 
 impl Host {
@@ -161,6 +163,7 @@ impl Host {
             functions,
             static_files,
             authorizer,
+            management_auth: None,
         }
     }
 }
@@ -241,11 +244,22 @@ pub async fn run_with_store(
         Some(listener) => (listener.local_addr()?, management_tls.is_some()),
         None => (listeners.public.local_addr()?, public_tls.is_some()),
     };
+    // Decided on the address actually bound, which is what clients reach.
+    let management_auth = crate::management::auth::Verifier::from_config(
+        &config.management.auth,
+        &config.api.region,
+        management_addr,
+    )
+    .map_err(|e| crate::config::ConfigError::Invalid {
+        field: e.field,
+        reason: e.reason,
+    })?;
     let functions = LocalFunctions::start(
         &config.functions,
         &RuntimeSettings {
             region: config.api.region.clone(),
             account_id: config.api.account_id.clone(),
+            credentials: management_auth.as_ref().map(|v| v.first_key().clone()),
             management_endpoint: management_endpoint(
                 management_addr,
                 management_is_tls,
@@ -254,7 +268,12 @@ pub async fn run_with_store(
         },
     )
     .await?;
-    let host = Arc::new(Host::new(config, store, functions).await);
+    let mut host = Host::new(config, store, functions).await;
+    if management_auth.is_none() {
+        tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
+    }
+    host.management_auth = management_auth;
+    let host = Arc::new(host);
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
         // Registered before the first connection, so no record ever names an unknown host.

@@ -58,9 +58,16 @@ pub(super) fn variables(
             settings.management_endpoint.clone(),
         ),
     ];
-    // SDK clients inside the function sign their requests and refuse to run without credentials;
-    // the local management API does not check them, so placeholders do when the host has none.
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+    // SDK clients inside the function sign their requests and refuse to run without credentials.
+    // When the host checks signatures, functions get a key it accepts (over the host's own, which
+    // it would refuse); otherwise placeholders do when the host has none.
+    if let Some(key) = &settings.credentials {
+        vars.push(("AWS_ACCESS_KEY_ID".into(), key.id.clone()));
+        vars.push((
+            "AWS_SECRET_ACCESS_KEY".into(),
+            key.secret.expose().to_string(),
+        ));
+    } else if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
         vars.push(("AWS_ACCESS_KEY_ID".into(), "local".into()));
         vars.push(("AWS_SECRET_ACCESS_KEY".into(), "local".into()));
     }

@@ -35,6 +35,9 @@ pub struct RuntimeSettings {
     /// The host's own `@connections` endpoint including the stage, e.g. `http://127.0.0.1:8080/dev`,
     /// given to functions as `APIGW_MANAGEMENT_ENDPOINT` so they can push back without configuration.
     pub management_endpoint: String,
+    /// The access key functions sign with when the management API requires SigV4 (the first
+    /// configured key); `None` leaves them the host's own credentials, or placeholders.
+    pub credentials: Option<crate::management::auth::AccessKey>,
 }
 
 /// Why the local runtime could not start.
@@ -277,6 +280,7 @@ mod tests {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             management_endpoint: "http://127.0.0.1:1/dev".into(),
+            credentials: None,
         };
         let functions = LocalFunctions::start(&configs, &settings).await.unwrap();
         for name in [
@@ -311,6 +315,7 @@ mod tests {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             management_endpoint: String::new(),
+            credentials: None,
         };
         let err = LocalFunctions::start(&configs, &settings)
             .await

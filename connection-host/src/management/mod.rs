@@ -7,6 +7,7 @@
 //! In a cluster, a call for a connection another host holds is forwarded to that host (see
 //! [`crate::cluster`]); host-to-host calls carry the cluster secret and are never forwarded again.
 
+pub mod auth;
 mod error;
 mod groups;
 
@@ -163,6 +164,19 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         tracing::warn!(path = %request.uri().path(), "host-to-host call with a wrong secret refused");
         return ManagementError::Forbidden.into_response();
     }
+    // Host-to-host calls are authenticated by the cluster secret above; every other call must
+    // carry a valid SigV4 signature when the host requires one (the plain GET on the stage is
+    // the WebSocket URL's 426, not an API call).
+    let stage_root = matches!(segs.as_slice(), [s] | [s, ""] if *s == stage);
+    let request = if forwarded || stage_root {
+        request
+    } else {
+        let invoke = crate::local_lambda::invoke_api::function_name(&segs).is_some();
+        match authenticate(&host, request, invoke).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        }
+    };
     let call = Call {
         method: method.clone(),
         target: request.uri().path_and_query().map_or_else(
@@ -221,6 +235,49 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         _ => Err(ManagementError::Forbidden),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Checks the request's SigV4 signature when the host requires one (see [`auth`]), with the
+/// signing name `lambda` on the Invoke API and `execute-api` elsewhere. The body is read (up to
+/// the largest one the path accepts) only after the signature's other parts check out, and is
+/// handed on in the returned request.
+async fn authenticate(host: &Host, request: Request, invoke: bool) -> Result<Request, Response> {
+    let Some(verifier) = &host.management_auth else {
+        return Ok(request);
+    };
+    let (parts, body) = request.into_parts();
+    let service = if invoke {
+        auth::LAMBDA
+    } else {
+        auth::EXECUTE_API
+    };
+    let refused = |e: auth::AuthError| {
+        // The first line only: a signature mismatch goes on with the canonical request.
+        let reason = e.to_string();
+        let reason = reason.lines().next().unwrap_or_default();
+        tracing::info!(path = %parts.uri.path(), %reason, "unauthenticated call refused");
+        e.into_response()
+    };
+    let signed = verifier
+        .precheck(
+            &parts.uri,
+            &parts.headers,
+            service,
+            std::time::SystemTime::now(),
+        )
+        .map_err(refused)?;
+    let limit = if invoke {
+        crate::local_lambda::invoke_api::MAX_REQUEST + 1
+    } else {
+        host.config.limits.post_size
+    };
+    let body = read_body(body, limit)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    signed
+        .verify(&parts.method, &parts.uri, &parts.headers, &body)
+        .map_err(refused)?;
+    Ok(Request::from_parts(parts, Body::from(body)))
 }
 
 /// A call for a connection this host does not hold: forwarded to the owning host when clustered
