@@ -164,6 +164,33 @@ pub struct LimitsConfig {
     pub max_inflight_messages: usize,
     /// Read buffer per connection in bytes; small buffers keep idle connections cheap.
     pub read_buffer_size: usize,
+    /// Origins whose pages may connect (`Origin` header), e.g. `https://app.example.com` or
+    /// `https://*.example.com` (any subdomain); others get 403. Empty allows every origin. A
+    /// request without `Origin` (a client that is not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// New connections per second over the whole host, in bursts of up to as many (API Gateway:
+    /// 500 per account and Region); beyond it the upgrade answers 429. 0 means unlimited.
+    pub connections_per_second: u32,
+    /// Concurrent connections (open or in their handshake) per source IP; beyond it the upgrade
+    /// answers 429. 0 means unlimited; behind a load balancer every client has its address.
+    pub connections_per_ip: u32,
+    /// Concurrent connections per authorizer `principalId`; beyond it the upgrade answers 429.
+    /// Connections without an authorizer are not counted. 0 means unlimited.
+    pub connections_per_principal: u32,
+    /// Inbound messages per second per connection; a message over the rate is not routed and the
+    /// client gets a `Too Many Requests` frame. 0 means unlimited.
+    pub messages_per_second: u32,
+    /// Messages a connection may send at once above `messages_per_second` after a quiet spell.
+    pub message_burst: u32,
+    /// Throttled messages a connection may accumulate within 10 s; one more closes it with 1008.
+    /// 0 never closes.
+    pub max_throttled_messages: u32,
+    /// `@connections` and `@groups` calls per second over the whole host (API Gateway: 10,000
+    /// requests per second per account and Region); beyond it they answer 429
+    /// `LimitExceededException`. 0 means unlimited.
+    pub management_requests_per_second: u32,
+    /// Management calls allowed at once above the rate (API Gateway: 5,000).
+    pub management_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -180,6 +207,15 @@ impl Default for LimitsConfig {
             outbound_full_grace: Duration::from_secs(10),
             max_inflight_messages: 16,
             read_buffer_size: 4096,
+            allowed_origins: Vec::new(),
+            connections_per_second: 500,
+            connections_per_ip: 0,
+            connections_per_principal: 5,
+            messages_per_second: 100,
+            message_burst: 200,
+            max_throttled_messages: 100,
+            management_requests_per_second: 10_000,
+            management_burst: 5_000,
         }
     }
 }
@@ -721,6 +757,21 @@ impl Config {
         if l.read_buffer_size < 512 {
             return invalid("limits.read_buffer_size".into(), "must be at least 512");
         }
+        if let Err(e) = crate::limits::OriginAllowlist::parse(&l.allowed_origins) {
+            return invalid("limits.allowed_origins".into(), &e.to_string());
+        }
+        if l.messages_per_second > 0 && l.message_burst == 0 {
+            return invalid(
+                "limits.message_burst".into(),
+                "must be at least 1 when limits.messages_per_second is set",
+            );
+        }
+        if l.management_requests_per_second > 0 && l.management_burst == 0 {
+            return invalid(
+                "limits.management_burst".into(),
+                "must be at least 1 when limits.management_requests_per_second is set",
+            );
+        }
         for (key, route) in &self.routes {
             let field = |name: &str| format!("routes.\"{key}\".{name}");
             if key.is_empty() {
@@ -1005,6 +1056,12 @@ mod tests {
             ),
             ("[api]\napi_id = \"UPPER\"", "api.api_id"),
             ("[limits]\nframe_size = 10", "limits.frame_size"),
+            (
+                "[limits]\nallowed_origins = [\"example.com\"]",
+                "limits.allowed_origins",
+            ),
+            ("[limits]\nmessage_burst = 0", "limits.message_burst"),
+            ("[limits]\nmanagement_burst = 0", "limits.management_burst"),
             (
                 "[store]\nconnections_table = \"a b\"",
                 "store.connections_table",

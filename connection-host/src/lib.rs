@@ -11,6 +11,7 @@ pub mod events;
 pub mod gateway;
 pub mod ids;
 pub mod integration;
+pub mod limits;
 pub mod local_lambda;
 pub mod management;
 pub mod registry;

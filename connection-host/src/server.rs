@@ -105,6 +105,8 @@ pub struct Host {
     pub authorizer: Option<crate::authorizer::Authorizer>,
     /// SigV4 verification of management and Invoke API calls; `None` when they are open.
     pub management_auth: Option<crate::management::auth::Verifier>,
+    /// Abuse limits shared by every connection: origins, rates, per-IP and per-principal counts.
+    pub limits: crate::limits::HostLimits,
 }
 
 impl Host {
@@ -142,6 +144,7 @@ impl Host {
             .max_frame_size(Some(limits.frame_size))
             .max_message_size(Some(limits.message_size));
         let authorizer = crate::authorizer::Authorizer::for_connect(&config, &functions).await;
+        let host_limits = crate::limits::HostLimits::new(&config.limits);
         let identity = Identity::new(&config.cluster);
         let static_files = config
             .server
@@ -164,6 +167,7 @@ impl Host {
             static_files,
             authorizer,
             management_auth: None,
+            limits: host_limits,
         }
     }
 }

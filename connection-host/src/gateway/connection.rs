@@ -8,6 +8,7 @@
 use crate::events::{ConnectionContext, Event, EventKind};
 use crate::ids;
 use crate::integration::IntegrationError;
+use crate::limits::{MessageLimiter, MessageVerdict};
 use crate::registry::{ConnectionHandle, Outbound};
 use crate::server::Host;
 use base64::Engine;
@@ -202,6 +203,7 @@ where
     let mut last_heard = connected;
     let mut missed_pongs = 0u32;
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_messages));
+    let messages = MessageLimiter::new(limits);
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let wakeup = tokio::time::sleep_until(idle_deadline.min(max_deadline));
     tokio::pin!(wakeup);
@@ -249,8 +251,14 @@ where
                     Some(Ok(Message::Text(text))) => {
                         idle_deadline = Instant::now() + limits.idle_timeout;
                         handle.touch(ids::now_ms());
-                        let body = text.as_str().to_string();
-                        spawn_message(host, handle, body, false, permit.take());
+                        match messages.check() {
+                            MessageVerdict::Accept => {
+                                let body = text.as_str().to_string();
+                                spawn_message(host, handle, body, false, permit.take());
+                            }
+                            MessageVerdict::Throttle => throttled(host, handle),
+                            MessageVerdict::Close => return flooded(),
+                        }
                     }
                     Some(Ok(Message::Binary(data))) => {
                         if !host.config.extensions.binary_messages {
@@ -258,8 +266,14 @@ where
                         }
                         idle_deadline = Instant::now() + limits.idle_timeout;
                         handle.touch(ids::now_ms());
-                        let body = base64::engine::general_purpose::STANDARD.encode(&data);
-                        spawn_message(host, handle, body, true, permit.take());
+                        match messages.check() {
+                            MessageVerdict::Accept => {
+                                let body = base64::engine::general_purpose::STANDARD.encode(&data);
+                                spawn_message(host, handle, body, true, permit.take());
+                            }
+                            MessageVerdict::Throttle => throttled(host, handle),
+                            MessageVerdict::Close => return flooded(),
+                        }
                     }
                     Some(Ok(Message::Ping(_))) => {
                         // tungstenite queued the Pong; push it out now rather than with the next write.
@@ -361,6 +375,25 @@ where
         Ok(Err(_)) => Err(SendError::Closed),
         Ok(Ok(())) => Ok(()),
     }
+}
+
+/// Answers a message dropped for exceeding `limits.messages_per_second`: an API Gateway-style
+/// error frame (spec §3.3's format, with REST's throttling text), queued like any reply, so a
+/// client that does not read them fills its own queue and is dropped after `outbound_full_grace`.
+fn throttled(host: &Host, handle: &ConnectionHandle) {
+    tracing::debug!("message over limits.messages_per_second dropped");
+    let frame = error_frame(
+        "Too Many Requests",
+        &handle.context.connection_id,
+        &ids::new_id(),
+    );
+    let _ = handle.post(frame, host.config.limits.outbound_queue_bytes);
+}
+
+/// The ending of a connection that kept flooding past `limits.max_throttled_messages`.
+fn flooded() -> Ending {
+    tracing::info!("too many throttled messages; closing with 1008");
+    Ending::host(1008, "Message rate exceeded")
 }
 
 /// The frame API Gateway sends when it cannot deliver a message (byte-exact, including spacing).

@@ -11,9 +11,11 @@ use super::write_response;
 use crate::authorizer::ConnectRequest;
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::ids;
+use crate::limits::Slot;
 use crate::server::Host;
 use crate::store::ConnectionRecord;
 use base64::Engine;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
@@ -39,8 +41,12 @@ pub(super) async fn accept<S>(
         Some((p, q)) => (p, Some(q.to_string())),
         None => (head.target.as_str(), None),
     };
-    let key = match validate(&host, &head, path) {
-        Ok(key) => key.to_string(),
+    // The slot counts the connection against its source IP from here until the handshake fails
+    // or the connection ends (it is held across `establish`).
+    let admitted = validate(&host, &head, path)
+        .and_then(|key| Ok((key.to_string(), admit(&host, &head, peer)?)));
+    let (key, _ip_slot) = match admitted {
+        Ok(admitted) => admitted,
         Err(rejection) => {
             tracing::info!(%peer, target = %head.target, status = rejection.status, reason = rejection.log, "upgrade refused");
             let _ = write_response(
@@ -103,6 +109,8 @@ async fn establish<S>(
     let query = query
         .filter(|q| !q.is_empty())
         .map(|q| MultiMap::from_query(&q));
+    // Counts the connection against its principal until the handshake fails or the connection ends.
+    let mut _principal_slot = None;
     if let Some(authorizer) = &host.authorizer {
         let request = ConnectRequest {
             connection: context.clone(),
@@ -111,8 +119,23 @@ async fn establish<S>(
             query: query.clone().unwrap_or_default(),
         };
         match authorizer.authorize(request).await {
-            // The request (and its clone of the context) is gone, so this changes it in place.
-            Ok(claims) => Arc::make_mut(&mut context).authorizer = Some(claims),
+            Ok(claims) => {
+                if let Some(principal) = claims.get("principalId").and_then(|p| p.as_str()) {
+                    match host.limits.per_principal.try_acquire(principal.to_string()) {
+                        Some(slot) => _principal_slot = Some(slot),
+                        None => {
+                            tracing::info!(
+                                principal,
+                                "connections_per_principal reached; connection refused"
+                            );
+                            let _ = write_response(&mut stream, 429, &[], TOO_MANY_REQUESTS).await;
+                            return;
+                        }
+                    }
+                }
+                // The request (and its clone of the context) is gone, so this changes it in place.
+                Arc::make_mut(&mut context).authorizer = Some(claims);
+            }
             Err(refusal) => {
                 let status = refusal.status();
                 let name = authorizer.name();
@@ -227,6 +250,39 @@ struct Rejection {
     headers: &'static [(&'static str, &'static str)],
     body: &'static [u8],
     log: &'static str,
+}
+
+/// The body of a 429 refusal: API Gateway's throttling answer on REST APIs.
+const TOO_MANY_REQUESTS: &[u8] = b"{\"message\":\"Too Many Requests\"}";
+
+/// Applies the abuse limits a valid upgrade request meets before anything is invoked: the origin
+/// allowlist, the connections per source IP, then the host's new-connection rate (last, so that
+/// requests refused anyway take no token from it).
+fn admit(host: &Host, head: &Head, peer: SocketAddr) -> Result<Slot<IpAddr>, Rejection> {
+    let limits = &host.limits;
+    if !limits.origins.allows(head.header("origin")) {
+        return Err(Rejection {
+            status: 403,
+            headers: &[],
+            body: b"{\"message\":\"Forbidden\"}",
+            log: "origin not in limits.allowed_origins",
+        });
+    }
+    let too_many = |log| Rejection {
+        status: 429,
+        headers: &[],
+        body: TOO_MANY_REQUESTS,
+        log,
+    };
+    // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
+    let slot = limits
+        .per_ip
+        .try_acquire(peer.ip().to_canonical())
+        .ok_or(too_many("limits.connections_per_ip reached"))?;
+    if !limits.new_connections.try_acquire() {
+        return Err(too_many("limits.connections_per_second reached"));
+    }
+    Ok(slot)
 }
 
 fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Rejection> {

@@ -19,6 +19,9 @@ pub enum ManagementError {
     /// 429: the connection's outbound queue is full.
     #[error("LimitExceededException")]
     LimitExceeded,
+    /// 429: more calls per second than `limits.management_requests_per_second` allows.
+    #[error("LimitExceededException: too many requests")]
+    Throttled,
     /// 403: unknown path, stage or method.
     #[error("ForbiddenException")]
     Forbidden,
@@ -48,6 +51,11 @@ impl IntoResponse for ManagementError {
                 StatusCode::TOO_MANY_REQUESTS,
                 Some("LimitExceededException"),
                 r#"{"message":"The WebSocket client side buffer is full."}"#.into(),
+            ),
+            ManagementError::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("LimitExceededException"),
+                r#"{"message":"Too Many Requests"}"#.into(),
             ),
             ManagementError::Forbidden => (
                 StatusCode::FORBIDDEN,

@@ -209,6 +209,15 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
+    // API Gateway's account-wide rate for management calls; a call forwarded by another host was
+    // counted there already.
+    if !forwarded
+        && matches!(segs.as_slice(), [s, "@connections" | "@groups", ..] if *s == stage)
+        && !host.limits.management.try_acquire()
+    {
+        tracing::debug!("limits.management_requests_per_second reached");
+        return ManagementError::Throttled.into_response();
+    }
     let result = match segs.as_slice() {
         [s] | [s, ""] if *s == stage && method == Method::GET => {
             Err(ManagementError::UpgradeRequired)

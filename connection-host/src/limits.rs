@@ -1,0 +1,485 @@
+//! Abuse limits: the origin allowlist, rate limiters (new connections, messages per connection,
+//! management calls) and concurrent-connection counts per source IP and per principal.
+//!
+//! Everything here is checked on hot paths, so nothing allocates or holds a lock across an
+//! `.await`: rate limiters are one atomic word, and connection counts are a `DashMap` entry updated
+//! under its shard lock for the length of one increment.
+
+use crate::config::LimitsConfig;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A token bucket, kept as the generic cell rate algorithm: one atomic "theoretical arrival time"
+/// instead of a token count and a refill timestamp, so taking a token is a single compare-and-swap
+/// with no lock, shared or not.
+///
+/// Admits `burst` requests at once, then one every `1 / rate`; unused capacity builds up again at
+/// the same rate, up to `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// Nanoseconds between two admissions at the sustained rate; 0 means unlimited.
+    interval: u64,
+    /// How far the theoretical arrival time may run ahead of now: `burst - 1` intervals.
+    tolerance: u64,
+    /// When the next admission would be due at the sustained rate, in nanoseconds since `origin`.
+    tat: AtomicU64,
+    /// The clock's zero; tokio's, so tests can run on a paused clock.
+    origin: Instant,
+}
+
+impl RateLimiter {
+    /// `per_second` admissions a second, bursts of up to `burst` (at least 1); 0 means unlimited.
+    pub fn per_second(per_second: u32, burst: u32) -> Self {
+        if per_second == 0 {
+            return Self::unlimited();
+        }
+        Self::per_window(per_second, Duration::from_secs(1), burst)
+    }
+
+    /// `count` admissions per `window`, bursts of up to `burst` (at least 1); a zero `count`
+    /// means unlimited.
+    pub fn per_window(count: u32, window: Duration, burst: u32) -> Self {
+        if count == 0 {
+            return Self::unlimited();
+        }
+        let interval = (window.as_nanos() / u128::from(count)).max(1) as u64;
+        Self {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst.max(1) - 1)),
+            tat: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    /// A limiter that admits everything.
+    pub fn unlimited() -> Self {
+        Self {
+            interval: 0,
+            tolerance: 0,
+            tat: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Takes a token now; false when the limit is reached.
+    pub fn try_acquire(&self) -> bool {
+        self.try_acquire_at(Instant::now())
+    }
+
+    /// Takes a token at `now` (times before the limiter was made count as its creation).
+    pub fn try_acquire_at(&self, now: Instant) -> bool {
+        if self.interval == 0 {
+            return true;
+        }
+        let now = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let due = tat.max(now);
+            if due - now > self.tolerance {
+                return false;
+            }
+            match self.tat.compare_exchange_weak(
+                tat,
+                due + self.interval,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+/// Concurrent connections per key (source IP, principal), each held by a [`Slot`].
+#[derive(Debug)]
+pub struct ConcurrencyLimit<K: Eq + Hash> {
+    /// Most connections per key; 0 means unlimited (and nothing is counted).
+    max: u32,
+    counts: DashMap<K, u32>,
+}
+
+impl<K: Eq + Hash + Clone> ConcurrencyLimit<K> {
+    /// At most `max` connections per key; 0 means unlimited.
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            counts: DashMap::new(),
+        })
+    }
+
+    /// A slot for one more connection of `key`, or `None` when `key` already holds `max`.
+    pub fn try_acquire(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        if self.max == 0 {
+            return Some(Slot {
+                limit: self.clone(),
+                key: None,
+            });
+        }
+        let mut count = self.counts.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        drop(count);
+        Some(Slot {
+            limit: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    /// Connections currently counted for `key`.
+    pub fn count(&self, key: &K) -> u32 {
+        self.counts.get(key).map_or(0, |c| *c)
+    }
+
+    /// Keys with at least one connection (entries are removed when their count reaches 0).
+    pub fn keys(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// One connection counted against a [`ConcurrencyLimit`]; dropping it gives the place back, so a
+/// handshake that fails or a task that is cancelled can never leak a count.
+#[derive(Debug)]
+pub struct Slot<K: Eq + Hash> {
+    limit: Arc<ConcurrencyLimit<K>>,
+    /// `None` when the limit is off and nothing was counted.
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        if let Entry::Occupied(mut count) = self.limit.counts.entry(key) {
+            *count.get_mut() -= 1;
+            // Removed at zero, so the map only ever holds keys with live connections.
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
+/// Which browser origins may open WebSockets (`limits.allowed_origins`).
+#[derive(Debug, Clone, Default)]
+pub struct OriginAllowlist {
+    /// Exact origins and `scheme://*.domain[:port]` patterns; empty allows every origin.
+    patterns: Vec<OriginPattern>,
+}
+
+#[derive(Debug, Clone)]
+enum OriginPattern {
+    Exact(String),
+    /// `https://*.example.com` as prefix `https://` and suffix `.example.com`.
+    Subdomains {
+        prefix: String,
+        suffix: String,
+    },
+}
+
+/// An entry of `limits.allowed_origins` that is not an origin or an origin pattern.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "\"{0}\" is not an origin: expected scheme://host[:port], optionally with \"*.\" starting the host (https://*.example.com)"
+)]
+pub struct InvalidOrigin(pub String);
+
+impl OriginAllowlist {
+    /// Parses `limits.allowed_origins`.
+    pub fn parse(origins: &[String]) -> Result<Self, InvalidOrigin> {
+        let patterns = origins
+            .iter()
+            .map(|o| parse_pattern(o).ok_or_else(|| InvalidOrigin(o.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    /// Whether a request with this `Origin` header may connect. Requests without one are allowed:
+    /// browsers always send it, and other clients (SDKs, servers, wscat) usually do not, so its
+    /// absence says nothing about the page the request came from.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin.map(str::trim) else {
+            return true;
+        };
+        self.patterns.is_empty()
+            || self.patterns.iter().any(|p| match p {
+                // Scheme and host are case-insensitive; a browser sends them in lower case anyway.
+                OriginPattern::Exact(exact) => origin.eq_ignore_ascii_case(exact),
+                OriginPattern::Subdomains { prefix, suffix } => {
+                    origin.len() > prefix.len() + suffix.len()
+                        && origin
+                            .get(..prefix.len())
+                            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+                        && origin
+                            .get(origin.len() - suffix.len()..)
+                            .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+                        && origin[prefix.len()..origin.len() - suffix.len()]
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                }
+            })
+    }
+}
+
+fn parse_pattern(origin: &str) -> Option<OriginPattern> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+    };
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    match rest.strip_prefix("*.") {
+        Some(domain) if host_ok(domain) => Some(OriginPattern::Subdomains {
+            prefix: format!("{scheme}://"),
+            suffix: format!(".{domain}"),
+        }),
+        None if host_ok(rest) => Some(OriginPattern::Exact(origin.to_string())),
+        _ => None,
+    }
+}
+
+/// Throttled messages are counted over this window to decide when a connection is abusive.
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What to do with an inbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageVerdict {
+    /// Within the rate: invoke the route.
+    Accept,
+    /// Over the rate: drop it and tell the client.
+    Throttle,
+    /// Over the rate for too long: close the connection (1008).
+    Close,
+}
+
+/// The per-connection message rate (`limits.messages_per_second`, `message_burst`) and the
+/// tolerance for throttled messages (`limits.max_throttled_messages` per [`THROTTLE_WINDOW`]).
+#[derive(Debug)]
+pub struct MessageLimiter {
+    rate: RateLimiter,
+    /// One token per throttled message; running out means the client keeps flooding.
+    strikes: RateLimiter,
+}
+
+impl MessageLimiter {
+    /// The limiter for one connection.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        let strikes = match limits.max_throttled_messages {
+            // Never close: the strike bucket never runs out.
+            0 => RateLimiter::unlimited(),
+            n => RateLimiter::per_window(n, THROTTLE_WINDOW, n),
+        };
+        Self {
+            rate: RateLimiter::per_second(limits.messages_per_second, limits.message_burst),
+            strikes,
+        }
+    }
+
+    /// Judges one inbound message arriving now.
+    pub fn check(&self) -> MessageVerdict {
+        self.check_at(Instant::now())
+    }
+
+    /// Judges one inbound message arriving at `now`.
+    pub fn check_at(&self, now: Instant) -> MessageVerdict {
+        if self.rate.try_acquire_at(now) {
+            MessageVerdict::Accept
+        } else if self.strikes.try_acquire_at(now) {
+            MessageVerdict::Throttle
+        } else {
+            MessageVerdict::Close
+        }
+    }
+}
+
+/// The host-wide limits, built once from `[limits]`.
+#[derive(Debug)]
+pub struct HostLimits {
+    /// `limits.allowed_origins`.
+    pub origins: OriginAllowlist,
+    /// `limits.connections_per_second` over every upgrade this host answers.
+    pub new_connections: RateLimiter,
+    /// `limits.connections_per_ip`, keyed by the TCP peer address.
+    pub per_ip: Arc<ConcurrencyLimit<IpAddr>>,
+    /// `limits.connections_per_principal`, keyed by the authorizer's `principalId`.
+    pub per_principal: Arc<ConcurrencyLimit<String>>,
+    /// `limits.management_requests_per_second` over every `@connections` and `@groups` call.
+    pub management: RateLimiter,
+}
+
+impl HostLimits {
+    /// Builds the limits; `config` has been validated, so its origins parse.
+    pub fn new(config: &LimitsConfig) -> Self {
+        Self {
+            origins: OriginAllowlist::parse(&config.allowed_origins).unwrap_or_default(),
+            new_connections: RateLimiter::per_second(
+                config.connections_per_second,
+                config.connections_per_second,
+            ),
+            per_ip: ConcurrencyLimit::new(config.connections_per_ip),
+            per_principal: ConcurrencyLimit::new(config.connections_per_principal),
+            management: RateLimiter::per_second(
+                config.management_requests_per_second,
+                config.management_burst,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_admits_a_burst_then_the_rate() {
+        let limiter = RateLimiter::per_second(10, 5);
+        let start = Instant::now();
+        assert_eq!((0..20).filter(|_| limiter.try_acquire()).count(), 5);
+        // One token every 100 ms from then on.
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!limiter.try_acquire());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(limiter.try_acquire());
+        assert!(!limiter.try_acquire());
+        // Idle time refills up to the burst, no further.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| limiter.try_acquire_at(later)).count(), 5);
+        // Sustained: 10 a second over 10 seconds, plus the initial burst.
+        let limiter = RateLimiter::per_second(10, 5);
+        let start = Instant::now();
+        let admitted = (0..10_000)
+            .filter(|i| limiter.try_acquire_at(start + Duration::from_millis(*i)))
+            .count();
+        // The burst at once, then one every 100 ms: at 100, 200, …, 9900 ms.
+        assert_eq!(admitted, 5 + 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_rate_is_unlimited_and_burst_one_is_strict() {
+        let unlimited = RateLimiter::per_second(0, 0);
+        assert!((0..100_000).all(|_| unlimited.try_acquire()));
+        let strict = RateLimiter::per_second(1, 0);
+        assert!(strict.try_acquire());
+        assert!(!strict.try_acquire());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(strict.try_acquire());
+    }
+
+    #[test]
+    fn rate_limiter_is_shared_across_threads() {
+        let limiter = Arc::new(RateLimiter::per_window(1, Duration::from_secs(3600), 1000));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let l = limiter.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| l.try_acquire()).count())
+            })
+            .collect();
+        let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(
+            total, 1000,
+            "exactly the burst, however the threads interleave"
+        );
+    }
+
+    #[test]
+    fn slots_count_per_key_and_give_back_on_drop() {
+        let limit = ConcurrencyLimit::new(2);
+        let a1 = limit.try_acquire("a".to_string()).unwrap();
+        let a2 = limit.try_acquire("a".to_string()).unwrap();
+        assert!(limit.try_acquire("a".to_string()).is_none());
+        let b = limit.try_acquire("b".to_string()).unwrap();
+        assert_eq!(limit.count(&"a".to_string()), 2);
+        drop(a1);
+        let a3 = limit.try_acquire("a".to_string()).unwrap();
+        drop((a2, a3, b));
+        assert_eq!(limit.keys(), 0, "no entry outlives its last connection");
+
+        let off = ConcurrencyLimit::new(0);
+        let held: Vec<_> = (0..100).map(|_| off.try_acquire(1u8).unwrap()).collect();
+        assert_eq!(off.keys(), 0, "nothing is counted when the limit is off");
+        drop(held);
+    }
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain() {
+        let list = OriginAllowlist::parse(&[
+            "https://app.example.com".into(),
+            "https://*.example.org".into(),
+            "http://localhost:3000".into(),
+        ])
+        .unwrap();
+        assert!(list.allows(None), "no Origin header: not a browser");
+        assert!(list.allows(Some("https://app.example.com")));
+        assert!(list.allows(Some("HTTPS://APP.EXAMPLE.COM")));
+        assert!(list.allows(Some("http://localhost:3000")));
+        assert!(list.allows(Some("https://a.example.org")));
+        assert!(list.allows(Some("https://a.b.example.org")));
+        for refused in [
+            "https://evil.com",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://example.org",
+            "https://evil.com/.example.org",
+            "https://evil.com:1.example.org",
+            "http://a.example.org",
+            "http://localhost:3001",
+            "null",
+        ] {
+            assert!(!list.allows(Some(refused)), "{refused}");
+        }
+        assert!(OriginAllowlist::default().allows(Some("https://any.where")));
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a.com/path",
+            "https://a.*.com",
+            "*",
+        ] {
+            assert!(OriginAllowlist::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_throttled_then_closed() {
+        let limits = LimitsConfig {
+            messages_per_second: 10,
+            message_burst: 20,
+            max_throttled_messages: 5,
+            ..LimitsConfig::default()
+        };
+        let limiter = MessageLimiter::new(&limits);
+        let verdicts: Vec<_> = (0..30).map(|_| limiter.check()).collect();
+        assert!(verdicts[..20].iter().all(|v| *v == MessageVerdict::Accept));
+        assert!(
+            verdicts[20..25]
+                .iter()
+                .all(|v| *v == MessageVerdict::Throttle)
+        );
+        assert!(verdicts[25..].iter().all(|v| *v == MessageVerdict::Close));
+
+        // A client that slightly exceeds now and then is throttled but never closed: a throttled
+        // message every 2 s, with 5 allowed per 10 s.
+        let limiter = MessageLimiter::new(&limits);
+        for _ in 0..20 {
+            assert!((0..20).all(|_| limiter.check() == MessageVerdict::Accept));
+            assert_eq!(limiter.check(), MessageVerdict::Throttle);
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+
+        let off = MessageLimiter::new(&LimitsConfig {
+            messages_per_second: 0,
+            ..LimitsConfig::default()
+        });
+        assert!((0..10_000).all(|_| off.check() == MessageVerdict::Accept));
+    }
+}

@@ -1,0 +1,514 @@
+//! End-to-end tests of the abuse limits (`[limits]`): the origin allowlist, new connections per
+//! second, concurrent connections per source IP and per principal, the per-connection message rate
+//! and what happens to a flooder, the management API's rate, and the request-head limits (URL
+//! length, header count and size, handshake timeout). A host in-process over real sockets.
+
+mod common;
+
+use axum::response::IntoResponse;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// A handler for `$connect`/`$disconnect` that refuses `?reject=1` with 403 and accepts the rest.
+async fn gatekeeper() -> Handler {
+    Handler::start(|event| {
+        if query_param(event, "reject") == Some("1") {
+            Reply::proxy(403, None)
+        } else {
+            Reply::proxy(200, None)
+        }
+    })
+    .await
+}
+
+/// Routes `$connect` and `$disconnect` to `handler`, echoes every message (two-way MOCK), and
+/// applies `limits` (lines of the `[limits]` section).
+fn config(handler: &Handler, limits: &str) -> String {
+    format!(
+        r#"
+[limits]
+{limits}
+[routes."$connect"]
+integration = "h"
+[routes."$disconnect"]
+integration = "h"
+[routes."$default"]
+integration = "echo"
+two_way = true
+[integrations.h]
+type = "http"
+url = "{url}"
+[integrations.echo]
+type = "mock"
+response_template = "$input.body"
+{WHOAMI}
+"#,
+        url = handler.url
+    )
+}
+
+fn connects(handler: &Handler) -> usize {
+    handler
+        .events()
+        .iter()
+        .filter(|e| event_type(e) == "CONNECT")
+        .count()
+}
+
+/// A WebSocket handshake from the local address `ip` (any 127.0.0.0/8 address works on Linux).
+async fn connect_from(
+    ip: Ipv4Addr,
+    addr: SocketAddr,
+    target: &str,
+) -> Result<WebSocketStream<TcpStream>, WsError> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(ip), 0)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    within(
+        "handshake",
+        tokio_tungstenite::client_async(format!("ws://{addr}{target}"), stream),
+    )
+    .await
+    .map(|(ws, _)| ws)
+}
+
+/// The HTTP status of a handshake made by [`connect_from`] (101 when it succeeded).
+fn status_of<S>(result: &Result<S, WsError>) -> u16 {
+    match result {
+        Ok(_) => 101,
+        Err(WsError::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("expected an HTTP answer, got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn origins_outside_the_allowlist_get_403() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(
+        &handler,
+        r#"allowed_origins = ["https://app.example.com", "https://*.example.org"]"#,
+    ))
+    .await;
+    let a = host.addr;
+    let (status, _, body) = raw_exchange(
+        a,
+        upgrade_request(a, "/dev", "Origin: https://evil.example.com\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (403, r#"{"message":"Forbidden"}"#));
+    let refused = try_connect(a, "/dev", &[("Origin", "https://example.org")], None).await;
+    assert_eq!(refused_status(refused), 403);
+
+    for origin in [
+        Some("https://app.example.com"),
+        Some("https://chat.example.org"),
+        None,
+    ] {
+        let headers: Vec<_> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let (mut ws, _) = try_connect(a, "/dev", &headers, None)
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?} is allowed: {e}"));
+        ws.close(None).await.unwrap();
+    }
+    // Only the three allowed connections reached $connect.
+    handler
+        .wait_for("three $disconnects", |_| {
+            handler
+                .events()
+                .iter()
+                .filter(|e| event_type(e) == "DISCONNECT")
+                .count()
+                == 3
+        })
+        .await;
+    assert_eq!(connects(&handler), 3);
+}
+
+#[tokio::test]
+async fn a_burst_above_connections_per_second_gets_429() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "connections_per_second = 5")).await;
+    let attempts =
+        futures_util::future::join_all((0..20).map(|_| try_connect(host.addr, "/dev", &[], None)))
+            .await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt {
+            Ok((ws, _)) => open.push(ws),
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 429);
+                let body = response.body().as_deref().unwrap_or_default();
+                assert_eq!(body, br#"{"message":"Too Many Requests"}"#);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!(
+        "20 simultaneous handshakes at 5/s: {} accepted, {refused} refused with 429",
+        open.len()
+    );
+    // The burst is 5; one more may have refilled while the 20 were answered.
+    assert!((5..=6).contains(&open.len()), "{} accepted", open.len());
+    assert_eq!(
+        connects(&handler),
+        open.len(),
+        "refused handshakes ran no $connect"
+    );
+    // A token comes back every 200 ms.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (mut later, _) = try_connect(host.addr, "/dev", &[], None)
+        .await
+        .expect("a client connects after the refill");
+    later.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_per_ip_counts_open_connections_and_frees_them() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "connections_per_ip = 2")).await;
+    let a = host.addr;
+    let local = Ipv4Addr::new(127, 0, 0, 1);
+    let mut first = connect_from(local, a, "/dev").await.expect("first");
+    let _second = connect_from(local, a, "/dev").await.expect("second");
+    assert_eq!(status_of(&connect_from(local, a, "/dev").await), 429);
+    // Another address has its own count.
+    let other = connect_from(Ipv4Addr::new(127, 0, 0, 2), a, "/dev").await;
+    assert_eq!(status_of(&other), 101);
+
+    // Handshakes that fail give their place back: with 2 open, rejected ones still reach $connect
+    // (403), never 429.
+    first.close(None).await.unwrap();
+    while first.next().await.is_some() {}
+    let mut freed = false;
+    for _ in 0..50 {
+        if status_of(&connect_from(local, a, "/dev?reject=1").await) == 403 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the closed connection's place came back");
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(&connect_from(local, a, "/dev?reject=1").await),
+            403
+        );
+    }
+    let _third = connect_from(local, a, "/dev")
+        .await
+        .expect("room for one again");
+    assert_eq!(status_of(&connect_from(local, a, "/dev").await), 429);
+}
+
+/// An authorizer behind a fake Lambda Invoke API: allows everyone, with the `Authorization`
+/// header as `principalId`.
+async fn authorizer_function() -> String {
+    let app = axum::Router::new().route(
+        "/2015-03-31/functions/{name}/invocations",
+        axum::routing::post(|body: String| async move {
+            let event: Value = serde_json::from_str(&body).unwrap();
+            let principal = event["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            json!({
+                "principalId": principal,
+                "policyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
+                ]},
+            })
+            .to_string()
+            .into_response()
+        }),
+    );
+    serve(app).await
+}
+
+#[tokio::test]
+async fn connections_per_principal_counts_the_authorizers_principal() {
+    let handler = gatekeeper().await;
+    let function = authorizer_function().await;
+    let host = TestHost::start(&format!(
+        "{}\n[authorizers.auth]\nfunction_name = \"auth\"\nendpoint_url = \"{function}\"\n",
+        config(&handler, "connections_per_principal = 2").replace(
+            "[routes.\"$connect\"]\nintegration = \"h\"",
+            "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"auth\"",
+        )
+    ))
+    .await;
+    let a = host.addr;
+    let as_user = |user: &'static str| async move {
+        try_connect(a, "/dev", &[("Authorization", user)], None).await
+    };
+    let (mut alice1, _) = as_user("alice").await.expect("alice 1");
+    let (_alice2, _) = as_user("alice").await.expect("alice 2");
+    assert_eq!(refused_status(as_user("alice").await), 429);
+    let (_bob, _) = as_user("bob").await.expect("bob has his own count");
+    assert_eq!(
+        connects(&handler),
+        3,
+        "the refused handshake ran no $connect"
+    );
+
+    alice1.close(None).await.unwrap();
+    while alice1.next().await.is_some() {}
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = as_user("alice").await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        again.is_some(),
+        "alice's closed connection gave its place back"
+    );
+    let events = handler.events();
+    let connect = events
+        .iter()
+        .rev()
+        .find(|e| event_type(e) == "CONNECT")
+        .unwrap();
+    assert_eq!(
+        connect["requestContext"]["authorizer"]["principalId"],
+        "alice"
+    );
+}
+
+#[tokio::test]
+async fn a_flooder_is_throttled_then_closed_while_others_keep_their_latency() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(
+        &handler,
+        "messages_per_second = 50\nmessage_burst = 50\nmax_throttled_messages = 20000",
+    ))
+    .await;
+    let (mut calm, _) = try_connect(host.addr, "/dev", &[], None).await.unwrap();
+    let (flooder, _) = try_connect(host.addr, "/dev", &[], None).await.unwrap();
+    send_text(&mut calm, r#"{"action":"whoami"}"#).await;
+    let calm_reply: Value = serde_json::from_str(&next_text(&mut calm).await).unwrap();
+    assert!(calm_reply["connectionId"].is_string());
+
+    let (mut sink, mut stream) = flooder.split();
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u32;
+        for i in 0..1_000_000 {
+            if sink
+                .send(Message::text(format!("flood {i}")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood_on = flooding.clone();
+    let watch = tokio::spawn(async move {
+        let (mut echoes, mut throttled, mut close) = (0u32, 0u32, None);
+        let mut throttle_frame = None;
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(t) if t.starts_with("flood ") => echoes += 1,
+                Message::Text(t) => {
+                    throttled += 1;
+                    throttle_frame.get_or_insert_with(|| t.to_string());
+                }
+                Message::Close(frame) => {
+                    close = frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
+                _ => {}
+            }
+        }
+        flood_on.store(false, Ordering::Relaxed);
+        (echoes, throttled, close, throttle_frame)
+    });
+
+    // Meanwhile the calm client's round trips, one every 25 ms (40/s, within its own rate), for
+    // as long as the flood lasts (and at least 20).
+    let mut latencies = Vec::new();
+    let mut during_flood = 0;
+    for i in 0.. {
+        let flood_active = flooding.load(Ordering::Relaxed);
+        if !flood_active && i >= 20 {
+            break;
+        }
+        assert!(i < 2000, "the flooder was never closed");
+        let text = format!("calm {i}");
+        let t = Instant::now();
+        send_text(&mut calm, &text).await;
+        assert_eq!(next_text(&mut calm).await, text);
+        latencies.push(t.elapsed());
+        during_flood += usize::from(flood_active);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (echoes, throttled, close, frame) = within("the flooder's end", watch).await.unwrap();
+    let sent = flood.await.unwrap();
+    latencies.sort();
+    println!(
+        "flooder: {sent} sent before the close, {echoes} echoed, {throttled} throttle frames, closed with {close:?}; \
+         calm client: {} round trips ({during_flood} during the flood), p50 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert_eq!(close, Some((1008, "Message rate exceeded".to_string())));
+    assert!(echoes >= 50, "the burst was served: {echoes}");
+    // 20,000 per 10 s: the whole tolerance, plus what refilled while the flood lasted.
+    assert!(
+        (20_000..25_000).contains(&throttled),
+        "{throttled} throttle frames"
+    );
+    let frame = frame.unwrap();
+    let re = regex_lite::Regex::new(
+        r#"^\{"message": "Too Many Requests", "connectionId":"[A-Za-z0-9_-]{15}=", "requestId":"[A-Za-z0-9_-]{15}="\}$"#,
+    )
+    .unwrap();
+    assert!(re.is_match(&frame), "{frame}");
+    assert!(
+        latencies[latencies.len() - 1] < Duration::from_secs(1),
+        "the calm client kept being served"
+    );
+    let disconnect = handler
+        .wait_for("the flooder's $disconnect", |e| {
+            event_type(e) == "DISCONNECT" && e["requestContext"]["disconnectStatusCode"] == 1008
+        })
+        .await;
+    assert_eq!(
+        disconnect["requestContext"]["disconnectReason"],
+        "Message rate exceeded"
+    );
+    // The calm client is still connected.
+    send_text(&mut calm, "still here").await;
+    assert_eq!(next_text(&mut calm).await, "still here");
+}
+
+#[tokio::test]
+async fn a_management_flood_gets_limit_exceeded_then_recovers() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(
+        &handler,
+        "management_requests_per_second = 100\nmanagement_burst = 20",
+    ))
+    .await;
+    let mut ws = connect(host.addr).await;
+    send_text(&mut ws, r#"{"action":"whoami"}"#).await;
+    let reply: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let id = reply["connectionId"].as_str().unwrap().to_string();
+    let sdk = mgmt_client(host.addr);
+
+    let calls = (0..60).map(|_| sdk.get_connection().connection_id(&id).send());
+    let results = futures_util::future::join_all(calls).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for result in results {
+        match result {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                let e = e.into_service_error();
+                assert!(e.is_limit_exceeded_exception(), "{e:?}");
+                limited += 1;
+            }
+        }
+    }
+    println!(
+        "60 simultaneous GetConnection at 100/s, burst 20: {ok} served, {limited} LimitExceededException"
+    );
+    assert!((20..=25).contains(&ok), "{ok} served");
+
+    // The wire format: 429, x-amzn-ErrorType, a JSON message.
+    let mut stream = TcpStream::connect(host.addr).await.unwrap();
+    let request = format!(
+        "GET /dev/@connections/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        id.replace('=', "%3D"),
+        host.addr
+    );
+    let mut raw = String::new();
+    for _ in 0..40 {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.read_to_string(&mut raw).await.unwrap();
+        if raw.starts_with("HTTP/1.1 429") {
+            break;
+        }
+        raw.clear();
+        stream = TcpStream::connect(host.addr).await.unwrap();
+    }
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a 429 among 40 quick calls");
+    assert_eq!(
+        raw_header(head, "x-amzn-ErrorType"),
+        Some("LimitExceededException")
+    );
+    assert_eq!(body, r#"{"message":"Too Many Requests"}"#);
+
+    // Tokens come back at 100/s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sdk.post_to_connection()
+        .connection_id(&id)
+        .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(
+            "after the flood",
+        ))
+        .send()
+        .await
+        .expect("served again after the refill");
+    assert_eq!(next_text(&mut ws).await, "after the flood");
+}
+
+#[tokio::test]
+async fn request_head_limits() {
+    let host = TestHost::start("[server]\nhandshake_timeout = \"300ms\"").await;
+    let a = host.addr;
+
+    // URL: 4096 characters at most (API Gateway's quota), else 414.
+    let long = format!("/dev?q={}", "x".repeat(4097 - "/dev?q=".len()));
+    assert_eq!(long.len(), 4097);
+    let (status, _, _) = raw_exchange(a, upgrade_request(a, &long, "").as_bytes()).await;
+    assert_eq!(status, 414);
+
+    // More than 100 header lines, or a head over 16 KiB: 431.
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _, body) = raw_exchange(a, upgrade_request(a, "/dev", &many).as_bytes()).await;
+    assert_eq!(status, 431);
+    assert_eq!(body, r#"{"message":"Request Header Fields Too Large"}"#);
+    let big = format!("X-Big: {}\r\n", "b".repeat(16 * 1024));
+    let (status, _, _) = raw_exchange(a, upgrade_request(a, "/dev", &big).as_bytes()).await;
+    assert_eq!(status, 431);
+
+    // A slow client that sends half a head gets 408 after handshake_timeout.
+    for partial in [&b"GET /dev HTTP/1.1\r\nHost: x\r\n"[..], b""] {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(a).await.unwrap();
+        stream.write_all(partial).await.unwrap();
+        let mut out = String::new();
+        within("408", stream.read_to_string(&mut out))
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        println!(
+            "half-sent head ({} bytes): 408 after {waited:?}",
+            partial.len()
+        );
+        assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+        assert!(out.ends_with(r#"{"message":"Request Timeout"}"#), "{out}");
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    }
+}
