@@ -104,6 +104,9 @@ impl HostProc {
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "warn")
+            // The rate limits (API Gateway's quotas by default) would cap the very figures measured
+            // here; they are off so the bench shows the host's capacity.
+            .envs(UNLIMITED.iter().map(|k| (k, "0")))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -579,6 +582,13 @@ struct Opts {
     /// The DynamoDB endpoint, or why there is none.
     dynamodb: Result<String, String>,
 }
+
+/// Environment variables that turn the host's rate limits off.
+const UNLIMITED: &[&str] = &[
+    "CONNECTION_HOST_LIMITS__CONNECTIONS_PER_SECOND",
+    "CONNECTION_HOST_LIMITS__MESSAGES_PER_SECOND",
+    "CONNECTION_HOST_LIMITS__MANAGEMENT_REQUESTS_PER_SECOND",
+];
 
 const BASE_CONFIG: &str = r#"
 [server]
