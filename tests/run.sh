@@ -16,7 +16,7 @@
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
-# Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo. KOSOKU_PARALLELISM (default 4).
+# Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo and turns off incremental builds. KOSOKU_PARALLELISM (default 4).
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
 # The browser step needs Node.js 20+ (node, npm) and root or sudo when chromium is not installed yet.
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
@@ -51,7 +51,11 @@ done
 selected() { [[ ${#only[@]} -eq 0 || " ${only[*]} " == *" $1 "* ]]; }
 
 CARGO_FLAGS=()
-if [[ "${CI:-}" == "true" ]]; then CARGO_FLAGS+=(--locked); fi
+if [[ "${CI:-}" == "true" ]]; then
+    CARGO_FLAGS+=(--locked)
+    # A one-off build gains nothing from incremental state, which would double target/'s size.
+    export CARGO_INCREMENTAL=0
+fi
 
 # ---- bookkeeping: current step, timings, cleanup of everything started -----------------------------
 CURRENT_STEP="setup"
