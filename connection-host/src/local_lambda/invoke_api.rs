@@ -12,14 +12,6 @@ use tokio_util::task::TaskTracker;
 /// Lambda's largest synchronous request payload (6 MB).
 pub const MAX_REQUEST: usize = 6 * 1024 * 1024;
 
-/// Whether `segments` (the decoded path) is an Invoke API path; returns the function name.
-pub fn function_name<'s>(segments: &[&'s str]) -> Option<&'s str> {
-    match segments {
-        ["2015-03-31", "functions", name, "invocations"] => Some(name),
-        _ => None,
-    }
-}
-
 fn error(status: StatusCode, error_type: &str, message: &str) -> Response {
     (
         status,

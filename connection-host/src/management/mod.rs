@@ -10,6 +10,7 @@
 pub mod auth;
 mod error;
 mod groups;
+pub mod path;
 
 pub use error::ManagementError;
 
@@ -26,6 +27,7 @@ use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use path::Resource;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -83,18 +85,6 @@ async fn health(State(host): State<Arc<Host>>) -> Response {
     .into_response()
 }
 
-/// The path split into percent-decoded segments (`%40connections` becomes `@connections`).
-fn segments(path: &str) -> Vec<String> {
-    path.trim_start_matches('/')
-        .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect()
-}
-
 /// Serves `request` from `server.static_dir` when it is a `GET` outside the stage's and the
 /// APIs' paths; otherwise hands it back.
 async fn static_file(host: &Host, request: Request) -> Result<Response, Request> {
@@ -121,9 +111,8 @@ async fn public_only(State(host): State<Arc<Host>>, request: Request) -> Respons
         Ok(response) => return response,
         Err(request) => request,
     };
-    let segs = segments(request.uri().path());
-    let on_stage = segs.first().map(String::as_str) == Some(host.config.api.stage.as_str())
-        && (segs.len() == 1 || (segs.len() == 2 && segs[1].is_empty()));
+    let segs = path::segments(request.uri().path());
+    let on_stage = path::resource(&host.config.api.stage, &segs) == Resource::Stage;
     if on_stage && request.method() == Method::GET {
         return ManagementError::UpgradeRequired.into_response();
     }
@@ -144,11 +133,10 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         Ok(response) => return response,
         Err(request) => request,
     };
-    let segs = segments(request.uri().path());
+    let segs = path::segments(request.uri().path());
+    let resource = path::resource(&host.config.api.stage, &segs);
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let stage = host.config.api.stage.as_str();
     let groups = host.config.extensions.groups;
     // A host-to-host call must carry the right secret; a wrong one is refused before anything
     // else, and a host outside any cluster accepts none.
@@ -167,11 +155,10 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     // Host-to-host calls are authenticated by the cluster secret above; every other call must
     // carry a valid SigV4 signature when the host requires one (the plain GET on the stage is
     // the WebSocket URL's 426, not an API call).
-    let stage_root = matches!(segs.as_slice(), [s] | [s, ""] if *s == stage);
-    let request = if forwarded || stage_root {
+    let request = if forwarded || resource == Resource::Stage {
         request
     } else {
-        let invoke = crate::local_lambda::invoke_api::function_name(&segs).is_some();
+        let invoke = matches!(resource, Resource::Invocation(_));
         match authenticate(&host, request, invoke).await {
             Ok(request) => request,
             Err(response) => return response,
@@ -185,7 +172,7 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         ),
         forwarded,
     };
-    if let Some(name) = crate::local_lambda::invoke_api::function_name(&segs)
+    if let Resource::Invocation(name) = resource
         && method == Method::POST
         && !forwarded
     {
@@ -211,34 +198,32 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     }
     // API Gateway's account-wide rate for management calls; a call forwarded by another host was
     // counted there already.
-    if !forwarded
-        && matches!(segs.as_slice(), [s, "@connections" | "@groups", ..] if *s == stage)
-        && !host.limits.management.try_acquire()
-    {
+    if !forwarded && resource.is_rate_limited() && !host.limits.management.try_acquire() {
         tracing::debug!("limits.management_requests_per_second reached");
         return ManagementError::Throttled.into_response();
     }
-    let result = match segs.as_slice() {
-        [s] | [s, ""] if *s == stage && method == Method::GET => {
-            Err(ManagementError::UpgradeRequired)
-        }
-        [s, "@connections", id] if *s == stage => match method {
+    let result = match resource {
+        Resource::Stage if method == Method::GET => Err(ManagementError::UpgradeRequired),
+        Resource::Connection(id) => match method {
             Method::POST => post_to_connection(&host, &call, id, request.into_body()).await,
             Method::GET => get_connection(&host, &call, id).await,
             Method::DELETE => delete_connection(&host, &call, id).await,
             _ => Err(ManagementError::Forbidden),
         },
-        [s, "@connections", id, "groups", group] if *s == stage && groups => match method {
+        Resource::Membership {
+            connection_id: id,
+            group,
+        } if groups => match method {
             Method::PUT => groups::join(&host, &call, id, group).await,
             Method::DELETE => groups::leave(&host, id, group).await,
             _ => Err(ManagementError::Forbidden),
         },
-        [s, "@groups", group] if *s == stage && groups => match method {
+        Resource::Group(group) if groups => match method {
             Method::POST => groups::broadcast(&host, group, &query, request.into_body()).await,
             Method::GET => groups::members(&host, group, &query).await,
             _ => Err(ManagementError::Forbidden),
         },
-        [s, "@internal", "deliver"] if *s == stage && forwarded && method == Method::POST => {
+        Resource::Deliver if forwarded && method == Method::POST => {
             groups::deliver(&host, request.into_body()).await
         }
         _ => Err(ManagementError::Forbidden),
