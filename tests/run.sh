@@ -10,6 +10,10 @@
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
+#     fuzz         the libFuzzer targets in connection-host/fuzz (route selection, proxy responses, management
+#                  paths), built with coverage instrumentation on the stable toolchain and run FUZZ_SECONDS
+#                  each from the seeds in connection-host/fuzz/seeds; a crash fails the step and leaves its
+#                  input in .test-run/fuzz/TARGET/
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
 #                  functions/demo.toml (tests/browser/chat.test.mjs); installs Debian's chromium (apt-get) and
 #                  playwright-core (npm ci in tests/browser/) when missing, and builds the host and ws-handler
@@ -17,6 +21,7 @@
 #                                       conformance builds the workspace itself when run without build
 #
 # Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo and turns off incremental builds. KOSOKU_PARALLELISM (default 4).
+# FUZZ_SECONDS (default 20): how long each fuzz target runs.
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
 # The browser step needs Node.js 20+ (node, npm) and root or sudo when chromium is not installed yet.
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
@@ -25,13 +30,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test conformance browser)
+ALL_STEPS=(tools fmt build clippy test conformance fuzz browser)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
 VENV="$ROOT/.venv-test"
 RUN_DIR="$ROOT/.test-run"
 PYTHON="${PYTHON:-python3}"
 KOSOKU_PARALLELISM="${KOSOKU_PARALLELISM:-4}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+FUZZ_TARGETS=(route_selection proxy_response management_path)
 
 # The header comment above, from line 2 to the first line that is not a comment.
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
@@ -267,6 +274,39 @@ EOF
     echo "reports: ${report#"$ROOT/"}/index.html"
 }
 
+# The instrumentation cargo-fuzz adds, without AddressSanitizer (which needs a nightly toolchain):
+# the targets are safe Rust, so a panic or an abort is what the fuzzer looks for.
+FUZZ_RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
+
+step_fuzz() {
+    local dir="$ROOT/connection-host/fuzz" out="$RUN_DIR/fuzz" host target bin t rc
+    host="$(rustc -vV | sed -n 's/^host: //p')"
+    # Its own target directory: the instrumented build must not replace the workspace's artifacts.
+    target="$(target_dir)/fuzz"
+    # An explicit --target keeps the instrumentation out of build scripts and proc macros.
+    RUSTFLAGS="$FUZZ_RUSTFLAGS" CARGO_TARGET_DIR="$target" cargo build "${CARGO_FLAGS[@]}" \
+        --manifest-path "$dir/Cargo.toml" --target "$host" --bins
+    for t in "${FUZZ_TARGETS[@]}"; do
+        bin="$target/$host/debug/$t"
+        mkdir -p "$out/$t/corpus"
+        cp "$dir/seeds/$t"/* "$out/$t/corpus/"
+        rc=0
+        "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+            -artifact_prefix="$out/$t/" "$out/$t/corpus" </dev/null >"$out/$t.log" 2>&1 || rc=$?
+        if [[ $rc -eq 0 ]]; then
+            PASSED=$((PASSED + 1))
+            echo "fuzz $t: $(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log") runs in ${FUZZ_SECONDS}s, no crash"
+        else
+            FAILED=$((FAILED + 1))
+            echo "fuzz $t: exit $rc; the end of its log (${out#"$ROOT/"}/$t.log):" >&2
+            tail -n 40 "$out/$t.log" >&2
+            return 1
+        fi
+    done
+}
+
 # Root runs apt-get itself; anyone else through sudo, without a password prompt (no stdin here).
 as_root() {
     if [[ $(id -u) -eq 0 ]]; then
@@ -330,5 +370,6 @@ run_step build step_build
 run_step clippy step_clippy
 run_step test step_test
 run_step conformance step_conformance
+run_step fuzz step_fuzz
 run_step browser step_browser
 CURRENT_STEP="done"
