@@ -33,7 +33,7 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// Integrations by name, referred to from routes.
     pub integrations: BTreeMap<String, IntegrationConfig>,
-    /// Lambda `REQUEST` authorizers by name, referred to from the `$connect` route.
+    /// Authorizers by name (Lambda `REQUEST` or built-in JWT), referred to from the `$connect` route.
     pub authorizers: BTreeMap<String, AuthorizerConfig>,
     /// Lambda functions the host runs itself (its local Lambda runtime), by function name.
     pub functions: BTreeMap<String, FunctionConfig>,
@@ -286,10 +286,44 @@ pub enum IntegrationConfig {
     },
 }
 
+/// An authorizer guarding `$connect`, selected by `type`: `request` (the default, so a table
+/// without `type` is a Lambda `REQUEST` authorizer) or `jwt` (the host verifies a JWT itself, an
+/// extension).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AuthorizerConfig {
+    /// API Gateway's Lambda `REQUEST` authorizer (its `CUSTOM` authorization type).
+    Request(RequestAuthorizerConfig),
+    /// Built-in JWT verification, for hosts without an authorizer function (an extension).
+    Jwt(JwtAuthorizerConfig),
+}
+
+impl<'de> Deserialize<'de> for AuthorizerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged {
+            Request(RequestAuthorizerConfig),
+            Jwt(JwtAuthorizerConfig),
+        }
+        // Serde's tagged enums have no default variant; the tag is filled in instead, so that
+        // configurations written before `type` existed keep loading as Lambda authorizers.
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        table
+            .entry("type")
+            .or_insert_with(|| serde_json::Value::from("request"));
+        match Tagged::deserialize(serde_json::Value::Object(table)) {
+            Ok(Tagged::Request(c)) => Ok(Self::Request(c)),
+            Ok(Tagged::Jwt(c)) => Ok(Self::Jwt(c)),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
 /// A Lambda `REQUEST` authorizer (API Gateway's `CUSTOM` authorization type), run on `$connect`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthorizerConfig {
+pub struct RequestAuthorizerConfig {
     /// The authorizer function's name or ARN.
     pub function_name: String,
     /// Invoke API endpoint; empty uses the host's own function of that name when `[functions]`
@@ -303,6 +337,108 @@ pub struct AuthorizerConfig {
     /// the function being called: `route.request.header.NAME`, `route.request.querystring.NAME`.
     #[serde(default)]
     pub identity_sources: Vec<crate::authorizer::IdentitySource>,
+}
+
+/// Built-in JWT verification on `$connect` (an extension): a connection is allowed when its token
+/// is signed by one of `keys` and its claims pass the checks; anything else is 401 before any
+/// integration runs. The claims become `requestContext.authorizer`, with `principalId` = `sub`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtAuthorizerConfig {
+    /// Where the client puts its token: `header` (`Authorization: Bearer TOKEN`), `query` (the
+    /// `query_parameter`), or `subprotocol` (offered in `Sec-WebSocket-Protocol` right after
+    /// `subprotocol_marker`, for browsers, which cannot set headers on a WebSocket).
+    pub token_source: JwtTokenSource,
+    /// The query-string parameter holding the token when `token_source = "query"`.
+    pub query_parameter: String,
+    /// With `token_source = "subprotocol"`: the protocol the client offers just before its token,
+    /// e.g. `new WebSocket(url, ["bearer", token])`. The 101 answers with it (or with the
+    /// protocol `$connect` selects), never with the token.
+    pub subprotocol_marker: String,
+    /// Required `iss` claim; empty does not check the issuer.
+    pub issuer: String,
+    /// Accepted `aud` values (the token must name one); empty does not check the audience.
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (whole seconds, at most 1h).
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The keys tokens may be signed with; each pins the algorithm it accepts.
+    pub keys: Vec<JwtKeyConfig>,
+}
+
+impl Default for JwtAuthorizerConfig {
+    fn default() -> Self {
+        Self {
+            token_source: JwtTokenSource::Header,
+            query_parameter: "token".into(),
+            subprotocol_marker: "bearer".into(),
+            issuer: String::new(),
+            audience: Vec::new(),
+            leeway: Duration::from_secs(60),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Where a JWT authorizer reads the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum JwtTokenSource {
+    /// `Authorization: Bearer TOKEN`.
+    #[default]
+    Header,
+    /// A query-string parameter (`query_parameter`).
+    Query,
+    /// An offered `Sec-WebSocket-Protocol` entry, after `subprotocol_marker`.
+    Subprotocol,
+}
+
+/// One verification key of a JWT authorizer: exactly one of `secret_env`, `secret_file`,
+/// `secret` (HMAC), `pem_file` (RSA, EC or Ed25519 public key) or `jwks_file` (a JWK Set).
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// The one algorithm this key verifies (`HS256`, `RS256`, `ES256`, `EdDSA`, …), whatever a
+    /// token's header claims. Required except for `jwks_file`, whose keys use their `alg` (or
+    /// this, for keys without one).
+    pub algorithm: Option<jsonwebtoken::Algorithm>,
+    /// Key ID: when set, the key verifies only tokens whose header names this `kid`; empty
+    /// verifies tokens of its algorithm with or without one. Not used with `jwks_file`, whose
+    /// keys carry their own.
+    pub kid: String,
+    /// Name of an environment variable holding the HMAC secret (its bytes as they are).
+    pub secret_env: String,
+    /// A file holding the HMAC secret (surrounding whitespace is ignored), e.g. a mounted secret.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The HMAC secret itself, for tests and local setups; keep real secrets out of files under
+    /// version control.
+    pub secret: String,
+    /// A PEM file with the public key (`PUBLIC KEY`, `RSA PUBLIC KEY` or a `CERTIFICATE`).
+    pub pem_file: Option<std::path::PathBuf>,
+    /// A JSON Web Key Set file (`{"keys": [...]}`); tokens select its keys by `kid`.
+    pub jwks_file: Option<std::path::PathBuf>,
+}
+
+// Secrets must not end up in logs through `{:?}` of the configuration.
+impl std::fmt::Debug for JwtKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeyConfig")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .field("secret_env", &self.secret_env)
+            .field("secret_file", &self.secret_file)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("pem_file", &self.pem_file)
+            .field("jwks_file", &self.jwks_file)
+            .finish()
+    }
 }
 
 /// A Lambda function the host runs itself: real handler binaries (`lambda_http`,
@@ -816,11 +952,29 @@ impl Config {
         }
         for (name, authorizer) in &self.authorizers {
             let field = |f: &str| format!("authorizers.{name}.{f}");
-            if authorizer.function_name.is_empty() {
-                return invalid(field("function_name"), "must not be empty");
-            }
-            if !authorizer.endpoint_url.is_empty() && !is_http_url(&authorizer.endpoint_url) {
-                return invalid(field("endpoint_url"), "must be an http:// or https:// URL");
+            match authorizer {
+                AuthorizerConfig::Request(authorizer) => {
+                    if authorizer.function_name.is_empty() {
+                        return invalid(field("function_name"), "must not be empty");
+                    }
+                    if !authorizer.endpoint_url.is_empty() && !is_http_url(&authorizer.endpoint_url)
+                    {
+                        return invalid(
+                            field("endpoint_url"),
+                            "must be an http:// or https:// URL",
+                        );
+                    }
+                }
+                // The keys are read here, not only at start, so `config check` catches a bad
+                // key file or a missing secret.
+                AuthorizerConfig::Jwt(jwt) => {
+                    crate::authorizer::jwt::JwtAuthorizer::load(jwt).map_err(|e| {
+                        ConfigError::Invalid {
+                            field: field(&e.field),
+                            reason: e.reason,
+                        }
+                    })?;
+                }
             }
         }
         for (name, integration) in &self.integrations {
@@ -1128,8 +1282,17 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.routes["$connect"].authorizer.as_deref(), Some("auth"));
-        assert_eq!(c.authorizers["auth"].identity_sources.len(), 2);
-        assert!(c.authorizers["auth"].endpoint_url.is_empty());
+        let AuthorizerConfig::Request(auth) = &c.authorizers["auth"] else {
+            panic!("a table without type is a Lambda REQUEST authorizer");
+        };
+        assert_eq!(auth.identity_sources.len(), 2);
+        assert!(auth.endpoint_url.is_empty());
+        let explicit = Config::from_toml(&base.replace(
+            "[authorizers.auth]\n",
+            "[authorizers.auth]\ntype = \"request\"\n",
+        ))
+        .unwrap();
+        assert_eq!(explicit.authorizers, c.authorizers);
         let cases = [
             (
                 format!("{base}[routes.\"$default\"]\nintegration = \"m\"\nauthorizer = \"auth\""),
@@ -1154,6 +1317,38 @@ mod tests {
         ];
         for (toml, expected) in cases {
             let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn jwt_authorizers_parse_and_their_keys_are_checked() {
+        let c = Config::from_toml(
+            "[authorizers.j]\ntype = \"jwt\"\ntoken_source = \"subprotocol\"\nissuer = \"https://issuer.test\"\naudience = [\"api\"]\nleeway = \"5s\"\n[[authorizers.j.keys]]\nalgorithm = \"HS256\"\nsecret = \"s3cret\"\n[[authorizers.j.keys]]\njwks_file = \"tests/fixtures/jwt/jwks.json\"\n",
+        )
+        .unwrap();
+        let AuthorizerConfig::Jwt(j) = &c.authorizers["j"] else {
+            panic!("type = \"jwt\" is a JWT authorizer");
+        };
+        assert_eq!(j.token_source, JwtTokenSource::Subprotocol);
+        assert_eq!(j.leeway, Duration::from_secs(5));
+        assert_eq!(j.keys.len(), 2);
+        assert_eq!(j.subprotocol_marker, "bearer");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let cases = [
+            (
+                "[authorizers.j]\ntype = \"jwt\"\n[[authorizers.j.keys]]\nalgorithm = \"RS256\"\npem_file = \"/nonexistent/rs.pem\"",
+                "authorizers.j.keys[0].pem_file",
+            ),
+            (
+                "[authorizers.j]\ntype = \"jwt\"\nfunction_name = \"f\"",
+                "function_name",
+            ),
+            ("[authorizers.j]\ntype = \"token\"", "token"),
+            ("[authorizers.j]\nidentity_sources = []", "function_name"),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
     }

@@ -101,7 +101,8 @@ pub struct Host {
     pub functions: LocalFunctions,
     /// `server.static_dir`, ready to serve.
     pub static_files: Option<tower_http::services::ServeDir>,
-    /// The authorizer the `$connect` route names, run before `$connect` on every connection attempt.
+    /// The authorizer the `$connect` route names, run before `$connect` on every connection attempt
+    /// (set by `run`: `Host::new` leaves it `None`).
     pub authorizer: Option<crate::authorizer::Authorizer>,
     /// SigV4 verification of management and Invoke API calls; `None` when they are open.
     pub management_auth: Option<crate::management::auth::Verifier>,
@@ -143,7 +144,6 @@ impl Host {
             .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.frame_size) * 2)
             .max_frame_size(Some(limits.frame_size))
             .max_message_size(Some(limits.message_size));
-        let authorizer = crate::authorizer::Authorizer::for_connect(&config, &functions).await;
         let host_limits = crate::limits::HostLimits::new(&config.limits);
         let identity = Identity::new(&config.cluster);
         let static_files = config
@@ -165,7 +165,7 @@ impl Host {
             cluster,
             functions,
             static_files,
-            authorizer,
+            authorizer: None,
             management_auth: None,
             limits: host_limits,
         }
@@ -273,6 +273,9 @@ pub async fn run_with_store(
     )
     .await?;
     let mut host = Host::new(config, store, functions).await;
+    // Built here rather than in `Host::new`, as reading a JWT authorizer's keys can fail.
+    host.authorizer =
+        crate::authorizer::Authorizer::for_connect(&host.config, &host.functions).await?;
     if management_auth.is_none() {
         tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
     }

@@ -7,14 +7,19 @@
 //! record. What an allowing authorizer returns (`principalId` and `context`) becomes
 //! `requestContext.authorizer` on every event of the connection. Nothing is cached: API Gateway
 //! does not cache WebSocket authorizers, so every connection attempt invokes the function.
+//!
+//! An authorizer of `type = "jwt"` (an extension, see [`jwt`]) takes the function's place: the
+//! host verifies a JWT itself, and refuses with 401 just as a function answering `Unauthorized`
+//! does.
 
 mod identity;
+pub mod jwt;
 mod policy;
 
 pub use identity::{IdentitySource, IdentitySourceError};
 pub use policy::{Decision, INVOKE_ACTION, InvalidPolicy, Policy};
 
-use crate::config::{ApiConfig, Config};
+use crate::config::{ApiConfig, AuthorizerConfig, Config, ConfigError};
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::integration::{IntegrationError, LambdaInvoker};
 use bytes::Bytes;
@@ -74,13 +79,16 @@ pub enum Refusal {
     /// The function's result is not a valid authorizer result.
     #[error("invalid authorizer result: {0}")]
     Invalid(String),
+    /// A JWT authorizer found no valid token.
+    #[error("JWT refused: {0}")]
+    Token(#[from] jwt::TokenError),
 }
 
 impl Refusal {
     /// The HTTP status of the refused upgrade.
     pub fn status(&self) -> u16 {
         match self {
-            Self::MissingIdentity(_) | Self::Unauthorized => 401,
+            Self::MissingIdentity(_) | Self::Unauthorized | Self::Token(_) => 401,
             Self::ExplicitDeny | Self::ImplicitDeny => 403,
             Self::Failed(_) | Self::TimedOut(_) | Self::Invalid(_) => 500,
         }
@@ -102,6 +110,19 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Authorizer {
     name: String,
+    kind: Kind,
+}
+
+/// What decides: a Lambda function, or the host's own JWT verification.
+#[derive(Debug)]
+enum Kind {
+    Request(RequestAuthorizer),
+    Jwt(jwt::JwtAuthorizer),
+}
+
+/// A Lambda `REQUEST` authorizer.
+#[derive(Debug)]
+struct RequestAuthorizer {
     invoker: Arc<dyn LambdaInvoker>,
     identity_sources: Vec<IdentitySource>,
     method_arn: String,
@@ -118,14 +139,32 @@ pub fn method_arn(api: &ApiConfig) -> String {
 
 impl Authorizer {
     /// The authorizer the `$connect` route names, if any, with its Lambda client built once here
-    /// (or the host's own function of that name; see [`crate::integration::lambda_invoker`]).
+    /// (or the host's own function of that name; see [`crate::integration::lambda_invoker`]), or
+    /// its JWT keys read and parsed once here.
     pub async fn for_connect(
         config: &Config,
         functions: &crate::local_lambda::LocalFunctions,
-    ) -> Option<Self> {
-        let name = config.routes.get("$connect")?.authorizer.as_ref()?;
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(name) = config
+            .routes
+            .get("$connect")
+            .and_then(|route| route.authorizer.as_ref())
+        else {
+            return Ok(None);
+        };
         // `Config::validate`, which `run` calls first, refuses a route naming an unknown authorizer.
-        let settings = &config.authorizers[name];
+        let settings = match &config.authorizers[name] {
+            AuthorizerConfig::Request(settings) => settings,
+            AuthorizerConfig::Jwt(settings) => {
+                // Validation read the keys too, but a file may have changed since.
+                let verifier =
+                    jwt::JwtAuthorizer::load(settings).map_err(|e| ConfigError::Invalid {
+                        field: format!("authorizers.{name}.{}", e.field),
+                        reason: e.reason,
+                    })?;
+                return Ok(Some(Self::jwt(name, verifier)));
+            }
+        };
         let region = if settings.region.is_empty() {
             &config.api.region
         } else {
@@ -138,12 +177,12 @@ impl Authorizer {
             functions,
         )
         .await;
-        Some(Self::new(
+        Ok(Some(Self::new(
             name,
             invoker,
             settings.identity_sources.clone(),
             method_arn(&config.api),
-        ))
+        )))
     }
 
     /// An authorizer calling `invoker`, with the fixed [`TIMEOUT`].
@@ -155,10 +194,20 @@ impl Authorizer {
     ) -> Self {
         Self {
             name: name.to_string(),
-            invoker,
-            identity_sources,
-            method_arn,
-            timeout: TIMEOUT,
+            kind: Kind::Request(RequestAuthorizer {
+                invoker,
+                identity_sources,
+                method_arn,
+                timeout: TIMEOUT,
+            }),
+        }
+    }
+
+    /// An authorizer verifying JWTs itself.
+    pub fn jwt(name: &str, verifier: jwt::JwtAuthorizer) -> Self {
+        Self {
+            name: name.to_string(),
+            kind: Kind::Jwt(verifier),
         }
     }
 
@@ -169,6 +218,25 @@ impl Authorizer {
 
     /// Decides whether `request` may connect, and with which claims.
     pub async fn authorize(&self, request: ConnectRequest) -> Result<Claims, Refusal> {
+        match &self.kind {
+            Kind::Request(authorizer) => authorizer.authorize(request).await,
+            Kind::Jwt(verifier) => Ok(verifier.verify(&request.headers, &request.query)?),
+        }
+    }
+
+    /// The subprotocol the 101 answers with, given the one `$connect` selected: a JWT
+    /// authorizer reading its token from `Sec-WebSocket-Protocol` keeps the token out of it
+    /// (see [`jwt::JwtAuthorizer::subprotocol`]); otherwise `$connect`'s choice stands.
+    pub fn subprotocol(&self, headers: &MultiMap, chosen: Option<String>) -> Option<String> {
+        match &self.kind {
+            Kind::Request(_) => chosen,
+            Kind::Jwt(verifier) => verifier.subprotocol(headers, chosen),
+        }
+    }
+}
+
+impl RequestAuthorizer {
+    async fn authorize(&self, request: ConnectRequest) -> Result<Claims, Refusal> {
         for source in &self.identity_sources {
             if source
                 .value(&request.headers, &request.query)

@@ -199,6 +199,16 @@ async fn establish<S>(
         }
     }
 
+    if let Some(authorizer) = &host.authorizer {
+        let offered = MultiMap::from_headers(
+            head.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        subprotocol = authorizer.subprotocol(&offered, subprotocol);
+    }
+
     let record = ConnectionRecord {
         connection_id: context.connection_id.clone(),
         connected_at,
