@@ -19,6 +19,10 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
 /// Prefix of the environment variables that override configuration fields.
 pub const ENV_PREFIX: &str = "CONNECTION_HOST_";
 
+/// Variables under [`ENV_PREFIX`] that belong to the command line, not to the configuration
+/// (`CONNECTION_HOST_CONFIG` names the file), so they are not read as fields.
+pub const COMMAND_LINE_ENV: &[&str] = &["config"];
+
 /// Everything the host needs to know; every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -786,7 +790,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(COMMAND_LINE_ENV)
+                .split("__"),
+        );
         let mut server = serde_json::Map::new();
         if let Some(listen) = overrides.listen {
             server.insert("listen".into(), listen.to_string().into());
@@ -1365,6 +1373,8 @@ mod tests {
             jail.set_env("CONNECTION_HOST_LIMITS__IDLE_TIMEOUT", "7m");
             jail.set_env("CONNECTION_HOST_API__STAGE", "env");
             jail.set_env("CONNECTION_HOST_CLUSTER__SECRET", "from-the-environment");
+            // The command line's own variable is not a configuration field.
+            jail.set_env("CONNECTION_HOST_CONFIG", "host.toml");
             let flags = Overrides {
                 stage: Some("flag".into()),
                 ..Overrides::default()
