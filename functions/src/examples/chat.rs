@@ -347,26 +347,25 @@ impl<'a> Chat<'a> {
         let nickname = nickname(event).unwrap_or_else(|| guest_name(me));
         match request {
             ClientMessage::Ping => self.send(me, &ServerMessage::Pong).await,
+            // The others are told before the joiner's `joined`: once a client has its answer,
+            // whoever joins after it cannot receive its presence message any more.
             ClientMessage::Join { room } => {
                 let already = self.rooms.is_member(&room, me).await?;
                 self.rooms.join(&room, me).await?;
-                self.send(me, &ServerMessage::Joined { room: &room })
-                    .await?;
                 if !already {
                     self.presence(&room, Presence::Join, &nickname, me).await?;
                 }
-                Ok(())
+                self.send(me, &ServerMessage::Joined { room: &room }).await
             }
             // Idempotent like join: a client's leave may overtake its own join (messages of one
             // connection are handled concurrently), and its state is the same either way.
             ClientMessage::Leave { room } => {
                 let was_member = self.rooms.is_member(&room, me).await?;
                 self.rooms.leave(&room, me).await?;
-                self.send(me, &ServerMessage::Left { room: &room }).await?;
                 if was_member {
                     self.presence(&room, Presence::Leave, &nickname, me).await?;
                 }
-                Ok(())
+                self.send(me, &ServerMessage::Left { room: &room }).await
             }
             ClientMessage::Send { room, text } => {
                 if !self.rooms.is_member(&room, me).await? {
