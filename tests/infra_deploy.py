@@ -22,8 +22,13 @@ What moto 5.2 does not do, and how this copes (each is listed in the output as "
 - its CloudFormation makes every load balancer an application load balancer: tests/infra_moto.py
   (the moto server this step runs) passes the Type through.
 
-With --host-bin, the connection host's configuration that self-hosted.yaml hands to its containers
-is also checked by `connection-host config check`.
+Then localstack/: the table definitions its init script feeds LocalStack are created on moto and
+compared with the same schemas, and its compose file and host configuration are read and compared
+with the init scripts. Last, connection-host/docker-entrypoint.sh runs with stand-ins for the host
+and the ECS task metadata endpoint.
+
+With --host-bin, the host configurations (the one self-hosted.yaml hands to its containers, and
+localstack/connection-host.toml) are also checked by `connection-host config check`.
 
 Prints one line per check ("ok" / "FAILED") and, last, "infra: N passed, M failed"; exits 1 when a
 check failed or a stack did not deploy. Needs boto3, aws-sam-translator and aws-sam-cli (for its
@@ -51,6 +56,8 @@ from samtranslator.translator.transform import transform
 ROOT = Path(__file__).resolve().parent.parent
 MANAGED = ROOT / "infra" / "managed.yaml"
 SELF_HOSTED = ROOT / "infra" / "self-hosted.yaml"
+LOCALSTACK = ROOT / "localstack"
+ENTRYPOINT = ROOT / "connection-host" / "docker-entrypoint.sh"
 REGION = "us-east-1"
 CODE_BUCKET = "infra-test-function-code"
 FUNCTIONS = ("chat", "echo", "authorizer")
@@ -58,6 +65,35 @@ STAGE = "dev"
 ACCOUNT = "123456789012"
 # What moto leaves in place of the API's ID (a resource it does not create).
 API_PLACEHOLDER = "${WebSocketApi}"
+
+
+# connection-host/STORE.md, "Schema": (key schema, attribute definitions, indexes, TTL attribute).
+CONNECTIONS_SCHEMA = (
+    [("connectionId", "HASH")],
+    {"connectionId": "S", "ownerHost": "S"},
+    {"byOwner": ([("ownerHost", "HASH"), ("connectionId", "RANGE")], "ALL")},
+    "ttl",
+)
+GROUPS_SCHEMA = (
+    [("group", "HASH"), ("connectionId", "RANGE")],
+    {"group": "S", "connectionId": "S"},
+    {"byConnection": ([("connectionId", "HASH"), ("group", "RANGE")], "KEYS_ONLY")},
+    "ttl",
+)
+# functions/src/rooms/dynamodb.rs.
+ROOMS_SCHEMA = (
+    [("room", "HASH"), ("connectionId", "RANGE")],
+    {"room": "S", "connectionId": "S"},
+    {"byConnection": ([("connectionId", "HASH"), ("room", "RANGE")], "ALL")},
+    "expiresAt",
+)
+# What functions/demo.toml routes, plus the two-way echo route of the templates.
+HOST_ROUTES = {
+    "$connect": {"integration": "chat", "authorizer": "guest"},
+    "$disconnect": {"integration": "chat"},
+    "$default": {"integration": "chat"},
+    "echo": {"integration": "echo", "two_way": True},
+}
 
 
 class Checks:
@@ -181,8 +217,9 @@ def physical(resources, logical_id):
 
 # ---- checks shared by both stacks -------------------------------------------------------------------
 
-def check_table(checks, aws, label, table_name, keys, attributes, indexes):
-    """keys: [(name, HASH|RANGE)], attributes: {name: type}, indexes: {name: ([(name, type)], projection)}."""
+def check_table(checks, aws, label, table_name, schema):
+    """schema: ([(name, HASH|RANGE)], {attribute: type}, {index: ([(name, type)], projection)}, ttl)."""
+    keys, attributes, indexes, _ = schema
     if not checks.check(f"{label}: table exists", bool(table_name), "no physical ID"):
         return
     table = aws("dynamodb").describe_table(TableName=table_name)["Table"]
@@ -354,12 +391,7 @@ def check_managed(checks, aws, out):
     report_skipped(name, template, resources)
 
     table = physical(resources, "RoomsTable")
-    check_table(
-        checks, aws, f"{name}: rooms table", table,
-        [("room", "HASH"), ("connectionId", "RANGE")],
-        {"room": "S", "connectionId": "S"},
-        {"byConnection": ([("connectionId", "HASH"), ("room", "RANGE")], "ALL")},
-    )
+    check_table(checks, aws, f"{name}: rooms table", table, ROOMS_SCHEMA)
     check_ttl_declared(checks, f"{name}: rooms table", template["Resources"]["RoomsTable"], "expiresAt")
 
     ddb_table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}"
@@ -540,19 +572,8 @@ def check_self_hosted(checks, aws, out, host_bin):
 
     connections = physical(resources, "ConnectionsTable")
     groups = physical(resources, "GroupsTable")
-    # connection-host/STORE.md, "Schema".
-    check_table(
-        checks, aws, f"{name}: connections table", connections,
-        [("connectionId", "HASH")],
-        {"connectionId": "S", "ownerHost": "S"},
-        {"byOwner": ([("ownerHost", "HASH"), ("connectionId", "RANGE")], "ALL")},
-    )
-    check_table(
-        checks, aws, f"{name}: groups table", groups,
-        [("group", "HASH"), ("connectionId", "RANGE")],
-        {"group": "S", "connectionId": "S"},
-        {"byConnection": ([("connectionId", "HASH"), ("group", "RANGE")], "KEYS_ONLY")},
-    )
+    check_table(checks, aws, f"{name}: connections table", connections, CONNECTIONS_SCHEMA)
+    check_table(checks, aws, f"{name}: groups table", groups, GROUPS_SCHEMA)
     for logical_id in ("ConnectionsTable", "GroupsTable"):
         check_ttl_declared(checks, f"{name}: {logical_id}", template["Resources"][logical_id], "ttl")
 
@@ -800,12 +821,7 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
     checks.equal(
         f"{name}: host routes (as functions/demo.toml, plus two-way echo)",
         config.get("routes"),
-        {
-            "$connect": {"integration": "chat", "authorizer": "guest"},
-            "$disconnect": {"integration": "chat"},
-            "$default": {"integration": "chat"},
-            "echo": {"integration": "echo", "two_way": True},
-        },
+        HOST_ROUTES,
     )
     checks.equal(
         f"{name}: host integrations and authorizer invoke the stack's functions",
@@ -830,7 +846,135 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
     return text
 
 
-def check_host_config(checks, name, text, host_bin):
+# ---- localstack/ and the image's entrypoint ------------------------------------------------------
+
+def check_localstack(checks, aws, host_bin):
+    """The table definitions 10-tables.sh feeds to LocalStack, created on moto; the host's
+    configuration and the compose file, read."""
+    name = "localstack"
+    ddb = aws("dynamodb")
+    for table, schema in (
+        ("connection-host-connections", CONNECTIONS_SCHEMA),
+        ("connection-host-groups", GROUPS_SCHEMA),
+        ("chat-rooms", ROOMS_SCHEMA),
+    ):
+        definition = json.loads((LOCALSTACK / "tables" / f"{table}.json").read_text())
+        ttl = json.loads((LOCALSTACK / "tables" / f"{table}.ttl.json").read_text())
+        ddb.create_table(**definition)
+        check_table(checks, aws, f"{name}: tables/{table}.json", definition["TableName"], schema)
+        ddb.update_time_to_live(**ttl)
+        got = ddb.describe_time_to_live(TableName=definition["TableName"])["TimeToLiveDescription"]
+        checks.equal(
+            f"{name}: tables/{table}.ttl.json enables TTL",
+            (got.get("TimeToLiveStatus"), got.get("AttributeName")), ("ENABLED", schema[3]),
+        )
+    script = (LOCALSTACK / "init" / "ready.d" / "10-tables.sh").read_text()
+    checks.check(
+        f"{name}: init/ready.d/10-tables.sh creates every table of tables/",
+        "for table in connection-host-connections connection-host-groups chat-rooms; do" in script,
+    )
+
+    text = (LOCALSTACK / "connection-host.toml").read_text()
+    config = tomllib.loads(text)
+    checks.equal(f"{name}: connection-host.toml routes", config.get("routes"), HOST_ROUTES)
+    functions_script = (LOCALSTACK / "init" / "ready.d" / "20-functions.sh").read_text()
+    invoked = sorted(
+        [i["function_name"] for i in config.get("integrations", {}).values()]
+        + [a["function_name"] for a in config.get("authorizers", {}).values()]
+    )
+    created = sorted(line.split()[1] for line in functions_script.splitlines() if line.startswith("create "))
+    checks.equal(f"{name}: connection-host.toml invokes the functions 20-functions.sh creates", invoked, created)
+    checks.equal(
+        f"{name}: connection-host.toml uses the tables 10-tables.sh creates",
+        config.get("store"),
+        {"kind": "dynamodb", "connections_table": "connection-host-connections", "groups_table": "connection-host-groups"},
+    )
+    check_host_config(checks, name, text, host_bin, cluster=False)
+
+    compose = yaml_parse((LOCALSTACK / "docker-compose.yml").read_text())
+    services = compose.get("services", {})
+    localstack = services.get("localstack", {})
+    host = services.get("connection-host", {})
+    checks.equal(
+        f"{name}: docker-compose.yml LocalStack services",
+        sorted(localstack.get("environment", {}).get("SERVICES", "").split(",")),
+        sorted(["dynamodb", "lambda", "iam", "cloudformation", "logs"]),
+    )
+    build = host.get("build", {})
+    checks.check(
+        f"{name}: docker-compose.yml builds the host from connection-host/Dockerfile",
+        (LOCALSTACK / build.get("context", "/nonexistent") / build.get("dockerfile", "")).resolve()
+        == (ROOT / "connection-host" / "Dockerfile").resolve(),
+        repr(build),
+    )
+    checks.equal(
+        f"{name}: docker-compose.yml points the host's AWS calls at LocalStack",
+        host.get("environment", {}).get("AWS_ENDPOINT_URL"), "http://localstack:4566",
+    )
+    missing = [
+        volume.split(":")[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if volume.startswith(".") and not (LOCALSTACK / volume.split(":")[0]).exists()
+        # cargo lambda's output does not exist until the functions are built.
+        and volume.split(":")[0] != "../target/lambda"
+    ]
+    checks.equal(f"{name}: docker-compose.yml mounts files that exist", missing, [])
+    checks.check(
+        f"{name}: docker-compose.yml publishes on 127.0.0.1 only",
+        all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", [])),
+    )
+
+
+def check_entrypoint(checks):
+    """connection-host/docker-entrypoint.sh with stand-ins for connection-host and curl (the ECS
+    task metadata endpoint), as in a task of self-hosted.yaml."""
+    name = "docker-entrypoint.sh"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "connection-host").write_text(
+            '#!/bin/sh\nprintf "args=%s\\n" "$*"\nenv | grep -E "^(CONNECTION_HOST|ENTRYPOINT)_" | sort\n'
+            'for a; do [ -f "$a" ] && sed "s/^/file=/" "$a"; done; exit 0\n'
+        )
+        (tmp / "curl").write_text(
+            "#!/bin/sh\nprintf '{\\n \"Networks\": [ {\\n  \"NetworkMode\": \"awsvpc\",\\n"
+            "  \"IPv4Addresses\": [\\n   \"10.20.2.15\"\\n  ]\\n } ]\\n}\\n'\n"
+        )
+        for stub in ("connection-host", "curl"):
+            (tmp / stub).chmod(0o755)
+        env = {
+            "PATH": f"{tmp}:/usr/bin:/bin",
+            "TMPDIR": str(tmp),
+            "ENTRYPOINT_CONFIG_TOML": '[server]\nlisten = "0.0.0.0:8080"',
+            "ENTRYPOINT_ADVERTISE_PORT": "9080",
+            "ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/test",
+        }
+        result = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=10)
+        out = result.stdout.splitlines()
+        checks.equal(
+            f"{name}: ENTRYPOINT_CONFIG_TOML becomes --config, advertise URL from the task metadata",
+            out,
+            [
+                f"args=--config {tmp}/connection-host.toml",
+                "CONNECTION_HOST_CLUSTER__ADVERTISE_URL=http://10.20.2.15:9080",
+                "file=[server]",
+                'file=listen = "0.0.0.0:8080"',
+            ],
+        )
+        env = {"PATH": env["PATH"], "CONNECTION_HOST_CLUSTER__ADVERTISE_URL": "http://10.0.0.9:9080",
+               "ENTRYPOINT_ADVERTISE_PORT": "9080"}
+        result = subprocess.run(
+            ["sh", str(ENTRYPOINT), "--config", "/x.toml", "config", "check"],
+            env=env, capture_output=True, text=True, timeout=10,
+        )
+        checks.equal(
+            f"{name}: a given --config and advertise URL win",
+            result.stdout.splitlines(),
+            ["args=--config /x.toml config check", "CONNECTION_HOST_CLUSTER__ADVERTISE_URL=http://10.0.0.9:9080"],
+        )
+
+
+def check_host_config(checks, name, text, host_bin, cluster=True):
     if not host_bin:
         print(f"note    {name}: connection-host binary not given (--host-bin): `config check` of the host configuration skipped")
         return
@@ -838,9 +982,11 @@ def check_host_config(checks, name, text, host_bin):
         path = Path(tmp) / "host.toml"
         path.write_text(text)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTION_HOST_")}
-        # As the entrypoint sets them in a task (the secret from Secrets Manager, the task's own address).
-        env["CONNECTION_HOST_CLUSTER__SECRET"] = "a-test-secret-of-48-characters-0123456789abcdefg"
-        env["CONNECTION_HOST_CLUSTER__ADVERTISE_URL"] = "http://10.20.2.15:9080"
+        if cluster:
+            # As a task of self-hosted.yaml has them: the secret from Secrets Manager, the
+            # task's own address from the entrypoint.
+            env["CONNECTION_HOST_CLUSTER__SECRET"] = "a-test-secret-of-48-characters-0123456789abcdefg"
+            env["CONNECTION_HOST_CLUSTER__ADVERTISE_URL"] = "http://10.20.2.15:9080"
         result = subprocess.run(
             [host_bin, "config", "check", str(path)], env=env, capture_output=True, text=True, timeout=30
         )
@@ -860,7 +1006,12 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     checks = Checks()
     aws = clients(args.endpoint)
-    for run in (lambda: check_managed(checks, aws, out), lambda: check_self_hosted(checks, aws, out, args.host_bin)):
+    for run in (
+        lambda: check_managed(checks, aws, out),
+        lambda: check_self_hosted(checks, aws, out, args.host_bin),
+        lambda: check_localstack(checks, aws, args.host_bin),
+        lambda: check_entrypoint(checks),
+    ):
         try:
             run()
         except Exception as e:  # one broken stack must not hide the other's results

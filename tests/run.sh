@@ -14,7 +14,9 @@
 #                  then tests/infra_deploy.py transforms managed.yaml with aws-sam-translator and deploys it and
 #                  self-hosted.yaml to moto's CloudFormation (its own moto, tests/infra_moto.py, on a free
 #                  loopback port), checking the tables, roles, functions, load balancers and ECS resources that
-#                  come up; installs cfn-lint, aws-sam-cli and boto3 (pinned) into the venv when missing
+#                  come up; also localstack/'s table definitions (created on moto), compose file and host
+#                  configuration, and the image's entrypoint; installs cfn-lint, aws-sam-cli and boto3 (pinned)
+#                  into the venv when missing
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
