@@ -7,10 +7,13 @@ set -euo pipefail
 arch="${FUNCTION_ARCHITECTURE:-x86_64}"
 endpoint="${MANAGEMENT_ENDPOINT:-http://connection-host:9080/dev}"
 
+# Without the zips, LocalStack still serves DynamoDB (enough for the test suite); the chat demo
+# then fails its connections until the functions exist.
 for fn in chat echo authorizer; do
     if [[ ! -f "/opt/functions/$fn/bootstrap.zip" ]]; then
-        echo "missing target/lambda/$fn/bootstrap.zip: run 'cd functions && cargo lambda build --release --output-format zip' first" >&2
-        exit 1
+        echo "WARNING: no target/lambda/$fn/bootstrap.zip: functions not deployed;" \
+            "run 'cd functions && cargo lambda build --release --output-format zip', then restart" >&2
+        exit 0
     fi
 done
 
