@@ -270,9 +270,10 @@ step_infra() {
 
     # The host's own `config check` of the configuration self-hosted.yaml gives its containers,
     # when the build step has made the binary.
-    local host_bin=() bin
-    bin="$(target_dir)/debug/connection-host"
-    [[ -x "$bin" ]] && host_bin=(--host-bin "$bin")
+    local host_bin=() dir
+    if dir="$(target_dir 2>/dev/null)" && [[ -x "$dir/debug/connection-host" ]]; then
+        host_bin=(--host-bin "$dir/debug/connection-host")
+    fi
     local rc=0
     timeout 170 "$VENV/bin/python" "$ROOT/tests/infra_deploy.py" --endpoint "http://127.0.0.1:$port" \
         --out "$RUN_DIR/infra" "${host_bin[@]}" </dev/null 2>&1 | tee "$RUN_DIR/infra/deploy.log" || rc=$?
