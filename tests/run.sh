@@ -227,10 +227,10 @@ infra_tools() {
 # One check of the infra step: counted in the totals, its output kept in a log.
 infra_check() {
     local name="$1"; shift
-    if "$@" >"$RUN_DIR/infra-check.log" 2>&1; then
+    if "$@" >"$RUN_DIR/infra/check.log" 2>&1; then
         PASSED=$((PASSED + 1)); echo "ok      $name"
     else
-        FAILED=$((FAILED + 1)); echo "FAILED  $name"; sed 's/^/        /' "$RUN_DIR/infra-check.log"
+        FAILED=$((FAILED + 1)); echo "FAILED  $name"; sed 's/^/        /' "$RUN_DIR/infra/check.log"
         INFRA_FAILED=1
     fi
 }
@@ -239,8 +239,9 @@ step_infra() {
     infra_tools
     mkdir -p "$RUN_DIR/infra"
     INFRA_FAILED=0
-    # Offline: no credentials, no telemetry, no instance metadata; nothing here calls AWS.
-    export AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+    # Offline: no credentials, no telemetry, no instance metadata; nothing here calls AWS. Local to
+    # this step (exported to its commands only), so the later steps see the caller's environment.
+    local -x AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
         SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true
     local template
     for template in infra/*.yaml; do
