@@ -7,7 +7,16 @@
 #     build        cargo build --workspace --all-targets (debug)
 #     clippy       cargo clippy --workspace --all-targets -- -D warnings
 #     test         cargo test --workspace (all unit and integration tests), with a moto server (DynamoDB API)
-#                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it
+#                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it;
+#                  a DYNAMODB_TEST_ENDPOINT given by the caller (e.g. LocalStack) is used instead, and moto is
+#                  not started
+#     infra        the templates of infra/: cfn-lint on each, `sam validate --lint` on the SAM ones (offline),
+#                  then tests/infra_deploy.py transforms managed.yaml with aws-sam-translator and deploys it and
+#                  self-hosted.yaml to moto's CloudFormation (its own moto, tests/infra_moto.py, on a free
+#                  loopback port), checking the tables, roles, functions, load balancers and ECS resources that
+#                  come up; also localstack/'s table definitions (created on moto), compose file and host
+#                  configuration, and the image's entrypoint; installs cfn-lint, aws-sam-cli and boto3 (pinned)
+#                  into the venv when missing
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
 #     fuzz         the libFuzzer targets in connection-host/fuzz (route selection, proxy responses, management
@@ -20,7 +29,8 @@
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
-# Environment: CARGO_TARGET_DIR is honoured. CI=true adds --locked to cargo and turns off incremental builds. KOSOKU_PARALLELISM (default 4).
+# Environment: CARGO_TARGET_DIR is honoured. DYNAMODB_TEST_ENDPOINT: see the test step. CI=true adds --locked
+# to cargo and turns off incremental builds. KOSOKU_PARALLELISM (default 4).
 # FUZZ_SECONDS (default 20): how long each fuzz target runs.
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
 # The browser step needs Node.js 20+ (node, npm) and root or sudo when chromium is not installed yet.
@@ -30,9 +40,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test conformance fuzz browser)
+ALL_STEPS=(tools fmt build clippy test infra conformance fuzz browser)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
+# The infra step's tools (aws-sam-cli brings aws-sam-translator; pinned too, since the transform uses it).
+CFN_LINT_VERSION="1.58.0"
+SAM_CLI_VERSION="1.170.0"
+SAM_TRANSLATOR_VERSION="1.115.0"
+BOTO3_VERSION="1.43.108"
 VENV="$ROOT/.venv-test"
 RUN_DIR="$ROOT/.test-run"
 PYTHON="${PYTHON:-python3}"
@@ -72,6 +87,7 @@ FAILED=0
 TIMINGS=()
 HOST_PID=""
 MOTO_PID=""
+INFRA_MOTO_PID=""
 BROWSER_TEST_PID=""
 
 # Stops a process this script started: SIGTERM, up to 15 s to exit, then SIGKILL.
@@ -94,6 +110,8 @@ cleanup() {
     local rc=$?
     set +e
     stop_moto
+    stop_pid "$INFRA_MOTO_PID"
+    INFRA_MOTO_PID=""
     stop_pid "$HOST_PID"
     HOST_PID=""
     # SIGTERM lets the browser test stop its host and Chromium itself (within ~10 s).
@@ -177,15 +195,110 @@ start_moto() {
 }
 
 step_test() {
-    start_moto
+    local endpoint="${DYNAMODB_TEST_ENDPOINT:-}"
+    if [[ -n "$endpoint" ]]; then
+        echo "DynamoDB API for the tests: $endpoint (DYNAMODB_TEST_ENDPOINT; moto not started)"
+    else
+        start_moto
+        endpoint="$MOTO_ENDPOINT"
+    fi
     mkdir -p "$RUN_DIR"
-    DYNAMODB_TEST_ENDPOINT="$MOTO_ENDPOINT" cargo test "${CARGO_FLAGS[@]}" --workspace </dev/null 2>&1 \
+    DYNAMODB_TEST_ENDPOINT="$endpoint" cargo test "${CARGO_FLAGS[@]}" --workspace --no-fail-fast </dev/null 2>&1 \
         | tee "$RUN_DIR/cargo-test.log"
     # cargo prints one "test result" line per test binary; the run's totals are their sum.
     read -r p f < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' \
         "$RUN_DIR/cargo-test.log" | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
     PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
     stop_moto
+}
+
+# Installs the infra step's tools into the venv, each only when its pinned version is missing.
+infra_tools() {
+    [[ -x "$VENV/bin/moto_server" ]] || step_tools
+    local want=() pkg version have
+    for pkg in "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION" \
+        "aws-sam-translator==$SAM_TRANSLATOR_VERSION" "boto3==$BOTO3_VERSION"; do
+        version="${pkg#*==}"
+        have="$("$VENV/bin/python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' \
+            "${pkg%%==*}" 2>/dev/null || true)"
+        [[ "$have" == "$version" ]] || want+=("$pkg")
+    done
+    if [[ ${#want[@]} -gt 0 ]]; then
+        echo "installing ${want[*]}"
+        # moto again, so that pip keeps its pinned version while resolving the others.
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+            "${want[@]}" "moto[server]==$MOTO_VERSION" </dev/null
+    fi
+    echo "cfn-lint $CFN_LINT_VERSION, aws-sam-cli $SAM_CLI_VERSION, aws-sam-translator $SAM_TRANSLATOR_VERSION, boto3 $BOTO3_VERSION in ${VENV#"$ROOT/"}/"
+}
+
+# One check of the infra step: counted in the totals, its output kept in a log.
+infra_check() {
+    local name="$1"; shift
+    if "$@" >"$RUN_DIR/infra/check.log" 2>&1; then
+        PASSED=$((PASSED + 1)); echo "ok      $name"
+    else
+        FAILED=$((FAILED + 1)); echo "FAILED  $name"; sed 's/^/        /' "$RUN_DIR/infra/check.log"
+        INFRA_FAILED=1
+    fi
+}
+
+step_infra() {
+    infra_tools
+    mkdir -p "$RUN_DIR/infra"
+    INFRA_FAILED=0
+    # Offline: no credentials, no telemetry, no instance metadata; nothing here calls AWS. Local to
+    # this step (exported to its commands only), so the later steps see the caller's environment.
+    local -x AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+        SAM_CLI_TELEMETRY=0 AWS_EC2_METADATA_DISABLED=true
+    local template
+    for template in infra/*.yaml; do
+        infra_check "cfn-lint $template" timeout 120 "$VENV/bin/cfn-lint" "$template"
+        if grep -q '^Transform: AWS::Serverless' "$template"; then
+            infra_check "sam validate --lint $template" timeout 120 "$VENV/bin/sam" validate --lint -t "$template"
+        fi
+    done
+
+    # Its own moto: CloudFormation state must not mix with the test step's tables.
+    local port log="$RUN_DIR/infra/moto.log"
+    port="$(free_port)"
+    "$VENV/bin/python" "$ROOT/tests/infra_moto.py" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
+    INFRA_MOTO_PID=$!
+    local up=""
+    for _ in $(seq 300); do
+        if curl -sf --max-time 1 "http://127.0.0.1:$port/moto-api/" >/dev/null; then up=1; break; fi
+        kill -0 "$INFRA_MOTO_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$up" ]]; then
+        echo "moto did not become ready on 127.0.0.1:$port; its log:" >&2
+        cat "$log" >&2
+        return 1
+    fi
+    echo "moto (CloudFormation) pid $INFRA_MOTO_PID on http://127.0.0.1:$port (log: ${log#"$ROOT/"})"
+
+    # The host's own `config check` of the configuration self-hosted.yaml gives its containers,
+    # when the build step has made the binary.
+    local host_bin=() dir
+    if dir="$(target_dir 2>/dev/null)" && [[ -x "$dir/debug/connection-host" ]]; then
+        host_bin=(--host-bin "$dir/debug/connection-host")
+    fi
+    local rc=0
+    timeout 170 "$VENV/bin/python" "$ROOT/tests/infra_deploy.py" --endpoint "http://127.0.0.1:$port" \
+        --out "$RUN_DIR/infra" "${host_bin[@]}" </dev/null 2>&1 | tee "$RUN_DIR/infra/deploy.log" || rc=$?
+    stop_pid "$INFRA_MOTO_PID"
+    INFRA_MOTO_PID=""
+    local p f
+    read -r p f < <(sed -n 's/^infra: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$RUN_DIR/infra/deploy.log" \
+        | tail -n1 | awk '{print $1 + 0, $2 + 0}')
+    # No summary line means the script died (or timed out) before its end: one failure at least.
+    if ! grep -q '^infra: [0-9]* passed' "$RUN_DIR/infra/deploy.log"; then f=$((f + 1)); fi
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+    if [[ $rc -ne 0 || $f -ne 0 || $INFRA_FAILED -ne 0 ]]; then
+        echo "infra: FAILED (logs: ${RUN_DIR#"$ROOT/"}/infra/)" >&2
+        return 1
+    fi
+    echo "infra: templates linted, validated and deployed to moto; transformed template: ${RUN_DIR#"$ROOT/"}/infra/managed.transformed.json"
 }
 
 target_dir() {
@@ -369,6 +482,7 @@ run_step fmt step_fmt
 run_step build step_build
 run_step clippy step_clippy
 run_step test step_test
+run_step infra step_infra
 run_step conformance step_conformance
 run_step fuzz step_fuzz
 run_step browser step_browser
