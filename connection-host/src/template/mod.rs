@@ -311,14 +311,13 @@ impl<'t> Loader<'t> {
                     )
                 })?;
             let location = format!("Resources.{id}.Condition");
-            match resource.get("Condition") {
-                None => {}
-                Some(Value::String(condition)) => {
-                    if !scope.condition(condition, &location, 0)? {
-                        continue;
-                    }
-                }
+            let wanted = match resource.get("Condition") {
+                None => true,
+                Some(Value::String(condition)) => scope.condition(condition, &location, 0)?,
                 Some(_) => return Err(Fault::new(&location, "must name a condition").into()),
+            };
+            if !wanted {
+                continue;
             }
             let properties = match resource.get("Properties") {
                 None | Some(Value::Null) => None,

@@ -2,6 +2,8 @@ use super::*;
 use crate::config::FunctionConfig;
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/chat-template.yaml");
+/// A copy of `infra/managed.yaml`, the template that deploys the chat to API Gateway.
+const MANAGED: &str = include_str!("../../tests/fixtures/managed.yaml");
 
 fn config_with_functions(names: &[&str]) -> Config {
     let mut config = Config::default();
@@ -77,6 +79,53 @@ fn the_chat_fixture_maps_to_routes_an_authorizer_and_local_functions() {
     assert!(
         summary.contains("function ChatFunction -> local function chat"),
         "{summary}"
+    );
+}
+
+#[test]
+fn the_managed_template_from_infra_loads() {
+    let mut config = config_with_functions(&["chat", "authorizer", "echo"]);
+    for (id, name) in [
+        ("ChatFunction", "chat"),
+        ("AuthorizerFunction", "authorizer"),
+        ("EchoFunction", "echo"),
+    ] {
+        config.template.functions.insert(id.into(), name.into());
+    }
+    let d = load(MANAGED, &config).unwrap();
+    assert_eq!(d.api, "WebSocketApi");
+    assert_eq!(d.stages, ["dev"]);
+    assert_eq!(
+        d.routes.keys().collect::<Vec<_>>(),
+        ["$connect", "$default", "$disconnect", "echo"]
+    );
+    assert!(d.routes["echo"].two_way);
+    assert_eq!(d.routes["echo"].integration, "EchoIntegration");
+    assert!(!d.routes["$default"].two_way);
+    assert_eq!(
+        d.routes["$connect"].authorizer.as_deref(),
+        Some("GuestAuthorizer")
+    );
+    assert_eq!(d.routes["$default"].timeout, Duration::from_secs(29));
+    assert_eq!(lambda_name(&d.integrations["EchoIntegration"]), "echo");
+    assert_eq!(
+        d.authorizers["GuestAuthorizer"].identity_sources,
+        [IdentitySource::QueryString("nickname".into())]
+    );
+    assert!(d.functions.values().all(|f| f.local), "{:?}", d.functions);
+
+    // Without a mapping, each function goes to the Invoke API under its FunctionName
+    // (`${AWS::StackName}-chat`), as deployed by a stack of that name.
+    let mut config = Config::default();
+    config.template.stack_name = "chat-prod".into();
+    let d = load(MANAGED, &config).unwrap();
+    assert_eq!(
+        lambda_name(&d.integrations["ChatIntegration"]),
+        "chat-prod-chat"
+    );
+    assert_eq!(
+        d.authorizers["GuestAuthorizer"].function_name,
+        "chat-prod-authorizer"
     );
 }
 
