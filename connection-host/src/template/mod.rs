@@ -210,7 +210,7 @@ struct Resource<'t> {
 
 struct Loader<'t> {
     scope: Scope<'t>,
-    /// Enabled resources (their `Condition`, if any, holds), in template order.
+    /// Enabled resources: those without a `Condition` or whose `Condition` holds.
     resources: Vec<Resource<'t>>,
     config: &'t Config,
     functions: BTreeMap<String, FunctionTarget>,
@@ -865,11 +865,18 @@ impl<'t> Loader<'t> {
                 ),
             ));
         }
-        let declared_name = self.string(function, "FunctionName").ok().flatten();
+        // A mapped function's FunctionName is not needed, so it may use what the loader cannot
+        // evaluate; otherwise it decides where the invocations go, and must be known.
+        let declared_name = if self.config.template.functions.contains_key(id) {
+            None
+        } else {
+            self.string(function, "FunctionName")?
+        };
         let id = id.to_string();
         Ok(self.map_function(&id, declared_name.as_deref(), "", ""))
     }
 
+    /// Applies the rules of the module documentation to one function, and records the result.
     fn map_function(
         &mut self,
         key: &str,

@@ -359,6 +359,34 @@ fn literal_function_arns_and_header_identity_sources() {
 }
 
 #[test]
+fn a_function_name_is_only_evaluated_when_it_decides_the_target() {
+    let extra = r#"  Fn:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationType: AWS_PROXY
+      IntegrationUri: !Sub arn:aws:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/${Handler.Arn}/invocations
+  Handler:
+    Type: AWS::Lambda::Function
+    Properties:
+      FunctionName: !ImportValue SharedName
+"#;
+    let text = api("", extra);
+    let e = load(&text, &Config::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("Resources.Handler.Properties.FunctionName (Fn::ImportValue)"),
+        "{e}"
+    );
+    let mut config = config_with_functions(&["handler"]);
+    config
+        .template
+        .functions
+        .insert("Handler".into(), "handler".into());
+    let d = load(&text, &config).unwrap();
+    assert_eq!(lambda_name(&d.integrations["Fn"]), "handler");
+}
+
+#[test]
 fn json_templates_load_too() {
     let json = r#"{
   "Resources": {
