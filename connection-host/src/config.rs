@@ -716,7 +716,8 @@ impl Config {
             }
             given = given.merge(Toml::file(file));
         }
-        given = given.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // CONNECTION_HOST_CONFIG names the file (the command line reads it); it is no field.
+        given = given.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
         let mut figment =
             Figment::from(Serialized::defaults(Config::default())).merge(given.clone());
         let mut server = serde_json::Map::new();
@@ -1337,6 +1338,7 @@ mod tests {
             jail.set_env("CONNECTION_HOST_LIMITS__IDLE_TIMEOUT", "7m");
             jail.set_env("CONNECTION_HOST_API__STAGE", "env");
             jail.set_env("CONNECTION_HOST_CLUSTER__SECRET", "from-the-environment");
+            jail.set_env("CONNECTION_HOST_CONFIG", "host.toml");
             let flags = Overrides {
                 stage: Some("flag".into()),
                 ..Overrides::default()
