@@ -5,6 +5,7 @@
 //! `CONNECTION_HOST_LIMITS__IDLE_TIMEOUT=5m`), then command-line flags.
 
 use crate::routing::RouteSelectionExpression;
+use crate::template::ApiDefinition;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,9 @@ pub struct Config {
     pub authorizers: BTreeMap<String, AuthorizerConfig>,
     /// Lambda functions the host runs itself (its local Lambda runtime), by function name.
     pub functions: BTreeMap<String, FunctionConfig>,
+    /// A CloudFormation/SAM template to read the API definition from instead of `[routes]`,
+    /// `[integrations]` and `[authorizers]`.
+    pub template: TemplateConfig,
     /// Behaviour beyond API Gateway's; all off by default.
     pub extensions: ExtensionsConfig,
     /// Where connection records and group memberships live.
@@ -492,6 +496,43 @@ fn default_status() -> u16 {
     200
 }
 
+/// The API definition taken from a CloudFormation/SAM template (see [`crate::template`]): with
+/// `file` set, the template's `AWS::ApiGatewayV2::*` resources supply the route selection
+/// expression, routes, integrations, authorizers and stage, and setting those in the
+/// configuration is an error (two definitions of one API would drift apart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// The template (YAML with short-form tags, or JSON); a relative path starts at the working
+    /// directory. `--template` overrides it. Unset: the API is defined by this file.
+    pub file: Option<std::path::PathBuf>,
+    /// Logical ID of the `AWS::ApiGatewayV2::Api` to serve; empty means the template's only
+    /// WebSocket API.
+    pub api: String,
+    /// How the template's Lambda functions are reached, by logical ID (or, for a function given as
+    /// a literal ARN, its function name): a `[functions]` name runs under the local runtime, any
+    /// other value is a Lambda function name or ARN for the Invoke API. Unlisted functions run
+    /// locally when `[functions]` declares their logical ID or `FunctionName`, else go to the
+    /// Invoke API under their `FunctionName` (or logical ID).
+    pub functions: BTreeMap<String, String>,
+    /// Values for the template's `Parameters`, instead of their `Default`s.
+    pub parameters: BTreeMap<String, String>,
+    /// What `AWS::StackName` stands for (e.g. in `FunctionName: !Sub ${AWS::StackName}-chat`).
+    pub stack_name: String,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            api: String::new(),
+            functions: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+            stack_name: "connection-host".into(),
+        }
+    }
+}
+
 /// Behaviour beyond API Gateway's, each opt-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -753,6 +794,9 @@ pub enum ConfigError {
     /// The file or environment could not be read or did not match the schema.
     #[error("{0}")]
     Load(#[from] Box<figment::Error>),
+    /// The template named by `--template` or `[template] file` cannot be used.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     /// A value is out of range or inconsistent.
     #[error("{field}: {reason}")]
     Invalid {
@@ -772,15 +816,37 @@ pub struct Overrides {
     /// `server.management_listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub management_listen: Option<SocketAddr>,
-    /// `api.stage`.
+    /// `api.stage`; with a template, it also wins over the template's stage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// `template.file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<std::path::PathBuf>,
 }
 
+/// Settings the template defines, as configuration keys; a configuration setting them too is
+/// refused. `api.stage` joins them when the template has a stage.
+const TEMPLATE_KEYS: [&str; 4] = [
+    "routes",
+    "integrations",
+    "authorizers",
+    "api.route_selection_expression",
+];
+
 impl Config {
-    /// Loads defaults < `file` < environment < `overrides`, then validates.
+    /// Loads defaults < `file` < environment < `overrides`, applies the template if one is named
+    /// (`overrides.template`, else `template.file`), then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Self::load_with_template(file, overrides).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the API definition read from the template, if any.
+    pub fn load_with_template(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Self, Option<ApiDefinition>), ConfigError> {
+        // What the file and the environment set, without the defaults: a template refuses them.
+        let mut given = Figment::new();
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::Invalid {
@@ -788,13 +854,15 @@ impl Config {
                     reason: format!("file {} does not exist", file.display()),
                 });
             }
-            figment = figment.merge(Toml::file(file));
+            given = given.merge(Toml::file(file));
         }
-        figment = figment.merge(
+        given = given.merge(
             Env::prefixed(ENV_PREFIX)
                 .ignore(COMMAND_LINE_ENV)
                 .split("__"),
         );
+        let mut figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(given.clone());
         let mut server = serde_json::Map::new();
         if let Some(listen) = overrides.listen {
             server.insert("listen".into(), listen.to_string().into());
@@ -808,19 +876,71 @@ impl Config {
         if let Some(stage) = &overrides.stage {
             figment = figment.merge(Serialized::default("api.stage", stage));
         }
+        if let Some(template) = &overrides.template {
+            figment = figment.merge(Serialized::default("template.file", template));
+        }
         let config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
+        config.finish(&given, overrides.stage.is_some())
     }
 
-    /// Parses a TOML document on top of the defaults (no environment), then validates.
+    /// Parses a TOML document on top of the defaults (no environment), applies its template if
+    /// it names one, then validates.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let given = Figment::from(Toml::string(text));
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
+            .merge(given.clone())
             .extract()
             .map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
+        config.finish(&given, false).map(|(config, _)| config)
+    }
+
+    /// Applies the template, if any, then validates. `given` holds what the file and environment
+    /// set; `stage_flag` says whether `--stage` chose the stage.
+    fn finish(
+        mut self,
+        given: &Figment,
+        stage_flag: bool,
+    ) -> Result<(Self, Option<ApiDefinition>), ConfigError> {
+        let Some(path) = self.template.file.clone() else {
+            self.validate()?;
+            return Ok((self, None));
+        };
+        let definition = ApiDefinition::load(&path, &self)?;
+        let mut defined = TEMPLATE_KEYS.to_vec();
+        if !definition.stages.is_empty() && !stage_flag {
+            defined.push("api.stage");
+        }
+        if let Some(key) = defined.into_iter().find(|key| given.contains(key)) {
+            return Err(ConfigError::Invalid {
+                field: key.into(),
+                reason: format!(
+                    "the template {} defines it; remove it from the configuration (or stop using the template)",
+                    path.display()
+                ),
+            });
+        }
+        if !stage_flag {
+            match definition.stages.as_slice() {
+                [] => {}
+                [one] => self.api.stage.clone_from(one),
+                many => {
+                    return Err(ConfigError::Invalid {
+                        field: "api.stage".into(),
+                        reason: format!(
+                            "the template {} has several stages ({}): choose one with --stage",
+                            path.display(),
+                            many.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        self.api.route_selection_expression = definition.route_selection_expression.clone();
+        self.routes.clone_from(&definition.routes);
+        self.integrations.clone_from(&definition.integrations);
+        self.authorizers.clone_from(&definition.authorizers);
+        self.validate()?;
+        Ok((self, Some(definition)))
     }
 
     /// Checks ranges and references that the schema alone cannot express.
@@ -1361,6 +1481,56 @@ mod tests {
         }
     }
 
+    fn with_fixture_template(rest: &str) -> Result<Config, ConfigError> {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/chat-template.yaml"
+        );
+        Config::from_toml(&format!(
+            "[template]\nfile = \"{fixture}\"\nfunctions = {{ ChatFunction = \"chat\", AuthorizerFunction = \"authorizer\" }}\n[functions.chat]\ncommand = \"chat\"\n[functions.authorizer]\ncommand = \"authorizer\"\n{rest}"
+        ))
+    }
+
+    #[test]
+    fn a_template_supplies_the_api_definition() {
+        let c = with_fixture_template("[api]\nregion = \"eu-west-1\"").unwrap();
+        assert_eq!(c.api.stage, "dev");
+        assert_eq!(c.api.region, "eu-west-1");
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(
+            c.routes["$connect"].authorizer.as_deref(),
+            Some("GuestAuthorizer")
+        );
+        assert!(matches!(
+            &c.integrations["ChatIntegration"],
+            IntegrationConfig::Lambda { function_name, .. } if function_name == "chat"
+        ));
+        let AuthorizerConfig::Request(guest) = &c.authorizers["GuestAuthorizer"] else {
+            panic!("a template's REQUEST authorizer is a Lambda authorizer");
+        };
+        assert_eq!(guest.function_name, "authorizer");
+        for (rest, field) in [
+            (
+                "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"",
+                "routes:",
+            ),
+            ("[integrations.m]\ntype = \"mock\"", "integrations:"),
+            (
+                "[api]\nroute_selection_expression = \"$request.body.x\"",
+                "api.route_selection_expression:",
+            ),
+            ("[api]\nstage = \"prod\"", "api.stage:"),
+            ("[template.parameters]\nStageName = \"a b\"", "api.stage:"),
+        ] {
+            let err = with_fixture_template(rest).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{rest}: {err}");
+        }
+        let err = Config::from_toml("[template]\nfile = \"/nonexistent.yaml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.yaml"), "{err}");
+    }
+
     // figment's Jail closure must return figment's own (large) error type.
     #[allow(clippy::result_large_err)]
     #[test]
@@ -1392,6 +1562,40 @@ mod tests {
                 err.to_string().to_lowercase().contains("missed_pongs"),
                 "{err}"
             );
+            // --template names the template; --stage wins over the template's stage and the
+            // file's routes are refused.
+            let fixture = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/chat-template.yaml"
+            );
+            jail.set_env("CONNECTION_HOST_LIMITS__MISSED_PONGS", "3");
+            jail.create_file(
+                "functions.toml",
+                "[template.functions]\nChatFunction = \"chat\"\n[functions.chat]\ncommand = \"chat\"\n",
+            )?;
+            let templated = Overrides {
+                template: Some(fixture.into()),
+                ..flags.clone()
+            };
+            let (c, definition) =
+                Config::load_with_template(Some(Path::new("functions.toml")), &templated)
+                    .expect("loads with the template");
+            assert_eq!(c.api.stage, "flag");
+            assert_eq!(c.template.file.as_deref(), Some(Path::new(fixture)));
+            assert_eq!(definition.expect("a definition").api, "ChatApi");
+            // Without --stage, the environment's api.stage clashes with the template's stage.
+            let unstaged = Overrides {
+                stage: None,
+                ..templated.clone()
+            };
+            let err = Config::load(Some(Path::new("functions.toml")), &unstaged).unwrap_err();
+            assert!(err.to_string().starts_with("api.stage:"), "{err}");
+            jail.create_file(
+                "routes.toml",
+                "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"\n",
+            )?;
+            let err = Config::load(Some(Path::new("routes.toml")), &templated).unwrap_err();
+            assert!(err.to_string().starts_with("routes:"), "{err}");
             let missing = Config::load(Some(Path::new("nope.toml")), &flags).unwrap_err();
             assert!(missing.to_string().contains("does not exist"), "{missing}");
             Ok(())

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod tls;
 
 pub use config::Config;

@@ -20,9 +20,13 @@ struct Cli {
     /// Separate address for the management API and /health.
     #[arg(long)]
     management_listen: Option<SocketAddr>,
-    /// Stage name (the first path segment of every URL).
-    #[arg(long)]
+    /// Stage name (the first path segment of every URL); wins over a template's stage.
+    #[arg(long, global = true)]
     stage: Option<String>,
+    /// CloudFormation/SAM template (YAML or JSON) whose AWS::ApiGatewayV2 resources define the
+    /// routes, integrations, authorizers and stage, overriding `[template] file`.
+    #[arg(long, global = true)]
+    template: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -53,7 +57,8 @@ enum StoreAction {
 enum ConfigAction {
     /// Print the complete, commented default configuration.
     Default,
-    /// Check a configuration file and report the first problem with its field.
+    /// Check a configuration file (and its template, if any) and report the first problem with
+    /// its field, or what the template defines.
     Check {
         /// The file to check.
         file: PathBuf,
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         management_listen: cli.management_listen,
         stage: cli.stage.clone(),
+        template: cli.template.clone(),
     };
     match cli.command {
         Some(Command::Config {
@@ -76,14 +82,18 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Config {
             action: ConfigAction::Check { file },
-        }) => match Config::load(Some(&file), &overrides) {
-            Ok(config) => {
+        }) => match Config::load_with_template(Some(&file), &overrides) {
+            Ok((config, definition)) => {
                 println!(
-                    "{}: ok ({} routes, {} integrations)",
+                    "{}: ok ({} routes, {} integrations, stage {})",
                     file.display(),
                     config.routes.len(),
-                    config.integrations.len()
+                    config.integrations.len(),
+                    config.api.stage
                 );
+                for line in definition.iter().flat_map(|d| d.summary()) {
+                    println!("{line}");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -107,7 +117,16 @@ fn main() -> anyhow::Result<()> {
                 // Colour codes only for a terminal; log files and collectors get plain text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .init();
-            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let (config, definition) =
+                Config::load_with_template(cli.config.as_deref(), &overrides)?;
+            if let Some(definition) = definition {
+                tracing::info!(
+                    template = %definition.path.display(),
+                    api = %definition.api,
+                    routes = definition.routes.len(),
+                    "API definition read from the template"
+                );
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listeners = connection_host::Listeners::bind(&config)

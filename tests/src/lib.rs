@@ -2,6 +2,9 @@
 //! workspace build, started as real processes with their own configuration files, and the moto
 //! endpoint the DynamoDB tests run against.
 
+pub mod chat;
+
+use std::ffi::OsStr;
 use std::fs::File;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -99,8 +102,17 @@ impl Drop for TempDir {
 /// A `Command` for the host binary with a clean environment for it: no inherited
 /// `CONNECTION_HOST_*` or `AWS_*` variables, then `env` (e.g. the endpoint and credentials).
 pub fn host_command(config: &Path, env: &[(&str, &str)]) -> Command {
+    host_command_with_args(config, &[], env)
+}
+
+/// [`host_command`] with more arguments after `--config {config}`, e.g. `--template FILE`.
+pub fn host_command_with_args(config: &Path, args: &[&OsStr], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(host_binary());
-    command.arg("--config").arg(config).stdin(Stdio::null());
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null());
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         if k.starts_with("CONNECTION_HOST_") || k.starts_with("AWS_") {
@@ -126,13 +138,24 @@ impl HostProcess {
     /// Starts `connection-host --config {config}` with `env` (see [`host_command`]), logging to
     /// `{log}`; appends to the log, so a restart keeps the previous run's lines.
     pub fn spawn(name: &str, config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_args(name, config, &[], log, env)
+    }
+
+    /// [`HostProcess::spawn`] with more command-line arguments (see [`host_command_with_args`]).
+    pub fn spawn_with_args(
+        name: &str,
+        config: &Path,
+        args: &[&OsStr],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let out = File::options()
             .create(true)
             .append(true)
             .open(log)
             .expect("open the host's log file");
         let err = out.try_clone().unwrap();
-        let child = host_command(config, env)
+        let child = host_command_with_args(config, args, env)
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -292,9 +315,22 @@ pub async fn start_host(
     config: &str,
     env: &[(&str, &str)],
 ) -> HostProcess {
+    start_host_with_args(name, dir, addr, config, &[], env).await
+}
+
+/// [`start_host`] with more command-line arguments, e.g. `--template FILE`.
+pub async fn start_host_with_args(
+    name: &str,
+    dir: &Path,
+    addr: SocketAddr,
+    config: &str,
+    args: &[&OsStr],
+    env: &[(&str, &str)],
+) -> HostProcess {
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, config).expect("write the host's configuration");
-    let mut host = HostProcess::spawn(name, &file, &dir.join(format!("{name}.log")), env);
+    let mut host =
+        HostProcess::spawn_with_args(name, &file, args, &dir.join(format!("{name}.log")), env);
     host.wait_healthy(&format!("http://{addr}/health"), Duration::from_secs(30))
         .await;
     host

@@ -2,44 +2,16 @@
 //! under the host's local Lambda runtime, the groups extension as the rooms backend, and three
 //! WebSocket clients chatting across rooms.
 
+use e2e_tests::chat::{connect, demo_config, join, three_clients_chat_across_rooms};
 use e2e_tests::{
-    HostProcess, TempDir, Ws, free_loopback_addrs, lambda_client, next_text, start_host, within,
-    workspace_binary, ws_connect,
+    HostProcess, TempDir, free_loopback_addrs, lambda_client, start_host, within, workspace_binary,
 };
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The repository's `functions/demo.toml`, pointed at the workspace build's binaries (already
-/// built, so without the `build` commands) and at `addr`.
-fn demo_config(addr: SocketAddr) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let demo =
-        std::fs::read_to_string(repo.join("functions/demo.toml")).expect("functions/demo.toml");
-    let bin_dir = workspace_binary("chat").parent().unwrap().to_path_buf();
-    let config = demo
-        .lines()
-        .filter(|l| !l.starts_with("build = "))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace(
-            "${CARGO_TARGET_DIR:-target}/debug",
-            &bin_dir.display().to_string(),
-        )
-        .replace(
-            "\"functions/web\"",
-            &format!("\"{}\"", repo.join("functions/web").display()),
-        )
-        .replace("127.0.0.1:8080", &addr.to_string());
-    assert!(
-        config.contains(&addr.to_string()),
-        "demo.toml no longer sets server.listen"
-    );
-    config
-}
 
 struct Demo {
     host: HostProcess,
@@ -50,7 +22,8 @@ struct Demo {
 async fn start_demo() -> Demo {
     let dir = TempDir::new("chat-demo");
     let addr = free_loopback_addrs(1)[0];
-    let host = start_host("demo", dir.path(), addr, &demo_config(addr), &[]).await;
+    let config = demo_config("functions/demo.toml", addr);
+    let host = start_host("demo", dir.path(), addr, &config, &[]).await;
     Demo {
         host,
         addr,
@@ -58,136 +31,10 @@ async fn start_demo() -> Demo {
     }
 }
 
-async fn connect(addr: SocketAddr, nickname: &str) -> Result<Ws, u16> {
-    ws_connect(&format!("ws://{addr}/dev?nickname={nickname}")).await
-}
-
-async fn send(ws: &mut Ws, value: Value) {
-    ws.send(Message::text(value.to_string())).await.unwrap();
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    let text = next_text(ws, Duration::from_secs(10)).await;
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
-/// Asks for a pong and returns everything that arrived before it: proof of what a client did
-/// (or did not) receive up to now.
-async fn until_pong(ws: &mut Ws) -> Vec<Value> {
-    send(ws, json!({"action": "ping"})).await;
-    let mut before = Vec::new();
-    loop {
-        let v = next_json(ws).await;
-        if v["type"] == "pong" {
-            return before;
-        }
-        before.push(v);
-    }
-}
-
-async fn join(ws: &mut Ws, room: &str) {
-    send(ws, json!({"action": "join", "room": room})).await;
-    let reply = next_json(ws).await;
-    assert_eq!(reply, json!({"type": "joined", "room": room}));
-}
-
 #[tokio::test]
 async fn three_clients_chat_across_rooms_through_the_real_functions() {
     let demo = start_demo().await;
-    let addr = demo.addr;
-    // The authorizer refuses a bad nickname before any $connect runs.
-    assert_eq!(connect(addr, "%3Cscript%3E").await.err(), Some(401));
-
-    let mut alice = connect(addr, "alice").await.expect("alice");
-    let mut bob = connect(addr, "bob").await.expect("bob");
-    let mut carol = connect(addr, "carol").await.expect("carol");
-
-    join(&mut alice, "lobby").await;
-    join(&mut bob, "lobby").await;
-    let presence = next_json(&mut alice).await;
-    assert_eq!(presence["type"], "presence");
-    assert_eq!(presence["event"], "join");
-    assert_eq!(
-        presence["nickname"], "bob",
-        "the nickname comes from the authorizer context"
-    );
-    join(&mut carol, "games").await;
-    join(&mut bob, "games").await;
-    assert_eq!(next_json(&mut carol).await["nickname"], "bob");
-
-    // A lobby message reaches the lobby (sender included), not carol.
-    let text = "<b>hi</b> & <img src=x>";
-    send(
-        &mut alice,
-        json!({"action": "send", "room": "lobby", "text": text}),
-    )
-    .await;
-    for ws in [&mut alice, &mut bob] {
-        let m = next_json(ws).await;
-        assert_eq!(m["type"], "message");
-        assert_eq!(m["room"], "lobby");
-        assert_eq!(m["nickname"], "alice");
-        assert_eq!(m["text"], text);
-    }
-    assert_eq!(until_pong(&mut carol).await, Vec::<Value>::new());
-
-    // A games message reaches bob and carol, not alice.
-    send(
-        &mut carol,
-        json!({"action": "send", "room": "games", "text": "gg"}),
-    )
-    .await;
-    for ws in [&mut carol, &mut bob] {
-        let m = next_json(ws).await;
-        assert_eq!(
-            (m["room"].as_str(), m["text"].as_str()),
-            (Some("games"), Some("gg"))
-        );
-        assert_eq!(m["nickname"], "carol");
-    }
-    assert_eq!(until_pong(&mut alice).await, Vec::<Value>::new());
-
-    // Invalid input is answered with an error to the sender only.
-    for bad in [
-        json!({"action": "send", "room": "games", "text": "not a member"}),
-        json!({"action": "join", "room": "no spaces allowed"}),
-        json!({"action": "fly"}),
-        json!({"action": "send", "room": "lobby", "text": "hi", "extra": 1}),
-    ] {
-        send(&mut alice, bad.clone()).await;
-        let reply = next_json(&mut alice).await;
-        assert_eq!(reply["type"], "error", "{bad} → {reply}");
-    }
-    alice.send(Message::text("not json")).await.unwrap();
-    assert_eq!(next_json(&mut alice).await["type"], "error");
-    assert_eq!(until_pong(&mut bob).await, Vec::<Value>::new());
-
-    // Members and leaving.
-    send(&mut bob, json!({"action": "list", "room": "lobby"})).await;
-    let members = next_json(&mut bob).await;
-    assert_eq!(members["type"], "members");
-    assert_eq!(members["connectionIds"].as_array().map(Vec::len), Some(2));
-    send(&mut bob, json!({"action": "leave", "room": "lobby"})).await;
-    assert_eq!(
-        next_json(&mut bob).await,
-        json!({"type": "left", "room": "lobby"})
-    );
-    let left = next_json(&mut alice).await;
-    assert_eq!(
-        (left["event"].as_str(), left["nickname"].as_str()),
-        (Some("leave"), Some("bob"))
-    );
-
-    // A client that goes away stops receiving; the others carry on.
-    drop(carol);
-    send(
-        &mut bob,
-        json!({"action": "send", "room": "games", "text": "still here"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut bob).await["text"], "still here");
-    let log = demo.host.log_text();
-    assert!(!log.contains("panicked"), "a function panicked:\n{log}");
+    three_clients_chat_across_rooms(demo.addr, &demo.host).await;
 }
 
 #[tokio::test]
@@ -238,7 +85,7 @@ async fn the_example_functions_answer_the_captured_aws_sample_events() {
     let addr = free_loopback_addrs(1)[0];
     let config = format!(
         "{}\n[functions.echo]\ncommand = \"{}\"\n",
-        demo_config(addr),
+        demo_config("functions/demo.toml", addr),
         workspace_binary("echo").display()
     );
     let host = start_host("examples", dir.path(), addr, &config, &[]).await;
