@@ -1451,9 +1451,11 @@ mod tests {
 
     #[test]
     fn jwt_authorizers_parse_and_their_keys_are_checked() {
-        let c = Config::from_toml(
-            "[authorizers.j]\ntype = \"jwt\"\ntoken_source = \"subprotocol\"\nissuer = \"https://issuer.test\"\naudience = [\"api\"]\nleeway = \"5s\"\n[[authorizers.j.keys]]\nalgorithm = \"HS256\"\nsecret = \"s3cret\"\n[[authorizers.j.keys]]\njwks_file = \"tests/fixtures/jwt/jwks.json\"\n",
-        )
+        // An absolute path: another test (figment's Jail) changes the working directory meanwhile.
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/jwks.json");
+        let c = Config::from_toml(&format!(
+            "[authorizers.j]\ntype = \"jwt\"\ntoken_source = \"subprotocol\"\nissuer = \"https://issuer.test\"\naudience = [\"api\"]\nleeway = \"5s\"\n[[authorizers.j.keys]]\nalgorithm = \"HS256\"\nsecret = \"s3cret\"\n[[authorizers.j.keys]]\njwks_file = \"{jwks}\"\n",
+        ))
         .unwrap();
         let AuthorizerConfig::Jwt(j) = &c.authorizers["j"] else {
             panic!("type = \"jwt\" is a JWT authorizer");

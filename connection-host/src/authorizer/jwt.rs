@@ -444,8 +444,14 @@ mod tests {
 
     const SECRET: &str = "a-test-secret-of-enough-length!!";
 
+    /// Files named relative to the crate are made absolute: another test (figment's Jail)
+    /// changes the process's working directory while these run.
     fn config(toml: &str) -> JwtAuthorizerConfig {
-        toml::from_str(toml).unwrap()
+        let root = env!("CARGO_MANIFEST_DIR");
+        let toml = toml
+            .replace("\"tests/fixtures/", &format!("\"{root}/tests/fixtures/"))
+            .replace("\"Cargo.toml\"", &format!("\"{root}/Cargo.toml\""));
+        toml::from_str(&toml).unwrap()
     }
 
     fn hs256() -> JwtAuthorizer {
