@@ -3,7 +3,7 @@
 #
 #   tests/run.sh                        every step, in this order:
 #     tools        Python venv .venv-test/ with the pinned test tools (kosoku, moto), created/installed only if missing
-#     fmt          cargo fmt --all -- --check
+#     fmt          cargo fmt --all -- --check, for the workspace and for connection-host/fuzz
 #     build        cargo build --workspace --all-targets (debug)
 #     clippy       cargo clippy --workspace --all-targets -- -D warnings
 #     test         cargo test --workspace (all unit and integration tests), with a moto server (DynamoDB API)
@@ -20,7 +20,7 @@
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
 #     fuzz         the libFuzzer targets in connection-host/fuzz (route selection, proxy responses, management
-#                  paths), built with coverage instrumentation on the stable toolchain and run FUZZ_SECONDS
+#                  paths), built with coverage instrumentation on the stable toolchain (and clippy), and run FUZZ_SECONDS
 #                  each from the seeds in connection-host/fuzz/seeds; a crash fails the step and leaves its
 #                  input in .test-run/fuzz/TARGET/
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
@@ -162,7 +162,11 @@ step_tools() {
     echo "kosoku $KOSOKU_VERSION, moto $MOTO_VERSION in ${VENV#"$ROOT/"}/"
 }
 
-step_fmt() { cargo fmt --all -- --check; }
+# The fuzz targets are a workspace of their own, so `--all` does not reach them.
+step_fmt() {
+    cargo fmt --all -- --check
+    cargo fmt --all --manifest-path "$ROOT/connection-host/fuzz/Cargo.toml" -- --check
+}
 
 step_build() { cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets; }
 
@@ -401,6 +405,8 @@ step_fuzz() {
     # An explicit --target keeps the instrumentation out of build scripts and proc macros.
     RUSTFLAGS="$FUZZ_RUSTFLAGS" CARGO_TARGET_DIR="$target" cargo build "${CARGO_FLAGS[@]}" \
         --manifest-path "$dir/Cargo.toml" --target "$host" --bins
+    RUSTFLAGS="$FUZZ_RUSTFLAGS" CARGO_TARGET_DIR="$target" cargo clippy "${CARGO_FLAGS[@]}" \
+        --manifest-path "$dir/Cargo.toml" --target "$host" --bins -- -D warnings
     for t in "${FUZZ_TARGETS[@]}"; do
         bin="$target/$host/debug/$t"
         mkdir -p "$out/$t/corpus"
