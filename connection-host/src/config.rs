@@ -1451,9 +1451,12 @@ mod tests {
 
     #[test]
     fn jwt_authorizers_parse_and_their_keys_are_checked() {
-        let c = Config::from_toml(
-            "[authorizers.j]\ntype = \"jwt\"\ntoken_source = \"subprotocol\"\nissuer = \"https://issuer.test\"\naudience = [\"api\"]\nleeway = \"5s\"\n[[authorizers.j.keys]]\nalgorithm = \"HS256\"\nsecret = \"s3cret\"\n[[authorizers.j.keys]]\njwks_file = \"tests/fixtures/jwt/jwks.json\"\n",
-        )
+        // An absolute path: the configuration-precedence test moves the working directory into
+        // its jail while the other tests run.
+        let c = Config::from_toml(&format!(
+            "[authorizers.j]\ntype = \"jwt\"\ntoken_source = \"subprotocol\"\nissuer = \"https://issuer.test\"\naudience = [\"api\"]\nleeway = \"5s\"\n[[authorizers.j.keys]]\nalgorithm = \"HS256\"\nsecret = \"s3cret\"\n[[authorizers.j.keys]]\njwks_file = \"{}/tests/fixtures/jwt/jwks.json\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .unwrap();
         let AuthorizerConfig::Jwt(j) = &c.authorizers["j"] else {
             panic!("type = \"jwt\" is a JWT authorizer");
