@@ -186,6 +186,24 @@ fn every_example_configuration_checks() {
         let output = run(&["config", "check", docker], env);
         assert!(output.status.success(), "{env:?}: {}", stderr(&output));
     }
+    // A key whose variable is unset stops the start, so the check fails too, naming it. (An ID
+    // given through the environment arrives lowercased, so the field is compared as such.)
+    let output = run(
+        &["config", "check", docker],
+        &[(
+            "CONNECTION_HOST_MANAGEMENT__AUTH__KEYS__AKIAEXAMPLEHOST01__SECRET_ENV",
+            "CLI_TEST_UNSET_MANAGEMENT_SECRET",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stderr(&output)
+            .to_lowercase()
+            .contains("management.auth.keys.akiaexamplehost01.secret_env")
+            && stderr(&output).contains("CLI_TEST_UNSET_MANAGEMENT_SECRET"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
