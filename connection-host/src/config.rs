@@ -1216,6 +1216,8 @@ impl Config {
                 "must be between 1s and 1h (AWS allows 5m)",
             );
         }
+        let management_addr = self.server.management_listen.unwrap_or(self.server.listen);
+        let signatures_required = crate::management::auth::required(auth, management_addr);
         for (id, key) in &auth.keys {
             if id.is_empty() || id.len() > 128 || !id.bytes().all(|c| c.is_ascii_alphanumeric()) {
                 return invalid(
@@ -1229,9 +1231,14 @@ impl Config {
                     "set exactly one of secret_env, secret_file or secret",
                 );
             }
+            // Read here as the start reads them (only when signatures are required), so `config
+            // check` catches an unset variable or an unreadable file instead of passing a file
+            // the host then refuses to start with.
+            if signatures_required && let Err((field, reason)) = key.resolve() {
+                return invalid(format!("management.auth.keys.{id}.{field}"), &reason);
+            }
         }
-        let management_addr = self.server.management_listen.unwrap_or(self.server.listen);
-        if auth.keys.is_empty() && crate::management::auth::required(auth, management_addr) {
+        if auth.keys.is_empty() && signatures_required {
             return invalid(
                 "management.auth.keys".into(),
                 &format!(

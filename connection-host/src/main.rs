@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use connection_host::config::{Config, DEFAULT_CONFIG_TOML, Overrides, StoreKind};
 use connection_host::store::DynamoDbStore;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Self-hosted API Gateway WebSocket APIs.
 #[derive(Parser)]
@@ -60,8 +60,9 @@ enum ConfigAction {
     /// Check a configuration file (and its template, if any) and report the first problem with
     /// its field, or what the template defines.
     Check {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check; without it, the one `--config` or `CONNECTION_HOST_CONFIG` names,
+        /// so the check reads exactly what a start would.
+        file: Option<PathBuf>,
     },
 }
 
@@ -82,25 +83,15 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Config {
             action: ConfigAction::Check { file },
-        }) => match Config::load_with_template(Some(&file), &overrides) {
-            Ok((config, definition)) => {
-                println!(
-                    "{}: ok ({} routes, {} integrations, stage {})",
-                    file.display(),
-                    config.routes.len(),
-                    config.integrations.len(),
-                    config.api.stage
+        }) => {
+            let Some(file) = file.or(cli.config) else {
+                eprintln!(
+                    "config check: name the file to check (FILE, --config or CONNECTION_HOST_CONFIG)"
                 );
-                for line in definition.iter().flat_map(|d| d.summary()) {
-                    println!("{line}");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                std::process::exit(1);
-            }
-        },
+                std::process::exit(2);
+            };
+            check(&file, &overrides)
+        }
         Some(Command::Store {
             action: StoreAction::Init,
         }) => {
@@ -134,6 +125,30 @@ fn main() -> anyhow::Result<()> {
                 connection_host::run(config, listeners, shutdown_signal()).await?;
                 Ok(())
             })
+        }
+    }
+}
+
+/// `config check`: loads `file` (and its template) as a start would, and prints what it defines
+/// or the first problem, with its field; a problem exits 1.
+fn check(file: &Path, overrides: &Overrides) -> anyhow::Result<()> {
+    match Config::load_with_template(Some(file), overrides) {
+        Ok((config, definition)) => {
+            println!(
+                "{}: ok ({} routes, {} integrations, stage {})",
+                file.display(),
+                config.routes.len(),
+                config.integrations.len(),
+                config.api.stage
+            );
+            for line in definition.iter().flat_map(|d| d.summary()) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            std::process::exit(1);
         }
     }
 }

@@ -561,3 +561,101 @@ secret = "{SECRET}"
     .await;
     assert_eq!(status, 401);
 }
+
+/// An HS256 token of the valid claims, with `sub` set to `sub`, signed with `secret`.
+fn hs256(secret: &[u8], sub: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims_with("sub", json!(sub)),
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Expects a token signed with `good` to connect (its `sub` reaching `$connect`) and each of
+/// `bad` to be refused with 401 without anything run.
+async fn admits_only(host: &TestHost, handler: &Handler, good: &[u8], bad: &[&[u8]]) {
+    for (i, secret) in bad.iter().enumerate() {
+        let (status, body) = attempt(host, Some(&hs256(secret, "intruder"))).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (401, r#"{"message":"Unauthorized"}"#),
+            "token {i} signed with another secret"
+        );
+    }
+    assert!(handler.events().is_empty(), "{:#?}", handler.events());
+    let (mut ws, _) = try_connect(
+        host.addr,
+        "/dev",
+        &[(
+            "Authorization",
+            &format!("Bearer {}", hs256(good, "keyholder")),
+        )],
+        None,
+    )
+    .await
+    .expect("a token signed with the configured secret connects");
+    let connect = handler.wait_route("$connect", None).await;
+    assert_eq!(connect["requestContext"]["authorizer"]["sub"], "keyholder");
+    ws.close(None).await.unwrap();
+    handler.wait_route("$disconnect", None).await;
+    assert_eq!(handler.events().len(), 2, "{:#?}", handler.events());
+}
+
+#[tokio::test]
+async fn an_hs256_secret_from_secret_env_verifies_tokens() {
+    // No other test reads or writes this variable.
+    const VARIABLE: &str = "CONNECTION_HOST_TEST_JWT_SECRET_FROM_ENV";
+    const FROM_ENV: &str = "an-hs256-secret-read-from-the-environment";
+    // SAFETY: std's own environment functions serialize on one lock, and this variable is set
+    // once, before the host that reads it starts; nothing else in this test binary reads it.
+    unsafe { std::env::set_var(VARIABLE, FROM_ENV) };
+    let handler = Handler::start(|_| Reply::proxy(200, None)).await;
+    let host = start(
+        &handler,
+        "header",
+        &format!("[[authorizers.jwt.keys]]\nalgorithm = \"HS256\"\nsecret_env = \"{VARIABLE}\"\n"),
+    )
+    .await;
+    admits_only(
+        &host,
+        &handler,
+        FROM_ENV.as_bytes(),
+        &[SECRET.as_bytes(), VARIABLE.as_bytes()],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_hs256_secret_from_secret_file_verifies_tokens_without_its_whitespace() {
+    const IN_FILE: &str = "an-hs256-secret-read-from-a-file";
+    let path = std::env::temp_dir().join(format!(
+        "connection-host-jwt-secret-{}.txt",
+        std::process::id()
+    ));
+    // As an editor, `echo` or a mounted secret might leave it: whitespace around, a final newline.
+    let contents = format!("  \t{IN_FILE}\n\n");
+    std::fs::write(&path, &contents).unwrap();
+    let handler = Handler::start(|_| Reply::proxy(200, None)).await;
+    let host = start(
+        &handler,
+        "header",
+        &format!(
+            "[[authorizers.jwt.keys]]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .await;
+    admits_only(
+        &host,
+        &handler,
+        IN_FILE.as_bytes(),
+        &[
+            SECRET.as_bytes(),
+            contents.as_bytes(),
+            format!("{IN_FILE}\n").as_bytes(),
+        ],
+    )
+    .await;
+    std::fs::remove_file(&path).unwrap();
+}

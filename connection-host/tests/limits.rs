@@ -528,3 +528,104 @@ async fn request_head_limits() {
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
     }
 }
+
+#[tokio::test]
+async fn a_connection_flood_is_refused_while_a_connected_client_keeps_its_latency() {
+    const RATE: usize = 20;
+    const ATTEMPTS: usize = 500;
+    const IN_FLIGHT: usize = 50;
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(
+        &handler,
+        &format!("connections_per_second = {RATE}"),
+    ))
+    .await;
+    let mut calm = connect(host.addr).await;
+    send_text(&mut calm, r#"{"action":"whoami"}"#).await;
+    let calm_reply: Value = serde_json::from_str(&next_text(&mut calm).await).unwrap();
+    assert!(calm_reply["connectionId"].is_string());
+
+    let addr = host.addr;
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood_on = flooding.clone();
+    let flood = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut attempts = futures_util::stream::iter(0..ATTEMPTS)
+            .map(|_| try_connect(addr, "/dev", &[], None))
+            .buffer_unordered(IN_FLIGHT);
+        let (mut accepted, mut refused) = (0usize, 0usize);
+        while let Some(attempt) = attempts.next().await {
+            match attempt {
+                Ok((mut ws, _)) => {
+                    accepted += 1;
+                    ws.close(None).await.unwrap();
+                }
+                Err(WsError::Http(response)) => {
+                    assert_eq!(response.status().as_u16(), 429);
+                    let body = response.body().as_deref().unwrap_or_default();
+                    assert_eq!(body, br#"{"message":"Too Many Requests"}"#);
+                    refused += 1;
+                }
+                Err(e) => panic!("a flood handshake failed without an HTTP answer: {e}"),
+            }
+        }
+        let took = started.elapsed();
+        flood_on.store(false, Ordering::Relaxed);
+        (accepted, refused, took)
+    });
+
+    // The calm client's round trips, one every 10 ms, for as long as the flood lasts (and at
+    // least 20).
+    let mut latencies = Vec::new();
+    let mut during_flood = 0;
+    for i in 0.. {
+        let flood_active = flooding.load(Ordering::Relaxed);
+        if !flood_active && i >= 20 {
+            break;
+        }
+        assert!(i < 3000, "the flood never ended");
+        let text = format!(r#"{{"action":"echo","n":{i}}}"#);
+        let t = Instant::now();
+        send_text(&mut calm, &text).await;
+        assert_eq!(next_text(&mut calm).await, text);
+        latencies.push(t.elapsed());
+        during_flood += usize::from(flood_active);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (accepted, refused, flood_time) = within("the flood's end", flood).await.unwrap();
+    latencies.sort();
+    let (p50, max) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    println!(
+        "{ATTEMPTS} handshakes ({IN_FLIGHT} in flight) at {RATE}/s in {flood_time:?}: {accepted} accepted, \
+         {refused} refused with 429; calm client: {} round trips ({during_flood} during the flood), p50 {p50:?}, max {max:?}",
+        latencies.len()
+    );
+    assert_eq!(accepted + refused, ATTEMPTS);
+    // The calm client took one token just before; what is left of the burst, at least, is served.
+    assert!(accepted >= RATE - 1, "{accepted} accepted");
+    // At most the burst, plus what refilled while the flood lasted.
+    let refilled = (flood_time.as_secs_f64() * RATE as f64).ceil() as usize;
+    assert!(
+        accepted <= RATE + refilled,
+        "{accepted} accepted in {flood_time:?}"
+    );
+    assert!(
+        during_flood > 0,
+        "the calm client was served during the flood"
+    );
+    assert!(max < Duration::from_secs(1), "calm round trip took {max:?}");
+    // $connect runs before the 101, so every accepted handshake has been seen by now.
+    assert_eq!(
+        connects(&handler),
+        accepted + 1,
+        "refused handshakes ran no $connect"
+    );
+    send_text(&mut calm, r#"{"action":"echo","after":true}"#).await;
+    assert_eq!(
+        next_text(&mut calm).await,
+        r#"{"action":"echo","after":true}"#
+    );
+}
