@@ -5,6 +5,7 @@ mod common;
 
 use axum::response::IntoResponse;
 use base64::Engine;
+use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -15,6 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The handler every gateway test uses; what it answers depends on the event:
 /// - CONNECT: `?status=N` → statusCode N; `?sub=multi|single` → accepts with
@@ -612,6 +615,57 @@ async fn protocol_violations_close_only_the_offender() {
     assert_eq!(expect_close(&mut ws).await.0, 1007);
     disconnect_of(&handler, &id).await;
     assert_still_works(&mut bystander, 3).await;
+}
+
+/// Sends a text message of `len` bytes as frames of at most `frame` bytes (`x`s throughout).
+async fn send_fragmented(ws: &mut Ws, len: usize, frame: usize) {
+    let chunks = len.div_ceil(frame);
+    for i in 0..chunks {
+        let size = frame.min(len - i * frame);
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let payload = Bytes::from(vec![b'x'; size]);
+        // The host may close as soon as the message is too big; later frames then go nowhere.
+        if ws
+            .feed(Message::Frame(Frame::message(
+                payload,
+                opcode,
+                i + 1 == chunks,
+            )))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = ws.flush().await;
+}
+
+#[tokio::test]
+async fn a_message_over_128_kb_in_frames_within_32_kb_closes_with_1009() {
+    let (host, handler) = standard_host("").await;
+    // Fragments are reassembled: a 96,000-byte message in 30,000-byte frames is one message.
+    let (mut ws, _) = connect_tagged(&host, &handler, "fits").await;
+    send_fragmented(&mut ws, 96_000, 30_000).await;
+    let e = handler.wait_body(&"x".repeat(96_000)).await;
+    assert_eq!(route(&e), "$default");
+
+    // 150,000 bytes (over the 128 KB message limit) in frames that are each within 32 KB.
+    let (mut ws, id) = connect_tagged(&host, &handler, "long").await;
+    send_fragmented(&mut ws, 150_000, 30_000).await;
+    assert_eq!(expect_close(&mut ws).await.0, 1009);
+    let d = disconnect_of(&handler, &id).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1009);
+    assert!(
+        !handler
+            .events()
+            .iter()
+            .any(|e| conn_id(e) == id && event_type(e) == "MESSAGE"),
+        "the oversized message was not invoked"
+    );
 }
 
 #[tokio::test]
