@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -566,6 +566,108 @@ async fn integration_failures_send_error_frames() {
     // The connection is still usable.
     send_text(&mut ws, r#"{"action":"chat"}"#).await;
     assert_eq!(next_text(&mut ws).await, r#"chat:{"action":"chat"}"#);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ordering.
+// ---------------------------------------------------------------------------------------------
+
+/// When each message's invocation started and ended at a handler that takes `delay` per message.
+type Spans = Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
+
+/// A host whose `$default` route (one-way) goes to a handler taking `delay` per message, with
+/// `extra` configuration; the handler records each invocation's span.
+async fn sleeping_host(delay: Duration, extra: &str) -> (TestHost, Handler, Spans) {
+    let spans: Spans = Arc::default();
+    let handler = {
+        let spans = spans.clone();
+        Handler::start_async(move |event| {
+            let spans = spans.clone();
+            async move {
+                if event_type(&event) == "MESSAGE" {
+                    let started = Instant::now();
+                    tokio::time::sleep(delay).await;
+                    spans.lock().unwrap().push((started, Instant::now()));
+                }
+                Reply::proxy(200, None)
+            }
+        })
+        .await
+    };
+    let host = TestHost::start(&format!(
+        r#"
+{extra}
+[routes."$default"]
+integration = "h"
+[integrations.h]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    ))
+    .await;
+    (host, handler, spans)
+}
+
+/// Sends `n` messages at once on one connection and returns the spans of their invocations, in
+/// the order they started.
+async fn invoke_burst(host: &TestHost, spans: &Spans, n: usize) -> Vec<(Instant, Instant)> {
+    let mut ws = connect(host.addr).await;
+    for i in 0..n {
+        ws.feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while spans.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every message was invoked");
+    let mut spans = spans.lock().unwrap().clone();
+    spans.sort_by_key(|(started, _)| *started);
+    spans
+}
+
+#[tokio::test]
+async fn one_connections_messages_are_invoked_concurrently_up_to_max_inflight() {
+    let delay = Duration::from_millis(300);
+    // The default limit (16) lets all four run at once: each starts before any has finished.
+    let (host, _handler, spans) = sleeping_host(delay, "").await;
+    let spans = invoke_burst(&host, &spans, 4).await;
+    let first_end = spans.iter().map(|(_, end)| *end).min().unwrap();
+    let last_start = spans.iter().map(|(start, _)| *start).max().unwrap();
+    assert!(
+        last_start < first_end,
+        "the 4th invocation started {:?} after the 1st finished",
+        last_start - first_end
+    );
+    let total = spans.iter().map(|(_, end)| *end).max().unwrap() - spans[0].0;
+    assert!(
+        total < delay * 2,
+        "4 overlapping invocations took {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_inflight_messages_1_invokes_one_message_after_another() {
+    let delay = Duration::from_millis(300);
+    let (host, _handler, spans) = sleeping_host(delay, "[limits]\nmax_inflight_messages = 1").await;
+    let spans = invoke_burst(&host, &spans, 4).await;
+    for pair in spans.windows(2) {
+        let ((_, end), (start, _)) = (pair[0], pair[1]);
+        assert!(
+            start >= end,
+            "an invocation started before the previous one finished"
+        );
+    }
+    let total = spans[3].1 - spans[0].0;
+    assert!(
+        total >= delay * 4,
+        "4 invocations in sequence took only {total:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
