@@ -14,6 +14,7 @@ use connection_host::server::{Listeners, RunError};
 use connection_host::store::ConnectionStore;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -35,6 +36,11 @@ struct ClusterHost {
 
 impl ClusterHost {
     fn start(tables: &TestTables, host_id: &str, liveness: &str) -> Self {
+        Self::start_with_routes(tables, host_id, liveness, "")
+    }
+
+    /// Like [`ClusterHost::start`], with more routes and integrations (TOML) beside `whoami`.
+    fn start_with_routes(tables: &TestTables, host_id: &str, liveness: &str, routes: &str) -> Self {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
@@ -47,6 +53,7 @@ impl ClusterHost {
         );
         let toml = format!(
             r#"{WHOAMI}
+{routes}
 [extensions]
 groups = true
 [store]
@@ -303,6 +310,75 @@ async fn management_calls_reach_a_connection_through_any_host() {
     // Drained hosts leave nothing behind: no records, no liveness records.
     let hosts = tables.store.hosts().await.unwrap();
     assert!(hosts.is_empty(), "{hosts:?}");
+    tables.delete().await;
+}
+
+/// The record is written before `$connect` runs, but the connection is not open until the 101:
+/// another host that reads the record forwards a post to the owner, which answers 410, so nothing
+/// is delivered; once the connection is open, the same post through that host is delivered.
+#[tokio::test]
+async fn a_post_through_another_host_during_connect_is_gone() {
+    let Some(tables) =
+        TestTables::create("a_post_through_another_host_during_connect_is_gone").await
+    else {
+        return;
+    };
+    let via: Arc<OnceLock<SocketAddr>> = Arc::default();
+    // The HTTP status of each post made during `$connect` (200 when it succeeded).
+    let statuses: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
+    // Whether the record was in the store when `$connect` ran.
+    let recorded: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let handler = {
+        let (via, statuses, recorded) = (via.clone(), statuses.clone(), recorded.clone());
+        let store = tables.store.clone();
+        Handler::start_async(move |event| {
+            let (via, statuses, recorded) = (via.clone(), statuses.clone(), recorded.clone());
+            let store = store.clone();
+            async move {
+                if event_type(&event) == "CONNECT" {
+                    let record = store.get_connection(conn_id(&event)).await.unwrap();
+                    recorded.lock().unwrap().push(record.is_some());
+                    let sdk = mgmt_client(*via.get().expect("b started"));
+                    let sent = sdk
+                        .post_to_connection()
+                        .connection_id(conn_id(&event))
+                        .data(Blob::new("too early"))
+                        .send()
+                        .await;
+                    let status = sent.map_or_else(
+                        |e| e.raw_response().map(|r| r.status().as_u16()),
+                        |_| Some(200),
+                    );
+                    statuses.lock().unwrap().push(status);
+                }
+                Reply::proxy(200, None)
+            }
+        })
+        .await
+    };
+    let routes = format!(
+        "[routes.\"$connect\"]\nintegration = \"h\"\n[integrations.h]\ntype = \"http\"\nurl = \"{}\"\n",
+        handler.url
+    );
+    let mut a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let mut b = ClusterHost::start(&tables, "b", "");
+    via.set(b.management).unwrap();
+
+    let (mut ws, id) = client(&a).await;
+    assert_eq!(
+        *recorded.lock().unwrap(),
+        vec![true],
+        "the record exists during $connect"
+    );
+    assert_eq!(*statuses.lock().unwrap(), vec![Some(410)]);
+    post(&b, &id, "once open").await.expect("post through b");
+    // The early post was never delivered: this is the next message.
+    assert_eq!(next_text(&mut ws).await, "once open");
+
+    drop(ws);
+    for host in [&mut a, &mut b] {
+        host.stop().await;
+    }
     tables.delete().await;
 }
 

@@ -2,10 +2,11 @@
 //! proxy that can refuse or black-hole connections, so DynamoDB (moto, in `DYNAMODB_TEST_ENDPOINT`)
 //! becomes unreachable and comes back without losing its state.
 //!
-//! While DynamoDB is unreachable: new connects get 503 within the store client's timeouts,
-//! connections made before keep working (PostToConnection, two-way routes), `$disconnect` is not
-//! held up, and a closed connection's record is deleted by background retries once DynamoDB is
-//! back; new connects then succeed again by themselves. On shutdown during an outage the retries
+//! While DynamoDB is unreachable: new connects get 503 within the store client's timeouts, before
+//! `$connect` runs (the record is written first), connections made before keep working
+//! (PostToConnection, two-way routes), `$disconnect` is not held up, and a closed connection's
+//! record is deleted by background retries once DynamoDB is back; new connects then succeed again
+//! by themselves. On shutdown during an outage the retries
 //! end with the drain timeout. Throttling is not simulated: the store client retries throttling
 //! errors itself (the SDK's standard retry mode, 3 attempts).
 
@@ -133,7 +134,7 @@ async fn hold_while_blackholed(mut mode: watch::Receiver<Mode>) {
 // ---------------------------------------------------------------------------------------------
 
 /// Uniquely named tables on moto, the proxy, the host on a store through the proxy, and a
-/// recording `$disconnect` handler.
+/// recording `$disconnect` handler (also `$connect`'s when `extra_toml` routes it there).
 struct Setup {
     direct: Direct,
     proxy: FaultProxy,
@@ -168,7 +169,12 @@ impl Setup {
             dynamodb_client(&proxy.url, "us-east-1").await,
             tables,
         ));
-        let handler = Handler::start(|_| Reply::proxy(200, None)).await;
+        // `?status=N` on the URL makes `$connect` (where routed) answer N.
+        let handler = Handler::start(|e| {
+            let status = query_param(e, "status").map_or(200, |s| s.parse().unwrap());
+            Reply::proxy(status, None)
+        })
+        .await;
         let toml = format!(
             "{WHOAMI}\n[routes.\"$disconnect\"]\nintegration = \"h\"\n[integrations.h]\ntype = \"http\"\nurl = \"{}\"\n{extra_toml}",
             handler.url
@@ -436,5 +442,81 @@ async fn shutdown_during_an_outage_ends_the_delete_retries_with_the_drain_timeou
     report(&format!(
         "{test}: delete retries ended {ended_after:?} after shutdown (drain timeout 1 s)"
     ));
+    direct.drop_tables().await;
+}
+
+/// The record is written before `$connect` runs: while DynamoDB is unreachable a connect is
+/// refused with 503 before any handler sees it, so no handler is left with a CONNECT that no
+/// DISCONNECT follows; once DynamoDB is back, the handler sees the CONNECT of the next connect.
+#[tokio::test]
+async fn a_store_outage_refuses_connects_before_connect_runs() {
+    let test = "a_store_outage_refuses_connects_before_connect_runs";
+    let Some(s) = Setup::start(test, "[routes.\"$connect\"]\nintegration = \"h\"\n").await else {
+        return;
+    };
+    let addr = s.host.addr;
+    let connects = || {
+        s.handler
+            .events()
+            .iter()
+            .filter(|e| event_type(e) == "CONNECT")
+            .count()
+    };
+
+    s.proxy.set(Mode::Refuse);
+    let (outcome, _) = attempt(addr, Duration::from_secs(15)).await;
+    assert_eq!(outcome.err(), Some(503), "a connect during the outage");
+    assert_eq!(
+        connects(),
+        0,
+        "the handler saw no CONNECT for the refused connect"
+    );
+
+    s.proxy.set(Mode::Pass);
+    let back = Instant::now();
+    let mut ws = loop {
+        match attempt(addr, Duration::from_secs(20)).await.0 {
+            Ok(ws) => break ws,
+            Err(503) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(10),
+                    "connects still refused 10 s after DynamoDB came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected refusal {status} after recovery"),
+        }
+    };
+    let id = whoami(&mut ws).await;
+    let connect = s.handler.wait_route("$connect", Some(&id)).await;
+    assert_eq!(event_type(&connect), "CONNECT");
+    assert_eq!(
+        connects(),
+        1,
+        "only the accepted connect reached the handler"
+    );
+    assert!(s.direct.has_record(&id).await, "the record was written");
+
+    // A connect that `$connect` refuses has its record (written before `$connect`) deleted again.
+    let refused = try_connect(addr, "/dev?status=403", &[], None).await;
+    assert_eq!(refused_status(refused), 403);
+    let rejected = s
+        .handler
+        .wait_for("CONNECT of the refused connect", |e| {
+            event_type(e) == "CONNECT" && query_param(e, "status") == Some("403")
+        })
+        .await;
+    s.direct
+        .wait_record_gone(conn_id(&rejected), Duration::from_secs(5))
+        .await;
+
+    ws.close(None).await.unwrap();
+    s.handler.wait_route("$disconnect", Some(&id)).await;
+    s.direct.wait_record_gone(&id, Duration::from_secs(5)).await;
+    let Setup {
+        direct, mut host, ..
+    } = s;
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
     direct.drop_tables().await;
 }

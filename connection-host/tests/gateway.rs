@@ -5,16 +5,19 @@ mod common;
 
 use axum::response::IntoResponse;
 use base64::Engine;
+use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The handler every gateway test uses; what it answers depends on the event:
 /// - CONNECT: `?status=N` → statusCode N; `?sub=multi|single` → accepts with
@@ -566,6 +569,108 @@ async fn integration_failures_send_error_frames() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ordering.
+// ---------------------------------------------------------------------------------------------
+
+/// When each message's invocation started and ended at a handler that takes `delay` per message.
+type Spans = Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
+
+/// A host whose `$default` route (one-way) goes to a handler taking `delay` per message, with
+/// `extra` configuration; the handler records each invocation's span.
+async fn sleeping_host(delay: Duration, extra: &str) -> (TestHost, Handler, Spans) {
+    let spans: Spans = Arc::default();
+    let handler = {
+        let spans = spans.clone();
+        Handler::start_async(move |event| {
+            let spans = spans.clone();
+            async move {
+                if event_type(&event) == "MESSAGE" {
+                    let started = Instant::now();
+                    tokio::time::sleep(delay).await;
+                    spans.lock().unwrap().push((started, Instant::now()));
+                }
+                Reply::proxy(200, None)
+            }
+        })
+        .await
+    };
+    let host = TestHost::start(&format!(
+        r#"
+{extra}
+[routes."$default"]
+integration = "h"
+[integrations.h]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    ))
+    .await;
+    (host, handler, spans)
+}
+
+/// Sends `n` messages at once on one connection and returns the spans of their invocations, in
+/// the order they started.
+async fn invoke_burst(host: &TestHost, spans: &Spans, n: usize) -> Vec<(Instant, Instant)> {
+    let mut ws = connect(host.addr).await;
+    for i in 0..n {
+        ws.feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while spans.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every message was invoked");
+    let mut spans = spans.lock().unwrap().clone();
+    spans.sort_by_key(|(started, _)| *started);
+    spans
+}
+
+#[tokio::test]
+async fn one_connections_messages_are_invoked_concurrently_up_to_max_inflight() {
+    let delay = Duration::from_millis(300);
+    // The default limit (16) lets all four run at once: each starts before any has finished.
+    let (host, _handler, spans) = sleeping_host(delay, "").await;
+    let spans = invoke_burst(&host, &spans, 4).await;
+    let first_end = spans.iter().map(|(_, end)| *end).min().unwrap();
+    let last_start = spans.iter().map(|(start, _)| *start).max().unwrap();
+    assert!(
+        last_start < first_end,
+        "the 4th invocation started {:?} after the 1st finished",
+        last_start - first_end
+    );
+    let total = spans.iter().map(|(_, end)| *end).max().unwrap() - spans[0].0;
+    assert!(
+        total < delay * 2,
+        "4 overlapping invocations took {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_inflight_messages_1_invokes_one_message_after_another() {
+    let delay = Duration::from_millis(300);
+    let (host, _handler, spans) = sleeping_host(delay, "[limits]\nmax_inflight_messages = 1").await;
+    let spans = invoke_burst(&host, &spans, 4).await;
+    for pair in spans.windows(2) {
+        let ((_, end), (start, _)) = (pair[0], pair[1]);
+        assert!(
+            start >= end,
+            "an invocation started before the previous one finished"
+        );
+    }
+    let total = spans[3].1 - spans[0].0;
+    assert!(
+        total >= delay * 4,
+        "4 invocations in sequence took only {total:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Limits.
 // ---------------------------------------------------------------------------------------------
 
@@ -612,6 +717,57 @@ async fn protocol_violations_close_only_the_offender() {
     assert_eq!(expect_close(&mut ws).await.0, 1007);
     disconnect_of(&handler, &id).await;
     assert_still_works(&mut bystander, 3).await;
+}
+
+/// Sends a text message of `len` bytes as frames of at most `frame` bytes (`x`s throughout).
+async fn send_fragmented(ws: &mut Ws, len: usize, frame: usize) {
+    let chunks = len.div_ceil(frame);
+    for i in 0..chunks {
+        let size = frame.min(len - i * frame);
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let payload = Bytes::from(vec![b'x'; size]);
+        // The host may close as soon as the message is too big; later frames then go nowhere.
+        if ws
+            .feed(Message::Frame(Frame::message(
+                payload,
+                opcode,
+                i + 1 == chunks,
+            )))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = ws.flush().await;
+}
+
+#[tokio::test]
+async fn a_message_over_128_kb_in_frames_within_32_kb_closes_with_1009() {
+    let (host, handler) = standard_host("").await;
+    // Fragments are reassembled: a 96,000-byte message in 30,000-byte frames is one message.
+    let (mut ws, _) = connect_tagged(&host, &handler, "fits").await;
+    send_fragmented(&mut ws, 96_000, 30_000).await;
+    let e = handler.wait_body(&"x".repeat(96_000)).await;
+    assert_eq!(route(&e), "$default");
+
+    // 150,000 bytes (over the 128 KB message limit) in frames that are each within 32 KB.
+    let (mut ws, id) = connect_tagged(&host, &handler, "long").await;
+    send_fragmented(&mut ws, 150_000, 30_000).await;
+    assert_eq!(expect_close(&mut ws).await.0, 1009);
+    let d = disconnect_of(&handler, &id).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1009);
+    assert!(
+        !handler
+            .events()
+            .iter()
+            .any(|e| conn_id(e) == id && event_type(e) == "MESSAGE"),
+        "the oversized message was not invoked"
+    );
 }
 
 #[tokio::test]

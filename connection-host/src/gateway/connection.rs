@@ -99,23 +99,15 @@ const DELETE_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Deletes the connection's record and runs `$disconnect` (best effort, as on API Gateway).
 ///
-/// The record is deleted by a background task on `host.tasks` that retries with backoff while the
-/// store is unavailable (see [`delete_record`]); `$disconnect` waits at most [`FIRST_DELETE_WAIT`]
-/// for its first attempt.
+/// The record is deleted as [`discard_record`] does, so `$disconnect` waits at most
+/// [`FIRST_DELETE_WAIT`] for the first attempt.
 pub(super) async fn finish(
     host: &Arc<Host>,
     context: &Arc<ConnectionContext>,
     code: u16,
     reason: &str,
 ) {
-    let (first_done, first_attempt) = tokio::sync::oneshot::channel();
-    host.tasks
-        .spawn(tracing::Instrument::in_current_span(delete_record(
-            host.clone(),
-            context.connection_id.clone(),
-            first_done,
-        )));
-    let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
+    discard_record(host, &context.connection_id).await;
     let Some(route) = host.routes.get("$disconnect") else {
         return;
     };
@@ -134,6 +126,20 @@ pub(super) async fn finish(
         Ok(Err(e)) => tracing::warn!(error = %e, "$disconnect integration failed"),
         Err(_) => tracing::warn!("$disconnect integration timed out"),
     }
+}
+
+/// Deletes the record of a connection that ended (or that `$connect` refused) without running
+/// `$disconnect`: a background task on `host.tasks` retries while the store is unavailable (see
+/// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt.
+pub(super) async fn discard_record(host: &Arc<Host>, connection_id: &str) {
+    let (first_done, first_attempt) = tokio::sync::oneshot::channel();
+    host.tasks
+        .spawn(tracing::Instrument::in_current_span(delete_record(
+            host.clone(),
+            connection_id.to_string(),
+            first_done,
+        )));
+    let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
 }
 
 /// Deletes a closed connection's record, retrying with backoff while the store fails, for at most

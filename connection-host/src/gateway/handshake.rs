@@ -1,8 +1,10 @@
-//! The WebSocket handshake: validation, the authorizer, `$connect`, the store write, then the 101.
+//! The WebSocket handshake: validation, the authorizer, the store write, `$connect`, then the 101.
 //!
-//! Until `$connect` answers, the client waits for its 101 and the connection does not exist: the
-//! management API answers 410 for it, and a connection refused by the authorizer or by `$connect`
-//! never gets a `$disconnect`.
+//! Until `$connect` answers, the client waits for its 101 and the connection is not open: its
+//! record is already in the store, but it is not in the registry, so the management API answers
+//! 410 for it (on this host, and on any host that forwards a call here after reading the record).
+//! A connection refused by the authorizer or by `$connect` never gets a `$disconnect`; one refused
+//! by `$connect` has its record deleted again.
 
 use super::Origin;
 use super::connection;
@@ -84,7 +86,8 @@ pub(super) async fn accept<S>(
         .await;
 }
 
-/// Runs the authorizer and `$connect`, writes the record and the 101, then serves the connection.
+/// Runs the authorizer, writes the record, runs `$connect`, writes the 101, then serves the
+/// connection.
 #[allow(clippy::too_many_arguments)]
 async fn establish<S>(
     host: Arc<Host>,
@@ -151,6 +154,31 @@ async fn establish<S>(
             }
         }
     }
+    // The record is written before `$connect` runs: a store that cannot take it refuses the
+    // connection before any handler has seen it, so no handler is left with a CONNECT that no
+    // DISCONNECT follows. Until the 101 the connection is not in the registry, so the management
+    // API (here, and on any host the record sends a call to) still answers 410 for it.
+    let record = ConnectionRecord {
+        connection_id: context.connection_id.clone(),
+        connected_at,
+        source_ip: context.source_ip.clone(),
+        user_agent: context.user_agent.clone(),
+        owner_host: host.identity.host_id.clone(),
+        owner_incarnation: host.identity.incarnation.clone(),
+        owner_endpoint: host.identity.endpoint.clone(),
+    };
+    if let Err(e) = host.store.put_connection(record).await {
+        tracing::error!(error = %e, "connection record not written; refusing the connection");
+        let _ = write_response(
+            &mut stream,
+            503,
+            &[],
+            b"{\"message\":\"Service Unavailable\"}",
+        )
+        .await;
+        return;
+    }
+
     let mut subprotocol = None;
     if let Some(route) = host.routes.get("$connect") {
         let event = Event {
@@ -194,6 +222,7 @@ async fn establish<S>(
         };
         if status != 101 {
             tracing::info!(status, "$connect rejected the connection");
+            connection::discard_record(&host, &context.connection_id).await;
             let _ = write_response(&mut stream, status, &[], body).await;
             return;
         }
@@ -207,27 +236,6 @@ async fn establish<S>(
                 .map(|(n, v)| (n.as_str(), v.as_str())),
         );
         subprotocol = authorizer.subprotocol(&offered, subprotocol);
-    }
-
-    let record = ConnectionRecord {
-        connection_id: context.connection_id.clone(),
-        connected_at,
-        source_ip: context.source_ip.clone(),
-        user_agent: context.user_agent.clone(),
-        owner_host: host.identity.host_id.clone(),
-        owner_incarnation: host.identity.incarnation.clone(),
-        owner_endpoint: host.identity.endpoint.clone(),
-    };
-    if let Err(e) = host.store.put_connection(record).await {
-        tracing::error!(error = %e, "connection record not written; refusing the connection");
-        let _ = write_response(
-            &mut stream,
-            503,
-            &[],
-            b"{\"message\":\"Service Unavailable\"}",
-        )
-        .await;
-        return;
     }
 
     let mut response = format!(
