@@ -377,8 +377,9 @@ fn refused_events(host: &HostProcess) -> usize {
 async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
     use aws_sdk_lambda::primitives::Blob;
     use aws_sdk_lambda::types::InvocationType;
-    // A 60 s function timeout keeps the one process busy with the first `hang` for the whole test,
-    // so nothing leaves the queue while it is filled.
+    // The one process sleeps 30 s in its first invocation, far longer than the test takes, so
+    // nothing leaves the queue while it is filled. A sleep rather than a `hang`: the host is killed
+    // at the end, and a sleeping process notices its Runtime API is gone and exits by itself.
     let local = start_with_timeout("runtime-queue-full", "60s", "concurrency = 1").await;
     wait_for_processes(&local.host, 1).await;
     let lambda = lambda_client(local.addr).await;
@@ -390,9 +391,7 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
             .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
             .build(),
     );
-    let mut hang: Value = serde_json::from_str(&sleep_event(0)).unwrap();
-    hang["body"] = r#"{"action":"hang"}"#.into();
-    let hang = hang.to_string();
+    let busy = sleep_event(30_000);
     let event = |lambda: aws_sdk_lambda::Client, payload: String| async move {
         let out = lambda
             .invoke()
@@ -405,9 +404,9 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
         assert_eq!(out.status_code(), 202);
     };
 
-    event(lambda.clone(), hang.clone()).await;
+    event(lambda.clone(), busy.clone()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !local.host.log_text().contains("faulty handling hang") {
+    while !local.host.log_text().contains("faulty handling sleep") {
         assert!(
             std::time::Instant::now() < deadline,
             "the process took no invocation"
@@ -417,9 +416,9 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
 
     // The process is busy: 1024 more wait in the queue, and the one after them is refused.
     for _ in 0..(1024 / 32) {
-        futures_util::future::join_all((0..32).map(|_| event(lambda.clone(), hang.clone()))).await;
+        futures_util::future::join_all((0..32).map(|_| event(lambda.clone(), busy.clone()))).await;
     }
-    event(lambda.clone(), hang.clone()).await;
+    event(lambda.clone(), busy.clone()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while refused_events(&local.host) == 0 {
         assert!(
