@@ -659,3 +659,44 @@ async fn an_hs256_secret_from_secret_file_verifies_tokens_without_its_whitespace
     .await;
     std::fs::remove_file(&path).unwrap();
 }
+
+#[tokio::test]
+async fn the_connection_record_keeps_the_authorizer_context_the_events_carry() {
+    let handler = Handler::start(|_| Reply::proxy(200, None)).await;
+    let store = std::sync::Arc::new(connection_host::store::MemoryStore::new());
+    let host = TestHost::start_with_store(
+        &format!(
+            r#"
+[routes."$connect"]
+integration = "h"
+authorizer = "jwt"
+[integrations.h]
+type = "http"
+url = "{url}"
+[authorizers.jwt]
+type = "jwt"
+token_source = "query"
+issuer = "{ISSUER}"
+audience = ["{AUDIENCE}"]
+{keys}
+"#,
+            url = handler.url,
+            keys = every_algorithm(),
+        ),
+        store.clone(),
+    )
+    .await;
+    let token = sign(Algorithm::HS256, &valid_claims());
+    let (_ws, _) = try_connect(host.addr, &format!("/dev?token={token}"), &[], None)
+        .await
+        .expect("a valid token connects");
+    let connect = handler.wait_route("$connect", None).await;
+    let id = connect["requestContext"]["connectionId"].as_str().unwrap();
+    let record = connection_host::store::ConnectionStore::get_connection(&*store, id)
+        .await
+        .unwrap()
+        .expect("the connection has a record");
+    let authorizer = Value::Object(record.authorizer.expect("the record has the authorizer"));
+    assert_eq!(authorizer, connect["requestContext"]["authorizer"]);
+    assert_eq!(authorizer["principalId"], "user-1");
+}

@@ -33,6 +33,25 @@ fn record(id: &str, user_agent: Option<&str>) -> ConnectionRecord {
         owner_host: "host-1".into(),
         owner_incarnation: "inc-1".into(),
         owner_endpoint: "http://127.0.0.1:9080".into(),
+        authorizer: None,
+    }
+}
+
+/// A record whose connection passed an authorizer: claims of every JSON type, nested.
+fn authorized(id: &str, host: &str) -> ConnectionRecord {
+    let claims = serde_json::json!({
+        "principalId": "user-7",
+        "sub": "user-7",
+        "groups": ["admins", "chat"],
+        "exp": 1_900_000_000,
+        "ratio": 0.5,
+        "verified": true,
+        "nickname": null,
+        "org": {"id": "o-1", "tier": "gold"},
+    });
+    ConnectionRecord {
+        authorizer: claims.as_object().cloned(),
+        ..owned(id, host, "1")
     }
 }
 
@@ -219,6 +238,30 @@ async fn suite_records_name_their_owner(store: &dyn ConnectionStore) {
     assert_eq!(h1.records, vec![records[1].clone()]);
 }
 
+async fn suite_authorizer_context_round_trips(store: &dyn ConnectionStore) {
+    let with = authorized("auth-a", "ha");
+    let without = owned("auth-b", "ha", "1");
+    store.put_connection(with.clone()).await.unwrap();
+    store.put_connection(without.clone()).await.unwrap();
+
+    let read = store.get_connection("auth-a").await.unwrap().unwrap();
+    assert_eq!(read.authorizer, with.authorizer);
+    assert_eq!(read, with);
+    let read = store.get_connection("auth-b").await.unwrap().unwrap();
+    assert_eq!(
+        read.authorizer, None,
+        "no authorizer must read back as none"
+    );
+
+    // The other readers (broadcasts, the reaper) see the same claims.
+    let ids = ["auth-b", "auth-a"].map(String::from);
+    let mut batch = store.get_connections(&ids).await.unwrap();
+    batch.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(batch, vec![with.clone(), without.clone()]);
+    let page = store.connections_of_host("ha", None, 10).await.unwrap();
+    assert_eq!(page.records, vec![with, without]);
+}
+
 async fn suite_host_liveness(store: &dyn ConnectionStore) {
     assert!(store.hosts().await.unwrap().is_empty());
     assert_eq!(store.get_host("h1").await.unwrap(), None);
@@ -328,6 +371,7 @@ shared_suite! {
     suite_paging => pages_through_a_large_group,
     suite_empty_group => empty_group_is_one_empty_page,
     suite_records_name_their_owner => records_name_their_owner,
+    suite_authorizer_context_round_trips => authorizer_context_round_trips,
     suite_host_liveness => host_liveness,
 }
 
@@ -463,6 +507,29 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
     );
     // Default max_connection_duration (2 h) + 1 h.
     assert_eq!(n("ttl"), rec.connected_at / 1000 + 3 * 3600);
+    assert!(
+        !item.contains_key("authorizer"),
+        "a record without an authorizer has no authorizer attribute: {item:?}"
+    );
+
+    // The authorizer context is one string attribute holding the claims as JSON.
+    let authorized = authorized("schema-auth", "host-1");
+    store.put_connection(authorized.clone()).await.unwrap();
+    let item = store
+        .client()
+        .get_item()
+        .table_name(&tables.config.store.connections_table)
+        .key("connectionId", AttributeValue::S("schema-auth".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the record is in the table");
+    let text = item["authorizer"]
+        .as_s()
+        .expect("authorizer is a string attribute");
+    let stored: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(stored.as_object(), authorized.authorizer.as_ref());
 
     // Items whose ttl has passed are invisible, and an expired record's ID can be reused.
     let expiring = DynamoDbStore::new(store.client().clone(), store.tables().clone())

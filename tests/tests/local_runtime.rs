@@ -22,6 +22,11 @@ struct Local {
 /// Starts a host whose `$connect` and `$default` (two-way, 1 s integration timeout) go to
 /// `faulty` (2 s function timeout), with `extra` appended to `[functions.faulty]`.
 async fn start(name: &str, extra: &str) -> Local {
+    start_with_timeout(name, "2s", extra).await
+}
+
+/// [`start`] with another function `timeout`.
+async fn start_with_timeout(name: &str, timeout: &str, extra: &str) -> Local {
     let dir = TempDir::new(name);
     let addr = free_loopback_addrs(1)[0];
     let command = workspace_binary("faulty");
@@ -45,7 +50,7 @@ function_name = "faulty"
 
 [functions.faulty]
 command = "{command}"
-timeout = "2s"
+timeout = "{timeout}"
 {extra}
 "#,
         command = command.display()
@@ -238,5 +243,222 @@ async fn the_invoke_api_behaves_like_lambda_for_the_official_sdk() {
         err.as_service_error()
             .is_some_and(|e| e.is_resource_not_found_exception()),
         "{err:?}"
+    );
+}
+
+/// One `sleep` invocation's reply from `faulty`: which process served it, and when.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    pid: u64,
+    started_ms: u64,
+    finished_ms: u64,
+}
+
+/// The API Gateway message event asking `faulty` to sleep `ms` milliseconds.
+fn sleep_event(ms: u64) -> String {
+    let event =
+        include_str!("../../connection-host/tests/fixtures/apiGatewayWebSocketApiMessage.json");
+    let mut event: Value = serde_json::from_str(event).unwrap();
+    event["body"] = serde_json::json!({"action": "sleep", "ms": ms})
+        .to_string()
+        .into();
+    event.to_string()
+}
+
+/// Invokes `faulty` through the Invoke API and reads the `sleep` reply out of its proxy response.
+async fn invoke_sleep(lambda: &aws_sdk_lambda::Client, ms: u64) -> Served {
+    let out = lambda
+        .invoke()
+        .function_name("faulty")
+        .payload(aws_sdk_lambda::primitives::Blob::new(sleep_event(ms)))
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(out.function_error(), None);
+    let response: Value = serde_json::from_slice(out.payload().unwrap().as_ref()).unwrap();
+    let body: Value = serde_json::from_str(response["body"].as_str().expect("body")).unwrap();
+    Served {
+        pid: body["pid"].as_u64().expect("pid"),
+        started_ms: body["started_ms"].as_u64().expect("started_ms"),
+        finished_ms: body["finished_ms"].as_u64().expect("finished_ms"),
+    }
+}
+
+/// Waits until `count` processes of `faulty` have printed their start line, then a little longer
+/// for them to reach the Runtime API's `next`, so every one of them can take an invocation.
+async fn wait_for_processes(host: &HostProcess, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = host
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("faulty started pid="))
+            .count();
+        if started >= count {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {started} of {count} processes started:\n{}",
+            host.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Three simultaneous 500 ms invocations, their replies in the order they started, and the wall
+/// time the three took together.
+async fn three_at_once(lambda: &aws_sdk_lambda::Client) -> (Vec<Served>, Duration) {
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        invoke_sleep(lambda, 500),
+        invoke_sleep(lambda, 500),
+        invoke_sleep(lambda, 500)
+    );
+    let elapsed = started.elapsed();
+    let mut served = vec![a, b, c];
+    served.sort_by_key(|s| s.started_ms);
+    (served, elapsed)
+}
+
+#[tokio::test]
+async fn concurrency_three_serves_three_invocations_at_once_in_three_processes() {
+    let local = start("runtime-concurrency-3", "concurrency = 3").await;
+    wait_for_processes(&local.host, 3).await;
+    let lambda = lambda_client(local.addr).await;
+    let (served, elapsed) = three_at_once(&lambda).await;
+    let pids: std::collections::BTreeSet<u64> = served.iter().map(|s| s.pid).collect();
+    assert_eq!(pids.len(), 3, "not three processes: {served:?}");
+    // Every invocation started before any of them finished: all three ran at the same time.
+    let first_finished = served.iter().map(|s| s.finished_ms).min().unwrap();
+    assert!(
+        served[2].started_ms < first_finished,
+        "the invocations did not overlap: {served:?}"
+    );
+    // Served one after another they would take 1.5 s.
+    assert!(
+        elapsed < Duration::from_millis(1200),
+        "three concurrent 500 ms invocations took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_one_serves_simultaneous_invocations_one_after_another() {
+    let local = start("runtime-concurrency-1", "concurrency = 1").await;
+    wait_for_processes(&local.host, 1).await;
+    let lambda = lambda_client(local.addr).await;
+    let (served, elapsed) = three_at_once(&lambda).await;
+    assert!(
+        served.iter().all(|s| s.pid == served[0].pid),
+        "more than one process: {served:?}"
+    );
+    for pair in served.windows(2) {
+        assert!(
+            pair[1].started_ms >= pair[0].finished_ms,
+            "invocations overlapped in one process: {served:?}"
+        );
+    }
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "three queued 500 ms invocations took only {elapsed:?}"
+    );
+}
+
+/// Lines of the host's log that report a refused `Event` invocation.
+fn refused_events(host: &HostProcess) -> usize {
+    host.log_text()
+        .lines()
+        .filter(|l| l.contains("asynchronous invocation failed"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
+    use aws_sdk_lambda::primitives::Blob;
+    use aws_sdk_lambda::types::InvocationType;
+    // The one process sleeps 30 s in its first invocation, far longer than the test takes, so
+    // nothing leaves the queue while it is filled. A sleep rather than a `hang`: the host is killed
+    // at the end, and a sleeping process notices its Runtime API is gone and exits by itself.
+    let local = start_with_timeout("runtime-queue-full", "60s", "concurrency = 1").await;
+    wait_for_processes(&local.host, 1).await;
+    let lambda = lambda_client(local.addr).await;
+    // Throttling is retried by the SDK by default; the test wants to see the first answer.
+    let lambda = aws_sdk_lambda::Client::from_conf(
+        lambda
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let busy = sleep_event(30_000);
+    let event = |lambda: aws_sdk_lambda::Client, payload: String| async move {
+        let out = lambda
+            .invoke()
+            .function_name("faulty")
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .expect("async invoke");
+        assert_eq!(out.status_code(), 202);
+    };
+
+    event(lambda.clone(), busy.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !local.host.log_text().contains("faulty handling sleep") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process took no invocation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The process is busy: 1024 more wait in the queue, and the one after them is refused.
+    for _ in 0..(1024 / 32) {
+        futures_util::future::join_all((0..32).map(|_| event(lambda.clone(), busy.clone()))).await;
+    }
+    event(lambda.clone(), busy.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused_events(&local.host) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Event invocation was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        refused_events(&local.host),
+        1,
+        "the queue did not hold exactly 1024:\n{}",
+        local.host.log_text()
+    );
+
+    // A synchronous call now is throttled at once, as Lambda throttles, instead of waiting.
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        lambda
+            .invoke()
+            .function_name("faulty")
+            .payload(Blob::new(sleep_event(0)))
+            .send(),
+    )
+    .await
+    .expect("a call to a full queue waited instead of being throttled")
+    .expect_err("a call to a full queue succeeded");
+    let service = err.as_service_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert!(service.is_too_many_requests_exception(), "{err:?}");
+    assert!(
+        service
+            .to_string()
+            .contains("1024 invocations of faulty already waiting"),
+        "{service}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
     );
 }

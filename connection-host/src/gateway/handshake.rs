@@ -166,6 +166,7 @@ async fn establish<S>(
         owner_host: host.identity.host_id.clone(),
         owner_incarnation: host.identity.incarnation.clone(),
         owner_endpoint: host.identity.endpoint.clone(),
+        authorizer: context.authorizer.clone(),
     };
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");

@@ -13,6 +13,7 @@
 //! | `ownerHost` | S | ID of the host holding the connection |
 //! | `ownerIncarnation` | S | that host's incarnation (one per start) |
 //! | `ownerEndpoint` | S | that host's `cluster.advertise_url`; absent when not clustered |
+//! | `authorizer` | S | `requestContext.authorizer` as JSON text; absent without an authorizer |
 //! | `ttl` | N | epoch seconds: `connectedAt` + `limits.max_connection_duration` + 1 h |
 //!
 //! Its global secondary index `byOwner` (partition `ownerHost`, sort `connectionId`, all
@@ -437,6 +438,8 @@ fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option<Connection
         owner_host: get_s(item, "ownerHost").unwrap_or_default(),
         owner_incarnation: get_s(item, "ownerIncarnation").unwrap_or_default(),
         owner_endpoint: get_s(item, "ownerEndpoint").unwrap_or_default(),
+        // Written by `put_connection` from a JSON object, so text that is not one was not ours.
+        authorizer: get_s(item, "authorizer").and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -487,6 +490,14 @@ impl ConnectionStore for DynamoDbStore {
             .expression_attribute_values(":now", n(now_secs()));
         if let Some(ua) = &record.user_agent {
             put = put.item("userAgent", s(ua));
+        }
+        // JSON text rather than a DynamoDB map: claims round-trip exactly (numbers, nulls, nested
+        // arrays), and no operation filters on them.
+        if let Some(authorizer) = &record.authorizer {
+            put = put.item(
+                "authorizer",
+                s(&serde_json::Value::Object(authorizer.clone()).to_string()),
+            );
         }
         // Empty strings are left out: DynamoDB refuses an empty index key.
         for (name, value) in [

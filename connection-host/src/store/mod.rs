@@ -26,6 +26,11 @@ pub struct ConnectionRecord {
     pub owner_incarnation: String,
     /// The owner's `cluster.advertise_url`; empty when the owner is not clustered.
     pub owner_endpoint: String,
+    /// `requestContext.authorizer`: the claims or context the authorizer granted, as every event
+    /// of the connection carries it; `None` when the API has no authorizer. GetConnection does
+    /// not return it (API Gateway's response has no such field); it is kept so that operators and
+    /// other hosts reading the table can tell who a connection belongs to.
+    pub authorizer: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A host's liveness record, rewritten every `cluster.heartbeat_interval`.

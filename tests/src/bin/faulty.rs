@@ -2,8 +2,11 @@
 //!
 //! `$connect`: rejected with 403 when the query string has `reject`. Messages (`{"action": …}`):
 //! `panic` panics in the handler, `exit` ends the process, `hang` never answers, `error` returns an
-//! error; anything else is answered with `{"echo": <body>, "pid": <process id>}`. With
-//! `FAULTY_FAIL_INIT=1` in the environment the process fails before reaching the runtime loop.
+//! error; `{"action": "sleep", "ms": N}` answers after N ms with `started_ms` and `finished_ms`
+//! (Unix epoch milliseconds) beside the echo, so tests can see which invocations overlapped;
+//! anything else is answered with `{"echo": <body>, "pid": <process id>}`. Each process prints
+//! `faulty started pid=N` before it asks for its first invocation. With `FAULTY_FAIL_INIT=1` in
+//! the environment the process fails before reaching the runtime loop.
 
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Error, Request, RequestExt, Response, run, service_fn};
@@ -33,6 +36,21 @@ async fn handle(request: Request) -> Result<Response<Body>, Error> {
         Some("exit") => std::process::exit(3),
         Some("hang") => std::future::pending().await,
         Some("error") => Err("asked to fail".into()),
+        Some("sleep") => {
+            let ms = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("ms").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            let started_ms = epoch_ms();
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            let reply = serde_json::json!({
+                "echo": body,
+                "pid": std::process::id(),
+                "started_ms": started_ms,
+                "finished_ms": epoch_ms(),
+            });
+            Ok(Response::new(Body::from(reply.to_string())))
+        }
         _ => {
             let reply = serde_json::json!({"echo": body, "pid": std::process::id()});
             Ok(Response::new(Body::from(reply.to_string())))
@@ -40,10 +58,17 @@ async fn handle(request: Request) -> Result<Response<Body>, Error> {
     }
 }
 
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     if std::env::var("FAULTY_FAIL_INIT").as_deref() == Ok("1") {
         return Err("FAULTY_FAIL_INIT is set: failing initialization".into());
     }
+    println!("faulty started pid={}", std::process::id());
     run(service_fn(handle)).await
 }
