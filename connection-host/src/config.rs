@@ -435,14 +435,7 @@ impl std::fmt::Debug for JwtKeyConfig {
             .field("kid", &self.kid)
             .field("secret_env", &self.secret_env)
             .field("secret_file", &self.secret_file)
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("secret", &redacted(&self.secret))
             .field("pem_file", &self.pem_file)
             .field("jwks_file", &self.jwks_file)
             .finish()
@@ -618,20 +611,18 @@ impl Default for ClusterConfig {
     }
 }
 
+/// What `{:?}` shows of a secret: whether one is set, never the secret.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
+}
+
 // The secret must not end up in logs through `{:?}` of the configuration.
 impl std::fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterConfig")
             .field("host_id", &self.host_id)
             .field("advertise_url", &self.advertise_url)
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("secret", &redacted(&self.secret))
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("host_timeout", &self.host_timeout)
             .field("owner_cache_size", &self.owner_cache_size)
@@ -723,14 +714,7 @@ impl std::fmt::Debug for AccessKeyConfig {
         f.debug_struct("AccessKeyConfig")
             .field("secret_env", &self.secret_env)
             .field("secret_file", &self.secret_file)
-            .field(
-                "secret",
-                &if self.secret.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("secret", &redacted(&self.secret))
             .finish()
     }
 }
