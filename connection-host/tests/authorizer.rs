@@ -192,7 +192,7 @@ async fn attempt(host: &TestHost, target: &str, token: Option<&str>) -> (u16, St
 /// Proves that no refused attempt produced an event: an allowed connection opened and closed
 /// afterwards, whose `$disconnect` has arrived, must account for every event the handler saw.
 async fn assert_no_events_but_a_later_connection(host: &TestHost, handler: &Handler) {
-    let (mut ws, _) = try_connect(
+    let (ws, _) = try_connect(
         host.addr,
         "/dev?room=1",
         &[("Authorization", "allow")],
@@ -200,15 +200,7 @@ async fn assert_no_events_but_a_later_connection(host: &TestHost, handler: &Hand
     )
     .await
     .expect("an allowed connection");
-    ws.close(None).await.unwrap();
-    let disconnect = handler.wait_route("$disconnect", None).await;
-    let id = conn_id(&disconnect);
-    let events = handler.events();
-    assert!(
-        events.iter().all(|e| conn_id(e) == id),
-        "refused attempts produced events: {events:#?}"
-    );
-    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_only_events_of(handler, ws).await;
 }
 
 #[tokio::test]

@@ -399,6 +399,20 @@ pub fn query_param<'e>(e: &'e Value, name: &str) -> Option<&'e str> {
 // ---------------------------------------------------------------------------------------------
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Proves that refused attempts produced no event: `allowed`, a connection opened after them, is
+/// closed, and once its `$disconnect` has arrived its two events must be all the handler saw.
+pub async fn assert_only_events_of(handler: &Handler, mut allowed: Ws) {
+    allowed.close(None).await.unwrap();
+    let disconnect = handler.wait_route("$disconnect", None).await;
+    let id = conn_id(&disconnect);
+    let events = handler.events();
+    assert!(
+        events.iter().all(|e| conn_id(e) == id),
+        "refused attempts produced events: {events:#?}"
+    );
+    assert_eq!(events.len(), 2, "{events:#?}");
+}
 pub type HandshakeResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
 
 /// Connects to `ws://ADDR{path}` with extra request headers.
