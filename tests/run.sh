@@ -176,6 +176,19 @@ free_port() {
     "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Waits up to TRIES × 0.1 s for URL to answer, while PID lives; on failure prints WHAT and LOG.
+wait_ready() {
+    local url="$1" pid="$2" log="$3" what="$4" tries="$5"
+    for _ in $(seq "$tries"); do
+        curl -sf --max-time 1 "$url" >/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$what did not become ready at $url; its log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
 # Starts moto (the DynamoDB API) on a free loopback port; sets MOTO_PID and MOTO_ENDPOINT.
 start_moto() {
     [[ -x "$VENV/bin/moto_server" ]] || step_tools
@@ -184,18 +197,9 @@ start_moto() {
     mkdir -p "$RUN_DIR"
     "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
     MOTO_PID=$!
-    for _ in $(seq 300); do
-        if curl -sf --max-time 1 "http://127.0.0.1:$port/moto-api/" >/dev/null; then
-            MOTO_ENDPOINT="http://127.0.0.1:$port"
-            echo "moto pid $MOTO_PID on $MOTO_ENDPOINT (log: ${log#"$ROOT/"})"
-            return 0
-        fi
-        kill -0 "$MOTO_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "moto did not become ready on 127.0.0.1:$port; its log:" >&2
-    cat "$log" >&2
-    return 1
+    wait_ready "http://127.0.0.1:$port/moto-api/" "$MOTO_PID" "$log" moto 300 || return 1
+    MOTO_ENDPOINT="http://127.0.0.1:$port"
+    echo "moto pid $MOTO_PID on $MOTO_ENDPOINT (log: ${log#"$ROOT/"})"
 }
 
 step_test() {
@@ -268,17 +272,7 @@ step_infra() {
     port="$(free_port)"
     "$VENV/bin/python" "$ROOT/tests/infra_moto.py" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
     INFRA_MOTO_PID=$!
-    local up=""
-    for _ in $(seq 300); do
-        if curl -sf --max-time 1 "http://127.0.0.1:$port/moto-api/" >/dev/null; then up=1; break; fi
-        kill -0 "$INFRA_MOTO_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ -z "$up" ]]; then
-        echo "moto did not become ready on 127.0.0.1:$port; its log:" >&2
-        cat "$log" >&2
-        return 1
-    fi
+    wait_ready "http://127.0.0.1:$port/moto-api/" "$INFRA_MOTO_PID" "$log" "moto (CloudFormation)" 300 || return 1
     echo "moto (CloudFormation) pid $INFRA_MOTO_PID on http://127.0.0.1:$port (log: ${log#"$ROOT/"})"
 
     # The host's own `config check` of the configuration self-hosted.yaml gives its containers,
@@ -329,17 +323,7 @@ step_conformance() {
 
     RUST_LOG="${RUST_LOG:-warn}" "$bin" --config "$config" --listen "127.0.0.1:$port" </dev/null >"$log" 2>&1 &
     HOST_PID=$!
-    local up=""
-    for _ in $(seq 200); do
-        if curl -sf --max-time 1 "http://127.0.0.1:$port/health" >/dev/null; then up=1; break; fi
-        kill -0 "$HOST_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [[ -z "$up" ]]; then
-        echo "connection-host did not become healthy on 127.0.0.1:$port; its log:" >&2
-        cat "$log" >&2
-        return 1
-    fi
+    wait_ready "http://127.0.0.1:$port/health" "$HOST_PID" "$log" connection-host 200 || return 1
     echo "connection-host pid $HOST_PID on 127.0.0.1:$port (log: ${log#"$ROOT/"})"
 
     # kosoku's verdict (exit status) and our own reading of index.json must both be clean.
