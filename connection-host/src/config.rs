@@ -5,7 +5,6 @@
 //! `CONNECTION_HOST_LIMITS__IDLE_TIMEOUT=5m`), then command-line flags.
 
 use crate::routing::RouteSelectionExpression;
-use crate::template::ApiDefinition;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -53,6 +52,20 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The `@connections` management API (and the Lambda Invoke API beside it).
     pub management: ManagementConfig,
+    /// Where the template-defined settings came from; not part of the file format.
+    #[serde(skip)]
+    pub provenance: Provenance,
+}
+
+/// Which settings the file and the environment set themselves, rather than the defaults: a
+/// template refuses to replace a setting given both ways. Filled by [`Config::load`] and
+/// [`Config::from_toml`]; a `Config` built in code has none.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// The keys of [`TEMPLATE_KEYS`], and `api.stage`, that the file or the environment set.
+    pub given: Vec<&'static str>,
+    /// Whether `--stage` chose the stage (it wins over a template's).
+    pub stage_flag: bool,
 }
 
 /// Listeners and process behaviour.
@@ -556,11 +569,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        let tables = crate::store::DynamoDbTables::default();
         Self {
             kind: StoreKind::Memory,
-            connections_table: tables.connections,
-            groups_table: tables.groups,
+            connections_table: "connection-host-connections".into(),
+            groups_table: "connection-host-groups".into(),
             endpoint_url: String::new(),
             region: String::new(),
         }
@@ -720,44 +732,11 @@ impl std::fmt::Debug for AccessKeyConfig {
 }
 
 impl AccessKeyConfig {
-    fn sources(&self) -> usize {
+    /// How many of the three sources are set; exactly one is valid.
+    pub fn sources(&self) -> usize {
         usize::from(!self.secret_env.is_empty())
             + usize::from(self.secret_file.is_some())
             + usize::from(!self.secret.is_empty())
-    }
-
-    /// Reads the secret from its source; on failure, the field at fault and why.
-    pub fn resolve(&self) -> Result<crate::management::auth::Secret, (String, String)> {
-        use crate::management::auth::Secret;
-        if !self.secret.is_empty() {
-            return Ok(Secret::new(self.secret.clone()));
-        }
-        if !self.secret_env.is_empty() {
-            return match std::env::var(&self.secret_env) {
-                Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-                _ => Err((
-                    "secret_env".into(),
-                    format!(
-                        "environment variable {} is not set or empty",
-                        self.secret_env
-                    ),
-                )),
-            };
-        }
-        let Some(path) = &self.secret_file else {
-            return Err((
-                "secret_env".into(),
-                "set one of secret_env, secret_file or secret".into(),
-            ));
-        };
-        match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_string())),
-            Ok(_) => Err(("secret_file".into(), format!("{} is empty", path.display()))),
-            Err(e) => Err((
-                "secret_file".into(),
-                format!("{} could not be read: {e}", path.display()),
-            )),
-        }
     }
 }
 
@@ -778,9 +757,6 @@ pub enum ConfigError {
     /// The file or environment could not be read or did not match the schema.
     #[error("{0}")]
     Load(#[from] Box<figment::Error>),
-    /// The template named by `--template` or `[template] file` cannot be used.
-    #[error(transparent)]
-    Template(#[from] crate::template::TemplateError),
     /// A value is out of range or inconsistent.
     #[error("{field}: {reason}")]
     Invalid {
@@ -789,6 +765,26 @@ pub enum ConfigError {
         /// Why it is wrong.
         reason: String,
     },
+}
+
+// Where a setting came from does not change what it is: configurations compare by their settings.
+impl PartialEq for Provenance {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Provenance {
+    fn of(given: &Figment, stage_flag: bool) -> Self {
+        Self {
+            given: TEMPLATE_KEYS
+                .into_iter()
+                .chain(["api.stage"])
+                .filter(|key| given.contains(key))
+                .collect(),
+            stage_flag,
+        }
+    }
 }
 
 /// Command-line values that override the file and the environment.
@@ -810,7 +806,7 @@ pub struct Overrides {
 
 /// Settings the template defines, as configuration keys; a configuration setting them too is
 /// refused. `api.stage` joins them when the template has a stage.
-const TEMPLATE_KEYS: [&str; 4] = [
+pub const TEMPLATE_KEYS: [&str; 4] = [
     "routes",
     "integrations",
     "authorizers",
@@ -818,17 +814,10 @@ const TEMPLATE_KEYS: [&str; 4] = [
 ];
 
 impl Config {
-    /// Loads defaults < `file` < environment < `overrides`, applies the template if one is named
-    /// (`overrides.template`, else `template.file`), then validates.
+    /// Loads defaults < `file` < environment < `overrides`. Only the schema is checked here:
+    /// the template is applied, and everything else checked, by `Host::build`, which a start and
+    /// `config check` both run.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::load_with_template(file, overrides).map(|(config, _)| config)
-    }
-
-    /// [`Config::load`], also returning the API definition read from the template, if any.
-    pub fn load_with_template(
-        file: Option<&Path>,
-        overrides: &Overrides,
-    ) -> Result<(Self, Option<ApiDefinition>), ConfigError> {
         // What the file and the environment set, without the defaults: a template refuses them.
         let mut given = Figment::new();
         if let Some(file) = file {
@@ -863,68 +852,21 @@ impl Config {
         if let Some(template) = &overrides.template {
             figment = figment.merge(Serialized::default("template.file", template));
         }
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.finish(&given, overrides.stage.is_some())
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.provenance = Provenance::of(&given, overrides.stage.is_some());
+        Ok(config)
     }
 
-    /// Parses a TOML document on top of the defaults (no environment), applies its template if
-    /// it names one, then validates.
+    /// Parses a TOML document on top of the defaults (no environment). Like [`Config::load`], it
+    /// checks only the schema.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let given = Figment::from(Toml::string(text));
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(given.clone())
             .extract()
             .map_err(Box::new)?;
-        config.finish(&given, false).map(|(config, _)| config)
-    }
-
-    /// Applies the template, if any, then validates. `given` holds what the file and environment
-    /// set; `stage_flag` says whether `--stage` chose the stage.
-    fn finish(
-        mut self,
-        given: &Figment,
-        stage_flag: bool,
-    ) -> Result<(Self, Option<ApiDefinition>), ConfigError> {
-        let Some(path) = self.template.file.clone() else {
-            self.validate()?;
-            return Ok((self, None));
-        };
-        let definition = ApiDefinition::load(&path, &self)?;
-        let mut defined = TEMPLATE_KEYS.to_vec();
-        if !definition.stages.is_empty() && !stage_flag {
-            defined.push("api.stage");
-        }
-        if let Some(key) = defined.into_iter().find(|key| given.contains(key)) {
-            return Err(ConfigError::Invalid {
-                field: key.into(),
-                reason: format!(
-                    "the template {} defines it; remove it from the configuration (or stop using the template)",
-                    path.display()
-                ),
-            });
-        }
-        if !stage_flag {
-            match definition.stages.as_slice() {
-                [] => {}
-                [one] => self.api.stage.clone_from(one),
-                many => {
-                    return Err(ConfigError::Invalid {
-                        field: "api.stage".into(),
-                        reason: format!(
-                            "the template {} has several stages ({}): choose one with --stage",
-                            path.display(),
-                            many.join(", ")
-                        ),
-                    });
-                }
-            }
-        }
-        self.api.route_selection_expression = definition.route_selection_expression.clone();
-        self.routes.clone_from(&definition.routes);
-        self.integrations.clone_from(&definition.integrations);
-        self.authorizers.clone_from(&definition.authorizers);
-        self.validate()?;
-        Ok((self, Some(definition)))
+        config.provenance = Provenance::of(&given, false);
+        Ok(config)
     }
 
     /// Checks ranges and references that the schema alone cannot express.
@@ -958,18 +900,13 @@ impl Config {
                 "must be non-empty and use only letters, digits, '-' and '_'",
             );
         }
-        // The files are read here, not only at start, so `config check` catches a bad certificate.
-        if let Some(tls) = &self.server.tls {
-            crate::tls::acceptor(tls, "server.tls")?;
-        }
-        if let Some(tls) = &self.server.management_tls {
+        if self.server.management_tls.is_some() {
             if self.server.management_listen.is_none() {
                 return invalid(
                     "server.management_tls".into(),
                     "needs server.management_listen: without it the management API is served on the public listener, which server.tls covers",
                 );
             }
-            crate::tls::acceptor(tls, "server.management_tls")?;
         }
         let l = &self.limits;
         if l.frame_size < 1024 || l.frame_size > l.message_size {
@@ -1004,9 +941,6 @@ impl Config {
         }
         if l.read_buffer_size < 512 {
             return invalid("limits.read_buffer_size".into(), "must be at least 512");
-        }
-        if let Err(e) = crate::limits::OriginAllowlist::parse(&l.allowed_origins) {
-            return invalid("limits.allowed_origins".into(), &e.to_string());
         }
         if l.messages_per_second > 0 && l.message_burst == 0 {
             return invalid(
@@ -1077,16 +1011,8 @@ impl Config {
                         );
                     }
                 }
-                // The keys are read here, not only at start, so `config check` catches a bad
-                // key file or a missing secret.
-                AuthorizerConfig::Jwt(jwt) => {
-                    crate::authorizer::jwt::JwtAuthorizer::load(jwt).map_err(|e| {
-                        ConfigError::Invalid {
-                            field: field(&e.field),
-                            reason: e.reason,
-                        }
-                    })?;
-                }
+                // The keys are read by `Host::build`, which `config check` runs too.
+                AuthorizerConfig::Jwt(_) => {}
             }
         }
         for (name, integration) in &self.integrations {
@@ -1200,8 +1126,6 @@ impl Config {
                 "must be between 1s and 1h (AWS allows 5m)",
             );
         }
-        let management_addr = self.server.management_listen.unwrap_or(self.server.listen);
-        let signatures_required = crate::management::auth::required(auth, management_addr);
         for (id, key) in &auth.keys {
             if id.is_empty() || id.len() > 128 || !id.bytes().all(|c| c.is_ascii_alphanumeric()) {
                 return invalid(
@@ -1215,21 +1139,6 @@ impl Config {
                     "set exactly one of secret_env, secret_file or secret",
                 );
             }
-            // Read here as the start reads them (only when signatures are required), so `config
-            // check` catches an unset variable or an unreadable file instead of passing a file
-            // the host then refuses to start with.
-            if signatures_required && let Err((field, reason)) = key.resolve() {
-                return invalid(format!("management.auth.keys.{id}.{field}"), &reason);
-            }
-        }
-        if auth.keys.is_empty() && signatures_required {
-            return invalid(
-                "management.auth.keys".into(),
-                &format!(
-                    "SigV4 is required on the management API at {management_addr} (mode \"{}\"), but no access key is configured; add one, or set management.auth.mode = \"none\" to leave the API open",
-                    auth.mode.as_str()
-                ),
-            );
         }
         if cluster.owner_cache_size == 0 {
             return invalid("cluster.owner_cache_size".into(), "must be at least 1");
@@ -1288,6 +1197,13 @@ fn is_http_url(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Parses and validates, as `Host::build` does before it reads any file.
+    fn checked(toml: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(toml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     #[test]
     fn default_file_is_complete_and_equals_the_defaults() {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default file parses");
@@ -1329,10 +1245,6 @@ mod tests {
             ),
             ("[api]\napi_id = \"UPPER\"", "api.api_id"),
             ("[limits]\nframe_size = 10", "limits.frame_size"),
-            (
-                "[limits]\nallowed_origins = [\"example.com\"]",
-                "limits.allowed_origins",
-            ),
             ("[limits]\nmessage_burst = 0", "limits.message_burst"),
             ("[limits]\nmanagement_burst = 0", "limits.management_burst"),
             (
@@ -1370,7 +1282,7 @@ mod tests {
             ),
         ];
         for (toml, field) in cases {
-            let err = Config::from_toml(toml).unwrap_err().to_string();
+            let err = checked(toml).unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
         }
         let err = Config::from_toml("[limits]\nidle_timeout = 5")
@@ -1435,13 +1347,13 @@ mod tests {
             ),
         ];
         for (toml, expected) in cases {
-            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            let err = checked(&toml).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
     }
 
     #[test]
-    fn jwt_authorizers_parse_and_their_keys_are_checked() {
+    fn jwt_authorizers_parse() {
         // An absolute path: another test (figment's Jail) changes the working directory meanwhile.
         let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/jwks.json");
         let c = Config::from_toml(&format!(
@@ -1458,10 +1370,6 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         let cases = [
             (
-                "[authorizers.j]\ntype = \"jwt\"\n[[authorizers.j.keys]]\nalgorithm = \"RS256\"\npem_file = \"/nonexistent/rs.pem\"",
-                "authorizers.j.keys[0].pem_file",
-            ),
-            (
                 "[authorizers.j]\ntype = \"jwt\"\nfunction_name = \"f\"",
                 "function_name",
             ),
@@ -1469,59 +1377,9 @@ mod tests {
             ("[authorizers.j]\nidentity_sources = []", "function_name"),
         ];
         for (toml, expected) in cases {
-            let err = Config::from_toml(toml).unwrap_err().to_string();
+            let err = checked(toml).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
-    }
-
-    fn with_fixture_template(rest: &str) -> Result<Config, ConfigError> {
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/chat-template.yaml"
-        );
-        Config::from_toml(&format!(
-            "[template]\nfile = \"{fixture}\"\nfunctions = {{ ChatFunction = \"chat\", AuthorizerFunction = \"authorizer\" }}\n[functions.chat]\ncommand = \"chat\"\n[functions.authorizer]\ncommand = \"authorizer\"\n{rest}"
-        ))
-    }
-
-    #[test]
-    fn a_template_supplies_the_api_definition() {
-        let c = with_fixture_template("[api]\nregion = \"eu-west-1\"").unwrap();
-        assert_eq!(c.api.stage, "dev");
-        assert_eq!(c.api.region, "eu-west-1");
-        assert_eq!(c.routes.len(), 3);
-        assert_eq!(
-            c.routes["$connect"].authorizer.as_deref(),
-            Some("GuestAuthorizer")
-        );
-        assert!(matches!(
-            &c.integrations["ChatIntegration"],
-            IntegrationConfig::Lambda { function_name, .. } if function_name == "chat"
-        ));
-        let AuthorizerConfig::Request(guest) = &c.authorizers["GuestAuthorizer"] else {
-            panic!("a template's REQUEST authorizer is a Lambda authorizer");
-        };
-        assert_eq!(guest.function_name, "authorizer");
-        for (rest, field) in [
-            (
-                "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"",
-                "routes:",
-            ),
-            ("[integrations.m]\ntype = \"mock\"", "integrations:"),
-            (
-                "[api]\nroute_selection_expression = \"$request.body.x\"",
-                "api.route_selection_expression:",
-            ),
-            ("[api]\nstage = \"prod\"", "api.stage:"),
-            ("[template.parameters]\nStageName = \"a b\"", "api.stage:"),
-        ] {
-            let err = with_fixture_template(rest).unwrap_err().to_string();
-            assert!(err.starts_with(field), "{rest}: {err}");
-        }
-        let err = Config::from_toml("[template]\nfile = \"/nonexistent.yaml\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent.yaml"), "{err}");
     }
 
     // figment's Jail closure must return figment's own (large) error type.
@@ -1570,9 +1428,10 @@ mod tests {
                 template: Some(fixture.into()),
                 ..flags.clone()
             };
-            let (c, definition) =
-                Config::load_with_template(Some(Path::new("functions.toml")), &templated)
-                    .expect("loads with the template");
+            let (c, definition) = Config::load(Some(Path::new("functions.toml")), &templated)
+                .map(crate::template::apply)
+                .expect("loads")
+                .expect("the template applies");
             assert_eq!(c.api.stage, "flag");
             assert_eq!(c.template.file.as_deref(), Some(Path::new(fixture)));
             assert_eq!(definition.expect("a definition").api, "ChatApi");
@@ -1581,13 +1440,15 @@ mod tests {
                 stage: None,
                 ..templated.clone()
             };
-            let err = Config::load(Some(Path::new("functions.toml")), &unstaged).unwrap_err();
+            let c = Config::load(Some(Path::new("functions.toml")), &unstaged).expect("loads");
+            let err = crate::template::apply(c).unwrap_err();
             assert!(err.to_string().starts_with("api.stage:"), "{err}");
             jail.create_file(
                 "routes.toml",
                 "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"\n",
             )?;
-            let err = Config::load(Some(Path::new("routes.toml")), &templated).unwrap_err();
+            let c = Config::load(Some(Path::new("routes.toml")), &templated).expect("loads");
+            let err = crate::template::apply(c).unwrap_err();
             assert!(err.to_string().starts_with("routes:"), "{err}");
             let missing = Config::load(Some(Path::new("nope.toml")), &flags).unwrap_err();
             assert!(missing.to_string().contains("does not exist"), "{missing}");

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod gateway;
+pub mod host;
 pub mod ids;
 pub mod integration;
 pub mod limits;
@@ -22,4 +23,5 @@ pub mod template;
 pub mod tls;
 
 pub use config::Config;
+pub use host::{BuildError, Host};
 pub use server::{Listeners, bind, run, run_with_store};

@@ -318,10 +318,10 @@ pub struct HostLimits {
 }
 
 impl HostLimits {
-    /// Builds the limits; `config` has been validated, so its origins parse.
-    pub fn new(config: &LimitsConfig) -> Self {
-        Self {
-            origins: OriginAllowlist::parse(&config.allowed_origins).unwrap_or_default(),
+    /// Builds the limits; an origin pattern that does not parse is refused.
+    pub fn from_config(config: &LimitsConfig) -> Result<Self, InvalidOrigin> {
+        Ok(Self {
+            origins: OriginAllowlist::parse(&config.allowed_origins)?,
             new_connections: RateLimiter::per_second(
                 config.connections_per_second,
                 config.connections_per_second,
@@ -332,7 +332,7 @@ impl HostLimits {
                 config.management_requests_per_second,
                 config.management_burst,
             ),
-        }
+        })
     }
 }
 

@@ -2,10 +2,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use connection_host::Host;
 use connection_host::config::{Config, DEFAULT_CONFIG_TOML, Overrides, StoreKind};
-use connection_host::store::DynamoDbStore;
+use connection_host::store::{DynamoDbStore, MemoryStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Self-hosted API Gateway WebSocket APIs.
 #[derive(Parser)]
@@ -96,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             action: StoreAction::Init,
         }) => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
+            config.validate()?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(store_init(&config))
         }
@@ -108,16 +111,7 @@ fn main() -> anyhow::Result<()> {
                 // Colour codes only for a terminal; log files and collectors get plain text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .init();
-            let (config, definition) =
-                Config::load_with_template(cli.config.as_deref(), &overrides)?;
-            if let Some(definition) = definition {
-                tracing::info!(
-                    template = %definition.path.display(),
-                    api = %definition.api,
-                    routes = definition.routes.len(),
-                    "API definition read from the template"
-                );
-            }
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listeners = connection_host::Listeners::bind(&config)
@@ -129,11 +123,20 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `config check`: loads `file` (and its template) as a start would, and prints what it defines
-/// or the first problem, with its field; a problem exits 1.
+/// `config check`: loads `file` and builds the host from it as a start does (template, keys,
+/// certificates, secrets; no socket, process or store call), and prints what it defines or the
+/// first problem, with its field; a problem exits 1.
 fn check(file: &Path, overrides: &Overrides) -> anyhow::Result<()> {
-    match Config::load_with_template(Some(file), overrides) {
-        Ok((config, definition)) => {
+    let built = Config::load(Some(file), overrides)
+        .map_err(connection_host::BuildError::from)
+        .and_then(|config| {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+            // Building calls no store, so the in-memory one stands in for any.
+            runtime.block_on(Host::build(config, Arc::new(MemoryStore::new())))
+        });
+    match built {
+        Ok(host) => {
+            let (config, definition) = (host.config(), host.definition());
             println!(
                 "{}: ok ({} routes, {} integrations, stage {})",
                 file.display(),

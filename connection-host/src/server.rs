@@ -1,18 +1,13 @@
 //! `run(config, listeners, shutdown)`: the whole host as one function, so tests start it on port 0.
 
-use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, StoreKind};
-use crate::local_lambda::{LocalFunctions, RuntimeSettings};
-use crate::registry::Registry;
-use crate::routing::{Route, RouteTable};
+use crate::host::Host;
+use crate::local_lambda::RuntimeSettings;
 use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The sockets the host serves.
 #[derive(Debug)]
@@ -65,111 +60,15 @@ pub enum RunError {
     /// A listener failed.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
-    /// The configuration is invalid (a `Config` built in code skips the checks loading does).
+    /// The configuration does not make a host.
     #[error("invalid configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Build(#[from] crate::host::BuildError),
     /// The configured connection store is not usable (e.g. its DynamoDB tables are missing).
     #[error("connection store: {0}")]
     Store(String),
     /// The local Lambda runtime could not start (e.g. a function's build failed).
     #[error(transparent)]
     Functions(#[from] crate::local_lambda::FunctionsError),
-}
-
-/// Everything the host's tasks share.
-#[derive(Debug)]
-pub struct Host {
-    /// The configuration the host runs with.
-    pub config: Config,
-    /// Connections held by this host.
-    pub registry: Registry,
-    /// Connection records and groups.
-    pub store: Arc<dyn ConnectionStore>,
-    /// Routes and the selection expression.
-    pub routes: RouteTable,
-    /// Connection and invocation tasks, awaited on shutdown.
-    pub tasks: TaskTracker,
-    /// Cancelled when the host starts shutting down.
-    pub shutdown: CancellationToken,
-    /// WebSocket protocol limits derived from `config.limits`.
-    pub ws_config: WebSocketConfig,
-    /// Who this host is in the store (every record it writes names it).
-    pub identity: Identity,
-    /// Owner lookups and host-to-host calls; `None` when not clustered.
-    pub cluster: Option<Cluster>,
-    /// The functions this host runs itself (`[functions]`).
-    pub functions: LocalFunctions,
-    /// `server.static_dir`, ready to serve.
-    pub static_files: Option<tower_http::services::ServeDir>,
-    /// The authorizer the `$connect` route names, run before `$connect` on every connection attempt
-    /// (set by `run`: `Host::new` leaves it `None`).
-    pub authorizer: Option<crate::authorizer::Authorizer>,
-    /// SigV4 verification of management and Invoke API calls; `None` when they are open.
-    pub management_auth: Option<crate::management::auth::Verifier>,
-    /// Abuse limits shared by every connection: origins, rates, per-IP and per-principal counts.
-    pub limits: crate::limits::HostLimits,
-}
-
-impl Host {
-    /// Builds the host's shared state: integrations, routes and the store; `functions` are the
-    /// locally run functions that `lambda` integrations may resolve to.
-    pub async fn new(
-        config: Config,
-        store: Arc<dyn ConnectionStore>,
-        functions: LocalFunctions,
-    ) -> Self {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(1024)
-            .build()
-            .expect("the HTTP client builds with static settings");
-        let mut integrations = std::collections::HashMap::new();
-        for (name, integration) in &config.integrations {
-            integrations.insert(
-                name.clone(),
-                crate::integration::build(integration, &config.api, &http, &functions).await,
-            );
-        }
-        let routes = config.routes.iter().map(|(key, route)| Route {
-            key: key.clone(),
-            integration: integrations[&route.integration].clone(),
-            two_way: route.two_way,
-            timeout: route.timeout,
-        });
-        let routes = RouteTable::new(config.api.route_selection_expression.clone(), routes);
-        let limits = &config.limits;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(limits.read_buffer_size)
-            .write_buffer_size(0)
-            .max_write_buffer_size(limits.outbound_queue_bytes.max(limits.frame_size) * 2)
-            .max_frame_size(Some(limits.frame_size))
-            .max_message_size(Some(limits.message_size));
-        let host_limits = crate::limits::HostLimits::new(&config.limits);
-        let identity = Identity::new(&config.cluster);
-        let static_files = config
-            .server
-            .static_dir
-            .as_ref()
-            .map(tower_http::services::ServeDir::new);
-        // The same pooled keep-alive client as the integrations: forwarded calls reuse connections.
-        let cluster = Cluster::new(&config.cluster, &identity, http);
-        Self {
-            config,
-            registry: Registry::new(),
-            store,
-            routes,
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            ws_config,
-            identity,
-            cluster,
-            functions,
-            static_files,
-            authorizer: None,
-            management_auth: None,
-            limits: host_limits,
-        }
-    }
 }
 
 /// Accepts connections until shutdown, serving each in its own tracked task.
@@ -198,18 +97,18 @@ where
 }
 
 /// Runs the host with the store `config.store` selects until `shutdown` resolves, then drains.
-/// A DynamoDB store's tables are checked first, so a missing table fails here rather than on the
-/// first connect.
+/// A DynamoDB store's tables are checked once the configuration has built, so a missing table
+/// fails here rather than on the first connect.
 pub async fn run(
     config: Config,
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    config.validate()?;
-    let store: Arc<dyn ConnectionStore> = match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new()),
+    let host = match config.store.kind {
+        StoreKind::Memory => Host::build(config, Arc::new(MemoryStore::new())).await?,
         StoreKind::Dynamodb => {
-            let store = DynamoDbStore::from_env(&config).await;
+            let store = Arc::new(DynamoDbStore::from_env(&config).await);
+            let host = Host::build(config, store.clone()).await?;
             store
                 .check_tables()
                 .await
@@ -219,67 +118,77 @@ pub async fn run(
                 groups = %store.tables().groups,
                 "DynamoDB connection store"
             );
-            Arc::new(store)
+            host
         }
     };
-    run_with_store(config, listeners, store, shutdown).await
+    serve(host, listeners.into(), shutdown).await
 }
 
-/// Runs the host with a given store until `shutdown` resolves, then drains: stops accepting,
-/// closes every connection with 1001, and waits up to `drain_timeout` for the `$disconnect`s.
+/// Runs the host with a given store until `shutdown` resolves, then drains (see [`run`]).
 pub async fn run_with_store(
     config: Config,
     listeners: impl Into<Listeners>,
     store: Arc<dyn ConnectionStore>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    config.validate()?;
-    let listeners = listeners.into();
-    let drain_timeout = config.server.drain_timeout;
-    // Read here, at start: a certificate replaced later is picked up by a restart.
-    let load = |tls: &Option<crate::config::TlsConfig>, field| {
-        tls.as_ref()
-            .map(|tls| crate::tls::acceptor(tls, field))
-            .transpose()
-    };
-    let public_tls = load(&config.server.tls, "server.tls")?;
-    let management_tls = load(&config.server.management_tls, "server.management_tls")?;
-    let (management_addr, management_is_tls) = match &listeners.management {
-        Some(listener) => (listener.local_addr()?, management_tls.is_some()),
-        None => (listeners.public.local_addr()?, public_tls.is_some()),
-    };
-    // Decided on the address actually bound, which is what clients reach.
-    let management_auth = crate::management::auth::Verifier::from_config(
-        &config.management.auth,
-        &config.api.region,
-        management_addr,
+    serve(
+        Host::build(config, store).await?,
+        listeners.into(),
+        shutdown,
     )
-    .map_err(|e| crate::config::ConfigError::Invalid {
-        field: e.field,
-        reason: e.reason,
-    })?;
-    let functions = LocalFunctions::start(
-        &config.functions,
-        &RuntimeSettings {
-            region: config.api.region.clone(),
-            account_id: config.api.account_id.clone(),
-            credentials: management_auth.as_ref().map(|v| v.first_key().clone()),
+    .await
+}
+
+/// Serves a built host on `listeners` until `shutdown` resolves, then drains: stops accepting,
+/// closes every connection with 1001, and waits up to `drain_timeout` for the `$disconnect`s.
+async fn serve(
+    host: Host,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let drain_timeout = host.config.server.drain_timeout;
+    if let Some(definition) = &host.definition {
+        tracing::info!(
+            template = %definition.path.display(),
+            api = %definition.api,
+            routes = definition.routes.len(),
+            "API definition read from the template"
+        );
+    }
+    let (management_addr, management_is_tls) = match &listeners.management {
+        Some(listener) => (listener.local_addr()?, host.management_tls.is_some()),
+        None => (listeners.public.local_addr()?, host.tls.is_some()),
+    };
+    // The host decided on the configured address; a listener bound elsewhere must not leave
+    // open an API that its own address would have guarded.
+    if host.management_auth.is_none()
+        && crate::management::auth::required(&host.config.management.auth, management_addr)
+    {
+        return Err(RunError::Build(
+            crate::config::ConfigError::Invalid {
+                field: "server.listen".into(),
+                reason: format!(
+                    "the management API is served at {management_addr}, which requires SigV4, but the configured address does not; configure the address the listener is bound to"
+                ),
+            }
+            .into(),
+        ));
+    }
+    host.functions
+        .start(&RuntimeSettings {
+            region: host.config.api.region.clone(),
+            account_id: host.config.api.account_id.clone(),
+            credentials: host.management_auth.as_ref().map(|v| v.first_key().clone()),
             management_endpoint: management_endpoint(
                 management_addr,
                 management_is_tls,
-                &config.api.stage,
+                &host.config.api.stage,
             ),
-        },
-    )
-    .await?;
-    let mut host = Host::new(config, store, functions).await;
-    // Built here rather than in `Host::new`, as reading a JWT authorizer's keys can fail.
-    host.authorizer =
-        crate::authorizer::Authorizer::for_connect(&host.config, &host.functions).await?;
-    if management_auth.is_none() {
+        })
+        .await?;
+    if host.management_auth.is_none() {
         tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
     }
-    host.management_auth = management_auth;
     let host = Arc::new(host);
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
@@ -298,7 +207,7 @@ pub async fn run_with_store(
     }
     tracing::info!(
         listen = %listeners.public.local_addr()?,
-        tls = public_tls.is_some(),
+        tls = host.tls.is_some(),
         stage = %host.config.api.stage,
         routes = host.config.routes.len(),
         "connection host listening"
@@ -307,17 +216,15 @@ pub async fn run_with_store(
         host.clone(),
         listeners.public,
         move |host, stream, peer| {
-            let tls = public_tls.clone();
+            let tls = host.tls.clone();
             crate::gateway::handle_tcp(host, stream, peer, !separate_management, tls)
         },
     ));
     let management = listeners.management.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(listen = %addr, tls = management_tls.is_some(), "management API listening");
+            tracing::info!(listen = %addr, tls = host.management_tls.is_some(), "management API listening");
         }
-        tokio::spawn(accept_loop(host.clone(), listener, move |host, stream, peer| {
-            serve_management(host, stream, peer, management_tls.clone())
-        }))
+        tokio::spawn(accept_loop(host.clone(), listener, serve_management))
     });
     shutdown.await;
     tracing::info!(
@@ -355,14 +262,10 @@ pub async fn run_with_store(
     Ok(())
 }
 
-/// Serves a connection to the separate management listener, over TLS when `tls` is given.
-async fn serve_management(
-    host: Arc<Host>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: Option<crate::tls::TlsAcceptor>,
-) {
-    let Some(acceptor) = tls else {
+/// Serves a connection to the separate management listener, over TLS when
+/// `server.management_tls` is set.
+async fn serve_management(host: Arc<Host>, stream: TcpStream, peer: SocketAddr) {
+    let Some(acceptor) = host.management_tls.clone() else {
         return crate::management::serve_http(host, stream, true).await;
     };
     // hyper's header read timeout starts only after the handshake, which gets its own budget.

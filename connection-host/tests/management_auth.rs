@@ -346,22 +346,32 @@ async fn auto_mode_on_loopback_stays_open() {
     assert_eq!(next_text(&mut ws).await, "unsigned hello");
 }
 
-#[test]
-fn sigv4_without_keys_refuses_to_start_naming_the_field() {
-    let err = connection_host::Config::from_toml("[management.auth]\nmode = \"sigv4\"")
+/// Builds a host from `toml` as a start and `config check` do.
+async fn build(toml: &str) -> Result<connection_host::Host, connection_host::BuildError> {
+    let config = connection_host::Config::from_toml(toml)?;
+    let store = std::sync::Arc::new(connection_host::store::MemoryStore::new());
+    connection_host::Host::build(config, store).await
+}
+
+#[tokio::test]
+async fn sigv4_without_keys_refuses_to_start_naming_the_field() {
+    let err = build("[management.auth]\nmode = \"sigv4\"")
+        .await
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("management.auth.keys: "), "{err}");
     // `auto` on a non-loopback address requires keys too.
-    let err = connection_host::Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"")
+    let err = build("[server]\nlisten = \"0.0.0.0:8080\"")
+        .await
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("management.auth.keys: "), "{err}");
     let open = "[server]\nlisten = \"0.0.0.0:8080\"\n[management.auth]\nmode = \"none\"";
-    assert!(connection_host::Config::from_toml(open).is_ok());
-    let err = connection_host::Config::from_toml(&format!(
+    assert!(build(open).await.is_ok());
+    let err = build(&format!(
         "[management.auth.keys.{KEY}]\nsecret = \"a\"\nsecret_env = \"B\""
     ))
+    .await
     .unwrap_err()
     .to_string();
     assert!(err.contains("exactly one of"), "{err}");

@@ -363,8 +363,8 @@ async fn management_listener_with_its_own_tls_beside_a_plain_public_listener() {
     within("run to return", run).await.unwrap().unwrap();
 }
 
-#[test]
-fn unusable_pem_files_are_refused_naming_the_field() {
+#[tokio::test]
+async fn unusable_pem_files_are_refused_naming_the_field() {
     let cert = TestCert::new();
     let other = TestCert::new();
     let missing = cert.dir.join("missing.pem").display().to_string();
@@ -414,16 +414,20 @@ fn unusable_pem_files_are_refused_naming_the_field() {
             "cannot read",
         ),
     ];
+    let build = |toml: String| async move {
+        let config = connection_host::Config::from_toml(&toml)?;
+        let store = std::sync::Arc::new(connection_host::store::MemoryStore::new());
+        connection_host::Host::build(config, store).await
+    };
     for (toml, field, reason) in cases {
-        let err = connection_host::Config::from_toml(&toml)
-            .unwrap_err()
-            .to_string();
+        let err = build(toml).await.unwrap_err().to_string();
         assert!(
             err.contains(field) && err.contains(reason),
             "{err} should name {field} and say {reason}"
         );
     }
-    let config = connection_host::Config::from_toml(&table(&cert.cert_file(), &cert.key_file()))
+    let host = build(table(&cert.cert_file(), &cert.key_file()))
+        .await
         .expect("a matching pair loads");
-    assert!(config.server.tls.is_some());
+    assert!(host.config().server.tls.is_some());
 }

@@ -152,11 +152,12 @@ impl Authorizer {
         else {
             return Ok(None);
         };
-        // `Config::validate`, which `run` calls first, refuses a route naming an unknown authorizer.
+        // `Config::validate`, which `Host::build` calls first, refuses a route naming an unknown
+        // authorizer.
         let settings = match &config.authorizers[name] {
             AuthorizerConfig::Request(settings) => settings,
             AuthorizerConfig::Jwt(settings) => {
-                // Validation read the keys too, but a file may have changed since.
+                // Read here only: `Host::build` is the one place keys are loaded.
                 let verifier =
                     jwt::JwtAuthorizer::load(settings).map_err(|e| ConfigError::Invalid {
                         field: format!("authorizers.{name}.{}", e.field),

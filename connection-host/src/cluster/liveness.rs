@@ -8,8 +8,8 @@
 //! for reaped connections: the host that could report how they ended is gone, and API Gateway
 //! also delivers `$disconnect` only on a best-effort basis.
 
+use crate::host::Host;
 use crate::ids::now_ms;
-use crate::server::Host;
 use crate::store::{ConnectionStore, HostRecord, StoreError};
 use std::sync::Arc;
 

@@ -6,11 +6,11 @@
 //! growing the host's memory.
 
 use crate::events::{ConnectionContext, Event, EventKind};
+use crate::host::Host;
 use crate::ids;
 use crate::integration::IntegrationError;
 use crate::limits::{MessageLimiter, MessageVerdict};
 use crate::registry::{ConnectionHandle, Outbound};
-use crate::server::Host;
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};

@@ -7,7 +7,9 @@ mod handshake;
 pub mod head;
 pub mod io;
 
-use crate::server::Host;
+#[cfg(test)]
+mod timer_tests;
+use crate::host::Host;
 use bytes::BytesMut;
 use head::HeadError;
 use std::net::SocketAddr;

@@ -157,39 +157,52 @@ pub struct LocalFunctions {
 }
 
 impl LocalFunctions {
+    /// The functions `configs` declares, ready to take invocations but with no process yet:
+    /// [`Self::start`] runs them. `region` and `account_id` make their ARNs.
+    pub fn new(configs: &BTreeMap<String, FunctionConfig>, region: &str, account_id: &str) -> Self {
+        let functions = configs
+            .iter()
+            .map(|(name, config)| {
+                let (queue, pending) = async_channel::bounded(QUEUE_CAPACITY);
+                let function = Arc::new(Function {
+                    name: name.clone(),
+                    arn: format!("arn:aws:lambda:{region}:{account_id}:function:{name}"),
+                    config: config.clone(),
+                    queue,
+                    pending,
+                    ready: AtomicUsize::new(0),
+                    init_failure: std::sync::Mutex::new(None),
+                });
+                (name.clone(), LocalFunction(function))
+            })
+            .collect();
+        Self {
+            functions,
+            shutdown: CancellationToken::new(),
+            processes: TaskTracker::new(),
+        }
+    }
+
     /// Runs the `build` commands, then starts every function's processes. Processes that fail to
     /// start are retried with backoff in the background; only a failed build stops the start.
-    pub async fn start(
-        configs: &BTreeMap<String, FunctionConfig>,
-        settings: &RuntimeSettings,
-    ) -> Result<Self, FunctionsError> {
-        run_builds(configs).await?;
-        let shutdown = CancellationToken::new();
-        let processes = TaskTracker::new();
-        let mut functions = HashMap::new();
-        for (name, config) in configs {
-            let (queue, pending) = async_channel::bounded(QUEUE_CAPACITY);
-            let function = Arc::new(Function {
-                name: name.clone(),
-                arn: format!(
-                    "arn:aws:lambda:{}:{}:function:{name}",
-                    settings.region, settings.account_id
-                ),
-                config: config.clone(),
-                queue,
-                pending,
-                ready: AtomicUsize::new(0),
-                init_failure: std::sync::Mutex::new(None),
-            });
+    pub async fn start(&self, settings: &RuntimeSettings) -> Result<(), FunctionsError> {
+        let configs: BTreeMap<String, FunctionConfig> = self
+            .functions
+            .iter()
+            .map(|(name, f)| (name.clone(), f.0.config.clone()))
+            .collect();
+        run_builds(&configs).await?;
+        for (name, function) in &self.functions {
+            let config = &function.0.config;
             for index in 0..config.concurrency as usize {
-                let slot =
-                    process::Slot::bind(function.clone(), index)
-                        .await
-                        .map_err(|source| FunctionsError::Listener {
-                            function: name.clone(),
-                            source,
-                        })?;
-                processes.spawn(slot.supervise(settings.clone(), shutdown.clone()));
+                let slot = process::Slot::bind(function.0.clone(), index)
+                    .await
+                    .map_err(|source| FunctionsError::Listener {
+                        function: name.clone(),
+                        source,
+                    })?;
+                self.processes
+                    .spawn(slot.supervise(settings.clone(), self.shutdown.clone()));
             }
             tracing::info!(
                 function = %name,
@@ -198,14 +211,9 @@ impl LocalFunctions {
                 timeout = ?config.timeout,
                 "local function started"
             );
-            functions.insert(name.clone(), LocalFunction(function));
         }
-        processes.close();
-        Ok(Self {
-            functions,
-            shutdown,
-            processes,
-        })
+        self.processes.close();
+        Ok(())
     }
 
     /// The function called `name`, which may also be given as a function ARN (with or without a
@@ -282,7 +290,8 @@ mod tests {
             management_endpoint: "http://127.0.0.1:1/dev".into(),
             credentials: None,
         };
-        let functions = LocalFunctions::start(&configs, &settings).await.unwrap();
+        let functions = LocalFunctions::new(&configs, "us-east-1", "000000000000");
+        functions.start(&settings).await.unwrap();
         for name in [
             "chat",
             "chat:$LATEST",
@@ -317,7 +326,8 @@ mod tests {
             management_endpoint: String::new(),
             credentials: None,
         };
-        let err = LocalFunctions::start(&configs, &settings)
+        let err = LocalFunctions::new(&configs, "us-east-1", "000000000000")
+            .start(&settings)
             .await
             .unwrap_err();
         assert!(

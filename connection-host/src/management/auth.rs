@@ -6,7 +6,7 @@
 //! secret of the access key the request names, and compares the signatures in constant time.
 //! Failures are 403s in AWS's format: `{"message":"…"}` and `x-amzn-ErrorType`.
 
-use crate::config::{AuthMode, ManagementAuthConfig};
+use crate::config::{AccessKeyConfig, AuthMode, ManagementAuthConfig};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -117,6 +117,39 @@ pub struct KeyError {
     pub reason: String,
 }
 
+/// Reads an access key's secret from its source; on failure, the field at fault and why.
+fn resolve(key: &AccessKeyConfig) -> Result<Secret, (String, String)> {
+    if !key.secret.is_empty() {
+        return Ok(Secret::new(key.secret.clone()));
+    }
+    if !key.secret_env.is_empty() {
+        return match std::env::var(&key.secret_env) {
+            Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+            _ => Err((
+                "secret_env".into(),
+                format!(
+                    "environment variable {} is not set or empty",
+                    key.secret_env
+                ),
+            )),
+        };
+    }
+    let Some(path) = &key.secret_file else {
+        return Err((
+            "secret_env".into(),
+            "set one of secret_env, secret_file or secret".into(),
+        ));
+    };
+    match std::fs::read_to_string(path) {
+        Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_string())),
+        Ok(_) => Err(("secret_file".into(), format!("{} is empty", path.display()))),
+        Err(e) => Err((
+            "secret_file".into(),
+            format!("{} could not be read: {e}", path.display()),
+        )),
+    }
+}
+
 /// Whether SigV4 is required on a management API served at `addr` under `config`.
 pub fn required(config: &ManagementAuthConfig, addr: SocketAddr) -> bool {
     match config.mode {
@@ -141,7 +174,7 @@ impl Verifier {
         let mut keys = HashMap::new();
         let mut first = None;
         for (id, key) in &config.keys {
-            let secret = key.resolve().map_err(|(field, reason)| KeyError {
+            let secret = resolve(key).map_err(|(field, reason)| KeyError {
                 field: format!("management.auth.keys.{id}.{field}"),
                 reason,
             })?;
@@ -155,7 +188,7 @@ impl Verifier {
             return Err(KeyError {
                 field: "management.auth.keys".into(),
                 reason: format!(
-                    "SigV4 is required on the management API at {addr} (mode \"{}\"), but no access key is configured",
+                    "SigV4 is required on the management API at {addr} (mode \"{}\"), but no access key is configured; add one, or set management.auth.mode = \"none\" to leave the API open",
                     config.mode.as_str()
                 ),
             });

@@ -7,8 +7,8 @@
 
 use super::{Call, ManagementError, check_id, elsewhere, read_body};
 use crate::cluster::{Cluster, Owner};
+use crate::host::Host;
 use crate::registry::Outbound;
-use crate::server::Host;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;

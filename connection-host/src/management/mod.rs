@@ -15,9 +15,9 @@ pub mod path;
 pub use error::ManagementError;
 
 use crate::cluster;
+use crate::host::Host;
 use crate::ids;
 use crate::registry::{Outbound, PostError};
-use crate::server::Host;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};

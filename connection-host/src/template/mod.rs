@@ -125,6 +125,57 @@ pub struct ApiDefinition {
     pub functions: BTreeMap<String, FunctionTarget>,
 }
 
+/// Applies the template `config.template.file` names, if any: its route selection expression,
+/// routes, integrations, authorizers and (single) stage replace the configuration's, which the
+/// file and the environment must then leave unset (see [`crate::config::Provenance`]).
+pub fn apply(mut config: Config) -> Result<(Config, Option<ApiDefinition>), TemplateError> {
+    let Some(path) = config.template.file.clone() else {
+        return Ok((config, None));
+    };
+    let definition = ApiDefinition::load(&path, &config)?;
+    let stage_flag = config.provenance.stage_flag;
+    let template_defines = |key: &&str| {
+        crate::config::TEMPLATE_KEYS.contains(key)
+            || (*key == "api.stage" && !definition.stages.is_empty() && !stage_flag)
+    };
+    if let Some(key) = config
+        .provenance
+        .given
+        .iter()
+        .copied()
+        .find(template_defines)
+    {
+        return Err(TemplateError::Setting {
+            field: key.into(),
+            reason: format!(
+                "the template {} defines it; remove it from the configuration (or stop using the template)",
+                path.display()
+            ),
+        });
+    }
+    if !stage_flag {
+        match definition.stages.as_slice() {
+            [] => {}
+            [one] => config.api.stage.clone_from(one),
+            many => {
+                return Err(TemplateError::Setting {
+                    field: "api.stage".into(),
+                    reason: format!(
+                        "the template {} has several stages ({}): choose one with --stage",
+                        path.display(),
+                        many.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    config.api.route_selection_expression = definition.route_selection_expression.clone();
+    config.routes.clone_from(&definition.routes);
+    config.integrations.clone_from(&definition.integrations);
+    config.authorizers.clone_from(&definition.authorizers);
+    Ok((config, Some(definition)))
+}
+
 impl ApiDefinition {
     /// Reads the template at `path`; `config` supplies `[template]`, `[functions]` and the region
     /// and account for `AWS::Region` and `AWS::AccountId`.

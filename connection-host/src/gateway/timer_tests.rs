@@ -2,14 +2,14 @@
 //! on tokio's paused clock: a connection is served over an in-memory duplex pipe, so the runtime
 //! auto-advances time whenever every task is waiting.
 
-use connection_host::config::{Config, LimitsConfig};
-use connection_host::events::{ConnectionContext, Event, EventKind, ProxyResponse};
-use connection_host::gateway::run_connection;
-use connection_host::integration::{Integration, IntegrationError};
-use connection_host::registry::Outbound;
-use connection_host::routing::{Route, RouteTable};
-use connection_host::server::Host;
-use connection_host::store::MemoryStore;
+use crate::config::{Config, LimitsConfig};
+use crate::events::{ConnectionContext, Event, EventKind, ProxyResponse};
+use crate::gateway::run_connection;
+use crate::host::Host;
+use crate::integration::{Integration, IntegrationError};
+use crate::registry::Outbound;
+use crate::routing::{Route, RouteTable};
+use crate::store::MemoryStore;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,9 @@ async fn start(
     let mut config = Config::default();
     adjust(&mut config.limits);
     let expression = config.api.route_selection_expression.clone();
-    let mut host = Host::new(config, Arc::new(MemoryStore::new()), Default::default()).await;
+    let mut host = Host::build(config, Arc::new(MemoryStore::new()))
+        .await
+        .expect("the default configuration builds");
     let recorder = Arc::new(Recorder::default());
     host.routes = RouteTable::new(
         expression,

@@ -1,0 +1,291 @@
+//! The running host's shared state, and [`Host::build`]: the one step that turns a [`Config`]
+//! into it. A start and `config check` both run it, so the check accepts exactly what a start
+//! does, and every file the configuration names (template, certificates, JWT keys, secrets) is
+//! read once.
+//!
+//! Building starts nothing: no socket is bound, no function process spawned, no store called.
+//! [`crate::server::run`] does that with the built host.
+
+use crate::authorizer::Authorizer;
+use crate::cluster::{Cluster, Identity};
+use crate::config::{Config, ConfigError};
+use crate::limits::HostLimits;
+use crate::local_lambda::LocalFunctions;
+use crate::management::auth::Verifier;
+use crate::registry::Registry;
+use crate::routing::{Route, RouteTable};
+use crate::store::ConnectionStore;
+use crate::template::{ApiDefinition, TemplateError};
+use crate::tls::TlsAcceptor;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why a configuration does not make a host; every variant names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is out of range, inconsistent, or names a file or secret that cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The template named by `--template` or `[template] file` cannot be used.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+/// Everything the host's tasks share. Built once by [`Host::build`]; its parts are reached by
+/// the front ends (gateway, management, liveness) inside the crate only.
+pub struct Host {
+    /// The configuration the host runs with, its template applied.
+    pub(crate) config: Config,
+    /// The API definition read from the template, if the configuration names one.
+    pub(crate) definition: Option<ApiDefinition>,
+    /// Connections held by this host.
+    pub(crate) registry: Registry,
+    /// Connection records and groups.
+    pub(crate) store: Arc<dyn ConnectionStore>,
+    /// Routes and the selection expression.
+    pub(crate) routes: RouteTable,
+    /// Connection and invocation tasks, awaited on shutdown.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the host starts shutting down.
+    pub(crate) shutdown: CancellationToken,
+    /// WebSocket protocol limits derived from `config.limits`.
+    pub(crate) ws_config: WebSocketConfig,
+    /// Who this host is in the store (every record it writes names it).
+    pub(crate) identity: Identity,
+    /// Owner lookups and host-to-host calls; `None` when not clustered.
+    pub(crate) cluster: Option<Cluster>,
+    /// The functions this host runs itself (`[functions]`); their processes start with the host.
+    pub(crate) functions: LocalFunctions,
+    /// `server.static_dir`, ready to serve.
+    pub(crate) static_files: Option<tower_http::services::ServeDir>,
+    /// The authorizer the `$connect` route names, run before `$connect` on every attempt.
+    pub(crate) authorizer: Option<Authorizer>,
+    /// SigV4 verification of management and Invoke API calls; `None` when they are open.
+    pub(crate) management_auth: Option<Verifier>,
+    /// Abuse limits shared by every connection: origins, rates, per-IP and per-principal counts.
+    pub(crate) limits: HostLimits,
+    /// `server.tls`, loaded.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// `server.management_tls`, loaded.
+    pub(crate) management_tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("identity", &self.identity)
+            .field("stage", &self.config.api.stage)
+            .field("connections", &self.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Compiles `config`: applies its template, checks every setting, loads certificates, JWT
+    /// keys and management secrets, and builds routes, integrations and the authorizer over
+    /// `store` (which building does not call).
+    pub async fn build(
+        config: Config,
+        store: Arc<dyn ConnectionStore>,
+    ) -> Result<Self, BuildError> {
+        let (config, definition) = crate::template::apply(config)?;
+        config.validate()?;
+        let tls = load_tls(&config.server.tls, "server.tls")?;
+        let management_tls = load_tls(&config.server.management_tls, "server.management_tls")?;
+        let limits = HostLimits::from_config(&config.limits).map_err(|e| ConfigError::Invalid {
+            field: "limits.allowed_origins".into(),
+            reason: e.to_string(),
+        })?;
+        // Decided on the configured address; `run` refuses a listener that would need more.
+        let management_addr = config
+            .server
+            .management_listen
+            .unwrap_or(config.server.listen);
+        let management_auth =
+            Verifier::from_config(&config.management.auth, &config.api.region, management_addr)
+                .map_err(|e| ConfigError::Invalid {
+                    field: e.field,
+                    reason: e.reason,
+                })?;
+        let functions = LocalFunctions::new(
+            &config.functions,
+            &config.api.region,
+            &config.api.account_id,
+        );
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("the HTTP client builds with static settings");
+        let mut integrations = std::collections::HashMap::new();
+        for (name, integration) in &config.integrations {
+            integrations.insert(
+                name.clone(),
+                crate::integration::build(integration, &config.api, &http, &functions).await,
+            );
+        }
+        let routes = config.routes.iter().map(|(key, route)| Route {
+            key: key.clone(),
+            integration: integrations[&route.integration].clone(),
+            two_way: route.two_way,
+            timeout: route.timeout,
+        });
+        let routes = RouteTable::new(config.api.route_selection_expression.clone(), routes);
+        let authorizer = Authorizer::for_connect(&config, &functions).await?;
+        let l = &config.limits;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(l.read_buffer_size)
+            .write_buffer_size(0)
+            .max_write_buffer_size(l.outbound_queue_bytes.max(l.frame_size) * 2)
+            .max_frame_size(Some(l.frame_size))
+            .max_message_size(Some(l.message_size));
+        let identity = Identity::new(&config.cluster);
+        // The same pooled keep-alive client as the integrations: forwarded calls reuse connections.
+        let cluster = Cluster::new(&config.cluster, &identity, http);
+        let static_files = config
+            .server
+            .static_dir
+            .as_ref()
+            .map(tower_http::services::ServeDir::new);
+        Ok(Self {
+            config,
+            definition,
+            registry: Registry::new(),
+            store,
+            routes,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            ws_config,
+            identity,
+            cluster,
+            functions,
+            static_files,
+            authorizer,
+            management_auth,
+            limits,
+            tls,
+            management_tls,
+        })
+    }
+
+    /// The configuration the host runs with, its template applied.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The API definition read from the template, if the configuration names one.
+    pub fn definition(&self) -> Option<&ApiDefinition> {
+        self.definition.as_ref()
+    }
+}
+
+fn load_tls(
+    tls: &Option<crate::config::TlsConfig>,
+    field: &str,
+) -> Result<Option<TlsAcceptor>, ConfigError> {
+    tls.as_ref()
+        .map(|tls| crate::tls::acceptor(tls, field))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthorizerConfig, IntegrationConfig};
+    use crate::store::MemoryStore;
+
+    async fn build(toml: &str) -> Result<Host, BuildError> {
+        let config = Config::from_toml(toml)?;
+        Host::build(config, Arc::new(MemoryStore::new())).await
+    }
+
+    #[tokio::test]
+    async fn files_secrets_and_patterns_are_read_when_building() {
+        for (toml, field) in [
+            (
+                "[limits]\nallowed_origins = [\"example.com\"]",
+                "limits.allowed_origins",
+            ),
+            (
+                "[authorizers.j]\ntype = \"jwt\"\n[[authorizers.j.keys]]\nalgorithm = \"RS256\"\npem_file = \"/nonexistent/rs.pem\"\n[integrations.m]\ntype = \"mock\"\n[routes.\"$connect\"]\nintegration = \"m\"\nauthorizer = \"j\"",
+                "authorizers.j.keys[0].pem_file",
+            ),
+            (
+                "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"",
+                "server.tls.cert_file",
+            ),
+            (
+                "[management.auth]\nmode = \"sigv4\"",
+                "management.auth.keys",
+            ),
+            (
+                "[management.auth]\nmode = \"sigv4\"\n[management.auth.keys.AKIDEXAMPLE]\nsecret_env = \"CONNECTION_HOST_TEST_UNSET_SECRET\"",
+                "management.auth.keys.AKIDEXAMPLE.secret_env",
+            ),
+        ] {
+            let err = build(toml).await.unwrap_err().to_string();
+            assert!(err.starts_with(field), "{toml}: {err}");
+        }
+        // Validation runs first, within the same step.
+        let err = build("[limits]\nframe_size = 10").await.unwrap_err();
+        assert!(err.to_string().starts_with("limits.frame_size"), "{err}");
+        assert!(build("").await.is_ok());
+    }
+
+    async fn with_fixture_template(rest: &str) -> Result<Config, BuildError> {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/chat-template.yaml"
+        );
+        build(&format!(
+            "[template]\nfile = \"{fixture}\"\nfunctions = {{ ChatFunction = \"chat\", AuthorizerFunction = \"authorizer\" }}\n[functions.chat]\ncommand = \"chat\"\n[functions.authorizer]\ncommand = \"authorizer\"\n{rest}"
+        ))
+        .await
+        .map(|host| host.config)
+    }
+
+    #[tokio::test]
+    async fn a_template_supplies_the_api_definition() {
+        let c = with_fixture_template("[api]\nregion = \"eu-west-1\"")
+            .await
+            .unwrap();
+        assert_eq!(c.api.stage, "dev");
+        assert_eq!(c.api.region, "eu-west-1");
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(
+            c.routes["$connect"].authorizer.as_deref(),
+            Some("GuestAuthorizer")
+        );
+        assert!(matches!(
+            &c.integrations["ChatIntegration"],
+            IntegrationConfig::Lambda { function_name, .. } if function_name == "chat"
+        ));
+        let AuthorizerConfig::Request(guest) = &c.authorizers["GuestAuthorizer"] else {
+            panic!("a template's REQUEST authorizer is a Lambda authorizer");
+        };
+        assert_eq!(guest.function_name, "authorizer");
+        for (rest, field) in [
+            (
+                "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"",
+                "routes:",
+            ),
+            ("[integrations.m]\ntype = \"mock\"", "integrations:"),
+            (
+                "[api]\nroute_selection_expression = \"$request.body.x\"",
+                "api.route_selection_expression:",
+            ),
+            ("[api]\nstage = \"prod\"", "api.stage:"),
+            ("[template.parameters]\nStageName = \"a b\"", "api.stage:"),
+        ] {
+            let err = with_fixture_template(rest).await.unwrap_err().to_string();
+            assert!(err.starts_with(field), "{rest}: {err}");
+        }
+        let err = build("[template]\nfile = \"/nonexistent.yaml\"")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.yaml"), "{err}");
+    }
+}
