@@ -4,7 +4,8 @@
 #   tests/run.sh                        every step, in this order:
 #     tools        Python venv .venv-test/ with the pinned test tools (kosoku, moto), created/installed only if missing
 #     fmt          cargo fmt --all -- --check, for the workspace and for connection-host/fuzz
-#     build        cargo build --workspace --all-targets (debug)
+#     build        cargo build --workspace --all-targets (debug); the handler SDK (ws-handler) also without
+#                  its default features, checked to leave out the DynamoDB SDK, reqwest and jsonwebtoken
 #     clippy       cargo clippy --workspace --all-targets -- -D warnings
 #     test         cargo test --workspace (all unit and integration tests), with a moto server (DynamoDB API)
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it;
@@ -168,7 +169,19 @@ step_fmt() {
     cargo fmt --all --manifest-path "$ROOT/connection-host/fuzz/Cargo.toml" -- --check
 }
 
-step_build() { cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets; }
+step_build() {
+    cargo build "${CARGO_FLAGS[@]}" --workspace --all-targets
+    # The handler SDK without its default features (rooms, examples) builds, and compiles neither
+    # the DynamoDB SDK, an HTTP client of its own nor the JWT library.
+    cargo build "${CARGO_FLAGS[@]}" -p ws-handler --no-default-features --lib
+    local heavy
+    heavy="$(cargo tree "${CARGO_FLAGS[@]}" -p ws-handler --no-default-features -e normal --prefix none \
+        | grep -E '^(aws-sdk-dynamodb|reqwest|jsonwebtoken) ' || true)"
+    if [[ -n "$heavy" ]]; then
+        echo "ws-handler --no-default-features still depends on: $heavy" >&2
+        return 1
+    fi
+}
 
 step_clippy() { cargo clippy "${CARGO_FLAGS[@]}" --workspace --all-targets -- -D warnings; }
 

@@ -900,13 +900,11 @@ impl Config {
                 "must be non-empty and use only letters, digits, '-' and '_'",
             );
         }
-        if self.server.management_tls.is_some() {
-            if self.server.management_listen.is_none() {
-                return invalid(
-                    "server.management_tls".into(),
-                    "needs server.management_listen: without it the management API is served on the public listener, which server.tls covers",
-                );
-            }
+        if self.server.management_tls.is_some() && self.server.management_listen.is_none() {
+            return invalid(
+                "server.management_tls".into(),
+                "needs server.management_listen: without it the management API is served on the public listener, which server.tls covers",
+            );
         }
         let l = &self.limits;
         if l.frame_size < 1024 || l.frame_size > l.message_size {

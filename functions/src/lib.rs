@@ -6,11 +6,14 @@
 //!   event type, body, authorizer context, query string, close code), see [`WebSocketEvent`];
 //! - [`response`]: the responses API Gateway understands (accept, reply, reject);
 //! - [`management`]: pushing messages to connections through the `@connections` API;
-//! - [`rooms`]: join, leave, list and broadcast, on the connection host's groups extension or on
-//!   a DynamoDB table;
-//! - [`testing`]: test doubles to unit-test handler logic with captured events;
-//! - [`examples`]: the logic of the example functions in `src/bin/` (`chat`, `echo`,
-//!   `authorizer`).
+//! - `rooms` (feature `rooms`, on by default): join, leave, list and broadcast, on the connection
+//!   host's groups extension or on a DynamoDB table;
+//! - `testing` (feature `testing`): test doubles to unit-test handler logic with captured events;
+//! - `examples` (feature `examples`, on by default): the logic of the example functions in
+//!   `src/bin/` (`chat`, `echo`, `authorizer`).
+//!
+//! With `default-features = false`, a handler that only reads events and posts to connections
+//! compiles neither the DynamoDB SDK nor an HTTP client of its own.
 //!
 //! ```no_run
 //! use lambda_http::{Error, Request, service_fn};
@@ -34,14 +37,18 @@
 #![warn(missing_docs)]
 
 pub mod context;
+#[cfg(feature = "examples")]
 pub mod examples;
 pub mod management;
 pub mod response;
+#[cfg(feature = "rooms")]
 pub mod rooms;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use context::{Authorizer, EventType, WebSocketEvent};
 pub use management::{Management, ManagementError, PostToConnection};
+#[cfg(feature = "rooms")]
 pub use rooms::{BroadcastReport, Rooms, RoomsConfig, RoomsError};
 
 /// Sends `tracing` output to stderr, which Lambda forwards to CloudWatch Logs: no colours and no
