@@ -1,6 +1,7 @@
 //! Several hosts on one DynamoDB store (moto, `DYNAMODB_TEST_ENDPOINT`) as one cluster: management
 //! calls reach a connection through any host, broadcasts reach every member once, a killed host's
-//! connections are reaped, and a restarted host does not bring its old connections back.
+//! connections are reaped, a restarted host does not bring its old connections back, and a store
+//! outage longer than `host_timeout` disconnects nobody.
 //!
 //! Each host runs on its own tokio runtime, so a test can kill one abruptly: dropping the runtime
 //! drops every task and socket at once, without Close frames, `$disconnect` or a goodbye to the
@@ -9,10 +10,12 @@
 mod common;
 
 use aws_sdk_apigatewaymanagement::primitives::Blob;
+use common::proxy::{FaultProxy, Mode};
 use common::*;
 use connection_host::server::{Listeners, RunError};
 use connection_host::store::ConnectionStore;
 use serde_json::Value;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -41,6 +44,17 @@ impl ClusterHost {
 
     /// Like [`ClusterHost::start`], with more routes and integrations (TOML) beside `whoami`.
     fn start_with_routes(tables: &TestTables, host_id: &str, liveness: &str, routes: &str) -> Self {
+        Self::start_via(tables, tables.endpoint(), host_id, liveness, routes)
+    }
+
+    /// Like [`ClusterHost::start_with_routes`], with the store reached at `endpoint` (a proxy).
+    fn start_via(
+        tables: &TestTables,
+        endpoint: &str,
+        host_id: &str,
+        liveness: &str,
+        routes: &str,
+    ) -> Self {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
@@ -68,7 +82,7 @@ secret = "{SECRET}"
 {liveness}"#,
             tables.connections(),
             tables.groups(),
-            tables.endpoint()
+            endpoint
         );
         let config = connection_host::Config::from_toml(&toml).expect("valid cluster config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -566,5 +580,184 @@ async fn a_restarted_host_does_not_resurrect_its_old_connections() {
 
     a.stop().await;
     r2.stop().await;
+    tables.delete().await;
+}
+
+/// A client whose messages a task reads all the time (so pings are answered however long the test
+/// waits): texts and the end of the connection arrive on a channel.
+struct Watched {
+    id: String,
+    messages: tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+}
+
+impl Watched {
+    async fn start(host: &ClusterHost) -> Self {
+        let (mut ws, id) = client(host).await;
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let ended = match futures_util::StreamExt::next(&mut ws).await {
+                    Some(Ok(Message::Text(t))) => {
+                        let _ = tx.send(Ok(t.to_string()));
+                        continue;
+                    }
+                    Some(Ok(Message::Close(frame))) => format!("closed with {frame:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => format!("error {e}"),
+                    None => "ended".to_string(),
+                };
+                let _ = tx.send(Err(ended));
+                return;
+            }
+        });
+        Self { id, messages }
+    }
+
+    /// The next text, or how the connection ended.
+    async fn next(&mut self) -> Result<String, String> {
+        within("a message", self.messages.recv())
+            .await
+            .unwrap_or_else(|| Err("reader gone".into()))
+    }
+}
+
+/// A DynamoDB outage many times `host_timeout` long: every heartbeat lapses, yet no host reaps
+/// another when the store comes back (none saw a peer's heartbeat unchanged for `host_timeout`
+/// while its own heartbeats succeeded), so no client is closed, and posts through any host reach
+/// every client again within seconds. `CLUSTER_OUTAGE_SECS` lengthens the outage (10 s by default).
+#[tokio::test]
+async fn a_store_outage_longer_than_host_timeout_closes_no_connection() {
+    let test = "a_store_outage_longer_than_host_timeout_closes_no_connection";
+    let Some(tables) = TestTables::create(test).await else {
+        return;
+    };
+    let outage = Duration::from_secs(
+        std::env::var("CLUSTER_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
+    let host_timeout = Duration::from_secs(2);
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut hosts: Vec<ClusterHost> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| ClusterHost::start_via(&tables, &proxy.url, id, FAST_LIVENESS, ""))
+        .collect();
+    let mut clients = Vec::new();
+    for i in 0..21 {
+        clients.push((i % 3, Watched::start(&hosts[i % 3]).await));
+    }
+    // Every client is reachable through another host before the outage.
+    for (owner, client) in &mut clients {
+        let via = &hosts[(*owner + 1) % 3];
+        post(via, &client.id, "before")
+            .await
+            .expect("post before the outage");
+        assert_eq!(client.next().await, Ok("before".to_string()));
+    }
+
+    proxy.set(Mode::Refuse);
+    tokio::time::sleep(outage).await;
+    proxy.set(Mode::Pass);
+    let back = Instant::now();
+
+    // Posts through another host resume once the owners heartbeat again.
+    for (owner, client) in &mut clients {
+        let via = &hosts[(*owner + 1) % 3];
+        eventually(
+            "a post through another host",
+            Duration::from_secs(15),
+            || async { post(via, &client.id, "back").await.is_ok() },
+        )
+        .await;
+        assert_eq!(client.next().await, Ok("back".to_string()), "{}", client.id);
+    }
+    let resumed = back.elapsed();
+
+    // A host that judged its peers dead would reap them at its first heartbeats after the outage:
+    // give the cluster three host_timeouts, then every client must still be open and reachable.
+    tokio::time::sleep(host_timeout * 3).await;
+    let mut closed = Vec::new();
+    for (owner, client) in &mut clients {
+        let via = &hosts[(*owner + 2) % 3];
+        let posted = post(via, &client.id, "after").await;
+        match client.next().await {
+            Ok(text) if posted.is_ok() => assert_eq!(text, "after"),
+            other => closed.push(format!("{}: post {posted:?}, client {other:?}", client.id)),
+        }
+    }
+    assert!(
+        closed.is_empty(),
+        "connections lost to the outage: {closed:#?}"
+    );
+    let store = &tables.store;
+    for (_, client) in &clients {
+        assert!(
+            store.get_connection(&client.id).await.unwrap().is_some(),
+            "record of {}",
+            client.id
+        );
+    }
+    let live = store.hosts().await.unwrap();
+    assert_eq!(live.len(), 3, "{live:?}");
+    assert!(live.iter().all(|h| !h.reaping), "{live:?}");
+    // Past the harness's capture, so the figures show in the run's output.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {outage:?} outage with host_timeout {host_timeout:?}: 0 of {} connections closed; \
+         posts through other hosts resumed {resumed:?} after recovery",
+        clients.len()
+    );
+
+    for host in &mut hosts {
+        host.stop().await;
+    }
+    tables.delete().await;
+}
+
+/// A host reaped while alive (as if its heartbeats had failed for `host_timeout`) keeps its
+/// clients: it registers again and rewrites their records, so they stay reachable through the
+/// cluster.
+#[tokio::test]
+async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
+    let test = "a_host_reaped_while_alive_rejoins_and_keeps_its_clients";
+    let Some(tables) = TestTables::create(test).await else {
+        return;
+    };
+    let mut a = ClusterHost::start(&tables, "a", FAST_LIVENESS);
+    let mut b = ClusterHost::start(&tables, "b", FAST_LIVENESS);
+    let mut client = Watched::start(&b).await;
+    let store = &tables.store;
+    // Reap b as a peer would: claim it, delete its records, remove its liveness record.
+    eventually("b claimed", Duration::from_secs(5), || async {
+        let record = store.get_host("b").await.unwrap().expect("b registered");
+        store.begin_reap(&record).await.unwrap()
+    })
+    .await;
+    let incarnation = store.get_host("b").await.unwrap().unwrap().incarnation;
+    store.delete_connection(&client.id).await.unwrap();
+    store.remove_host("b", &incarnation).await.unwrap();
+
+    // b notices at its next heartbeat, registers again and rewrites the record.
+    eventually(
+        "b back with its record",
+        Duration::from_secs(10),
+        || async {
+            let host = store.get_host("b").await.unwrap();
+            let record = store.get_connection(&client.id).await.unwrap();
+            host.is_some_and(|h| !h.reaping && h.incarnation == incarnation)
+                && record.is_some_and(|r| r.owner_host == "b" && r.owner_incarnation == incarnation)
+        },
+    )
+    .await;
+    // The client was not closed, and is reachable through the other host.
+    eventually("a post through a", Duration::from_secs(10), || async {
+        post(&a, &client.id, "still here").await.is_ok()
+    })
+    .await;
+    assert_eq!(client.next().await, Ok("still here".to_string()));
+
+    a.stop().await;
+    b.stop().await;
     tables.delete().await;
 }

@@ -7,127 +7,22 @@
 //! (PostToConnection, two-way routes), `$disconnect` is not held up, and a closed connection's
 //! record is deleted by background retries once DynamoDB is back; new connects then succeed again
 //! by themselves. On shutdown during an outage the retries
-//! end with the drain timeout. Throttling is not simulated: the store client retries throttling
+//! end with the drain timeout. A record write whose answer is lost (it landed, the client timed out)
+//! is retried without refusing the connection, and a connect refused after such a write leaves no
+//! record. Throttling is not simulated: the store client retries throttling
 //! errors itself (the SDK's standard retry mode, 3 attempts).
 
 mod common;
 
 use aws_sdk_apigatewaymanagement::primitives::Blob;
+use common::proxy::{FaultProxy, Mode};
 use common::*;
 use connection_host::store::dynamodb::client as dynamodb_client;
 use connection_host::store::{ConnectionStore, DynamoDbStore, DynamoDbTables};
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Error as WsError;
-
-// ---------------------------------------------------------------------------------------------
-// The fault-injecting proxy.
-// ---------------------------------------------------------------------------------------------
-
-/// What the proxy does with connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Forward bytes both ways.
-    Pass,
-    /// Close new connections at once, and every open one (as a dead host's RST would).
-    Refuse,
-    /// Accept new connections and never answer; open ones stop forwarding (a network partition).
-    /// Leaving this mode closes the held connections.
-    Blackhole,
-}
-
-/// A TCP proxy on `127.0.0.1:0` in front of a DynamoDB endpoint, switchable at run time.
-struct FaultProxy {
-    /// `http://127.0.0.1:PORT`, the endpoint URL for the store's client.
-    url: String,
-    mode: Arc<watch::Sender<Mode>>,
-    /// TCP connections accepted so far (each SDK attempt on a fresh connection counts one).
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl FaultProxy {
-    async fn start(endpoint: &str) -> Self {
-        let url = reqwest::Url::parse(endpoint).expect("DYNAMODB_TEST_ENDPOINT is a URL");
-        let upstream = format!(
-            "{}:{}",
-            url.host_str().expect("endpoint host"),
-            url.port_or_known_default().expect("endpoint port")
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mode = Arc::new(watch::channel(Mode::Pass).0);
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn({
-            let mode = mode.clone();
-            let accepted = accepted.clone();
-            async move {
-                loop {
-                    let Ok((client, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let rx = mode.subscribe();
-                    let current = *rx.borrow();
-                    match current {
-                        Mode::Refuse => drop(client),
-                        Mode::Blackhole => {
-                            tokio::spawn(async move {
-                                let _held = client;
-                                hold_while_blackholed(rx).await;
-                            });
-                        }
-                        Mode::Pass => {
-                            tokio::spawn(pipe(client, upstream.clone(), rx));
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            url: format!("http://{addr}"),
-            mode,
-            accepted,
-            task,
-        }
-    }
-
-    fn set(&self, mode: Mode) {
-        self.mode.send_replace(mode);
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Forwards until either side closes or the mode leaves `Pass`; then closes both sides (after
-/// holding them for as long as the proxy black-holes).
-async fn pipe(mut client: TcpStream, upstream: String, mut mode: watch::Receiver<Mode>) {
-    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
-        _ = mode.wait_for(|m| *m != Mode::Pass) => {}
-    }
-    hold_while_blackholed(mode).await;
-}
-
-async fn hold_while_blackholed(mut mode: watch::Receiver<Mode>) {
-    let _ = mode.wait_for(|m| *m != Mode::Blackhole).await;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The host on a proxied DynamoDB store.
@@ -213,6 +108,20 @@ impl Direct {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// How many items the connections table holds (read from moto directly).
+    async fn records(&self) -> i32 {
+        self.0
+            .client()
+            .scan()
+            .table_name(&self.0.tables().connections)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("moto is reachable directly")
+            .count()
     }
 
     async fn drop_tables(&self) {
@@ -513,6 +422,81 @@ async fn a_store_outage_refuses_connects_before_connect_runs() {
     ws.close(None).await.unwrap();
     s.handler.wait_route("$disconnect", Some(&id)).await;
     s.direct.wait_record_gone(&id, Duration::from_secs(5)).await;
+    let Setup {
+        direct, mut host, ..
+    } = s;
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
+    direct.drop_tables().await;
+}
+
+/// The record write of a new connection lands, but its answer is lost, so the store client's
+/// attempt times out and the SDK retries: the retry finds the record its first attempt wrote and
+/// must accept it (the write is idempotent for its writer), not refuse the connection with 503.
+#[tokio::test]
+async fn a_retried_record_write_that_had_landed_accepts_the_connection() {
+    let test = "a_retried_record_write_that_had_landed_accepts_the_connection";
+    let Some(s) = Setup::start(test, "").await else {
+        return;
+    };
+    s.proxy.set(Mode::HoldAnswers);
+    let connecting = tokio::spawn(attempt(s.host.addr, Duration::from_secs(20)));
+    // The first attempt (which landed) timed out and the retry reached DynamoDB: answer it.
+    let held = Instant::now();
+    while s.proxy.held_requests() < 2 {
+        assert!(
+            held.elapsed() < Duration::from_secs(10),
+            "the store client did not retry its write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.proxy.set(Mode::Pass);
+    let (outcome, took) = connecting.await.unwrap();
+    let mut ws = outcome
+        .unwrap_or_else(|status| panic!("the retried write refused the connection with {status}"));
+    let id = whoami(&mut ws).await;
+    assert!(s.direct.has_record(&id).await, "the record is in the table");
+    assert_eq!(s.direct.records().await, 1, "one record, the connection's");
+    report(&format!(
+        "{test}: connected after {took:?} (first write attempt timed out)"
+    ));
+
+    ws.close(None).await.unwrap();
+    s.direct.wait_record_gone(&id, Duration::from_secs(5)).await;
+    let Setup {
+        direct, mut host, ..
+    } = s;
+    host.trigger_shutdown();
+    host.join().await.expect("clean shutdown");
+    direct.drop_tables().await;
+}
+
+/// Every attempt of the record write lands but none is answered in time, so the connect is refused
+/// with 503: the record those attempts wrote is deleted, not left as an orphan until its ttl.
+#[tokio::test]
+async fn a_connect_refused_after_its_write_landed_leaves_no_record() {
+    let test = "a_connect_refused_after_its_write_landed_leaves_no_record";
+    let Some(s) = Setup::start(test, "").await else {
+        return;
+    };
+    s.proxy.set(Mode::HoldAnswers);
+    let (outcome, took) = attempt(s.host.addr, Duration::from_secs(20)).await;
+    assert_eq!(outcome.err(), Some(503), "every write attempt timed out");
+    assert!(s.proxy.held_requests() >= 1, "the write reached DynamoDB");
+    s.proxy.set(Mode::Pass);
+    let back = Instant::now();
+    while s.direct.records().await > 0 {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the refused connection's record is still in the table {:?} after DynamoDB answers again",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report(&format!(
+        "{test}: 503 after {took:?}; record gone {:?} after DynamoDB answered again",
+        back.elapsed()
+    ));
     let Setup {
         direct, mut host, ..
     } = s;

@@ -106,14 +106,31 @@ async fn all_members(
 async fn suite_put_get_delete(store: &dyn ConnectionStore) {
     let a = record("conn-a", Some("test-agent/1.0"));
     store.put_connection(a.clone()).await.unwrap();
-    assert_eq!(store.get_connection("conn-a").await.unwrap(), Some(a));
-    match store.put_connection(record("conn-a", None)).await {
-        Err(StoreError::AlreadyExists(id)) => assert_eq!(id, "conn-a"),
-        other => panic!("a second put of conn-a must fail with AlreadyExists, got {other:?}"),
+    assert_eq!(
+        store.get_connection("conn-a").await.unwrap(),
+        Some(a.clone())
+    );
+    // Another writer (host, or incarnation of the same host) cannot overwrite it.
+    for other in [
+        owned("conn-a", "host-2", "inc-1"),
+        owned("conn-a", "host-1", "inc-2"),
+    ] {
+        let writer = format!("{}/{}", other.owner_host, other.owner_incarnation);
+        match store.put_connection(other).await {
+            Err(StoreError::AlreadyExists(id)) => assert_eq!(id, "conn-a"),
+            other => {
+                panic!("a put of conn-a by {writer} must fail with AlreadyExists, got {other:?}")
+            }
+        }
     }
-    // The failed put left the first record untouched.
-    let kept = store.get_connection("conn-a").await.unwrap().unwrap();
-    assert_eq!(kept.user_agent.as_deref(), Some("test-agent/1.0"));
+    // The failed puts left the first record untouched.
+    assert_eq!(
+        store.get_connection("conn-a").await.unwrap(),
+        Some(a.clone())
+    );
+    // The same writer's put again (a retry of a write that landed) succeeds: the write is idempotent.
+    store.put_connection(a.clone()).await.unwrap();
+    assert_eq!(store.get_connection("conn-a").await.unwrap(), Some(a));
 
     let b = record("conn-b", None);
     store.put_connection(b.clone()).await.unwrap();

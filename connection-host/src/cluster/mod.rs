@@ -199,11 +199,6 @@ impl Cluster {
         });
     }
 
-    /// Whether a host record's heartbeat lapsed (or a reaper claimed it).
-    pub fn is_dead(&self, host: &HostRecord, now_ms: i64) -> bool {
-        host.reaping || now_ms - host.heartbeat_at > self.host_timeout_ms
-    }
-
     fn view<T>(&self, f: impl FnOnce(&HashMap<String, HostRecord>) -> T) -> T {
         f(&self.hosts.read().unwrap_or_else(|e| e.into_inner()))
     }

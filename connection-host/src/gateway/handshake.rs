@@ -15,7 +15,7 @@ use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::host::Host;
 use crate::ids;
 use crate::limits::Slot;
-use crate::store::ConnectionRecord;
+use crate::store::{ConnectionRecord, StoreError};
 use base64::Engine;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -177,6 +177,11 @@ async fn establish<S>(
             b"{\"message\":\"Service Unavailable\"}",
         )
         .await;
+        // A write that timed out may still have landed: delete it, so the refused connection
+        // leaves no record behind. A record that already existed is another connection's.
+        if !matches!(e, StoreError::AlreadyExists(_)) {
+            connection::discard_record(&host, &context.connection_id).await;
+        }
         return;
     }
 

@@ -484,10 +484,22 @@ impl ConnectionStore for DynamoDbStore {
             .item("connectedAt", n(record.connected_at))
             .item("sourceIp", s(&record.source_ip))
             .item("ttl", n(self.expiry(record.connected_at / 1000)))
-            // An expired leftover with the same ID is not a live connection: overwrite it.
-            .condition_expression("attribute_not_exists(connectionId) OR #ttl < :now")
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":now", n(now_secs()));
+        // An expired leftover with the same ID is not a live connection: overwrite it. Nor is a
+        // record this incarnation of this host wrote: the write is idempotent, so the SDK's retry
+        // of an attempt that timed out but landed succeeds instead of failing its own condition
+        // (and a host that was reaped while alive can write its records again).
+        let fresh = "attribute_not_exists(connectionId) OR #ttl < :now";
+        put = if record.owner_host.is_empty() || record.owner_incarnation.is_empty() {
+            put.condition_expression(fresh)
+        } else {
+            put.condition_expression(format!(
+                "{fresh} OR (ownerHost = :owner AND ownerIncarnation = :incarnation)"
+            ))
+            .expression_attribute_values(":owner", s(&record.owner_host))
+            .expression_attribute_values(":incarnation", s(&record.owner_incarnation))
+        };
         if let Some(ua) = &record.user_agent {
             put = put.item("userAgent", s(ua));
         }

@@ -35,8 +35,15 @@ impl MemoryStore {
 impl ConnectionStore for MemoryStore {
     async fn put_connection(&self, record: ConnectionRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.connections.contains_key(&record.connection_id) {
-            return Err(StoreError::AlreadyExists(record.connection_id));
+        // As on DynamoDB: rewriting a record of the same owner and incarnation is idempotent.
+        if let Some(existing) = inner.connections.get(&record.connection_id) {
+            let same_writer = !record.owner_host.is_empty()
+                && !record.owner_incarnation.is_empty()
+                && existing.owner_host == record.owner_host
+                && existing.owner_incarnation == record.owner_incarnation;
+            if !same_writer {
+                return Err(StoreError::AlreadyExists(record.connection_id));
+            }
         }
         inner
             .connections

@@ -80,7 +80,9 @@ pub struct MembersPage {
 /// Connection records and group memberships.
 #[async_trait::async_trait]
 pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
-    /// Writes a new record; fails with `AlreadyExists` rather than overwrite one.
+    /// Writes a new record; fails with `AlreadyExists` rather than overwrite another writer's.
+    /// Idempotent for its writer: a record with the same `owner_host` and `owner_incarnation`
+    /// (both non-empty) is replaced, so a retried write that had landed succeeds.
     async fn put_connection(&self, record: ConnectionRecord) -> Result<(), StoreError>;
     /// Reads a record.
     async fn get_connection(

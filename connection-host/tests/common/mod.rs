@@ -3,6 +3,8 @@
 //! management SDK client pointed at the host.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use aws_sdk_apigatewaymanagement as mgmt;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
