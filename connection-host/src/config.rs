@@ -843,7 +843,10 @@ impl Config {
         given = given.merge(
             Env::prefixed(ENV_PREFIX)
                 .ignore(COMMAND_LINE_ENV)
-                .split("__"),
+                .split("__")
+                .map(env_path)
+                // Last: every `map` turns figment's own lower-casing back on.
+                .lowercase(false),
         );
         let mut figment =
             Figment::from(Serialized::defaults(Config::default())).merge(given.clone());
@@ -1258,6 +1261,33 @@ impl Config {
     }
 }
 
+/// The configuration path an environment variable sets (its name after [`ENV_PREFIX`], `__`
+/// already turned into `.`): field names are lower-cased, as the schema spells them, but an
+/// access key ID under `management.auth.keys` keeps its case, because it must equal the ID a
+/// request is signed with (`AKIA…`), and a lower-cased one would never match.
+fn env_path(key: &figment::value::UncasedStr) -> figment::value::Uncased<'_> {
+    const KEYS: [&str; 3] = ["management", "auth", "keys"];
+    key.as_str()
+        .split('.')
+        .enumerate()
+        .map(|(i, segment)| {
+            let is_key_id = i == KEYS.len()
+                && key
+                    .as_str()
+                    .split('.')
+                    .zip(KEYS)
+                    .all(|(s, k)| s.eq_ignore_ascii_case(k));
+            if is_key_id {
+                segment.to_string()
+            } else {
+                segment.to_ascii_lowercase()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+        .into()
+}
+
 fn is_host_id(id: &str) -> bool {
     id.len() <= 64
         && id
@@ -1522,6 +1552,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent.yaml"), "{err}");
+    }
+
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn access_key_ids_from_the_environment_keep_their_case() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CONNECTION_HOST_MANAGEMENT__AUTH__KEYS__AKIAEXAMPLEENV01__SECRET",
+                "s3cret-from-env",
+            );
+            jail.set_env("CONNECTION_HOST_MANAGEMENT__AUTH__CLOCK_SKEW", "1m");
+            let c = Config::load(None, &Overrides::default()).expect("loads");
+            let auth = &c.management.auth;
+            assert_eq!(
+                auth.keys.keys().collect::<Vec<_>>(),
+                ["AKIAEXAMPLEENV01"],
+                "the ID a request is signed with"
+            );
+            assert_eq!(auth.keys["AKIAEXAMPLEENV01"].secret, "s3cret-from-env");
+            assert_eq!(auth.clock_skew, Duration::from_secs(60));
+            Ok(())
+        });
     }
 
     // figment's Jail closure must return figment's own (large) error type.
