@@ -125,6 +125,57 @@ pub struct ApiConfig {
     pub account_id: String,
     /// Route selection expression, e.g. `$request.body.action`.
     pub route_selection_expression: RouteSelectionExpression,
+    /// `default`: the defaults of this file, which add protections API Gateway does not have.
+    /// `aws`: those protections off, so the host behaves as API Gateway does (see [`Profile`]).
+    /// Settings written in the file or the environment win over the profile's.
+    pub profile: Profile,
+}
+
+/// A set of defaults chosen by `api.profile`. It changes only the built-in defaults: a value
+/// the file or the environment sets explicitly wins over the profile's (precedence: built-in
+/// defaults < profile < file < environment < command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// The host's recommended defaults: server pings for dead-peer detection (`limits.ping_interval`
+    /// 25 s), a per-connection message rate (`limits.messages_per_second` 100) and 5 connections
+    /// per authorizer principal (`limits.connections_per_principal`).
+    #[default]
+    Default,
+    /// API Gateway, point for point: no server pings (`ping_interval = "0s"`), no per-connection
+    /// message rate (`messages_per_second = 0`) and no per-principal connection count
+    /// (`connections_per_principal = 0`). API Gateway's own quotas (frame and message sizes,
+    /// idle and 2 h timeouts, 500 connections per second, the management API rate) stay, as in
+    /// every profile.
+    Aws,
+}
+
+impl Profile {
+    /// The values this profile sets, as a partial configuration layered on the built-in defaults.
+    fn settings(self) -> serde_json::Value {
+        match self {
+            Profile::Default => serde_json::json!({}),
+            Profile::Aws => serde_json::json!({
+                "limits": {
+                    "ping_interval": "0s",
+                    "messages_per_second": 0,
+                    "connections_per_principal": 0,
+                }
+            }),
+        }
+    }
+
+    /// The profile `given` (the file and environment) names, and its settings as a figment layer.
+    fn layer(given: &Figment) -> Result<Serialized<serde_json::Value>, ConfigError> {
+        let profile = if given.contains("api.profile") {
+            given
+                .extract_inner::<Profile>("api.profile")
+                .map_err(Box::new)?
+        } else {
+            Profile::default()
+        };
+        Ok(Serialized::defaults(profile.settings()))
+    }
 }
 
 impl Default for ApiConfig {
@@ -137,6 +188,7 @@ impl Default for ApiConfig {
             account_id: "000000000000".into(),
             route_selection_expression: RouteSelectionExpression::parse("$request.body.action")
                 .expect("the default expression parses"),
+            profile: Profile::Default,
         }
     }
 }
@@ -848,8 +900,9 @@ impl Config {
                 // Last: every `map` turns figment's own lower-casing back on.
                 .lowercase(false),
         );
-        let mut figment =
-            Figment::from(Serialized::defaults(Config::default())).merge(given.clone());
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Profile::layer(&given)?)
+            .merge(given.clone());
         let mut server = serde_json::Map::new();
         if let Some(listen) = overrides.listen {
             server.insert("listen".into(), listen.to_string().into());
@@ -875,6 +928,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let given = Figment::from(Toml::string(text));
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Profile::layer(&given)?)
             .merge(given.clone())
             .extract()
             .map_err(Box::new)?;
@@ -1322,6 +1376,44 @@ mod tests {
     fn default_file_is_complete_and_equals_the_defaults() {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default file parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_aws_profile_turns_the_extra_protections_off_unless_set_explicitly() {
+        let aws = Config::from_toml("[api]\nprofile = \"aws\"").unwrap();
+        assert_eq!(aws.api.profile, Profile::Aws);
+        assert_eq!(aws.limits.ping_interval, Duration::ZERO);
+        assert_eq!(aws.limits.messages_per_second, 0);
+        assert_eq!(aws.limits.connections_per_principal, 0);
+        // Everything else, API Gateway's quotas included, keeps its default.
+        let expected = Config {
+            api: ApiConfig {
+                profile: Profile::Aws,
+                ..ApiConfig::default()
+            },
+            limits: LimitsConfig {
+                ping_interval: Duration::ZERO,
+                messages_per_second: 0,
+                connections_per_principal: 0,
+                ..LimitsConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(aws, expected);
+        // An explicit setting wins over the profile's value.
+        let mixed = Config::from_toml(
+            "[api]\nprofile = \"aws\"\n[limits]\nping_interval = \"30s\"\nconnections_per_principal = 3",
+        )
+        .unwrap();
+        assert_eq!(mixed.limits.ping_interval, Duration::from_secs(30));
+        assert_eq!(mixed.limits.connections_per_principal, 3);
+        assert_eq!(mixed.limits.messages_per_second, 0);
+        let default = Config::from_toml("[api]\nprofile = \"default\"").unwrap();
+        assert_eq!(default, Config::default());
+        let err = Config::from_toml("[api]\nprofile = \"gcp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profile"), "{err}");
     }
 
     #[test]
