@@ -977,6 +977,26 @@ impl Config {
             }
         }
         self.api.route_selection_expression = definition.route_selection_expression.clone();
+        // The template's Timeout, MemorySize and Environment for the functions the host runs
+        // itself, unless the configuration sets the field (or, for the environment, the variable).
+        for (name, settings) in &definition.function_settings {
+            let Some(function) = self.functions.get_mut(name) else {
+                continue;
+            };
+            let unset = |field: &str| !given.contains(&format!("functions.{name}.{field}"));
+            if let Some(timeout) = settings.timeout.filter(|_| unset("timeout")) {
+                function.timeout = timeout;
+            }
+            if let Some(memory_size) = settings.memory_size.filter(|_| unset("memory_size")) {
+                function.memory_size = memory_size;
+            }
+            for (variable, value) in &settings.environment {
+                function
+                    .environment
+                    .entry(variable.clone())
+                    .or_insert_with(|| value.clone());
+            }
+        }
         self.routes.clone_from(&definition.routes);
         self.integrations.clone_from(&definition.integrations);
         self.authorizers.clone_from(&definition.authorizers);
@@ -1640,6 +1660,22 @@ mod tests {
             let err = with_fixture_template(rest).unwrap_err().to_string();
             assert!(err.starts_with(field), "{rest}: {err}");
         }
+        // The template's Timeout (Globals: 10), MemorySize and variables reach the function the
+        // host runs, unless the configuration sets them.
+        let chat = &c.functions["chat"];
+        assert_eq!(chat.timeout, Duration::from_secs(10));
+        assert_eq!(chat.environment["ROOMS_BACKEND"], "dynamodb");
+        let c = with_fixture_template(
+            // Continues [functions.authorizer].
+            "timeout = \"4s\"\n[functions.chat.environment]\nROOMS_BACKEND = \"groups\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.functions["chat"].environment["ROOMS_BACKEND"], "groups");
+        assert_eq!(c.functions["authorizer"].timeout, Duration::from_secs(4));
+        assert_eq!(
+            c.functions["authorizer"].environment["ALLOW_GUEST_NICKNAMES"],
+            "true"
+        );
         let err = Config::from_toml("[template]\nfile = \"/nonexistent.yaml\"")
             .unwrap_err()
             .to_string();

@@ -71,10 +71,7 @@ async fn start(
 }
 
 /// [`start`] with a whole configuration.
-async fn start_with(
-    config: Config,
-    pipe_buffer: usize,
-) -> (Server, WebSocketStream<DuplexStream>) {
+async fn start_with(config: Config, pipe_buffer: usize) -> (Server, WebSocketStream<DuplexStream>) {
     let expression = config.api.route_selection_expression.clone();
     let mut host = Host::new(config, Arc::new(MemoryStore::new()), Default::default()).await;
     let recorder = Arc::new(Recorder::default());
