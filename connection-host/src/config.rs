@@ -62,8 +62,9 @@ pub struct Config {
 /// [`Config::from_toml`]; a `Config` built in code has none.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
-    /// The keys of [`TEMPLATE_KEYS`], and `api.stage`, that the file or the environment set.
-    pub given: Vec<&'static str>,
+    /// The keys of [`TEMPLATE_KEYS`], `api.stage`, and each function's `timeout` and
+    /// `memory_size` (`functions.NAME.timeout`) that the file or the environment set.
+    pub given: Vec<String>,
     /// Whether `--stage` chose the stage (it wins over a template's).
     pub stage_flag: bool,
 }
@@ -138,6 +139,57 @@ pub struct ApiConfig {
     pub account_id: String,
     /// Route selection expression, e.g. `$request.body.action`.
     pub route_selection_expression: RouteSelectionExpression,
+    /// `default`: the defaults of this file, which add protections API Gateway does not have.
+    /// `aws`: those protections off, so the host behaves as API Gateway does (see [`Profile`]).
+    /// Settings written in the file or the environment win over the profile's.
+    pub profile: Profile,
+}
+
+/// A set of defaults chosen by `api.profile`. It changes only the built-in defaults: a value
+/// the file or the environment sets explicitly wins over the profile's (precedence: built-in
+/// defaults < profile < file < environment < command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// The host's recommended defaults: server pings for dead-peer detection (`limits.ping_interval`
+    /// 25 s), a per-connection message rate (`limits.messages_per_second` 100) and 5 connections
+    /// per authorizer principal (`limits.connections_per_principal`).
+    #[default]
+    Default,
+    /// API Gateway, point for point: no server pings (`ping_interval = "0s"`), no per-connection
+    /// message rate (`messages_per_second = 0`) and no per-principal connection count
+    /// (`connections_per_principal = 0`). API Gateway's own quotas (frame and message sizes,
+    /// idle and 2 h timeouts, 500 connections per second, the management API rate) stay, as in
+    /// every profile.
+    Aws,
+}
+
+impl Profile {
+    /// The values this profile sets, as a partial configuration layered on the built-in defaults.
+    fn settings(self) -> serde_json::Value {
+        match self {
+            Profile::Default => serde_json::json!({}),
+            Profile::Aws => serde_json::json!({
+                "limits": {
+                    "ping_interval": "0s",
+                    "messages_per_second": 0,
+                    "connections_per_principal": 0,
+                }
+            }),
+        }
+    }
+
+    /// The profile `given` (the file and environment) names, and its settings as a figment layer.
+    fn layer(given: &Figment) -> Result<Serialized<serde_json::Value>, ConfigError> {
+        let profile = if given.contains("api.profile") {
+            given
+                .extract_inner::<Profile>("api.profile")
+                .map_err(Box::new)?
+        } else {
+            Profile::default()
+        };
+        Ok(Serialized::defaults(profile.settings()))
+    }
 }
 
 impl Default for ApiConfig {
@@ -150,6 +202,7 @@ impl Default for ApiConfig {
             account_id: "000000000000".into(),
             route_selection_expression: RouteSelectionExpression::parse("$request.body.action")
                 .expect("the default expression parses"),
+            profile: Profile::Default,
         }
     }
 }
@@ -776,14 +829,30 @@ impl PartialEq for Provenance {
 
 impl Provenance {
     fn of(given: &Figment, stage_flag: bool) -> Self {
+        let functions = given
+            .find_value("functions")
+            .ok()
+            .and_then(|v| v.into_dict())
+            .map(|d| d.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let function_fields = functions.iter().flat_map(|name| {
+            ["timeout", "memory_size"].map(|field| format!("functions.{name}.{field}"))
+        });
         Self {
             given: TEMPLATE_KEYS
                 .into_iter()
                 .chain(["api.stage"])
+                .map(String::from)
+                .chain(function_fields)
                 .filter(|key| given.contains(key))
                 .collect(),
             stage_flag,
         }
+    }
+
+    /// Whether the file or the environment set `key` (one of those [`Provenance::given`] lists).
+    pub fn gave(&self, key: &str) -> bool {
+        self.given.iter().any(|given| given == key)
     }
 }
 
@@ -832,10 +901,14 @@ impl Config {
         given = given.merge(
             Env::prefixed(ENV_PREFIX)
                 .ignore(COMMAND_LINE_ENV)
-                .split("__"),
+                .split("__")
+                .map(env_path)
+                // Last: every `map` turns figment's own lower-casing back on.
+                .lowercase(false),
         );
-        let mut figment =
-            Figment::from(Serialized::defaults(Config::default())).merge(given.clone());
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Profile::layer(&given)?)
+            .merge(given.clone());
         let mut server = serde_json::Map::new();
         if let Some(listen) = overrides.listen {
             server.insert("listen".into(), listen.to_string().into());
@@ -862,6 +935,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let given = Figment::from(Toml::string(text));
         let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Profile::layer(&given)?)
             .merge(given.clone())
             .extract()
             .map_err(Box::new)?;
@@ -1165,6 +1239,33 @@ impl Config {
     }
 }
 
+/// The configuration path an environment variable sets (its name after [`ENV_PREFIX`], `__`
+/// already turned into `.`): field names are lower-cased, as the schema spells them, but an
+/// access key ID under `management.auth.keys` keeps its case, because it must equal the ID a
+/// request is signed with (`AKIA…`), and a lower-cased one would never match.
+fn env_path(key: &figment::value::UncasedStr) -> figment::value::Uncased<'_> {
+    const KEYS: [&str; 3] = ["management", "auth", "keys"];
+    key.as_str()
+        .split('.')
+        .enumerate()
+        .map(|(i, segment)| {
+            let is_key_id = i == KEYS.len()
+                && key
+                    .as_str()
+                    .split('.')
+                    .zip(KEYS)
+                    .all(|(s, k)| s.eq_ignore_ascii_case(k));
+            if is_key_id {
+                segment.to_string()
+            } else {
+                segment.to_ascii_lowercase()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+        .into()
+}
+
 fn is_host_id(id: &str) -> bool {
     id.len() <= 64
         && id
@@ -1206,6 +1307,44 @@ mod tests {
     fn default_file_is_complete_and_equals_the_defaults() {
         let parsed = Config::from_toml(DEFAULT_CONFIG_TOML).expect("default file parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_aws_profile_turns_the_extra_protections_off_unless_set_explicitly() {
+        let aws = Config::from_toml("[api]\nprofile = \"aws\"").unwrap();
+        assert_eq!(aws.api.profile, Profile::Aws);
+        assert_eq!(aws.limits.ping_interval, Duration::ZERO);
+        assert_eq!(aws.limits.messages_per_second, 0);
+        assert_eq!(aws.limits.connections_per_principal, 0);
+        // Everything else, API Gateway's quotas included, keeps its default.
+        let expected = Config {
+            api: ApiConfig {
+                profile: Profile::Aws,
+                ..ApiConfig::default()
+            },
+            limits: LimitsConfig {
+                ping_interval: Duration::ZERO,
+                messages_per_second: 0,
+                connections_per_principal: 0,
+                ..LimitsConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(aws, expected);
+        // An explicit setting wins over the profile's value.
+        let mixed = Config::from_toml(
+            "[api]\nprofile = \"aws\"\n[limits]\nping_interval = \"30s\"\nconnections_per_principal = 3",
+        )
+        .unwrap();
+        assert_eq!(mixed.limits.ping_interval, Duration::from_secs(30));
+        assert_eq!(mixed.limits.connections_per_principal, 3);
+        assert_eq!(mixed.limits.messages_per_second, 0);
+        let default = Config::from_toml("[api]\nprofile = \"default\"").unwrap();
+        assert_eq!(default, Config::default());
+        let err = Config::from_toml("[api]\nprofile = \"gcp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profile"), "{err}");
     }
 
     #[test]
@@ -1378,6 +1517,29 @@ mod tests {
             let err = checked(toml).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
+    }
+
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn access_key_ids_from_the_environment_keep_their_case() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CONNECTION_HOST_MANAGEMENT__AUTH__KEYS__AKIAEXAMPLEENV01__SECRET",
+                "s3cret-from-env",
+            );
+            jail.set_env("CONNECTION_HOST_MANAGEMENT__AUTH__CLOCK_SKEW", "1m");
+            let c = Config::load(None, &Overrides::default()).expect("loads");
+            let auth = &c.management.auth;
+            assert_eq!(
+                auth.keys.keys().collect::<Vec<_>>(),
+                ["AKIAEXAMPLEENV01"],
+                "the ID a request is signed with"
+            );
+            assert_eq!(auth.keys["AKIAEXAMPLEENV01"].secret, "s3cret-from-env");
+            assert_eq!(auth.clock_skew, Duration::from_secs(60));
+            Ok(())
+        });
     }
 
     // figment's Jail closure must return figment's own (large) error type.

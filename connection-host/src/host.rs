@@ -282,6 +282,26 @@ mod tests {
             let err = with_fixture_template(rest).await.unwrap_err().to_string();
             assert!(err.starts_with(field), "{rest}: {err}");
         }
+        // The template's Timeout (Globals: 10), MemorySize and variables reach the function the
+        // host runs, unless the configuration sets them.
+        let chat = &c.functions["chat"];
+        assert_eq!(chat.timeout, std::time::Duration::from_secs(10));
+        assert_eq!(chat.environment["ROOMS_BACKEND"], "dynamodb");
+        let c = with_fixture_template(
+            // Continues [functions.authorizer].
+            "timeout = \"4s\"\n[functions.chat.environment]\nROOMS_BACKEND = \"groups\"\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.functions["chat"].environment["ROOMS_BACKEND"], "groups");
+        assert_eq!(
+            c.functions["authorizer"].timeout,
+            std::time::Duration::from_secs(4)
+        );
+        assert_eq!(
+            c.functions["authorizer"].environment["ALLOW_GUEST_NICKNAMES"],
+            "true"
+        );
         let err = build("[template]\nfile = \"/nonexistent.yaml\"")
             .await
             .unwrap_err()

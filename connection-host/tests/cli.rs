@@ -247,7 +247,13 @@ impl Host {
     /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, and waits until it logs its
     /// address and answers `/health`.
     async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`Host::start`] with extra environment variables.
+    async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = command(args)
+            .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -417,4 +423,53 @@ async fn sigint_closes_clients_with_1001_and_exits_0() {
     assert!(status.success(), "{status}");
     // The port is free again.
     assert!(tokio::net::TcpStream::connect(host.addr).await.is_err());
+}
+
+/// An access key configured only through the environment keeps the case of its ID (figment
+/// lower-cases environment keys), so a call the official SDK signs with the upper-case ID is
+/// accepted, while an unsigned one is refused: the key, not an open API, let it through.
+#[tokio::test]
+async fn an_access_key_from_the_environment_signs_management_calls() {
+    const KEY: &str = "AKIAENVIRONMENT01";
+    const SECRET: &str = "from-the-environment/with+odd=chars";
+    let host = Host::start_with_env(
+        &["--config", "connection-host/local.toml"],
+        &[
+            ("CONNECTION_HOST_MANAGEMENT__AUTH__MODE", "sigv4"),
+            (
+                "CONNECTION_HOST_MANAGEMENT__AUTH__KEYS__AKIAENVIRONMENT01__SECRET_ENV",
+                "CLI_TEST_MANAGEMENT_SECRET",
+            ),
+            ("CLI_TEST_MANAGEMENT_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let mut ws = connect(host.addr).await;
+    send_text(&mut ws, r#"{"action":"whoami"}"#).await;
+    let whoami: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let id = whoami["connectionId"].as_str().unwrap().to_string();
+
+    let url = format!("http://{}/dev/@connections/{}", host.addr, encode_id(&id));
+    let unsigned = reqwest::get(&url).await.unwrap();
+    assert_eq!(unsigned.status(), 403, "signatures are required");
+
+    use aws_sdk_apigatewaymanagement as mgmt;
+    let sdk = mgmt::Client::from_conf(
+        mgmt::Config::builder()
+            .behavior_version(mgmt::config::BehaviorVersion::latest())
+            .region(mgmt::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{}/dev", host.addr))
+            .credentials_provider(mgmt::config::Credentials::new(
+                KEY, SECRET, None, None, "test",
+            ))
+            .retry_config(mgmt::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let connection = sdk
+        .get_connection()
+        .connection_id(&id)
+        .send()
+        .await
+        .expect("a call signed with the key from the environment is accepted");
+    assert!(connection.connected_at().is_some());
 }

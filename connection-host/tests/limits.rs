@@ -291,6 +291,30 @@ async fn connections_per_principal_counts_the_authorizers_principal() {
     );
 }
 
+/// API Gateway does not count connections per principal: under `profile = "aws"` one principal
+/// opens more connections than the default profile's 5.
+#[tokio::test]
+async fn the_aws_profile_does_not_count_connections_per_principal() {
+    let handler = gatekeeper().await;
+    let function = authorizer_function().await;
+    let host = TestHost::start(&format!(
+        "[api]\nprofile = \"aws\"\n{}\n[authorizers.auth]\nfunction_name = \"auth\"\nendpoint_url = \"{function}\"\n",
+        config(&handler, "").replace(
+            "[routes.\"$connect\"]\nintegration = \"h\"",
+            "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"auth\"",
+        )
+    ))
+    .await;
+    let mut open = Vec::new();
+    for n in 1..=8 {
+        let (ws, _) = try_connect(host.addr, "/dev", &[("Authorization", "alice")], None)
+            .await
+            .unwrap_or_else(|e| panic!("alice's connection {n} refused: {e}"));
+        open.push(ws);
+    }
+    assert_eq!(connects(&handler), 8);
+}
+
 #[tokio::test]
 async fn a_flooder_is_throttled_then_closed_while_others_keep_their_latency() {
     let handler = gatekeeper().await;

@@ -67,6 +67,11 @@ async fn start(
 ) -> (Server, WebSocketStream<DuplexStream>) {
     let mut config = Config::default();
     adjust(&mut config.limits);
+    start_with(config, pipe_buffer).await
+}
+
+/// [`start`] with a whole configuration.
+async fn start_with(config: Config, pipe_buffer: usize) -> (Server, WebSocketStream<DuplexStream>) {
     let expression = config.api.route_selection_expression.clone();
     let mut host = Host::build(config, Arc::new(MemoryStore::new()))
         .await
@@ -312,6 +317,33 @@ async fn peer_that_never_answers_pings_is_closed_after_three_intervals() {
     assert!(
         matches!(first, Ok(Some(Ok(Message::Ping(_))))),
         "expected the host's Ping, got {first:?}"
+    );
+    assert_disconnected(server, 1001, "Going away").await;
+}
+
+/// API Gateway sends no pings: under `profile = "aws"` a peer that never reads (so never answers
+/// a ping) stays open until the idle timeout, where the default profile closes it after 75 s.
+#[tokio::test(start_paused = true)]
+async fn the_aws_profile_sends_no_pings() {
+    let config = Config::from_toml("[api]\nprofile = \"aws\"").expect("valid");
+    let (server, client) = start_with(config, 1 << 16).await;
+    let started = Instant::now();
+    // The client is not polled yet, so it could not answer a ping.
+    sleep(5 * MIN).await;
+    assert!(
+        server.host.registry.get(CONNECTION_ID).is_some(),
+        "closed as a dead peer"
+    );
+    let (_sink, mut inbox) = keep_reading(client);
+    let (frame, pings, _) = timeout(6 * MIN, close_frame(&mut inbox))
+        .await
+        .expect("closed by the idle timeout");
+    assert_eq!(pings, 0, "the host sent pings");
+    assert_going_away(&frame);
+    assert_between(
+        started.elapsed(),
+        10 * MIN,
+        10 * MIN + Duration::from_secs(1),
     );
     assert_disconnected(server, 1001, "Going away").await;
 }

@@ -104,6 +104,21 @@ pub struct FunctionTarget {
     pub region: String,
 }
 
+/// What a template says about a Lambda function the host runs itself (a `[functions]` entry):
+/// applied to that entry unless the configuration sets the same field itself.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunctionSettings {
+    /// `Timeout` (whole seconds, 1 to 900): the function's own deadline, as on Lambda.
+    pub timeout: Option<Duration>,
+    /// `MemorySize` in MB (128 to 10240), reported as `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`.
+    pub memory_size: Option<u32>,
+    /// `Environment.Variables`, `Globals.Function`'s merged under the function's own.
+    pub environment: BTreeMap<String, String>,
+    /// Variables left out because their value names a deployed resource (`!Ref Table`, `!GetAtt
+    /// …`), which only CloudFormation knows; `[functions.NAME] environment` can supply them.
+    pub unresolved: Vec<String>,
+}
+
 /// The API a template describes, in the host's configuration types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiDefinition {
@@ -123,6 +138,9 @@ pub struct ApiDefinition {
     pub authorizers: BTreeMap<String, AuthorizerConfig>,
     /// How each Lambda function used is reached, by logical ID (or function name, for a literal ARN).
     pub functions: BTreeMap<String, FunctionTarget>,
+    /// The template's `Timeout`, `MemorySize` and `Environment` for each function the host runs
+    /// itself, by `[functions]` name.
+    pub function_settings: BTreeMap<String, FunctionSettings>,
 }
 
 /// Applies the template `config.template.file` names, if any: its route selection expression,
@@ -142,7 +160,7 @@ pub fn apply(mut config: Config) -> Result<(Config, Option<ApiDefinition>), Temp
         .provenance
         .given
         .iter()
-        .copied()
+        .map(String::as_str)
         .find(template_defines)
     {
         return Err(TemplateError::Setting {
@@ -170,6 +188,27 @@ pub fn apply(mut config: Config) -> Result<(Config, Option<ApiDefinition>), Temp
         }
     }
     config.api.route_selection_expression = definition.route_selection_expression.clone();
+    // The template's Timeout, MemorySize and Environment for the functions the host runs
+    // itself, unless the configuration sets the field (or, for the environment, the variable).
+    for (name, settings) in &definition.function_settings {
+        let unset = |field: &str| !config.provenance.gave(&format!("functions.{name}.{field}"));
+        let (timeout_unset, memory_unset) = (unset("timeout"), unset("memory_size"));
+        let Some(function) = config.functions.get_mut(name) else {
+            continue;
+        };
+        if let Some(timeout) = settings.timeout.filter(|_| timeout_unset) {
+            function.timeout = timeout;
+        }
+        if let Some(memory_size) = settings.memory_size.filter(|_| memory_unset) {
+            function.memory_size = memory_size;
+        }
+        for (variable, value) in &settings.environment {
+            function
+                .environment
+                .entry(variable.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
     config.routes.clone_from(&definition.routes);
     config.integrations.clone_from(&definition.integrations);
     config.authorizers.clone_from(&definition.authorizers);
@@ -230,7 +269,20 @@ impl ApiDefinition {
         }
         for (id, target) in &self.functions {
             lines.push(if target.local {
-                format!("  function {id} -> local function {}", target.function_name)
+                let mut line = format!("  function {id} -> local function {}", target.function_name);
+                if let Some(unresolved) = self
+                    .function_settings
+                    .get(&target.function_name)
+                    .map(|s| &s.unresolved)
+                    .filter(|u| !u.is_empty())
+                {
+                    line.push_str(&format!(
+                        " (the template's {} refer to deployed resources: set them in [functions.{}] environment)",
+                        unresolved.join(", "),
+                        target.function_name
+                    ));
+                }
+                line
             } else {
                 format!(
                     "  function {id} -> Lambda Invoke API, function {}",
@@ -263,6 +315,9 @@ struct Resource<'t> {
 
 struct Loader<'t> {
     scope: Scope<'t>,
+    /// `Globals.Function`: SAM's defaults for every `AWS::Serverless::Function`.
+    globals: Option<&'t Map<String, Value>>,
+    function_settings: BTreeMap<String, FunctionSettings>,
     /// Enabled resources: those without a `Condition` or whose `Condition` holds.
     resources: Vec<Resource<'t>>,
     config: &'t Config,
@@ -394,8 +449,15 @@ impl<'t> Loader<'t> {
             .filter(|r| FUNCTION_TYPES.contains(&r.kind))
             .map(|r| r.id.to_string())
             .collect();
+        let globals = match root.get("Globals").and_then(|g| g.get("Function")) {
+            None => None,
+            Some(Value::Object(map)) => Some(map),
+            Some(_) => return Err(Fault::new("Globals.Function", "must be a mapping").into()),
+        };
         Ok(Self {
             scope,
+            globals,
+            function_settings: BTreeMap::new(),
             resources: enabled,
             config,
             functions: BTreeMap::new(),
@@ -595,6 +657,7 @@ impl<'t> Loader<'t> {
             integrations,
             authorizers,
             functions: std::mem::take(&mut self.functions),
+            function_settings: std::mem::take(&mut self.function_settings),
         })
     }
 
@@ -926,7 +989,108 @@ impl<'t> Loader<'t> {
             self.string(function, "FunctionName")?
         };
         let id = id.to_string();
-        Ok(self.map_function(&id, declared_name.as_deref(), "", ""))
+        let target = self.map_function(&id, declared_name.as_deref(), "", "");
+        if target.local {
+            let settings = self.function_settings(function)?;
+            self.function_settings
+                .insert(target.function_name.clone(), settings);
+        }
+        Ok(target)
+    }
+
+    /// A function's property, else (for a SAM function) `Globals.Function`'s, evaluated.
+    fn function_property(&self, r: Resource<'_>, name: &str) -> Result<Option<Val>, Fault> {
+        if let Some(v) = self.property(r, name)? {
+            return Ok(Some(v));
+        }
+        match self.globals.and_then(|g| g.get(name)) {
+            Some(value) if r.kind == "AWS::Serverless::Function" => {
+                match self
+                    .scope
+                    .resolve(value, &format!("Globals.Function.{name}"))?
+                {
+                    Val::Null => Ok(None),
+                    v => Ok(Some(v)),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `Timeout`, `MemorySize` and `Environment.Variables` of a function the host runs itself.
+    fn function_settings(&self, r: Resource<'_>) -> Result<FunctionSettings, Fault> {
+        let number =
+            |name: &str, range: std::ops::RangeInclusive<u32>| -> Result<Option<u32>, Fault> {
+                let Some(value) = self.function_property(r, name)? else {
+                    return Ok(None);
+                };
+                value
+                    .as_literal()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|v| range.contains(v))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Fault::new(
+                            &at(r.id, name),
+                            format!(
+                                "must be a whole number from {} to {} (Lambda's range)",
+                                range.start(),
+                                range.end()
+                            ),
+                        )
+                    })
+            };
+        let mut settings = FunctionSettings {
+            timeout: number("Timeout", 1..=900)?.map(|s| Duration::from_secs(s.into())),
+            memory_size: number("MemorySize", 128..=10_240)?,
+            ..FunctionSettings::default()
+        };
+        let mut variables = BTreeMap::new();
+        // SAM merges the two maps, the function's variables winning.
+        let globals = self
+            .globals
+            .filter(|_| r.kind == "AWS::Serverless::Function")
+            .and_then(|g| g.get("Environment"))
+            .map(|e| self.scope.resolve(e, "Globals.Function.Environment"))
+            .transpose()?;
+        for (environment, location) in [
+            (globals, "Globals.Function.Environment".to_string()),
+            (self.property(r, "Environment")?, at(r.id, "Environment")),
+        ] {
+            match environment {
+                None | Some(Val::Null) => {}
+                Some(Val::Map(mut map)) => match map.remove("Variables") {
+                    None | Some(Val::Null) => {}
+                    Some(Val::Map(vars)) => variables.extend(vars),
+                    Some(_) => {
+                        return Err(Fault::new(
+                            &format!("{location}.Variables"),
+                            "must be a mapping",
+                        ));
+                    }
+                },
+                Some(_) => return Err(Fault::new(&location, "must be a mapping")),
+            }
+        }
+        for (name, value) in variables {
+            match value {
+                // `!Ref AWS::NoValue` removes the variable.
+                Val::Null => {}
+                Val::List(_) | Val::Map(_) => {
+                    return Err(Fault::new(
+                        &at(r.id, "Environment.Variables"),
+                        format!("{name} must be a string"),
+                    ));
+                }
+                value => match value.as_literal() {
+                    Some(text) => {
+                        settings.environment.insert(name, text);
+                    }
+                    None => settings.unresolved.push(name),
+                },
+            }
+        }
+        Ok(settings)
     }
 
     /// Applies the rules of the module documentation to one function, and records the result.

@@ -121,6 +121,26 @@ fn the_managed_template_from_infra_loads() {
         [IdentitySource::QueryString("nickname".into())]
     );
     assert!(d.functions.values().all(|f| f.local), "{:?}", d.functions);
+    // Globals.Function's Timeout and MemorySize, and each function's variables: literals and
+    // parameters carried, a deployed table's name not, JWT_SECRET removed by AWS::NoValue.
+    let chat = &d.function_settings["chat"];
+    assert_eq!(chat.timeout, Some(Duration::from_secs(10)));
+    assert_eq!(chat.memory_size, Some(128));
+    assert_eq!(
+        chat.environment,
+        BTreeMap::from([
+            ("ROOMS_BACKEND".to_string(), "dynamodb".to_string()),
+            ("ROOMS_TTL_SECONDS".to_string(), "7200".to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ])
+    );
+    assert_eq!(chat.unresolved, ["ROOMS_TABLE"]);
+    let authorizer = &d.function_settings["authorizer"];
+    assert_eq!(
+        authorizer.environment.keys().collect::<Vec<_>>(),
+        ["ALLOW_GUEST_NICKNAMES", "RUST_LOG"]
+    );
+    assert!(d.summary().join("\n").contains("ROOMS_TABLE"));
 
     // Without a mapping, each function goes to the Invoke API under its FunctionName
     // (`${AWS::StackName}-chat`), as deployed by a stack of that name.
@@ -560,4 +580,77 @@ fn errors_name_the_resource_and_property() {
     assert!(e.contains("parameter Stage has no Default"), "{e}");
     let missing = ApiDefinition::load(Path::new("/nonexistent/t.yaml"), &config).unwrap_err();
     assert!(matches!(missing, TemplateError::Read { .. }), "{missing}");
+}
+
+#[test]
+fn function_settings_merge_globals_under_the_functions_own() {
+    let template = r#"
+Globals:
+  Function:
+    Timeout: 20
+    MemorySize: 512
+    Environment:
+      Variables: { SHARED: from-globals, LEVEL: globals }
+Resources:
+  Api:
+    Type: AWS::ApiGatewayV2::Api
+    Properties: { ProtocolType: WEBSOCKET, RouteSelectionExpression: $request.body.action }
+  Integration:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationType: AWS_PROXY
+      IntegrationUri: !GetAtt Sam.Arn
+  Other:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationType: AWS_PROXY
+      IntegrationUri: !GetAtt Plain.Arn
+  Route:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: { ApiId: !Ref Api, RouteKey: $default, Target: !Sub "integrations/${Integration}" }
+  OtherRoute:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: { ApiId: !Ref Api, RouteKey: other, Target: !Sub "integrations/${Other}" }
+  Sam:
+    Type: AWS::Serverless::Function
+    Properties:
+      Timeout: 5
+      Environment:
+        Variables: { LEVEL: function }
+  Plain:
+    Type: AWS::Lambda::Function
+    Properties:
+      MemorySize: 256
+"#;
+    let d = load(template, &config_with_functions(&["Sam", "Plain"])).unwrap();
+    let sam = &d.function_settings["Sam"];
+    assert_eq!(
+        sam.timeout,
+        Some(Duration::from_secs(5)),
+        "the function's own"
+    );
+    assert_eq!(sam.memory_size, Some(512), "Globals'");
+    assert_eq!(sam.environment["LEVEL"], "function");
+    assert_eq!(sam.environment["SHARED"], "from-globals");
+    // Globals are SAM's: a plain AWS::Lambda::Function does not take them.
+    let plain = &d.function_settings["Plain"];
+    assert_eq!(plain.timeout, None);
+    assert_eq!(plain.memory_size, Some(256));
+    assert!(plain.environment.is_empty());
+    // A function the host does not run itself has nothing to carry.
+    assert!(
+        load(template, &Config::default())
+            .unwrap()
+            .function_settings
+            .is_empty()
+    );
+    let err = load(
+        &template.replace("Timeout: 5", "Timeout: 901"),
+        &config_with_functions(&["Sam", "Plain"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Resources.Sam.Properties.Timeout"), "{err}");
 }
