@@ -633,8 +633,8 @@ impl Default for StoreConfig {
 }
 
 /// This host's identity in a cluster: several hosts sharing one DynamoDB store, where a management
-/// call made to any host reaches the connection wherever it lives (see the README, "Running a
-/// cluster").
+/// call made to any host reaches the connection wherever it lives (see CONFIGURATION.md, "Running
+/// a cluster").
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {

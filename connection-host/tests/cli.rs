@@ -1,7 +1,7 @@
 //! The `connection-host` binary as a user runs it: `config default`, `config check` on bad files
-//! and on every example configuration in the repository, `CONNECTION_HOST_CONFIG`, the README's
-//! "Without handlers" walk-through, and a graceful stop on SIGINT. Each host runs as a child
-//! process on a loopback port the system picks.
+//! and on every example configuration in the repository, `CONNECTION_HOST_CONFIG`, the "Without
+//! handlers" walk-through of CONFIGURATION.md, and a graceful stop on SIGINT. Each host runs as a
+//! child process on a loopback port the system picks.
 
 mod common;
 
@@ -145,7 +145,7 @@ fn every_example_configuration_checks() {
             stdout(&output)
         );
     }
-    // The README's form, naming the template on the command line.
+    // CONFIGURATION.md's form, naming the template on the command line.
     let output = run(
         &[
             "config",
@@ -327,7 +327,7 @@ impl Drop for Host {
 }
 
 #[tokio::test]
-async fn the_readmes_without_handlers_example_works() {
+async fn the_without_handlers_walkthrough_works() {
     let host = Host::start(&["--config", "connection-host/local.toml"]).await;
     let mut ws = connect(host.addr).await;
 
