@@ -31,6 +31,9 @@
 //! `connection-host/layering-allow.txt`; that list only shrinks, since an entry whose edge is gone
 //! fails the test too.
 
+// No unsafe code in the library, and no way to allow it below (the workspace only denies it).
+#![forbid(unsafe_code)]
+
 pub mod authorizer;
 pub mod cluster;
 pub mod config;
