@@ -431,7 +431,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], query: &str) -> ConnectRequest {
         ConnectRequest {
-            connection: crate::integration::testing::connection(),
+            connection: crate::events::testing::connection(),
             request_id: "FDmBIG3EoAMEqYA=".into(),
             headers: MultiMap::from_headers(headers.iter().copied()),
             query: MultiMap::from_query(query),
