@@ -14,8 +14,9 @@
 //! layer  units                                    | role
 //! 5      server                                   | server::run: wires listeners, host and shutdown
 //! 4      gateway management cluster::liveness     | front ends: sockets and HTTP in, calls into the host
-//! 3      host                                     | Host::build(&Config): the one compile step
-//!                                                 |   (not split out yet: today server::Host)
+//! 3      host routing::table                      | Host::build(&Config): the one compile step
+//!                                                 |   (not split out yet: today server::Host),
+//!                                                 |   and the route table it compiles
 //! 2      store integration local_lambda           | adapters: each has from_config and its own error
 //!        authorizer limits tls registry           |   type
 //!        cluster template                         |

@@ -4,7 +4,7 @@ use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, StoreKind};
 use crate::local_lambda::{LocalFunctions, RuntimeSettings};
 use crate::registry::Registry;
-use crate::routing::{Route, RouteTable};
+use crate::routing::table::{Route, RouteTable};
 use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@ use connection_host::events::{ConnectionContext, Event, EventKind, ProxyResponse
 use connection_host::gateway::run_connection;
 use connection_host::integration::{Integration, IntegrationError};
 use connection_host::registry::Outbound;
-use connection_host::routing::{Route, RouteTable};
+use connection_host::routing::table::{Route, RouteTable};
 use connection_host::server::Host;
 use connection_host::store::MemoryStore;
 use futures_util::stream::SplitSink;
