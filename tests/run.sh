@@ -7,7 +7,8 @@
 #     build        cargo build --workspace --all-targets (debug); the handler SDK (ws-handler) also without
 #                  its default features, checked to leave out the DynamoDB SDK, reqwest and jsonwebtoken
 #     clippy       cargo clippy --workspace --all-targets -- -D warnings
-#     test         cargo test --workspace (all unit and integration tests), with a moto server (DynamoDB API)
+#     test         cargo test --workspace (all unit and integration tests, including tests/tests/layering.rs,
+#                  which keeps connection-host's imports pointing down its layers), with a moto server (DynamoDB API)
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it;
 #                  a DYNAMODB_TEST_ENDPOINT given by the caller (e.g. LocalStack) is used instead, and moto is
 #                  not started

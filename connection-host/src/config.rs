@@ -410,7 +410,7 @@ pub struct RequestAuthorizerConfig {
     /// Request parameters that must all be present and non-empty, or the client gets 401 without
     /// the function being called: `route.request.header.NAME`, `route.request.querystring.NAME`.
     #[serde(default)]
-    pub identity_sources: Vec<crate::authorizer::IdentitySource>,
+    pub identity_sources: Vec<crate::authorizer::identity::IdentitySource>,
 }
 
 /// Built-in JWT verification on `$connect` (an extension): a connection is allowed when its token
@@ -555,7 +555,7 @@ fn default_status() -> u16 {
     200
 }
 
-/// The API definition taken from a CloudFormation/SAM template (see [`crate::template`]): with
+/// The API definition taken from a CloudFormation/SAM template (see the `template` module): with
 /// `file` set, the template's `AWS::ApiGatewayV2::*` resources supply the route selection
 /// expression, routes, integrations, authorizers and stage, and setting those in the
 /// configuration is an error (two definitions of one API would drift apart).
@@ -1588,28 +1588,26 @@ mod tests {
                 template: Some(fixture.into()),
                 ..flags.clone()
             };
-            let (c, definition) = Config::load(Some(Path::new("functions.toml")), &templated)
-                .map(crate::template::apply)
-                .expect("loads")
-                .expect("the template applies");
+            let c = Config::load(Some(Path::new("functions.toml")), &templated).expect("loads");
             assert_eq!(c.api.stage, "flag");
             assert_eq!(c.template.file.as_deref(), Some(Path::new(fixture)));
-            assert_eq!(definition.expect("a definition").api, "ChatApi");
-            // Without --stage, the environment's api.stage clashes with the template's stage.
+            // What the template will refuse to replace (template::apply reads it): --stage
+            // chose the stage, the environment set api.stage too, the file set no route.
+            assert!(c.provenance.stage_flag);
+            assert!(c.provenance.gave("api.stage"));
+            assert!(!c.provenance.gave("routes"));
             let unstaged = Overrides {
                 stage: None,
                 ..templated.clone()
             };
             let c = Config::load(Some(Path::new("functions.toml")), &unstaged).expect("loads");
-            let err = crate::template::apply(c).unwrap_err();
-            assert!(err.to_string().starts_with("api.stage:"), "{err}");
+            assert!(!c.provenance.stage_flag);
             jail.create_file(
                 "routes.toml",
                 "[routes.\"$default\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"\n",
             )?;
             let c = Config::load(Some(Path::new("routes.toml")), &templated).expect("loads");
-            let err = crate::template::apply(c).unwrap_err();
-            assert!(err.to_string().starts_with("routes:"), "{err}");
+            assert!(c.provenance.gave("routes"));
             let missing = Config::load(Some(Path::new("nope.toml")), &flags).unwrap_err();
             assert!(missing.to_string().contains("does not exist"), "{missing}");
             Ok(())

@@ -399,10 +399,61 @@ impl ProxyResponse {
     }
 }
 
+/// Sample connections and events for the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{ConnectionContext, Event, EventKind, MultiMap};
+    use std::sync::Arc;
+
+    /// A connection context as a test client on loopback would produce.
+    pub fn connection() -> Arc<ConnectionContext> {
+        Arc::new(ConnectionContext {
+            connection_id: "BFaT_fALIAMCKug=".into(),
+            connected_at: 1731332735513,
+            source_ip: "127.0.0.1".into(),
+            user_agent: Some("test".into()),
+            domain_name: "localhost:8080".into(),
+            host: "localhost:8080".into(),
+            stage: "dev".into(),
+            api_id: "local00api".into(),
+            authorizer: None,
+        })
+    }
+
+    /// A MESSAGE event with `body`.
+    pub fn message(body: &str) -> Event {
+        Event {
+            route_key: "$default".into(),
+            request_id: "BFaVtH2HoAMFZEQ=".into(),
+            request_time_epoch: 1731332746514,
+            connection: connection(),
+            kind: EventKind::Message {
+                message_id: "BFaVtfGSIAMCKug=".into(),
+                body: body.into(),
+                is_base64_encoded: false,
+            },
+        }
+    }
+
+    /// A CONNECT event with the given headers and query string.
+    pub fn connect(headers: &[(&str, &str)], query: Option<&str>) -> Event {
+        Event {
+            route_key: "$connect".into(),
+            request_id: "BFHPhFe3IAMF95g=".into(),
+            request_time_epoch: 1731324924561,
+            connection: connection(),
+            kind: EventKind::Connect {
+                headers: Arc::new(MultiMap::from_headers(headers.iter().copied())),
+                query: query.map(|q| Arc::new(MultiMap::from_query(q))),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{connect, connection, message};
     use super::*;
-    use crate::integration::testing::{connect, connection, message};
     use serde_json::{Value, json};
     use std::collections::BTreeSet;
 

@@ -13,7 +13,7 @@ use crate::limits::HostLimits;
 use crate::local_lambda::LocalFunctions;
 use crate::management::auth::Verifier;
 use crate::registry::Registry;
-use crate::routing::{Route, RouteTable};
+use crate::routing::table::{Route, RouteTable};
 use crate::store::ConnectionStore;
 use crate::template::{ApiDefinition, TemplateError};
 use crate::tls::TlsAcceptor;

@@ -47,7 +47,7 @@ pub fn now_ms() -> i64 {
 }
 
 fn datetime(epoch_ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(epoch_ms as i128 * 1_000_000)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(epoch_ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 

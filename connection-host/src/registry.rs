@@ -197,7 +197,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integration::testing;
+    use crate::events::testing;
 
     #[test]
     fn queue_is_bounded_by_bytes_and_refuses_after_close() {

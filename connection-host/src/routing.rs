@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+pub mod table;
+
 /// Route used when nothing else matches.
 const DEFAULT_ROUTE: &str = "$default";
 /// Lifecycle routes that a message body must never be able to trigger.
@@ -476,53 +478,6 @@ impl Parser<'_> {
         }
         self.pos += 1;
         Ok(step)
-    }
-}
-
-/// A configured route: where its events go and how.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The route key.
-    pub key: String,
-    /// Where events for this route are delivered.
-    pub integration: std::sync::Arc<dyn crate::integration::Integration>,
-    /// Whether the integration's response body is sent back to the client.
-    pub two_way: bool,
-    /// Integration timeout.
-    pub timeout: std::time::Duration,
-}
-
-/// The API's routes, with the route selection expression that picks among them.
-#[derive(Debug, Clone)]
-pub struct RouteTable {
-    expression: RouteSelectionExpression,
-    routes: std::collections::HashMap<String, std::sync::Arc<Route>>,
-}
-
-impl RouteTable {
-    /// A table of `routes` selected by `expression`.
-    pub fn new(
-        expression: RouteSelectionExpression,
-        routes: impl IntoIterator<Item = Route>,
-    ) -> Self {
-        Self {
-            expression,
-            routes: routes
-                .into_iter()
-                .map(|r| (r.key.clone(), std::sync::Arc::new(r)))
-                .collect(),
-        }
-    }
-
-    /// The route with exactly this key (`$connect`, `$disconnect`, ...).
-    pub fn get(&self, key: &str) -> Option<&std::sync::Arc<Route>> {
-        self.routes.get(key)
-    }
-
-    /// The route for a message body, or `None` when nothing matches and there is no `$default`.
-    pub fn select(&self, body: &str) -> Option<&std::sync::Arc<Route>> {
-        let key = select_route(&self.expression, body, |k| self.routes.contains_key(k))?;
-        self.routes.get(key.as_ref())
     }
 }
 

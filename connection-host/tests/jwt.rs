@@ -601,7 +601,10 @@ async fn an_hs256_secret_from_secret_env_verifies_tokens() {
     const FROM_ENV: &str = "an-hs256-secret-read-from-the-environment";
     // SAFETY: std's own environment functions serialize on one lock, and this variable is set
     // once, before the host that reads it starts; nothing else in this test binary reads it.
-    unsafe { std::env::set_var(VARIABLE, FROM_ENV) };
+    #[expect(unsafe_code, reason = "std::env::set_var is unsafe since edition 2024")]
+    unsafe {
+        std::env::set_var(VARIABLE, FROM_ENV)
+    };
     let handler = Handler::start(|_| Reply::proxy(200, None)).await;
     let host = start(
         &handler,

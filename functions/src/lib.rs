@@ -34,7 +34,8 @@
 //! }
 //! ```
 
-#![warn(missing_docs)]
+// No unsafe code in the library, and no way to allow it below (the workspace only denies it).
+#![forbid(unsafe_code)]
 
 pub mod context;
 #[cfg(feature = "examples")]

@@ -12,7 +12,7 @@
 //! host verifies a JWT itself, and refuses with 401 just as a function answering `Unauthorized`
 //! does.
 
-mod identity;
+pub mod identity;
 pub mod jwt;
 mod policy;
 
@@ -432,7 +432,7 @@ mod tests {
 
     fn request(headers: &[(&str, &str)], query: &str) -> ConnectRequest {
         ConnectRequest {
-            connection: crate::integration::testing::connection(),
+            connection: crate::events::testing::connection(),
             request_id: "FDmBIG3EoAMEqYA=".into(),
             headers: MultiMap::from_headers(headers.iter().copied()),
             query: MultiMap::from_query(query),

@@ -8,7 +8,7 @@ use crate::gateway::run_connection;
 use crate::host::Host;
 use crate::integration::{Integration, IntegrationError};
 use crate::registry::Outbound;
-use crate::routing::{Route, RouteTable};
+use crate::routing::table::{Route, RouteTable};
 use crate::store::MemoryStore;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};

@@ -68,7 +68,7 @@ impl Integration for MockIntegration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integration::testing;
+    use crate::events::testing;
 
     #[tokio::test]
     async fn renders_body_and_context_variables() {

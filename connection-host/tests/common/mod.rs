@@ -52,6 +52,7 @@ pub fn init_env() {
     ONCE.call_once(|| {
         // SAFETY: every test calls this (through `TestHost::start`) before starting anything that
         // reads the environment, and `Once` makes the others wait until it has returned.
+        #[expect(unsafe_code, reason = "std::env::set_var is unsafe since edition 2024")]
         unsafe {
             std::env::set_var("AWS_ACCESS_KEY_ID", "test");
             std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
