@@ -166,6 +166,52 @@ async fn plain_get_on_the_stage_is_426() {
 }
 
 #[tokio::test]
+async fn plain_get_under_the_stage_is_426_and_the_api_paths_are_untouched() {
+    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let management_addr = management.local_addr().unwrap();
+    drop(management);
+    // The public listener serving the management API too, and one that does not.
+    let shared = TestHost::start("").await;
+    let separate = TestHost::start(&format!(
+        "[server]\nmanagement_listen = \"{management_addr}\"\n"
+    ))
+    .await;
+    for host in [&shared, &separate] {
+        for path in ["/dev/x", "/dev/x/y", "/dev/x/"] {
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                host.addr
+            );
+            let (status, head, body) = raw_exchange(host.addr, req.as_bytes()).await;
+            assert_eq!(status, 426, "{path}: {head}");
+            assert_eq!(raw_header(&head, "Upgrade"), Some("websocket"), "{path}");
+            assert_eq!(body, r#"{"message":"Upgrade Required"}"#, "{path}");
+        }
+        // Other methods, and the `@` paths of the APIs, answer as before.
+        for (request, expected) in [
+            ("POST /dev/x HTTP/1.1", 403),
+            ("GET /dev/@connections HTTP/1.1", 403),
+            ("GET /dev/@other/x HTTP/1.1", 403),
+            ("GET /prod/x HTTP/1.1", 403),
+        ] {
+            let req = format!(
+                "{request}\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                host.addr
+            );
+            let (status, head, _) = raw_exchange(host.addr, req.as_bytes()).await;
+            assert_eq!(status, expected, "{request}: {head}");
+        }
+    }
+    // GetConnection is still GetConnection (410 for an unknown ID).
+    let req = format!(
+        "GET /dev/@connections/AAAAAAAAAAAAAAA%3D HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        shared.addr
+    );
+    let (status, head, _) = raw_exchange(shared.addr, req.as_bytes()).await;
+    assert_eq!(status, 410, "{head}");
+}
+
+#[tokio::test]
 async fn upgrade_on_a_wrong_stage_is_403_forbidden() {
     let host = TestHost::start("").await;
     let req = upgrade_request(host.addr, "/prod", "");
@@ -940,3 +986,4 @@ async fn shutdown_closes_with_1001_delivers_disconnects_and_returns_ok() {
     // The listener is gone.
     assert!(tokio::net::TcpStream::connect(host.addr).await.is_err());
 }
+
