@@ -629,3 +629,74 @@ async fn a_connection_flood_is_refused_while_a_connected_client_keeps_its_latenc
         r#"{"action":"echo","after":true}"#
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Clients that ping but never read, and the connection cap.
+// ---------------------------------------------------------------------------------------------
+
+/// Connects from a socket with small buffers, upgrades, then sends Pings (125-byte payloads,
+/// so each Pong is 127 bytes) without ever reading, until the host stops reading them: its Pong
+/// writes are stalled. Returns the socket (still open) once a batch has not gone out in 500 ms.
+async fn flood_pings_until_stalled(addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut stream = raw_upgrade_on(stream, addr, "/dev", "").await;
+    let batch: Vec<u8> = (0..64)
+        .flat_map(|_| client_frame(0x9, &[b'p'; 125]))
+        .collect();
+    let flooded = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&batch)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("the host closed the flooder before it stalled: {e}"),
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    flooded.expect("the host kept reading Pings it could not answer for 60 s");
+    stream
+}
+
+/// The CONNECT event's connection ID of the only connection made so far.
+async fn only_connection(handler: &Handler) -> String {
+    conn_id(&handler.wait_route("$connect", None).await).to_string()
+}
+
+/// A bystander's echo round trip.
+async fn still_echoes(addr: SocketAddr) {
+    let mut ws = connect(addr).await;
+    send_text(&mut ws, "still here").await;
+    assert_eq!(next_text(&mut ws).await, "still here");
+}
+
+#[tokio::test]
+async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "outbound_full_grace = \"1s\"")).await;
+    let _flooder = flood_pings_until_stalled(host.addr).await;
+    let id = only_connection(&handler).await;
+    still_echoes(host.addr).await;
+    // Its Pong write gives up after the grace (1 s), the Close frame after 2 s more.
+    let d = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
+    assert_eq!(d["requestContext"]["disconnectReason"], "Client not reading");
+    still_echoes(host.addr).await;
+}
+
+#[tokio::test]
+async fn a_client_that_pings_but_never_reads_does_not_hold_up_shutdown() {
+    let handler = gatekeeper().await;
+    let mut host = TestHost::start(&config(&handler, "outbound_full_grace = \"1h\"")).await;
+    let _flooder = flood_pings_until_stalled(host.addr).await;
+    let id = only_connection(&handler).await;
+    still_echoes(host.addr).await;
+    host.trigger_shutdown();
+    // The stalled write ends with the shutdown; the Close frame gets its 2 s.
+    let d = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1001, "{d:#}");
+    host.join().await.expect("clean shutdown");
+}

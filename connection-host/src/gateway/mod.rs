@@ -12,11 +12,16 @@ use bytes::BytesMut;
 use head::HeadError;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use connection::run_connection;
+
+/// How long a handshake response (a refusal, or the 101) may take to write: they are small, so
+/// only a client that does not read takes longer, and it must not hold its task.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a client connection arrived, as the forwarding headers of its events report it.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +118,8 @@ async fn handle<S>(
     }
 }
 
-/// Writes a complete, non-upgrade HTTP response and closes the write side.
+/// Writes a complete, non-upgrade HTTP response and closes the write side, within
+/// [`WRITE_TIMEOUT`].
 pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
@@ -139,6 +145,9 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await?
 }
