@@ -700,3 +700,48 @@ async fn a_client_that_pings_but_never_reads_does_not_hold_up_shutdown() {
     assert_eq!(d["requestContext"]["disconnectStatusCode"], 1001, "{d:#}");
     host.join().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after_a_close() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "max_connections = 2")).await;
+    let mut open = connect(host.addr).await;
+    send_text(&mut open, "one").await;
+    assert_eq!(next_text(&mut open).await, "one");
+    // A connection that has sent nothing holds its place too: the cap is checked at the accept.
+    let silent = TcpStream::connect(host.addr).await.unwrap();
+    // The third gets the fixed 503 without sending anything...
+    let mut third = TcpStream::connect(host.addr).await.unwrap();
+    let mut answer = Vec::new();
+    within("the 503", third.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with(r#"{"message":"Service Unavailable"}"#), "{answer}");
+    // ...and so does a WebSocket client, which never reaches `$connect`.
+    let refused = try_connect(host.addr, "/dev", &[], None).await;
+    assert_eq!(refused_status(refused), 503);
+    assert_eq!(connects(&handler), 1);
+    // Once one closes, a new connection is admitted (as soon as the host has let go of it).
+    drop(silent);
+    let admitted = within("a place after a close", async {
+        loop {
+            match tokio_tungstenite::connect_async(format!("ws://{}/dev", host.addr)).await {
+                Ok((ws, _)) => return ws,
+                Err(WsError::Http(r)) if r.status() == 503 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected refusal: {e}"),
+            }
+        }
+    })
+    .await;
+    let mut admitted = admitted;
+    send_text(&mut admitted, "two").await;
+    assert_eq!(next_text(&mut admitted).await, "two");
+    assert_eq!(connects(&handler), 2);
+}

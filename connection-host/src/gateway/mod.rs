@@ -13,7 +13,7 @@ use head::HeadError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -22,6 +22,10 @@ pub use connection::run_connection;
 /// How long a handshake response (a refusal, or the 101) may take to write: they are small, so
 /// only a client that does not read takes longer, and it must not hold its task.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The answer to a connection over `limits.max_connections`: short, fixed, and final, so a load
+/// balancer moves on to another host.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n{\"message\":\"Service Unavailable\"}";
 
 /// Where a client connection arrived, as the forwarding headers of its events report it.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +47,13 @@ pub async fn handle_tcp(
     serve_management: bool,
     tls: Option<crate::tls::TlsAcceptor>,
 ) {
+    // Counted from the accept, before anything is read: the cap bounds what the host holds
+    // whatever its clients send (or do not).
+    let Some(_permit) = host.limits.try_admit_connection() else {
+        tracing::debug!(%peer, "limits.max_connections reached; connection refused");
+        refuse_over_capacity(stream, tls.is_some()).await;
+        return;
+    };
     // One budget for the TLS handshake and the request head, so TLS cannot double a slow client's time.
     let deadline = Instant::now() + host.config.server.handshake_timeout;
     let origin = Origin {
@@ -116,6 +127,30 @@ async fn handle<S>(
         let io = io::Prefixed::new(buf.freeze(), stream);
         crate::management::serve_http(host, io, serve_management).await;
     }
+}
+
+/// Answers a connection over `limits.max_connections` with [`OVER_CAPACITY`] and closes it. A TLS
+/// listener closes without an answer: a TLS handshake is the work the cap is there to refuse.
+async fn refuse_over_capacity(mut stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(OVER_CAPACITY).await?;
+        stream.shutdown().await?;
+        // Read what the client sent until it closes (briefly, and a head's worth at most): closing
+        // with unread bytes would reset the connection, and the client could lose the 503.
+        let mut sink = [0u8; 1024];
+        let mut left = head::MAX_HEAD_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Writes a complete, non-upgrade HTTP response and closes the write side, within
