@@ -1030,7 +1030,10 @@ async fn a_connection_is_usable_as_soon_as_its_101_arrives() {
         }
         drop(ws);
     }
-    assert_eq!(gone, 0, "{gone} of {TRIES} calls right after the 101 answered 410");
+    assert_eq!(
+        gone, 0,
+        "{gone} of {TRIES} calls right after the 101 answered 410"
+    );
 }
 
 #[tokio::test]
@@ -1065,7 +1068,9 @@ async fn a_slow_consumer_dropped_after_its_grace_gets_a_1008_close_frame() {
         let posted = sdk
             .post_to_connection()
             .connection_id(&id)
-            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(big.clone()))
+            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(
+                big.clone(),
+            ))
             .send()
             .await;
         match posted {
@@ -1107,5 +1112,8 @@ async fn a_slow_consumer_dropped_after_its_grace_gets_a_1008_close_frame() {
     assert_eq!((code, reason.as_str()), (1008, "Client not reading"));
     let d = disconnect_of(&handler, &id).await;
     assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
-    assert_eq!(d["requestContext"]["disconnectReason"], "Client not reading");
+    assert_eq!(
+        d["requestContext"]["disconnectReason"],
+        "Client not reading"
+    );
 }

@@ -648,8 +648,7 @@ async fn flood_pings_until_stalled(addr: SocketAddr) -> TcpStream {
         .collect();
     let flooded = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&batch)).await
-            {
+            match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&batch)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => panic!("the host closed the flooder before it stalled: {e}"),
                 Err(_) => return,
@@ -683,7 +682,10 @@ async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace
     // Its Pong write gives up after the grace (1 s), the Close frame after 2 s more.
     let d = handler.wait_route("$disconnect", Some(&id)).await;
     assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
-    assert_eq!(d["requestContext"]["disconnectReason"], "Client not reading");
+    assert_eq!(
+        d["requestContext"]["disconnectReason"],
+        "Client not reading"
+    );
     still_echoes(host.addr).await;
 }
 
@@ -721,7 +723,10 @@ async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after
         answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{answer}"
     );
-    assert!(answer.ends_with(r#"{"message":"Service Unavailable"}"#), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"message":"Service Unavailable"}"#),
+        "{answer}"
+    );
     // ...and so does a WebSocket client, which never reaches `$connect`.
     let refused = try_connect(host.addr, "/dev", &[], None).await;
     assert_eq!(refused_status(refused), 503);

@@ -254,11 +254,8 @@ async fn establish<S>(
     // Registered before the 101 is written, so the ID is usable the moment the client reads it
     // (as on API Gateway): a post that arrives first waits in the queue until the 101 is out.
     let handle = connection::register(&host, context);
-    let written = tokio::time::timeout(
-        super::WRITE_TIMEOUT,
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
+    let written =
+        tokio::time::timeout(super::WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     if let Err(e) = written.map_err(std::io::Error::from).and_then(|w| w) {
         tracing::info!(error = %e, "client left before the 101 was sent");
         connection::unregister(&host, &handle);
