@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -634,10 +635,12 @@ async fn a_connection_flood_is_refused_while_a_connected_client_keeps_its_latenc
 // Clients that ping but never read, and the connection cap.
 // ---------------------------------------------------------------------------------------------
 
-/// Connects from a socket with small buffers, upgrades, then sends Pings (125-byte payloads,
-/// so each Pong is 127 bytes) without ever reading, until the host stops reading them: its Pong
-/// writes are stalled. Returns the socket (still open) once a batch has not gone out in 500 ms.
-async fn flood_pings_until_stalled(addr: SocketAddr) -> TcpStream {
+/// Connects from a socket with small buffers, upgrades, then keeps sending Pings (125-byte
+/// payloads, so each Pong is 127 bytes) without ever reading, until the host closes the
+/// connection. Returns the flooding task and a signal that fires once a batch has not gone out
+/// for 500 ms: the host has stopped reading, stalled on its Pong writes (the flooding goes on, so
+/// a slow host that was only behind stalls soon after).
+async fn flood_pings(addr: SocketAddr) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<()>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.set_send_buffer_size(4096).unwrap();
@@ -646,18 +649,36 @@ async fn flood_pings_until_stalled(addr: SocketAddr) -> TcpStream {
     let batch: Vec<u8> = (0..64)
         .flat_map(|_| client_frame(0x9, &[b'p'; 125]))
         .collect();
-    let flooded = tokio::time::timeout(Duration::from_secs(60), async {
+    let (stalled, stalled_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stalled = Some(stalled);
         loop {
-            match tokio::time::timeout(Duration::from_millis(500), stream.write_all(&batch)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("the host closed the flooder before it stalled: {e}"),
-                Err(_) => return,
+            // Never cancelled mid-batch: a torn frame would be a protocol error of its own.
+            let write = stream.write_all(&batch);
+            tokio::pin!(write);
+            let written = match tokio::time::timeout(Duration::from_millis(500), &mut write).await {
+                Ok(written) => written,
+                Err(_) => {
+                    if let Some(stalled) = stalled.take() {
+                        let _ = stalled.send(());
+                    }
+                    write.await
+                }
+            };
+            if written.is_err() {
+                return;
             }
         }
-    })
-    .await;
-    flooded.expect("the host kept reading Pings it could not answer for 60 s");
-    stream
+    });
+    (task, stalled_rx)
+}
+
+/// Waits for [`flood_pings`]'s signal.
+async fn stalled(signal: oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(60), signal)
+        .await
+        .expect("the host kept reading Pings it could not answer for 60 s")
+        .expect("the flooder was closed before the host stalled");
 }
 
 /// The CONNECT event's connection ID of the only connection made so far.
@@ -676,8 +697,11 @@ async fn still_echoes(addr: SocketAddr) {
 async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace() {
     let handler = gatekeeper().await;
     let host = TestHost::start(&config(&handler, "outbound_full_grace = \"1s\"")).await;
-    let _flooder = flood_pings_until_stalled(host.addr).await;
+    let (flooder, signal) = flood_pings(host.addr).await;
     let id = only_connection(&handler).await;
+    // The host's receive buffer can take the flood for longer than the grace: either the flooder
+    // sees the stall, or the host has already closed its connection.
+    let _ = tokio::time::timeout(Duration::from_secs(60), signal).await;
     still_echoes(host.addr).await;
     // Its Pong write gives up after the grace (1 s), the Close frame after 2 s more.
     let d = handler.wait_route("$disconnect", Some(&id)).await;
@@ -686,6 +710,9 @@ async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace
         d["requestContext"]["disconnectReason"],
         "Client not reading"
     );
+    within("the flooder to see its connection closed", flooder)
+        .await
+        .unwrap();
     still_echoes(host.addr).await;
 }
 
@@ -693,14 +720,18 @@ async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace
 async fn a_client_that_pings_but_never_reads_does_not_hold_up_shutdown() {
     let handler = gatekeeper().await;
     let mut host = TestHost::start(&config(&handler, "outbound_full_grace = \"1h\"")).await;
-    let _flooder = flood_pings_until_stalled(host.addr).await;
+    let (flooder, signal) = flood_pings(host.addr).await;
     let id = only_connection(&handler).await;
+    stalled(signal).await;
     still_echoes(host.addr).await;
     host.trigger_shutdown();
     // The stalled write ends with the shutdown; the Close frame gets its 2 s.
     let d = handler.wait_route("$disconnect", Some(&id)).await;
     assert_eq!(d["requestContext"]["disconnectStatusCode"], 1001, "{d:#}");
     host.join().await.expect("clean shutdown");
+    within("the flooder to see its connection closed", flooder)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
