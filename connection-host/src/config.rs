@@ -265,6 +265,12 @@ pub struct LimitsConfig {
     pub management_requests_per_second: u32,
     /// Management calls allowed at once above the rate (API Gateway: 5,000).
     pub management_burst: u32,
+    /// TCP connections the public listener holds at once (WebSockets, their handshakes, and plain
+    /// HTTP); counted from the accept, before the request head is read. Beyond it a connection
+    /// gets a fixed 503 and is closed (on a TLS listener, closed without an answer), so a load
+    /// balancer tries another host. Default 100,000, above what one host is sized for; 0 means
+    /// unlimited. The separate `server.management_listen` is not counted.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -290,6 +296,7 @@ impl Default for LimitsConfig {
             max_throttled_messages: 100,
             management_requests_per_second: 10_000,
             management_burst: 5_000,
+            max_connections: 100_000,
         }
     }
 }

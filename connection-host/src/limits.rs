@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// A token bucket, kept as the generic cell rate algorithm: one atomic "theoretical arrival time"
@@ -315,6 +316,9 @@ pub struct HostLimits {
     pub per_principal: Arc<ConcurrencyLimit<String>>,
     /// `limits.management_requests_per_second` over every `@connections` and `@groups` call.
     pub management: RateLimiter,
+    /// `limits.max_connections`: one permit per TCP connection on the public listener; `None`
+    /// when unlimited.
+    connections: Option<Arc<Semaphore>>,
 }
 
 impl HostLimits {
@@ -332,8 +336,34 @@ impl HostLimits {
                 config.management_requests_per_second,
                 config.management_burst,
             ),
+            connections: (config.max_connections > 0).then(|| {
+                Arc::new(Semaphore::new(
+                    config.max_connections.min(Semaphore::MAX_PERMITS),
+                ))
+            }),
         })
     }
+
+    /// A place for one more TCP connection under `limits.max_connections`, held until the
+    /// connection ends; `None` when the host already holds that many. Without a cap, a permit
+    /// that counts nothing.
+    pub fn try_admit_connection(&self) -> Option<ConnectionPermit> {
+        match &self.connections {
+            None => Some(ConnectionPermit { _permit: None }),
+            Some(cap) => cap
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|p| ConnectionPermit { _permit: Some(p) }),
+        }
+    }
+}
+
+/// One TCP connection counted against `limits.max_connections`; dropping it gives the place back.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    /// Held for its `Drop`, which returns the place.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 #[cfg(test)]

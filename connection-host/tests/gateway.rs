@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use bytes::Bytes;
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -163,6 +163,52 @@ async fn plain_get_on_the_stage_is_426() {
     assert_eq!(status, 426);
     let resp = reqwest::get(host.http("/dev/")).await.unwrap();
     assert_eq!(resp.status(), 426);
+}
+
+#[tokio::test]
+async fn plain_get_under_the_stage_is_426_and_the_api_paths_are_untouched() {
+    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let management_addr = management.local_addr().unwrap();
+    drop(management);
+    // The public listener serving the management API too, and one that does not.
+    let shared = TestHost::start("").await;
+    let separate = TestHost::start(&format!(
+        "[server]\nmanagement_listen = \"{management_addr}\"\n"
+    ))
+    .await;
+    for host in [&shared, &separate] {
+        for path in ["/dev/x", "/dev/x/y", "/dev/x/"] {
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                host.addr
+            );
+            let (status, head, body) = raw_exchange(host.addr, req.as_bytes()).await;
+            assert_eq!(status, 426, "{path}: {head}");
+            assert_eq!(raw_header(&head, "Upgrade"), Some("websocket"), "{path}");
+            assert_eq!(body, r#"{"message":"Upgrade Required"}"#, "{path}");
+        }
+        // Other methods, and the `@` paths of the APIs, answer as before.
+        for (request, expected) in [
+            ("POST /dev/x HTTP/1.1", 403),
+            ("GET /dev/@connections HTTP/1.1", 403),
+            ("GET /dev/@other/x HTTP/1.1", 403),
+            ("GET /prod/x HTTP/1.1", 403),
+        ] {
+            let req = format!(
+                "{request}\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                host.addr
+            );
+            let (status, head, _) = raw_exchange(host.addr, req.as_bytes()).await;
+            assert_eq!(status, expected, "{request}: {head}");
+        }
+    }
+    // GetConnection is still GetConnection (410 for an unknown ID).
+    let req = format!(
+        "GET /dev/@connections/AAAAAAAAAAAAAAA%3D HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        shared.addr
+    );
+    let (status, head, _) = raw_exchange(shared.addr, req.as_bytes()).await;
+    assert_eq!(status, 410, "{head}");
 }
 
 #[tokio::test]
@@ -939,4 +985,135 @@ async fn shutdown_closes_with_1001_delivers_disconnects_and_returns_ok() {
     host.join().await.expect("run returns Ok after draining");
     // The listener is gone.
     assert!(tokio::net::TcpStream::connect(host.addr).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration, abnormal closes and slow consumers.
+// ---------------------------------------------------------------------------------------------
+
+/// API Gateway: a connection ID is usable once the 101 is sent. Each connect is followed at once
+/// by a GetConnection or a PostToConnection through the official SDK; none may answer 410.
+/// Several worker threads, so the host's task and the client really race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_is_usable_as_soon_as_its_101_arrives() {
+    const TRIES: usize = 400;
+    let (host, handler) = standard_host("").await;
+    let sdk = mgmt_client(host.addr);
+    let mut gone = 0;
+    for i in 0..TRIES {
+        let tag = format!("usable{i}");
+        let (ws, _) = try_connect(host.addr, &format!("/dev?tag={tag}"), &[], None)
+            .await
+            .expect("connect");
+        // The CONNECT event is recorded before `$connect` answers, so it is there already.
+        let id = connect_id(&handler, &tag).await;
+        let result = if i % 2 == 0 {
+            sdk.get_connection()
+                .connection_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.into_service_error().meta().code().map(str::to_string))
+        } else {
+            sdk.post_to_connection()
+                .connection_id(&id)
+                .data(aws_sdk_apigatewaymanagement::primitives::Blob::new("hi"))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.into_service_error().meta().code().map(str::to_string))
+        };
+        match result {
+            Ok(()) => {}
+            Err(Some(code)) if code == "GoneException" => gone += 1,
+            Err(other) => panic!("call {i} failed: {other:?}"),
+        }
+        drop(ws);
+    }
+    assert_eq!(
+        gone, 0,
+        "{gone} of {TRIES} calls right after the 101 answered 410"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_drops_tcp_without_a_close_frame_gets_1006() {
+    let (host, handler) = standard_host("").await;
+    let stream = raw_upgrade(host.addr, "/dev?tag=vanish", "").await;
+    let id = connect_id(&handler, "vanish").await;
+    // A FIN with no Close frame before it.
+    drop(stream);
+    let d = disconnect_of(&handler, &id).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1006, "{d:#}");
+    assert_eq!(
+        d["requestContext"]["disconnectReason"],
+        "Connection closed abnormally"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_consumer_dropped_after_its_grace_gets_a_1008_close_frame() {
+    let (host, handler) = standard_host("[limits]\noutbound_full_grace = \"1s\"\n").await;
+    // A small receive buffer and no reading: the host's writes stall.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(host.addr).await.unwrap();
+    let stream = raw_upgrade_on(stream, host.addr, "/dev?tag=slow", "").await;
+    let id = connect_id(&handler, "slow").await;
+    let sdk = mgmt_client(host.addr);
+    let big = vec![b'x'; 128 * 1024];
+    // Posts until the outbound queue is full (429): the host is stalled on its writes.
+    let mut full = false;
+    for _ in 0..400 {
+        let posted = sdk
+            .post_to_connection()
+            .connection_id(&id)
+            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(
+                big.clone(),
+            ))
+            .send()
+            .await;
+        match posted {
+            Ok(_) => {}
+            Err(e) => {
+                let code = e.into_service_error().meta().code().map(str::to_string);
+                assert_eq!(code.as_deref(), Some("LimitExceededException"));
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the outbound queue never filled");
+    // The host gives up after the grace: the connection leaves the registry (410)...
+    within("the host to drop the slow consumer", async {
+        loop {
+            let got = sdk.get_connection().connection_id(&id).send().await;
+            if got.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // ...and the client, reading again, finds the Close frame after the data already sent.
+    let mut ws = wrap_client(stream).await;
+    let (code, reason) = within("the Close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected data then a Close frame, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!((code, reason.as_str()), (1008, "Client not reading"));
+    let d = disconnect_of(&handler, &id).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
+    assert_eq!(
+        d["requestContext"]["disconnectReason"],
+        "Client not reading"
+    );
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -652,4 +653,155 @@ async fn a_connection_flood_is_refused_while_a_connected_client_keeps_its_latenc
         next_text(&mut calm).await,
         r#"{"action":"echo","after":true}"#
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients that ping but never read, and the connection cap.
+// ---------------------------------------------------------------------------------------------
+
+/// Connects from a socket with small buffers, upgrades, then keeps sending Pings (125-byte
+/// payloads, so each Pong is 127 bytes) without ever reading, until the host closes the
+/// connection. Returns the flooding task and a signal that fires once a batch has not gone out
+/// for 500 ms: the host has stopped reading, stalled on its Pong writes (the flooding goes on, so
+/// a slow host that was only behind stalls soon after).
+async fn flood_pings(addr: SocketAddr) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<()>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut stream = raw_upgrade_on(stream, addr, "/dev", "").await;
+    let batch: Vec<u8> = (0..64)
+        .flat_map(|_| client_frame(0x9, &[b'p'; 125]))
+        .collect();
+    let (stalled, stalled_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stalled = Some(stalled);
+        loop {
+            // Never cancelled mid-batch: a torn frame would be a protocol error of its own.
+            let write = stream.write_all(&batch);
+            tokio::pin!(write);
+            let written = match tokio::time::timeout(Duration::from_millis(500), &mut write).await {
+                Ok(written) => written,
+                Err(_) => {
+                    if let Some(stalled) = stalled.take() {
+                        let _ = stalled.send(());
+                    }
+                    write.await
+                }
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+    });
+    (task, stalled_rx)
+}
+
+/// Waits for [`flood_pings`]'s signal.
+async fn stalled(signal: oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(60), signal)
+        .await
+        .expect("the host kept reading Pings it could not answer for 60 s")
+        .expect("the flooder was closed before the host stalled");
+}
+
+/// The CONNECT event's connection ID of the only connection made so far.
+async fn only_connection(handler: &Handler) -> String {
+    conn_id(&handler.wait_route("$connect", None).await).to_string()
+}
+
+/// A bystander's echo round trip.
+async fn still_echoes(addr: SocketAddr) {
+    let mut ws = connect(addr).await;
+    send_text(&mut ws, "still here").await;
+    assert_eq!(next_text(&mut ws).await, "still here");
+}
+
+#[tokio::test]
+async fn a_client_that_pings_but_never_reads_is_dropped_after_the_outbound_grace() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "outbound_full_grace = \"1s\"")).await;
+    let (flooder, signal) = flood_pings(host.addr).await;
+    let id = only_connection(&handler).await;
+    // The host's receive buffer can take the flood for longer than the grace: either the flooder
+    // sees the stall, or the host has already closed its connection.
+    let _ = tokio::time::timeout(Duration::from_secs(60), signal).await;
+    still_echoes(host.addr).await;
+    // Its Pong write gives up after the grace (1 s), the Close frame after 2 s more.
+    let d = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
+    assert_eq!(
+        d["requestContext"]["disconnectReason"],
+        "Client not reading"
+    );
+    within("the flooder to see its connection closed", flooder)
+        .await
+        .unwrap();
+    still_echoes(host.addr).await;
+}
+
+#[tokio::test]
+async fn a_client_that_pings_but_never_reads_does_not_hold_up_shutdown() {
+    let handler = gatekeeper().await;
+    let mut host = TestHost::start(&config(&handler, "outbound_full_grace = \"1h\"")).await;
+    let (flooder, signal) = flood_pings(host.addr).await;
+    let id = only_connection(&handler).await;
+    stalled(signal).await;
+    still_echoes(host.addr).await;
+    host.trigger_shutdown();
+    // The stalled write ends with the shutdown; the Close frame gets its 2 s.
+    let d = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1001, "{d:#}");
+    host.join().await.expect("clean shutdown");
+    within("the flooder to see its connection closed", flooder)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after_a_close() {
+    let handler = gatekeeper().await;
+    let host = TestHost::start(&config(&handler, "max_connections = 2")).await;
+    let mut open = connect(host.addr).await;
+    send_text(&mut open, "one").await;
+    assert_eq!(next_text(&mut open).await, "one");
+    // A connection that has sent nothing holds its place too: the cap is checked at the accept.
+    let silent = TcpStream::connect(host.addr).await.unwrap();
+    // The third gets the fixed 503 without sending anything...
+    let mut third = TcpStream::connect(host.addr).await.unwrap();
+    let mut answer = Vec::new();
+    within("the 503", third.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(r#"{"message":"Service Unavailable"}"#),
+        "{answer}"
+    );
+    // ...and so does a WebSocket client, which never reaches `$connect`.
+    let refused = try_connect(host.addr, "/dev", &[], None).await;
+    assert_eq!(refused_status(refused), 503);
+    assert_eq!(connects(&handler), 1);
+    // Once one closes, a new connection is admitted (as soon as the host has let go of it).
+    drop(silent);
+    let admitted = within("a place after a close", async {
+        loop {
+            match tokio_tungstenite::connect_async(format!("ws://{}/dev", host.addr)).await {
+                Ok((ws, _)) => return ws,
+                Err(WsError::Http(r)) if r.status() == 503 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected refusal: {e}"),
+            }
+        }
+    })
+    .await;
+    let mut admitted = admitted;
+    send_text(&mut admitted, "two").await;
+    assert_eq!(next_text(&mut admitted).await, "two");
+    assert_eq!(connects(&handler), 2);
 }

@@ -537,8 +537,10 @@ async fn unknown_paths_stages_and_methods_are_forbidden() {
     let host = TestHost::start(WHOAMI).await;
     let (_ws, id) = client(host.addr, &[]).await;
     let id = encode_id(&id);
+    // (A plain GET elsewhere under the stage is the WebSocket URL's 426: see tests/gateway.rs.)
     let cases = [
-        (reqwest::Method::GET, "/dev/unknown".to_string()),
+        (reqwest::Method::POST, "/dev/unknown".to_string()),
+        (reqwest::Method::GET, "/dev/@unknown".to_string()),
         (reqwest::Method::POST, format!("/prod/@connections/{id}")),
         (reqwest::Method::POST, format!("/@connections/{id}")),
         (reqwest::Method::PUT, format!("/dev/@connections/{id}")),

@@ -20,13 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// How long to wait for the client's Close reply after the host sent its own.
+/// How long the host's closing Close frame may take to write, with the client's Close reply:
+/// also the bound on delivering a Close frame to a client that had stopped reading.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the connection ended, as `$disconnect` reports it.
@@ -58,21 +59,46 @@ impl Ending {
 /// Serves an established connection until it closes, then removes it and fires `$disconnect`.
 pub async fn run_connection<S>(
     host: Arc<Host>,
-    mut ws: WebSocketStream<S>,
+    ws: WebSocketStream<S>,
     context: Arc<ConnectionContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handle = Arc::new(ConnectionHandle::new(context.clone()));
+    let handle = register(&host, context);
+    run_registered(host, ws, handle).await;
+}
+
+/// Puts a connection in the registry: from here on the management API finds it (posts are
+/// queued until its task serves them).
+pub(super) fn register(host: &Host, context: Arc<ConnectionContext>) -> Arc<ConnectionHandle> {
+    let handle = Arc::new(ConnectionHandle::new(context));
     host.registry.insert(handle.clone());
-    let ending = serve(&host, &mut ws, &handle).await;
-    host.registry.remove(&context.connection_id);
+    handle
+}
+
+/// Takes a connection out of the registry; later posts to it answer Gone.
+pub(super) fn unregister(host: &Host, handle: &ConnectionHandle) {
+    host.registry.remove(&handle.context.connection_id);
     handle.mark_closed();
+}
+
+/// [`run_connection`] for a connection already [`register`]ed.
+pub(super) async fn run_registered<S>(
+    host: Arc<Host>,
+    mut ws: WebSocketStream<S>,
+    handle: Arc<ConnectionHandle>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ending = serve(&host, &mut ws, &handle).await;
+    unregister(&host, &handle);
     if let Some((code, reason)) = ending.send {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         };
+        // Bounded: a client that does not read (or has stopped reading) gets its Close frame only
+        // if it reads within the timeout.
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
@@ -82,7 +108,7 @@ pub async fn run_connection<S>(
     }
     drop(ws);
     tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
-    finish(&host, &context, ending.code, &ending.reason).await;
+    finish(&host, &handle.context, ending.code, &ending.reason).await;
 }
 
 /// How long `$disconnect` waits for the first attempt to delete the record: long enough that with
@@ -231,20 +257,14 @@ where
                         Outbound::Close { code, reason } => {
                             return Ending { code, reason: reason.to_string(), send: Some((code, "")) };
                         }
-                        Outbound::Text(text) => send_data(ws, limits.frame_size, OpCode::Data(Data::Text), text.into(), limits.outbound_full_grace).await,
-                        Outbound::Binary(bytes) => send_data(ws, limits.frame_size, OpCode::Data(Data::Binary), bytes, limits.outbound_full_grace).await,
+                        Outbound::Text(text) => send_data(host, ws, OpCode::Data(Data::Text), text.into()).await,
+                        Outbound::Binary(bytes) => send_data(host, ws, OpCode::Data(Data::Binary), bytes).await,
                     };
-                    match sent {
-                        Ok(()) => {
-                            idle_deadline = Instant::now() + limits.idle_timeout;
-                            handle.touch(ids::now_ms());
-                        }
-                        Err(SendError::Stalled) => {
-                            tracing::info!("client stopped reading; closing");
-                            return Ending { code: 1008, reason: "Client not reading".into(), send: None };
-                        }
-                        Err(SendError::Closed) => return Ending::abnormal(),
+                    if let Err(failed) = sent {
+                        return failed.ending();
                     }
+                    idle_deadline = Instant::now() + limits.idle_timeout;
+                    handle.touch(ids::now_ms());
                 }
             }
             acquired = inflight.clone().acquire_owned(), if permit.is_none() => {
@@ -282,14 +302,17 @@ where
                         }
                     }
                     Some(Ok(Message::Ping(_))) => {
-                        // tungstenite queued the Pong; push it out now rather than with the next write.
-                        if ws.flush().await.is_err() {
-                            return Ending::abnormal();
+                        // tungstenite queued the Pong; push it out now rather than with the next
+                        // write. Bounded like any write: a client that pings but never reads must
+                        // not pin this task past its timers or shutdown.
+                        if let Err(failed) = write_bounded(host, ws.flush()).await {
+                            return failed.ending();
                         }
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
-                        let _ = ws.flush().await;
+                        // The Close reply tungstenite queued; the client is waiting for it.
+                        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, ws.flush()).await;
                         return match frame {
                             Some(f) => Ending { code: f.code.into(), reason: f.reason.to_string(), send: None },
                             None => Ending { code: 1005, reason: "Client-side close frame status not set".into(), send: None },
@@ -300,6 +323,10 @@ where
                     }
                     Some(Err(WsError::Utf8(_))) => {
                         return Ending::host(1007, "Invalid frame payload data");
+                    }
+                    // TCP closed without a Close frame: nothing to send back (RFC 6455 §7.1.5).
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                        return Ending::abnormal();
                     }
                     Some(Err(WsError::Protocol(e))) => {
                         tracing::info!(error = %e, "WebSocket protocol error");
@@ -325,8 +352,8 @@ where
                             return Ending::host(1001, "Going away");
                         }
                         missed_pongs += 1;
-                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                            return Ending::abnormal();
+                        if let Err(failed) = write_bounded(host, ws.send(Message::Ping(Bytes::new()))).await {
+                            return failed.ending();
                         }
                     }
                 }
@@ -335,24 +362,61 @@ where
     }
 }
 
+/// Why a write to the socket did not complete.
 enum SendError {
-    /// The write did not complete within the grace period: the client is not reading.
+    /// The write did not complete within `limits.outbound_full_grace`: the client is not reading.
     Stalled,
+    /// The host started shutting down during the write.
+    ShuttingDown,
     /// The socket failed.
     Closed,
 }
 
-/// Sends one message, split into frames of at most `frame_size` bytes as API Gateway does.
+impl SendError {
+    /// How the connection ends after the failed write. A stalled client still gets its Close
+    /// frame if it reads within [`CLOSE_HANDSHAKE_TIMEOUT`] (after the bytes already queued).
+    fn ending(self) -> Ending {
+        match self {
+            SendError::Stalled => {
+                tracing::info!("client stopped reading; closing");
+                Ending::host(1008, "Client not reading")
+            }
+            SendError::ShuttingDown => Ending::host(1001, "Going away"),
+            SendError::Closed => Ending::abnormal(),
+        }
+    }
+}
+
+/// Runs one write to the socket (data, Ping, Pong) within `limits.outbound_full_grace`, cut short
+/// when the host shuts down: every write has a deadline, so a client that does not read cannot
+/// hold its connection's task past the idle timer, the duration cap or shutdown.
+async fn write_bounded(
+    host: &Host,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), SendError> {
+    tokio::select! {
+        biased;
+        _ = host.shutdown.cancelled() => Err(SendError::ShuttingDown),
+        written = tokio::time::timeout(host.config.limits.outbound_full_grace, write) => match written {
+            Err(_) => Err(SendError::Stalled),
+            Ok(Err(_)) => Err(SendError::Closed),
+            Ok(Ok(())) => Ok(()),
+        },
+    }
+}
+
+/// Sends one message, split into frames of at most `limits.frame_size` bytes as API Gateway
+/// does, within the bounds of [`write_bounded`].
 async fn send_data<S>(
+    host: &Host,
     ws: &mut WebSocketStream<S>,
-    frame_size: usize,
     opcode: OpCode,
     payload: Bytes,
-    grace: Duration,
 ) -> Result<(), SendError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let frame_size = host.config.limits.frame_size;
     let write = async {
         if payload.len() <= frame_size {
             let message = match opcode {
@@ -376,11 +440,7 @@ where
         }
         ws.flush().await
     };
-    match tokio::time::timeout(grace, write).await {
-        Err(_) => Err(SendError::Stalled),
-        Ok(Err(_)) => Err(SendError::Closed),
-        Ok(Ok(())) => Ok(()),
-    }
+    write_bounded(host, write).await
 }
 
 /// Answers a message dropped for exceeding `limits.messages_per_second`: an API Gateway-style

@@ -3,6 +3,7 @@
 //! Until `$connect` answers, the client waits for its 101 and the connection is not open: its
 //! record is already in the store, but it is not in the registry, so the management API answers
 //! 410 for it (on this host, and on any host that forwards a call here after reading the record).
+//! It enters the registry just before its 101 is written, so it is usable once the client has it.
 //! A connection refused by the authorizer or by `$connect` never gets a `$disconnect`; one refused
 //! by `$connect` has its record deleted again.
 
@@ -86,8 +87,8 @@ pub(super) async fn accept<S>(
         .await;
 }
 
-/// Runs the authorizer, writes the record, runs `$connect`, writes the 101, then serves the
-/// connection.
+/// Runs the authorizer, writes the record, runs `$connect`, registers the connection, writes the
+/// 101, then serves the connection.
 #[allow(clippy::too_many_arguments)]
 async fn establish<S>(
     host: Arc<Host>,
@@ -156,8 +157,8 @@ async fn establish<S>(
     }
     // The record is written before `$connect` runs: a store that cannot take it refuses the
     // connection before any handler has seen it, so no handler is left with a CONNECT that no
-    // DISCONNECT follows. Until the 101 the connection is not in the registry, so the management
-    // API (here, and on any host the record sends a call to) still answers 410 for it.
+    // DISCONNECT follows. Until `$connect` accepts, the connection is not in the registry, so the
+    // management API (here, and on any host the record sends a call to) still answers 410 for it.
     let record = ConnectionRecord {
         connection_id: context.connection_id.clone(),
         connected_at,
@@ -255,9 +256,15 @@ async fn establish<S>(
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
-    if let Err(e) = stream.write_all(response.as_bytes()).await {
+    // Registered before the 101 is written, so the ID is usable the moment the client reads it
+    // (as on API Gateway): a post that arrives first waits in the queue until the 101 is out.
+    let handle = connection::register(&host, context);
+    let written =
+        tokio::time::timeout(super::WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    if let Err(e) = written.map_err(std::io::Error::from).and_then(|w| w) {
         tracing::info!(error = %e, "client left before the 101 was sent");
-        connection::finish(&host, &context, 1006, "Connection closed abnormally").await;
+        connection::unregister(&host, &handle);
+        connection::finish(&host, &handle.context, 1006, "Connection closed abnormally").await;
         return;
     }
     tracing::debug!("connected");
@@ -266,7 +273,7 @@ async fn establish<S>(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(host.ws_config))
             .await;
-    connection::run_connection(host, ws, context).await;
+    connection::run_registered(host, ws, handle).await;
 }
 
 struct Rejection {

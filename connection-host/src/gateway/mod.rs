@@ -14,11 +14,20 @@ use bytes::BytesMut;
 use head::HeadError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 pub use connection::run_connection;
+
+/// How long a handshake response (a refusal, or the 101) may take to write: they are small, so
+/// only a client that does not read takes longer, and it must not hold its task.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The answer to a connection over `limits.max_connections`: short, fixed, and final, so a load
+/// balancer moves on to another host.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n{\"message\":\"Service Unavailable\"}";
 
 /// Where a client connection arrived, as the forwarding headers of its events report it.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +49,13 @@ pub async fn handle_tcp(
     serve_management: bool,
     tls: Option<crate::tls::TlsAcceptor>,
 ) {
+    // Counted from the accept, before anything is read: the cap bounds what the host holds
+    // whatever its clients send (or do not).
+    let Some(_permit) = host.limits.try_admit_connection() else {
+        tracing::debug!(%peer, "limits.max_connections reached; connection refused");
+        refuse_over_capacity(stream, tls.is_some()).await;
+        return;
+    };
     // One budget for the TLS handshake and the request head, so TLS cannot double a slow client's time.
     let deadline = Instant::now() + host.config.server.handshake_timeout;
     let origin = Origin {
@@ -115,7 +131,32 @@ async fn handle<S>(
     }
 }
 
-/// Writes a complete, non-upgrade HTTP response and closes the write side.
+/// Answers a connection over `limits.max_connections` with [`OVER_CAPACITY`] and closes it. A TLS
+/// listener closes without an answer: a TLS handshake is the work the cap is there to refuse.
+async fn refuse_over_capacity(mut stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(OVER_CAPACITY).await?;
+        stream.shutdown().await?;
+        // Read what the client sent until it closes (briefly, and a head's worth at most): closing
+        // with unread bytes would reset the connection, and the client could lose the 503.
+        let mut sink = [0u8; 1024];
+        let mut left = head::MAX_HEAD_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Writes a complete, non-upgrade HTTP response and closes the write side, within
+/// [`WRITE_TIMEOUT`].
 pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
@@ -141,6 +182,9 @@ pub(crate) async fn write_response<S: AsyncWrite + Unpin>(
     out.push_str("\r\n");
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await?
 }

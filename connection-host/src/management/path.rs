@@ -5,7 +5,8 @@
 /// groups extension is on and whether an ID is well formed are checked by the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource<'a> {
-    /// `/{stage}` or `/{stage}/`: the WebSocket URL itself.
+    /// `/{stage}`, `/{stage}/`, or a path under it that names no API (`/{stage}/x/y`, any path
+    /// whose first segment after the stage does not start with `@`): the WebSocket URL.
     Stage,
     /// `/{stage}/@connections/{connectionId}`: PostToConnection, GetConnection, DeleteConnection.
     Connection(&'a str),
@@ -65,7 +66,9 @@ pub fn resource<'a>(stage: &str, segments: &'a [String]) -> Resource<'a> {
             },
             ["@groups", group] => Resource::Group(group),
             ["@internal", "deliver"] => Resource::Deliver,
-            _ => Resource::Unknown,
+            // `@…` is the APIs' namespace: a malformed API path stays unknown.
+            [api, ..] if api.starts_with('@') => Resource::Unknown,
+            _ => Resource::Stage,
         },
         _ => Resource::Unknown,
     }
@@ -83,6 +86,8 @@ mod tests {
     fn names_each_api() {
         assert_eq!(of("dev", "/dev"), "Stage");
         assert_eq!(of("dev", "/dev/"), "Stage");
+        assert_eq!(of("dev", "/dev/x"), "Stage");
+        assert_eq!(of("dev", "/dev/x/y"), "Stage");
         assert_eq!(of("dev", "/dev/@connections/abc="), r#"Connection("abc=")"#);
         assert_eq!(
             of("dev", "/dev/%40connections/abc%3D"),
