@@ -244,6 +244,7 @@ pub async fn run_with_store(
     };
     let public_tls = load(&config.server.tls, "server.tls")?;
     let management_tls = load(&config.server.management_tls, "server.management_tls")?;
+    let public_addr = listeners.public.local_addr()?;
     let (management_addr, management_is_tls) = match &listeners.management {
         Some(listener) => (listener.local_addr()?, management_tls.is_some()),
         None => (listeners.public.local_addr()?, public_tls.is_some()),
@@ -273,9 +274,15 @@ pub async fn run_with_store(
     )
     .await?;
     let mut host = Host::new(config, store, functions).await;
+    // From here on, a failed start must not leave the functions' processes running.
     // Built here rather than in `Host::new`, as reading a JWT authorizer's keys can fail.
-    host.authorizer =
-        crate::authorizer::Authorizer::for_connect(&host.config, &host.functions).await?;
+    match crate::authorizer::Authorizer::for_connect(&host.config, &host.functions).await {
+        Ok(authorizer) => host.authorizer = authorizer,
+        Err(e) => {
+            host.functions.shutdown().await;
+            return Err(e.into());
+        }
+    }
     if management_auth.is_none() {
         tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
     }
@@ -284,9 +291,10 @@ pub async fn run_with_store(
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
         // Registered before the first connection, so no record ever names an unknown host.
-        crate::cluster::liveness::register(&host)
-            .await
-            .map_err(|e| RunError::Store(format!("registering this host: {e}")))?;
+        if let Err(e) = crate::cluster::liveness::register(&host).await {
+            host.functions.shutdown().await;
+            return Err(RunError::Store(format!("registering this host: {e}")));
+        }
         tracing::info!(
             host_id = %host.identity.host_id,
             incarnation = %host.identity.incarnation,
@@ -297,7 +305,7 @@ pub async fn run_with_store(
             .spawn(crate::cluster::liveness::run(host.clone()));
     }
     tracing::info!(
-        listen = %listeners.public.local_addr()?,
+        listen = %public_addr,
         tls = public_tls.is_some(),
         stage = %host.config.api.stage,
         routes = host.config.routes.len(),
@@ -325,6 +333,7 @@ pub async fn run_with_store(
         "shutting down: closing connections with 1001"
     );
     host.shutdown.cancel();
+    host.functions.stop_restarts();
     let _ = public.await;
     if let Some(m) = management {
         let _ = m.await;

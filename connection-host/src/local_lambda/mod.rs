@@ -152,21 +152,38 @@ impl LocalFunction {
 #[derive(Debug, Default)]
 pub struct LocalFunctions {
     functions: HashMap<String, LocalFunction>,
+    /// Cancelled when the host begins shutting down: processes that exit are not restarted.
+    stopping: CancellationToken,
+    /// Cancelled after the drain: every process is killed.
     shutdown: CancellationToken,
     processes: TaskTracker,
 }
 
 impl LocalFunctions {
     /// Runs the `build` commands, then starts every function's processes. Processes that fail to
-    /// start are retried with backoff in the background; only a failed build stops the start.
+    /// start are retried with backoff in the background; a failed build or Runtime API listener
+    /// stops the start, and then every process already started is killed before this returns.
     pub async fn start(
         configs: &BTreeMap<String, FunctionConfig>,
         settings: &RuntimeSettings,
     ) -> Result<Self, FunctionsError> {
         run_builds(configs).await?;
-        let shutdown = CancellationToken::new();
-        let processes = TaskTracker::new();
-        let mut functions = HashMap::new();
+        let mut started = Self::default();
+        match started.spawn_all(configs, settings).await {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                started.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts every function's processes into `self`.
+    async fn spawn_all(
+        &mut self,
+        configs: &BTreeMap<String, FunctionConfig>,
+        settings: &RuntimeSettings,
+    ) -> Result<(), FunctionsError> {
         for (name, config) in configs {
             let (queue, pending) = async_channel::bounded(QUEUE_CAPACITY);
             let function = Arc::new(Function {
@@ -189,7 +206,11 @@ impl LocalFunctions {
                             function: name.clone(),
                             source,
                         })?;
-                processes.spawn(slot.supervise(settings.clone(), shutdown.clone()));
+                self.processes.spawn(slot.supervise(
+                    settings.clone(),
+                    self.stopping.clone(),
+                    self.shutdown.clone(),
+                ));
             }
             tracing::info!(
                 function = %name,
@@ -198,14 +219,9 @@ impl LocalFunctions {
                 timeout = ?config.timeout,
                 "local function started"
             );
-            functions.insert(name.clone(), LocalFunction(function));
+            self.functions.insert(name.clone(), LocalFunction(function));
         }
-        processes.close();
-        Ok(Self {
-            functions,
-            shutdown,
-            processes,
-        })
+        Ok(())
     }
 
     /// The function called `name`, which may also be given as a function ARN (with or without a
@@ -225,9 +241,17 @@ impl LocalFunctions {
             .map(|f| Arc::new(f.clone()) as Arc<dyn LambdaInvoker>)
     }
 
+    /// Called when the host begins shutting down: running processes keep serving (the drain's
+    /// `$disconnect`s), but one that exits is no longer restarted.
+    pub fn stop_restarts(&self) {
+        self.stopping.cancel();
+    }
+
     /// Stops every process and waits for them to exit; invocations still queued fail.
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
         self.shutdown.cancel();
+        self.processes.close();
         self.processes.wait().await;
         for function in self.functions.values() {
             function.0.pending.close();
