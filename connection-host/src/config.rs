@@ -1235,6 +1235,16 @@ impl Config {
                     "must be at least 16 characters when cluster.advertise_url is set (it authenticates host-to-host calls)",
                 );
             }
+            // It travels as an HTTP header: a value that cannot be one would leave the host
+            // unable to call any other, and surrounding whitespace is stripped by the receiver.
+            if http::HeaderValue::from_str(&cluster.secret).is_err()
+                || cluster.secret.trim() != cluster.secret
+            {
+                return invalid(
+                    "cluster.secret".into(),
+                    "must be a valid HTTP header value (visible characters and inner spaces; no control characters such as a newline, no leading or trailing whitespace): it is sent in x-connection-host-secret",
+                );
+            }
             if store.kind == StoreKind::Memory {
                 return invalid(
                     "cluster.advertise_url".into(),
@@ -1423,6 +1433,15 @@ mod tests {
             (
                 "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"127.0.0.1:9080\"\nsecret = \"0123456789abcdef\"",
                 "cluster.advertise_url",
+            ),
+            (
+                // A secret read from a file with its newline, or pasted with a control character.
+                "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"\nsecret = \"0123456789abcdef\\n\"",
+                "cluster.secret",
+            ),
+            (
+                "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"\nsecret = \" 0123456789abcdef\"",
+                "cluster.secret",
             ),
         ];
         for (toml, field) in cases {

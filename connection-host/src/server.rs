@@ -155,6 +155,8 @@ async fn serve(
             "API definition read from the template"
         );
     }
+    // Read before the functions start: from there on, a failed start must stop them.
+    let public_addr = listeners.public.local_addr()?;
     let (management_addr, management_is_tls) = match &listeners.management {
         Some(listener) => (listener.local_addr()?, host.management_tls.is_some()),
         None => (listeners.public.local_addr()?, host.tls.is_some()),
@@ -193,9 +195,10 @@ async fn serve(
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
         // Registered before the first connection, so no record ever names an unknown host.
-        crate::cluster::liveness::register(&host)
-            .await
-            .map_err(|e| RunError::Store(format!("registering this host: {e}")))?;
+        if let Err(e) = crate::cluster::liveness::register(&host).await {
+            host.functions.shutdown().await;
+            return Err(RunError::Store(format!("registering this host: {e}")));
+        }
         tracing::info!(
             host_id = %host.identity.host_id,
             incarnation = %host.identity.incarnation,
@@ -206,7 +209,7 @@ async fn serve(
             .spawn(crate::cluster::liveness::run(host.clone()));
     }
     tracing::info!(
-        listen = %listeners.public.local_addr()?,
+        listen = %public_addr,
         tls = host.tls.is_some(),
         stage = %host.config.api.stage,
         routes = host.config.routes.len(),
@@ -232,6 +235,7 @@ async fn serve(
         "shutting down: closing connections with 1001"
     );
     host.shutdown.cancel();
+    host.functions.stop_restarts();
     let _ = public.await;
     if let Some(m) = management {
         let _ = m.await;

@@ -473,3 +473,25 @@ async fn an_access_key_from_the_environment_signs_management_calls() {
         .expect("a call signed with the key from the environment is accepted");
     assert!(connection.connected_at().is_some());
 }
+
+/// A cluster secret that cannot travel as a header (here a newline inside the value given through
+/// the environment) is refused by `config check` and by a start, never run unclustered.
+#[test]
+fn a_cluster_secret_that_is_not_a_header_value_is_refused() {
+    let file = TempFile::new(
+        "cluster-secret.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"\n",
+    );
+    let env = [("CONNECTION_HOST_CLUSTER__SECRET", "0123456789\nabcdef0123")];
+    for args in [
+        &["config", "check", file.path()][..],
+        &["--config", file.path()][..],
+    ] {
+        let output = run(args, &env);
+        let err = stderr(&output);
+        println!("{args:?}: {:?}, {err}", output.status.code());
+        assert_ne!(output.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.contains("cluster.secret"), "{args:?}: {err}");
+        assert!(err.contains("HTTP header value"), "{args:?}: {err}");
+    }
+}

@@ -58,6 +58,11 @@ fn standard(e: &Value) -> Reply {
             Some("fail") => Reply::raw(500, "{}"),
             Some("slow") => Reply::proxy(200, Some("late")).delayed(Duration::from_secs(2)),
             Some("garbage") => Reply::raw(200, "this is not a proxy response"),
+            // A proxy response just over the limit: its body alone is the limit's size.
+            Some("huge") => Reply::proxy(
+                200,
+                Some(&"x".repeat(connection_host::integration::MAX_RESPONSE_BYTES)),
+            ),
             _ => {
                 let body = format!("{}:{}", route(e), e["body"].as_str().unwrap());
                 Reply::proxy(200, Some(&body))
@@ -92,6 +97,9 @@ integration = "h"
 integration = "h"
 timeout = "200ms"
 [routes.garbage]
+integration = "h"
+two_way = true
+[routes.huge]
 integration = "h"
 two_way = true
 [routes.down]
@@ -603,6 +611,8 @@ async fn integration_failures_send_error_frames() {
         ("slow", "Endpoint request timed out"),
         ("down", "Internal server error"),
         ("garbage", "Internal server error"),
+        // Larger than an integration may return: refused, not buffered, not delivered.
+        ("huge", "Internal server error"),
     ];
     for (action, message) in cases {
         send_text(&mut ws, &format!(r#"{{"action":"{action}"}}"#)).await;

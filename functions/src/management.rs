@@ -9,6 +9,7 @@
 use crate::context::WebSocketEvent;
 use async_trait::async_trait;
 use aws_sdk_apigatewaymanagement::Client;
+use aws_sdk_apigatewaymanagement::config::SharedCredentialsProvider;
 use aws_sdk_apigatewaymanagement::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use serde::Serialize;
@@ -110,13 +111,16 @@ pub trait PostToConnection: Send + Sync {
 
 /// SDK clients by endpoint, built once per process: a Lambda process handles many events, and
 /// building a client (credentials chain, HTTP connector) per event would waste most of each.
-static CLIENTS: LazyLock<Mutex<HashMap<String, Client>>> = LazyLock::new(Default::default);
+static CLIENTS: LazyLock<Mutex<HashMap<String, Management>>> = LazyLock::new(Default::default);
 
 /// A management API client for one endpoint. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Management {
     client: Client,
     endpoint: Arc<str>,
+    /// The credentials and region the client signs with, for the calls the SDK does not model
+    /// (the groups rooms backend); `None` when built from a bare client.
+    signing: Option<(SharedCredentialsProvider, String)>,
 }
 
 impl Management {
@@ -133,33 +137,53 @@ impl Management {
             .unwrap_or_else(|e| e.into_inner())
             .get(endpoint)
             .cloned();
-        let client = match cached {
-            Some(client) => client,
-            None => {
-                let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-                let config = aws_sdk_apigatewaymanagement::config::Builder::from(&shared)
-                    .endpoint_url(endpoint)
-                    .build();
-                let client = Client::from_conf(config);
-                // Two events racing here each build a client; the first one stored wins.
-                CLIENTS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(endpoint.to_string())
-                    .or_insert(client)
-                    .clone()
-            }
-        };
-        Self::from_client(client, endpoint)
+        if let Some(management) = cached {
+            return management;
+        }
+        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let management = Self::from_sdk_config(&shared, endpoint);
+        // Two events racing here each build a client; the first one stored wins.
+        CLIENTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(endpoint.to_string())
+            .or_insert(management)
+            .clone()
+    }
+
+    /// The client for `endpoint` with the region and credentials of `shared`; every call made
+    /// through it, the groups rooms backend's included, is signed with them.
+    pub fn from_sdk_config(shared: &aws_config::SdkConfig, endpoint: &str) -> Self {
+        let config = aws_sdk_apigatewaymanagement::config::Builder::from(shared)
+            .endpoint_url(endpoint)
+            .build();
+        let signing = shared.credentials_provider().map(|credentials| {
+            let region = shared
+                .region()
+                .map_or_else(|| "us-east-1".to_string(), ToString::to_string);
+            (credentials, region)
+        });
+        Self {
+            signing,
+            ..Self::from_client(Client::from_conf(config), endpoint)
+        }
     }
 
     /// Wraps an SDK client configured by the caller; `endpoint` is only reported by
-    /// [`Management::endpoint`].
+    /// [`Management::endpoint`]. The SDK does not hand a client's credentials back, so the groups
+    /// rooms backend opened with this sends unsigned calls: use [`Self::from_sdk_config`] for a
+    /// host that requires signatures.
     pub fn from_client(client: Client, endpoint: &str) -> Self {
         Self {
             client,
             endpoint: endpoint.into(),
+            signing: None,
         }
+    }
+
+    /// The credentials provider and region calls are signed with, if known.
+    pub(crate) fn signing(&self) -> Option<&(SharedCredentialsProvider, String)> {
+        self.signing.as_ref()
     }
 
     /// The endpoint this client calls.

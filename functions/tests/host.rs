@@ -6,7 +6,9 @@
 
 mod common;
 
-use aws_sdk_apigatewaymanagement::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_apigatewaymanagement::config::{
+    BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+};
 use axum::body::Bytes;
 use axum::extract::State;
 use futures_util::{SinkExt, StreamExt};
@@ -46,18 +48,16 @@ struct Integration {
     rooms: Arc<dyn Rooms>,
 }
 
-/// The official SDK client for the host's management API; the host checks no signatures.
+/// The official SDK client for the host's management API, signing with the key the host requires.
 fn management(endpoint: &str) -> Management {
-    let config = aws_sdk_apigatewaymanagement::Config::builder()
+    let shared = aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "test",
+        )))
         .build();
-    Management::from_client(
-        aws_sdk_apigatewaymanagement::Client::from_conf(config),
-        endpoint,
-    )
+    Management::from_sdk_config(&shared, endpoint)
 }
 
 /// The `http` integration: one API Gateway event in, one Lambda proxy response out, as the
@@ -128,6 +128,12 @@ groups = {groups}
 [integrations.f]
 type = "http"
 url = "{handler_url}"
+# Signatures required even on loopback: every call the SDK makes (PostToConnection and the
+# groups rooms backend's) must be signed.
+[management.auth]
+mode = "sigv4"
+[management.auth.keys.test]
+secret = "test"
 "#
         ))
         .expect("valid host config");

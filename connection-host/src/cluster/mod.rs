@@ -82,7 +82,10 @@ impl Cluster {
         if !config.enabled() {
             return None;
         }
-        let mut secret = HeaderValue::from_str(&config.secret).ok()?;
+        // Never silently unclustered: `Config::validate`, which every start runs first, refuses
+        // a secret that is not a header value.
+        let mut secret = HeaderValue::from_str(&config.secret)
+            .expect("cluster.secret was validated as an HTTP header value");
         secret.set_sensitive(true);
         Some(Self {
             identity: identity.clone(),

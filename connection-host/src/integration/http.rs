@@ -33,10 +33,7 @@ impl Integration for HttpIntegration {
             .await
             .map_err(|e| IntegrationError::Unavailable(error_chain(&e)))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| IntegrationError::Unavailable(error_chain(&e)))?;
+        let body = read_limited(response).await?;
         if !status.is_success() {
             return Err(IntegrationError::Function(format!(
                 "handler answered HTTP {status}: {}",
@@ -45,6 +42,39 @@ impl Integration for HttpIntegration {
         }
         Ok(ProxyResponse::parse(&body)?)
     }
+}
+
+/// The largest response body the `http` and `HTTP_PROXY` integrations read: Lambda's limit on
+/// a synchronous response payload (6 MB), the most a handler can return on AWS. A larger one is
+/// a function error, like Lambda's `Function.ResponseSizeTooLarge`, and is not buffered.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// Reads a handler's response body, refusing one over [`MAX_RESPONSE_BYTES`] (by its
+/// `Content-Length` before reading, or as soon as the chunks read exceed it).
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+) -> Result<bytes::Bytes, IntegrationError> {
+    let too_large = || {
+        IntegrationError::Function(format!(
+            "handler response larger than the {MAX_RESPONSE_BYTES} bytes an integration may return"
+        ))
+    };
+    let declared = response.content_length().unwrap_or(0);
+    if declared > MAX_RESPONSE_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| IntegrationError::Unavailable(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// An error with its causes, for log lines (reqwest's own message omits them).

@@ -4,7 +4,7 @@
 //! request parameter maps it, as on API Gateway (`integration.request.header.connectionId =
 //! context.connectionId`).
 
-use super::http::error_chain;
+use super::http::{error_chain, read_limited};
 use super::{Integration, IntegrationError, context_variable};
 use crate::events::{Event, EventKind, ProxyResponse};
 use std::collections::BTreeMap;
@@ -149,10 +149,8 @@ impl Integration for HttpProxyIntegration {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| IntegrationError::Unavailable(error_chain(&e)))?;
+        let body = read_limited(response).await?;
+        let body = String::from_utf8_lossy(&body).into_owned();
         Ok(ProxyResponse {
             status_code: Some(status),
             headers,

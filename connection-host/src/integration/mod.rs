@@ -9,7 +9,7 @@ use crate::config::{ApiConfig, IntegrationConfig};
 use crate::events::{Event, EventKind, MalformedResponse, ProxyResponse};
 use std::sync::Arc;
 
-pub use self::http::HttpIntegration;
+pub use self::http::{HttpIntegration, MAX_RESPONSE_BYTES};
 pub use http_proxy::HttpProxyIntegration;
 pub use lambda::{LambdaIntegration, LambdaInvoker, SdkInvoker, lambda_invoker};
 pub use mock::MockIntegration;

@@ -152,6 +152,9 @@ impl LocalFunction {
 #[derive(Debug, Default)]
 pub struct LocalFunctions {
     functions: HashMap<String, LocalFunction>,
+    /// Cancelled when the host begins shutting down: processes that exit are not restarted.
+    stopping: CancellationToken,
+    /// Cancelled after the drain: every process is killed.
     shutdown: CancellationToken,
     processes: TaskTracker,
 }
@@ -178,13 +181,15 @@ impl LocalFunctions {
             .collect();
         Self {
             functions,
+            stopping: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             processes: TaskTracker::new(),
         }
     }
 
     /// Runs the `build` commands, then starts every function's processes. Processes that fail to
-    /// start are retried with backoff in the background; only a failed build stops the start.
+    /// start are retried with backoff in the background; a failed build or Runtime API listener
+    /// stops the start, and then every process already started is killed before this returns.
     pub async fn start(&self, settings: &RuntimeSettings) -> Result<(), FunctionsError> {
         let configs: BTreeMap<String, FunctionConfig> = self
             .functions
@@ -192,6 +197,15 @@ impl LocalFunctions {
             .map(|(name, f)| (name.clone(), f.0.config.clone()))
             .collect();
         run_builds(&configs).await?;
+        if let Err(e) = self.spawn_all(settings).await {
+            self.shutdown().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Starts every function's processes.
+    async fn spawn_all(&self, settings: &RuntimeSettings) -> Result<(), FunctionsError> {
         for (name, function) in &self.functions {
             let config = &function.0.config;
             for index in 0..config.concurrency as usize {
@@ -201,8 +215,11 @@ impl LocalFunctions {
                         function: name.clone(),
                         source,
                     })?;
-                self.processes
-                    .spawn(slot.supervise(settings.clone(), self.shutdown.clone()));
+                self.processes.spawn(slot.supervise(
+                    settings.clone(),
+                    self.stopping.clone(),
+                    self.shutdown.clone(),
+                ));
             }
             tracing::info!(
                 function = %name,
@@ -212,7 +229,6 @@ impl LocalFunctions {
                 "local function started"
             );
         }
-        self.processes.close();
         Ok(())
     }
 
@@ -233,9 +249,17 @@ impl LocalFunctions {
             .map(|f| Arc::new(f.clone()) as Arc<dyn LambdaInvoker>)
     }
 
+    /// Called when the host begins shutting down: running processes keep serving (the drain's
+    /// `$disconnect`s), but one that exits is no longer restarted.
+    pub fn stop_restarts(&self) {
+        self.stopping.cancel();
+    }
+
     /// Stops every process and waits for them to exit; invocations still queued fail.
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
         self.shutdown.cancel();
+        self.processes.close();
         self.processes.wait().await;
         for function in self.functions.values() {
             function.0.pending.close();

@@ -1,6 +1,10 @@
 //! One function process and its supervisor: start it, stream its output into the host's log,
 //! enforce each invocation's deadline (kill and restart), and restart it after a crash with
 //! backoff.
+//!
+//! A process never outlives its host: the host kills it on shutdown and on a failed start, and
+//! on Linux the kernel kills it when the host dies without either (SIGKILL, a crash): see
+//! [`die_with_host`]. Once the host begins shutting down, a process that exits is not restarted.
 
 use super::{Function, RuntimeSettings, env, runtime_api};
 use crate::integration::IntegrationError;
@@ -99,8 +103,15 @@ impl Slot {
         })
     }
 
-    /// Serves the Runtime API and keeps a process running until `shutdown`.
-    pub async fn supervise(mut self, settings: RuntimeSettings, shutdown: CancellationToken) {
+    /// Serves the Runtime API and keeps a process running until `shutdown`. Once `stopping` is
+    /// cancelled (the host is draining), a process that exits is not replaced; a running one
+    /// keeps serving until `shutdown`.
+    pub async fn supervise(
+        mut self,
+        settings: RuntimeSettings,
+        stopping: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
         let state = self.state.clone();
         let function = state.function.clone();
         let name = function.name.clone();
@@ -118,6 +129,16 @@ impl Slot {
         let vars = env::variables(&function, &settings, addr, self.index);
         let mut crashes: u32 = 0;
         loop {
+            if stopping.is_cancelled() {
+                // The host is shutting down: a process started now would only be killed, and
+                // a handler's initialization may have effects of its own.
+                tracing::info!(function = %name, "host shutting down: the function's process is not restarted");
+                function.fail_queued(&error_payload(
+                    "Runtime.ExitError",
+                    "the function's process exited while the host shuts down",
+                ));
+                break;
+            }
             let outcome = match spawn(&command, &function.config.args, &vars, &name) {
                 Ok(child) => run_once(&state, &mut self.events, child, &shutdown).await,
                 Err(e) => {
@@ -148,7 +169,7 @@ impl Slot {
                     crashes = crashes.saturating_add(1);
                     tracing::info!(function = %name, delay = ?delay, "restarting the function's process");
                     tokio::select! {
-                        _ = shutdown.cancelled() => break,
+                        _ = stopping.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -188,7 +209,9 @@ fn spawn(
     vars: &[(String, String)],
     name: &str,
 ) -> std::io::Result<Child> {
-    let mut child = Command::new(command)
+    let mut command = Command::new(command);
+    die_with_host(&mut command);
+    let mut child = command
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
@@ -204,6 +227,37 @@ fn spawn(
     }
     Ok(child)
 }
+
+/// Has the kernel SIGKILL the function's process when the host dies, so a host killed with
+/// SIGKILL (or crashing) leaves no function processes behind. Linux delivers the signal when the
+/// *thread* that spawned the child exits: processes are spawned from the runtime's worker
+/// threads, which live as long as the host, never from a short-lived blocking thread.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_host(command: &mut Command) {
+    // Read before the fork: in the child, a parent that already died shows as another PID.
+    let host = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // calls are allowed: it calls `prctl` and `getppid` (both are) and does not allocate (an
+    // `io::Error` from a raw OS error code holds no heap data).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The host died between the fork and the prctl: the signal will never come.
+            if libc::getppid() != host {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the host kills its processes on shutdown and on a failed start, and `kill_on_drop`
+/// covers a host that unwinds; a host killed outright leaves them running.
+#[cfg(not(target_os = "linux"))]
+fn die_with_host(_command: &mut Command) {}
 
 /// Copies a function's output into the host's log line by line, named by the function, as
 /// Lambda copies it into the function's log group.
@@ -229,6 +283,8 @@ async fn run_once(
     let mut init_error = None;
     loop {
         tokio::select! {
+            // Shutdown first: a process that exits as the host stops must not look like a crash.
+            biased;
             _ = shutdown.cancelled() => {
                 let _ = child.kill().await;
                 return Outcome::Shutdown;

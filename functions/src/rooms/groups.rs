@@ -9,17 +9,25 @@
 //! - members: `GET {endpoint}/@groups/{room}?limit=N[&nextToken=T]`: one page,
 //!   `{"connectionIds":[...],"nextToken":"..."}`.
 //!
+//! Every call is signed with SigV4 (service `execute-api`) with the same credentials and region as
+//! the `@connections` client it is opened with, so a host that requires signatures
+//! (`management.auth.mode = "sigv4"`, or `auto` off loopback) accepts it like PostToConnection.
+//!
 //! The host removes a connection from its groups when it closes, so [`Rooms::rooms_of`] answers
 //! `None`. Room names `.` and `..` are refused: URL parsers resolve them as path segments, whatever
 //! their encoding.
 
 use super::{BroadcastReport, Rooms, RoomsError};
+use crate::Management;
 use async_trait::async_trait;
+use aws_sdk_apigatewaymanagement::config::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Members asked for per page (the host's maximum).
 const PAGE_SIZE: usize = 1000;
@@ -51,6 +59,62 @@ pub fn shared_http_client() -> reqwest::Client {
 pub struct GroupsRooms {
     http: reqwest::Client,
     endpoint: String,
+    signer: Option<Signer>,
+}
+
+/// What SigV4 needs: the credentials (refreshed by their provider, as the SDK's are) and the
+/// region the host checks the scope against.
+#[derive(Debug, Clone)]
+struct Signer {
+    credentials: SharedCredentialsProvider,
+    region: String,
+}
+
+impl Signer {
+    /// Adds the SigV4 headers (`Authorization`, `X-Amz-Date`, and `X-Amz-Security-Token` for
+    /// temporary credentials) to `request`.
+    async fn sign(&self, request: &mut reqwest::Request) -> Result<(), RoomsError> {
+        let failed = |e: &dyn std::fmt::Display| RoomsError::Signing(e.to_string());
+        let identity = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| failed(&e))?
+            .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("execute-api")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| failed(&e))?
+            .into();
+        let body = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .unwrap_or_default();
+        let headers = request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let signable = SignableRequest::new(
+            request.method().as_str(),
+            request.url().as_str(),
+            headers,
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| failed(&e))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| failed(&e))?
+            .into_parts();
+        for (name, value) in instructions.headers() {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| failed(&e))?;
+            let value = http::HeaderValue::from_str(value).map_err(|e| failed(&e))?;
+            request.headers_mut().insert(name, value);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -67,11 +131,26 @@ struct Delivery {
 }
 
 impl GroupsRooms {
-    /// Groups at `endpoint`, the management endpoint (e.g. `http://127.0.0.1:8080/dev`).
+    /// Groups at `endpoint`, the management endpoint (e.g. `http://127.0.0.1:8080/dev`), called
+    /// unsigned: only for a host whose management API checks no signatures (loopback).
     pub fn new(http: reqwest::Client, endpoint: &str) -> Self {
         Self {
             http,
             endpoint: endpoint.trim_end_matches('/').to_string(),
+            signer: None,
+        }
+    }
+
+    /// Groups at the endpoint of `management`, every call signed with its credentials and region
+    /// (see [`Management::from_sdk_config`]; without them the calls are unsigned, as [`Self::new`]).
+    pub fn for_management(http: reqwest::Client, management: &Management) -> Self {
+        let signer = management.signing().map(|(credentials, region)| Signer {
+            credentials: credentials.clone(),
+            region: region.clone(),
+        });
+        Self {
+            signer,
+            ..Self::new(http, management.endpoint())
         }
     }
 
@@ -109,7 +188,11 @@ impl GroupsRooms {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await?;
+        let mut request = request.build()?;
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request).await?;
+        }
+        let response = self.http.execute(request).await?;
         match response.status() {
             status if status == expected => Ok(response),
             StatusCode::GONE => Err(RoomsError::Gone),

@@ -84,6 +84,9 @@ pub enum RoomsError {
     /// The connection host could not be called, or its answer could not be read.
     #[error("calling the connection host's groups API failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// The call could not be signed (no usable credentials).
+    #[error("signing the call to the connection host's groups API failed: {0}")]
+    Signing(String),
     /// The connection host's answer was not the JSON the groups API documents.
     #[error("unexpected answer from the connection host's groups API: {0}")]
     Unexpected(String),
@@ -179,9 +182,9 @@ impl RoomsConfig {
     /// DynamoDB) are built once per process and shared.
     pub async fn open(&self, management: &Management) -> Arc<dyn Rooms> {
         match self {
-            RoomsConfig::Groups => Arc::new(groups::GroupsRooms::new(
+            RoomsConfig::Groups => Arc::new(groups::GroupsRooms::for_management(
                 groups::shared_http_client(),
-                management.endpoint(),
+                management,
             )),
             RoomsConfig::DynamoDb { table, ttl } => Arc::new(dynamodb::DynamoDbRooms::new(
                 dynamodb::shared_client().await,
