@@ -156,6 +156,23 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of `connection` for `route_key`, stamped with the time it is made
+    /// (`requestTimeEpoch`): the one place events are built, for integrations and authorizers.
+    pub fn new(
+        route_key: impl Into<String>,
+        request_id: String,
+        connection: Arc<ConnectionContext>,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            route_key: route_key.into(),
+            request_id,
+            request_time_epoch: crate::ids::now_ms(),
+            connection,
+            kind,
+        }
+    }
+
     /// `requestContext.eventType`.
     pub fn event_type(&self) -> &'static str {
         match self.kind {

@@ -263,16 +263,15 @@ impl RequestAuthorizer {
     fn event_json(&self, request: &ConnectRequest) -> Vec<u8> {
         // `requestContext` is the CONNECT event's, so it is built by the same code. The
         // connection has no claims yet, so it carries no `authorizer`.
-        let connect = Event {
-            route_key: "$connect".into(),
-            request_id: request.request_id.clone(),
-            request_time_epoch: crate::ids::now_ms(),
-            connection: request.connection.clone(),
-            kind: EventKind::Connect {
+        let connect = Event::new(
+            "$connect",
+            request.request_id.clone(),
+            request.connection.clone(),
+            EventKind::Connect {
                 headers: Arc::default(),
                 query: None,
             },
-        };
+        );
         let mut connect: serde_json::Map<String, Value> =
             serde_json::from_slice(&connect.to_json()).expect("events are JSON objects");
         let wire = WireEvent {

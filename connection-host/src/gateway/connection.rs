@@ -8,7 +8,6 @@
 use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
-use crate::integration::IntegrationError;
 use crate::limits::{MessageLimiter, MessageVerdict};
 use crate::registry::{ConnectionHandle, Outbound};
 use base64::Engine;
@@ -137,21 +136,17 @@ pub(super) async fn finish(
     let Some(route) = host.routes.get("$disconnect") else {
         return;
     };
-    let event = Event {
-        route_key: "$disconnect".into(),
-        request_id: ids::new_id(),
-        request_time_epoch: ids::now_ms(),
-        connection: context.clone(),
-        kind: EventKind::Disconnect {
+    let event = Event::new(
+        "$disconnect",
+        ids::new_id(),
+        context.clone(),
+        EventKind::Disconnect {
             status_code: code,
             reason: reason.to_string(),
         },
-    };
-    match tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "$disconnect integration failed"),
-        Err(_) => tracing::warn!("$disconnect integration timed out"),
-    }
+    );
+    // Its answer goes nowhere: the client is gone. A failure is logged by `invoke`.
+    let _ = route.invoke(&event).await;
 }
 
 /// Deletes the record of a connection that ended (or that `$connect` refused) without running
@@ -499,28 +494,19 @@ fn spawn_message(
             ));
             return;
         };
-        let event = Event {
-            route_key: route.key.clone(),
+        let event = Event::new(
+            route.key.clone(),
             request_id,
-            request_time_epoch: ids::now_ms(),
-            connection: context.clone(),
-            kind: EventKind::Message {
+            context.clone(),
+            EventKind::Message {
                 message_id: ids::new_id(),
                 body,
                 is_base64_encoded,
             },
-        };
-        let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
-        let failure = match outcome {
-            Err(_) => {
-                tracing::warn!(route = %route.key, timeout = ?route.timeout, "integration timed out");
-                "Endpoint request timed out"
-            }
-            Ok(Err(e)) => {
-                log_failure(&route.key, &e);
-                "Internal server error"
-            }
-            Ok(Ok(response)) => {
+        );
+        let failure = match route.invoke(&event).await {
+            Err(failure) => failure.client_message(),
+            Ok(response) => {
                 // No body (absent or null) sends nothing; an empty-string body sends an empty
                 // message (so a `$input.body` echo answers an empty message with an empty one).
                 if route.two_way
@@ -554,8 +540,4 @@ fn spawn_message(
         ));
     };
     tasks.spawn(tracing::Instrument::instrument(task, span));
-}
-
-fn log_failure(route: &str, e: &IntegrationError) {
-    tracing::warn!(route, error = %e, "integration failed");
 }

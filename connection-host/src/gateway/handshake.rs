@@ -16,6 +16,7 @@ use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::host::Host;
 use crate::ids;
 use crate::limits::Slot;
+use crate::routing::table::InvokeFailure;
 use crate::store::{ConnectionRecord, StoreError};
 use base64::Engine;
 use std::net::{IpAddr, SocketAddr};
@@ -188,12 +189,11 @@ async fn establish<S>(
 
     let mut subprotocol = None;
     if let Some(route) = host.routes.get("$connect") {
-        let event = Event {
-            route_key: "$connect".into(),
+        let event = Event::new(
+            "$connect",
             request_id,
-            request_time_epoch: ids::now_ms(),
-            connection: context.clone(),
-            kind: EventKind::Connect {
+            context.clone(),
+            EventKind::Connect {
                 headers: Arc::new(request_headers(
                     &head,
                     origin,
@@ -202,18 +202,11 @@ async fn establish<S>(
                 )),
                 query: query.map(Arc::new),
             },
-        };
-        let outcome = tokio::time::timeout(route.timeout, route.integration.invoke(&event)).await;
-        let (status, body): (u16, &[u8]) = match outcome {
-            Err(_) => {
-                tracing::warn!(timeout = ?route.timeout, "$connect integration timed out");
-                (504, b"{\"message\": \"Endpoint request timed out\"}")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "$connect integration failed");
-                (502, b"{\"message\": \"Internal server error\"}")
-            }
-            Ok(Ok(response)) => match response.status_code {
+        );
+        let (status, body): (u16, &[u8]) = match route.invoke(&event).await {
+            Err(InvokeFailure::TimedOut) => (504, b"{\"message\": \"Endpoint request timed out\"}"),
+            Err(InvokeFailure::Failed(_)) => (502, b"{\"message\": \"Internal server error\"}"),
+            Ok(response) => match response.status_code {
                 None => {
                     tracing::warn!("$connect integration response has no statusCode");
                     (502, b"{\"message\": \"Internal server error\"}")
