@@ -4,6 +4,16 @@
 //!
 //! Start it with [`run`]; see `Config` for every setting.
 //!
+//! # Public API
+//!
+//! What a program embedding the host or a test needs is public: [`config`], [`host`]
+//! ([`Host::build`]), [`server`] ([`run`], [`run_with_store`], [`Listeners`]), [`store`] (the
+//! [`store::ConnectionStore`] trait and its in-memory and DynamoDB implementations), the wire
+//! formats ([`events`], [`ids`], [`routing`]'s route selection expressions, [`sigv4`]), the
+//! [`integration::Integration`] trait, and [`management::path`]. Everything else (gateway,
+//! cluster, authorizers, the local Lambda runtime, limits, TLS, the template loader) is private
+//! to the crate, so it can change without breaking anyone.
+//!
 //! # Layers
 //!
 //! A module imports only modules in lower layers, so the crate has no import cycle and each layer
@@ -35,25 +45,25 @@
 // offers. Every other use fails the build.
 #![deny(unsafe_code)]
 
-pub mod access_keys;
-pub mod authorizer;
-pub mod cluster;
+pub(crate) mod access_keys;
+pub(crate) mod authorizer;
+pub(crate) mod cluster;
 pub mod config;
 pub mod events;
-pub mod gateway;
+pub(crate) mod gateway;
 pub mod host;
 pub mod ids;
 pub mod integration;
-pub mod limits;
-pub mod local_lambda;
+pub(crate) mod limits;
+pub(crate) mod local_lambda;
 pub mod management;
-pub mod registry;
+pub(crate) mod registry;
 pub mod routing;
 pub mod server;
 pub mod sigv4;
 pub mod store;
-pub mod template;
-pub mod tls;
+pub(crate) mod template;
+pub(crate) mod tls;
 
 pub use config::Config;
 pub use host::{BuildError, Host};

@@ -136,11 +136,13 @@ impl<K: Eq + Hash + Clone> ConcurrencyLimit<K> {
     }
 
     /// Connections currently counted for `key`.
+    #[cfg(test)]
     pub fn count(&self, key: &K) -> u32 {
         self.counts.get(key).map_or(0, |c| *c)
     }
 
     /// Keys with at least one connection (entries are removed when their count reaches 0).
+    #[cfg(test)]
     pub fn keys(&self) -> usize {
         self.counts.len()
     }

@@ -183,11 +183,6 @@ impl Registry {
         self.map.len()
     }
 
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Every open connection (for shutdown).
     pub fn all(&self) -> Vec<Arc<ConnectionHandle>> {
         self.map.iter().map(|e| e.value().clone()).collect()

@@ -16,8 +16,8 @@ pub mod identity;
 pub mod jwt;
 mod policy;
 
-pub use identity::{IdentitySource, IdentitySourceError};
-pub use policy::{Decision, INVOKE_ACTION, InvalidPolicy, Policy};
+pub use identity::IdentitySource;
+pub use policy::{Decision, INVOKE_ACTION, Policy};
 
 use crate::config::{ApiConfig, AuthorizerConfig, Config, ConfigError};
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};

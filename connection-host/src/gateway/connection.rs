@@ -55,8 +55,10 @@ impl Ending {
     }
 }
 
-/// Serves an established connection until it closes, then removes it and fires `$disconnect`.
-pub async fn run_connection<S>(
+/// Serves an established connection until it closes, then removes it and fires `$disconnect`
+/// (the handshake registers first and calls [`run_registered`] itself).
+#[cfg(test)]
+pub(super) async fn run_connection<S>(
     host: Arc<Host>,
     ws: WebSocketStream<S>,
     context: Arc<ConnectionContext>,

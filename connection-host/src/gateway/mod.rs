@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use connection::run_connection;
+#[cfg(test)]
+use connection::run_connection;
 
 /// How long a handshake response (a refusal, or the 101) may take to write: they are small, so
 /// only a client that does not read takes longer, and it must not hold its task.

@@ -5,7 +5,7 @@
 //! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
 //!
 //! In a cluster, a call for a connection another host holds is forwarded to that host (see
-//! [`crate::cluster`]); host-to-host calls carry the cluster secret and are never forwarded again.
+//! the `cluster` module); host-to-host calls carry the cluster secret and are never forwarded again.
 
 mod error;
 mod groups;
