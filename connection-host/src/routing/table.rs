@@ -3,9 +3,10 @@
 //! parser in `routing` and is built with the host.
 
 use super::{RouteSelectionExpression, select_route};
+use crate::limits::RouteThrottle;
 
 /// A configured route: where its events go and how.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     /// The route key.
     pub key: String,
@@ -15,6 +16,17 @@ pub struct Route {
     pub two_way: bool,
     /// Integration timeout.
     pub timeout: std::time::Duration,
+    /// The stage's throttling of this route, one bucket for every connection (the table shares
+    /// each route behind an `Arc`).
+    pub throttle: RouteThrottle,
+}
+
+impl Route {
+    /// Takes a token for one request to this route (a routed message, a `$connect`); false when
+    /// the route's throttling refuses it, as API Gateway's `RouteSettings` would.
+    pub fn admit(&self) -> bool {
+        self.throttle.try_acquire()
+    }
 }
 
 /// The API's routes, with the route selection expression that picks among them.

@@ -639,6 +639,8 @@ impl<'t> Loader<'t> {
                 integration,
                 two_way,
                 authorizer,
+                throttling_rate_limit: None,
+                throttling_burst_limit: None,
             };
             if routes.insert(key.clone(), route).is_some() {
                 return Err(Fault::new(
