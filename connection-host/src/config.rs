@@ -62,8 +62,9 @@ pub struct Config {
 /// [`Config::from_toml`]; a `Config` built in code has none.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
-    /// The keys of [`TEMPLATE_KEYS`], `api.stage`, and each function's `timeout` and
-    /// `memory_size` (`functions.NAME.timeout`) that the file or the environment set.
+    /// The keys of [`TEMPLATE_KEYS`], `api.stage`, `api.default_route_settings`, and each
+    /// function's `timeout` and `memory_size` (`functions.NAME.timeout`) that the file or the
+    /// environment set.
     pub given: Vec<String>,
     /// Whether `--stage` chose the stage (it wins over a template's).
     pub stage_flag: bool,
@@ -143,6 +144,44 @@ pub struct ApiConfig {
     /// `aws`: those protections off, so the host behaves as API Gateway does (see [`Profile`]).
     /// Settings written in the file or the environment win over the profile's.
     pub profile: Profile,
+    /// The stage's `DefaultRouteSettings`: throttling for every route that does not set its own.
+    /// Unset (the default): no route is throttled.
+    #[serde(skip_serializing_if = "RouteSettings::is_unset")]
+    pub default_route_settings: RouteSettings,
+}
+
+/// A stage's throttling of one route, as API Gateway's `RouteSettings`: a token bucket per route,
+/// counted over every connection this host serves (a cluster of N hosts admits N times the
+/// rate). A message over it is not routed and gets the `Too Many Requests` frame; a `$connect`
+/// over it answers 429. When only one limit is set, the other is API Gateway's account-level
+/// value (10,000 requests a second, burst 5,000); 0 in either throttles every request.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteSettings {
+    /// `ThrottlingRateLimit`: steady-state requests per second; may be fractional (`0.5`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttling_rate_limit: Option<f64>,
+    /// `ThrottlingBurstLimit`: requests admitted at once, the bucket's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttling_burst_limit: Option<u32>,
+}
+
+impl RouteSettings {
+    /// Whether neither limit is set.
+    pub fn is_unset(&self) -> bool {
+        self.throttling_rate_limit.is_none() && self.throttling_burst_limit.is_none()
+    }
+
+    /// These settings, each limit left unset taken from `default` (a route's own settings over
+    /// the stage's `DefaultRouteSettings`).
+    pub fn or(self, default: RouteSettings) -> RouteSettings {
+        RouteSettings {
+            throttling_rate_limit: self.throttling_rate_limit.or(default.throttling_rate_limit),
+            throttling_burst_limit: self
+                .throttling_burst_limit
+                .or(default.throttling_burst_limit),
+        }
+    }
 }
 
 /// A set of defaults chosen by `api.profile`. It changes only the built-in defaults: a value
@@ -203,6 +242,7 @@ impl Default for ApiConfig {
             route_selection_expression: RouteSelectionExpression::parse("$request.body.action")
                 .expect("the default expression parses"),
             profile: Profile::Default,
+            default_route_settings: RouteSettings::default(),
         }
     }
 }
@@ -317,6 +357,24 @@ pub struct RouteConfig {
     /// runs; only the `$connect` route may have one, as on API Gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorizer: Option<String>,
+    /// This route's `ThrottlingRateLimit` (requests per second, may be fractional); unset takes
+    /// `api.default_route_settings`' (see [`RouteSettings`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling_rate_limit: Option<f64>,
+    /// This route's `ThrottlingBurstLimit`; unset takes `api.default_route_settings`'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling_burst_limit: Option<u32>,
+}
+
+impl RouteConfig {
+    /// The route's throttling: its own limits, each unset one taken from the stage's `default`.
+    pub fn settings(&self, default: RouteSettings) -> RouteSettings {
+        RouteSettings {
+            throttling_rate_limit: self.throttling_rate_limit,
+            throttling_burst_limit: self.throttling_burst_limit,
+        }
+        .or(default)
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -848,7 +906,7 @@ impl Provenance {
         Self {
             given: TEMPLATE_KEYS
                 .into_iter()
-                .chain(["api.stage"])
+                .chain(["api.stage", "api.default_route_settings"])
                 .map(String::from)
                 .chain(function_fields)
                 .filter(|key| given.contains(key))
@@ -1033,10 +1091,24 @@ impl Config {
                 "must be at least 1 when limits.management_requests_per_second is set",
             );
         }
+        // A rate is requests per second: fractional is fine, negative or not a number is not.
+        let bad_rate = |rate: Option<f64>| rate.is_some_and(|r| !r.is_finite() || r < 0.0);
+        if bad_rate(api.default_route_settings.throttling_rate_limit) {
+            return invalid(
+                "api.default_route_settings.throttling_rate_limit".into(),
+                "must be a finite number of requests per second, 0 or more",
+            );
+        }
         for (key, route) in &self.routes {
             let field = |name: &str| format!("routes.\"{key}\".{name}");
             if key.is_empty() {
                 return invalid("routes".into(), "a route key must not be empty");
+            }
+            if bad_rate(route.throttling_rate_limit) {
+                return invalid(
+                    field("throttling_rate_limit"),
+                    "must be a finite number of requests per second, 0 or more",
+                );
             }
             if !self.integrations.contains_key(&route.integration) {
                 return invalid(
@@ -1384,6 +1456,72 @@ mod tests {
         let r = &c.routes["$default"];
         assert!(r.two_way);
         assert_eq!(r.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn route_throttling_parses_and_is_validated() {
+        let c = checked(
+            r#"
+            [api.default_route_settings]
+            throttling_rate_limit = 0.5
+            throttling_burst_limit = 2
+            [routes.a]
+            integration = "m"
+            throttling_rate_limit = 100
+            [routes.b]
+            integration = "m"
+            [integrations.m]
+            type = "mock"
+            "#,
+        )
+        .unwrap();
+        let default = c.api.default_route_settings;
+        assert_eq!(default.throttling_rate_limit, Some(0.5));
+        assert_eq!(default.throttling_burst_limit, Some(2));
+        // A route's own limit wins; the one it leaves unset is the stage's.
+        let a = c.routes["a"].settings(default);
+        assert_eq!(
+            (a.throttling_rate_limit, a.throttling_burst_limit),
+            (Some(100.0), Some(2))
+        );
+        assert_eq!(c.routes["b"].settings(default), default);
+        assert!(Config::default().api.default_route_settings.is_unset());
+
+        let route = "[integrations.m]\ntype = \"mock\"\n[routes.x]\nintegration = \"m\"\n";
+        for (toml, field) in [
+            (
+                "[api.default_route_settings]\nthrottling_rate_limit = -1.0".to_string(),
+                "api.default_route_settings.throttling_rate_limit",
+            ),
+            (
+                "[api.default_route_settings]\nthrottling_rate_limit = nan".to_string(),
+                "api.default_route_settings.throttling_rate_limit",
+            ),
+            (
+                format!("{route}throttling_rate_limit = -0.5"),
+                "routes.\"x\".throttling_rate_limit",
+            ),
+            (
+                format!("{route}throttling_rate_limit = inf"),
+                "routes.\"x\".throttling_rate_limit",
+            ),
+        ] {
+            let err = checked(&toml).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+        for toml in [
+            format!("{route}throttling_burst_limit = -1"),
+            format!("{route}throttling_burst_limit = 1.5"),
+            "[api.default_route_settings]\nthrottling_limit = 1".to_string(),
+        ] {
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains("throttling"), "{err}");
+        }
+        // Zero is valid: it throttles every request, as on API Gateway.
+        checked(&format!(
+            "{route}throttling_rate_limit = 0\nthrottling_burst_limit = 0"
+        ))
+        .unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::access_keys::Verifier;
 use crate::authorizer::Authorizer;
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError};
-use crate::limits::HostLimits;
+use crate::limits::{HostLimits, RouteThrottle};
 use crate::local_lambda::LocalFunctions;
 use crate::registry::Registry;
 use crate::routing::table::{Route, RouteTable};
@@ -131,6 +131,13 @@ impl Host {
             integration: integrations[&route.integration].clone(),
             two_way: route.two_way,
             timeout: route.timeout,
+            throttle: {
+                let settings = route.settings(config.api.default_route_settings);
+                RouteThrottle::new(
+                    settings.throttling_rate_limit,
+                    settings.throttling_burst_limit,
+                )
+            },
         });
         let routes = RouteTable::new(config.api.route_selection_expression.clone(), routes);
         let authorizer = Authorizer::for_connect(&config, &functions).await?;

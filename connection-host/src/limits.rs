@@ -58,6 +58,20 @@ impl RateLimiter {
         }
     }
 
+    /// `rate` admissions a second, which may be fractional (`0.5`: one every 2 s), bursts of up to
+    /// `burst` (at least 1). The rate must be positive and finite; an interval longer than a year
+    /// is held at a year, so the arithmetic cannot overflow.
+    pub fn per_second_fractional(rate: f64, burst: u32) -> Self {
+        const MAX_INTERVAL: f64 = 365.0 * 24.0 * 3600.0 * 1e9;
+        let interval = (1e9 / rate).clamp(1.0, MAX_INTERVAL) as u64;
+        Self {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst.max(1) - 1)),
+            tat: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
     /// A limiter that admits everything.
     pub fn unlimited() -> Self {
         Self {
@@ -87,7 +101,8 @@ impl RateLimiter {
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                due + self.interval,
+                // Saturating: a route's fractional rate may be slow and its burst large.
+                due.saturating_add(self.interval),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -305,6 +320,52 @@ impl MessageLimiter {
     }
 }
 
+/// API Gateway's account-level steady-state rate per Region: a route that sets only a burst
+/// limit gets it, as a route on API Gateway would.
+pub const ACCOUNT_RATE_LIMIT: f64 = 10_000.0;
+/// API Gateway's account-level burst per Region: a route that sets only a rate limit gets it.
+pub const ACCOUNT_BURST_LIMIT: u32 = 5_000;
+
+/// One route's throttling (API Gateway's `ThrottlingRateLimit` and `ThrottlingBurstLimit`): a token
+/// bucket shared by every connection of this host, so the limit holds per route over the stage as
+/// this host serves it (a cluster of N hosts admits N times the rate).
+#[derive(Debug)]
+pub enum RouteThrottle {
+    /// Neither limit is set: nothing is throttled.
+    Unlimited,
+    /// A bucket of `burst` tokens refilled at `rate` a second.
+    Bucket(RateLimiter),
+    /// A zero rate or burst: every request is throttled, which is how API Gateway switches a
+    /// route off.
+    Closed,
+}
+
+impl RouteThrottle {
+    /// The throttle for a route's effective settings; a limit left unset while the other is set
+    /// takes API Gateway's account-level value ([`ACCOUNT_RATE_LIMIT`], [`ACCOUNT_BURST_LIMIT`]).
+    pub fn new(rate: Option<f64>, burst: Option<u32>) -> Self {
+        if rate.is_none() && burst.is_none() {
+            return Self::Unlimited;
+        }
+        let rate = rate.unwrap_or(ACCOUNT_RATE_LIMIT);
+        let burst = burst.unwrap_or(ACCOUNT_BURST_LIMIT);
+        if rate <= 0.0 || burst == 0 {
+            return Self::Closed;
+        }
+        Self::Bucket(RateLimiter::per_second_fractional(rate, burst))
+    }
+
+    /// Takes a token for one request (a message routed to the route, or a `$connect`); false when
+    /// the request is throttled.
+    pub fn try_acquire(&self) -> bool {
+        match self {
+            Self::Unlimited => true,
+            Self::Bucket(bucket) => bucket.try_acquire(),
+            Self::Closed => false,
+        }
+    }
+}
+
 /// The host-wide limits, built once from `[limits]`.
 #[derive(Debug)]
 pub struct HostLimits {
@@ -394,6 +455,45 @@ mod tests {
             .count();
         // The burst at once, then one every 100 ms: at 100, 200, …, 9900 ms.
         assert_eq!(admitted, 5 + 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn route_throttles_take_fractional_rates_and_fill_in_the_account_limits() {
+        let half = RouteThrottle::new(Some(0.5), Some(2));
+        assert_eq!((0..10).filter(|_| half.try_acquire()).count(), 2);
+        // One token every 2 s.
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(!half.try_acquire());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(half.try_acquire());
+        assert!(!half.try_acquire());
+
+        assert!(matches!(
+            RouteThrottle::new(None, None),
+            RouteThrottle::Unlimited
+        ));
+        assert!((0..100_000).all(|_| RouteThrottle::Unlimited.try_acquire()));
+        // Zero in either limit refuses everything, as API Gateway does.
+        for closed in [
+            RouteThrottle::new(Some(0.0), Some(10)),
+            RouteThrottle::new(Some(10.0), Some(0)),
+        ] {
+            assert!(matches!(closed, RouteThrottle::Closed));
+            assert!(!closed.try_acquire());
+        }
+        // Only a rate: the account's burst of 5,000. Only a burst: the account's 10,000 a second.
+        let rate_only = RouteThrottle::new(Some(1.0), None);
+        assert_eq!(
+            (0..6_000).filter(|_| rate_only.try_acquire()).count(),
+            5_000
+        );
+        let burst_only = RouteThrottle::new(None, Some(3));
+        assert_eq!((0..10).filter(|_| burst_only.try_acquire()).count(), 3);
+        tokio::time::advance(Duration::from_micros(100)).await;
+        assert!(burst_only.try_acquire(), "a token every 100 µs");
+        // A vanishing rate with a huge burst does not overflow.
+        let tiny = RouteThrottle::new(Some(1e-300), Some(u32::MAX));
+        assert!((0..2_000).all(|_| tiny.try_acquire()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -314,6 +314,8 @@ mod tests {
                 two_way: false,
                 timeout: std::time::Duration::from_secs(1),
                 authorizer: None,
+                throttling_rate_limit: None,
+                throttling_burst_limit: None,
             },
         );
         let listener = bind(([127, 0, 0, 1], 0).into(), 16).unwrap();

@@ -1,6 +1,7 @@
 //! End-to-end tests of the abuse limits (`[limits]`): the origin allowlist, new connections per
 //! second, concurrent connections per source IP and per principal, the per-connection message rate
-//! and what happens to a flooder, the management API's rate, and the request-head limits (URL
+//! and what happens to a flooder, the stage's route throttling (`api.default_route_settings`,
+//! `[routes."KEY"] throttling_*`), the management API's rate, and the request-head limits (URL
 //! length, header count and size, handshake timeout). A host in-process over real sockets.
 
 mod common;
@@ -804,4 +805,119 @@ async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after
     send_text(&mut admitted, "two").await;
     assert_eq!(next_text(&mut admitted).await, "two");
     assert_eq!(connects(&handler), 2);
+}
+
+/// API Gateway's frame for a throttled message.
+fn is_throttle_frame(text: &str) -> bool {
+    regex_lite::Regex::new(
+        r#"^\{"message": "Too Many Requests", "connectionId":"[A-Za-z0-9_-]{15}=", "requestId":"[A-Za-z0-9_-]{15}="\}$"#,
+    )
+    .unwrap()
+    .is_match(text)
+}
+
+#[tokio::test]
+async fn a_throttled_route_answers_too_many_requests_while_other_routes_are_served() {
+    // `limited`: 1 a second, burst 1. `rare`: one per 100 s, so its bucket stays empty for the
+    // whole test whatever the machine's load. `$default`: not throttled.
+    let route = |key: &str, settings: &str| {
+        format!("[routes.{key}]\nintegration = \"echo\"\ntwo_way = true\n{settings}\n")
+    };
+    let toml = format!(
+        "{}{}{}[integrations.echo]\ntype = \"mock\"\nresponse_template = \"$input.body\"\n",
+        route(
+            "limited",
+            "throttling_rate_limit = 1\nthrottling_burst_limit = 1"
+        ),
+        route(
+            "rare",
+            "throttling_rate_limit = 0.01\nthrottling_burst_limit = 1"
+        ),
+        route("\"$default\"", ""),
+    );
+    let host = TestHost::start(&toml).await;
+    let mut a = connect(host.addr).await;
+    let mut b = connect(host.addr).await;
+
+    // Two messages to `limited` at once: one is routed, the other (within the same second) gets
+    // the throttling frame; the connection stays open.
+    let limited = r#"{"action":"limited"}"#;
+    let sent = Instant::now();
+    send_text(&mut a, limited).await;
+    send_text(&mut a, limited).await;
+    let between = sent.elapsed();
+    assert!(between < Duration::from_secs(1), "sent {between:?} apart");
+    let mut replies = [next_text(&mut a).await, next_text(&mut a).await];
+    replies.sort();
+    assert_eq!(replies[0], limited, "{replies:?}");
+    assert!(is_throttle_frame(&replies[1]), "{replies:?}");
+    println!("two messages {between:?} apart to a route at 1/s, burst 1: {replies:?}");
+
+    // Other routes are not affected, on this connection or another.
+    for i in 0..20 {
+        let body = format!(r#"{{"action":"other","i":{i}}}"#);
+        send_text(&mut a, &body).await;
+        assert_eq!(next_text(&mut a).await, body);
+    }
+    send_text(&mut b, "plain text goes to $default").await;
+    assert_eq!(next_text(&mut b).await, "plain text goes to $default");
+
+    // The bucket is the route's, over every connection: `rare`'s one token, taken by `a`, is not
+    // there for `b`.
+    let rare = r#"{"action":"rare"}"#;
+    send_text(&mut a, rare).await;
+    assert_eq!(next_text(&mut a).await, rare);
+    send_text(&mut b, rare).await;
+    assert!(is_throttle_frame(&next_text(&mut b).await));
+    send_text(&mut b, "still served").await;
+    assert_eq!(next_text(&mut b).await, "still served");
+}
+
+#[tokio::test]
+async fn a_throttled_connect_route_answers_429_and_routes_override_the_stage_default() {
+    let handler = gatekeeper().await;
+    // The stage default (burst 2, then one per 100 s) throttles $connect; $default sets its own.
+    let toml = format!(
+        r#"
+[api.default_route_settings]
+throttling_rate_limit = 0.01
+throttling_burst_limit = 2
+[routes."$connect"]
+integration = "h"
+[routes."$default"]
+integration = "echo"
+two_way = true
+throttling_rate_limit = 1000
+throttling_burst_limit = 100
+[integrations.h]
+type = "http"
+url = "{url}"
+[integrations.echo]
+type = "mock"
+response_template = "$input.body"
+"#,
+        url = handler.url
+    );
+    let host = TestHost::start(&toml).await;
+    let mut first = connect(host.addr).await;
+    let _second = connect(host.addr).await;
+    match try_connect(host.addr, "/dev", &[], None).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            let body = response.body().as_deref().unwrap_or_default();
+            assert_eq!(body, br#"{"message":"Too Many Requests"}"#);
+        }
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(
+        connects(&handler),
+        2,
+        "the throttled upgrade ran no $connect"
+    );
+    // $default's own limits win over the stage's burst of 2.
+    for i in 0..10 {
+        let body = format!("message {i}");
+        send_text(&mut first, &body).await;
+        assert_eq!(next_text(&mut first).await, body);
+    }
 }

@@ -496,6 +496,17 @@ fn spawn_message(
             ));
             return;
         };
+        // The route's throttling (`RouteSettings`) is shared with every client, so a message it
+        // refuses is no strike against this connection, which kept its own rate.
+        if !route.admit() {
+            tracing::debug!(route = %route.key, "message over the route's throttling dropped");
+            reply(error_frame(
+                "Too Many Requests",
+                &context.connection_id,
+                &request_id,
+            ));
+            return;
+        }
         let event = Event::new(
             route.key.clone(),
             request_id,

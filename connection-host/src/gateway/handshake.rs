@@ -280,8 +280,8 @@ struct Rejection {
 const TOO_MANY_REQUESTS: &[u8] = b"{\"message\":\"Too Many Requests\"}";
 
 /// Applies the abuse limits a valid upgrade request meets before anything is invoked: the origin
-/// allowlist, the connections per source IP, then the host's new-connection rate (last, so that
-/// requests refused anyway take no token from it).
+/// allowlist, the connections per source IP, the host's new-connection rate, then the `$connect`
+/// route's throttling (the rates last, so that requests refused anyway take no token from them).
 fn admit(host: &Host, head: &Head, peer: SocketAddr) -> Result<Slot<IpAddr>, Rejection> {
     let limits = &host.limits;
     if !limits.origins.allows(head.header("origin")) {
@@ -305,6 +305,13 @@ fn admit(host: &Host, head: &Head, peer: SocketAddr) -> Result<Slot<IpAddr>, Rej
         .ok_or(too_many("limits.connections_per_ip reached"))?;
     if !limits.new_connections.try_acquire() {
         return Err(too_many("limits.connections_per_second reached"));
+    }
+    if host
+        .routes
+        .get("$connect")
+        .is_some_and(|route| !route.admit())
+    {
+        return Err(too_many("the $connect route's throttling reached"));
     }
     Ok(slot)
 }

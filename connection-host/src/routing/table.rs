@@ -5,6 +5,7 @@
 use super::{RouteSelectionExpression, select_route};
 use crate::events::{Event, ProxyResponse};
 use crate::integration::IntegrationError;
+use crate::limits::RouteThrottle;
 
 /// Why a route's integration gave no response; each is answered as API Gateway answers it.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +30,7 @@ impl InvokeFailure {
 }
 
 /// A configured route: where its events go and how.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Route {
     /// The route key.
     pub key: String,
@@ -39,9 +40,18 @@ pub struct Route {
     pub two_way: bool,
     /// Integration timeout.
     pub timeout: std::time::Duration,
+    /// The stage's throttling of this route, one bucket for every connection (the table shares
+    /// each route behind an `Arc`).
+    pub throttle: RouteThrottle,
 }
 
 impl Route {
+    /// Takes a token for one request to this route (a routed message, a `$connect`); false when
+    /// the route's throttling refuses it, as API Gateway's `RouteSettings` would.
+    pub fn admit(&self) -> bool {
+        self.throttle.try_acquire()
+    }
+
     /// Delivers `event` to the route's integration within the route's timeout, logging a failure:
     /// the one invocation policy for `$connect`, routed messages and `$disconnect`.
     pub async fn invoke(&self, event: &Event) -> Result<ProxyResponse, InvokeFailure> {
@@ -124,6 +134,7 @@ mod tests {
             integration: Arc::new(Slow { delay, fail }),
             two_way: false,
             timeout: Duration::from_secs(29),
+            throttle: RouteThrottle::Unlimited,
         }
     }
 

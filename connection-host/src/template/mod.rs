@@ -5,7 +5,8 @@
 //! (`AWS::ApiGatewayV2::Api`), routes and their authorization (`::Route`), two-way routes
 //! (`RouteResponseSelectionExpression: $default` with a `$default` `::RouteResponse`), integrations
 //! and their timeouts (`::Integration`, with `::IntegrationResponse` templates for `MOCK`),
-//! `REQUEST` authorizers (`::Authorizer`) and the stage (`::Stage`). The configuration file keeps
+//! `REQUEST` authorizers (`::Authorizer`) and the stage with its throttling (`::Stage`:
+//! `DefaultRouteSettings` and `RouteSettings`). The configuration file keeps
 //! everything else: listeners, limits, the store, and the `[functions]` the host runs itself.
 //!
 //! A Lambda function the API invokes (an `IntegrationUri` or `AuthorizerUri` naming an
@@ -26,6 +27,7 @@ mod resolve;
 use crate::authorizer::IdentitySource;
 use crate::config::{
     AuthorizerConfig, Config, IntegrationConfig, RequestAuthorizerConfig, RouteConfig,
+    RouteSettings,
 };
 use crate::routing::RouteSelectionExpression;
 use resolve::{Piece, Scope, Text, Val};
@@ -119,6 +121,16 @@ pub struct FunctionSettings {
     pub unresolved: Vec<String>,
 }
 
+/// The throttling an `AWS::ApiGatewayV2::Stage` sets (its logging and metrics settings are not
+/// read).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StageSettings {
+    /// `DefaultRouteSettings`: `ThrottlingRateLimit` and `ThrottlingBurstLimit`.
+    pub default_route_settings: RouteSettings,
+    /// `RouteSettings`: the same, by route key; each limit a route leaves unset is the default's.
+    pub route_settings: BTreeMap<String, RouteSettings>,
+}
+
 /// The API a template describes, in the host's configuration types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiDefinition {
@@ -130,6 +142,8 @@ pub struct ApiDefinition {
     pub route_selection_expression: RouteSelectionExpression,
     /// `StageName` of each `AWS::ApiGatewayV2::Stage` of the API.
     pub stages: Vec<String>,
+    /// The throttling of each stage that sets any, by `StageName`.
+    pub stage_settings: BTreeMap<String, StageSettings>,
     /// Routes by route key, integrations and authorizers named by their logical IDs.
     pub routes: BTreeMap<String, RouteConfig>,
     /// Integrations by logical ID.
@@ -212,6 +226,29 @@ pub fn apply(mut config: Config) -> Result<(Config, Option<ApiDefinition>), Temp
     config.routes.clone_from(&definition.routes);
     config.integrations.clone_from(&definition.integrations);
     config.authorizers.clone_from(&definition.authorizers);
+    // The served stage's throttling. Its DefaultRouteSettings replace the configuration's, which
+    // must then leave them unset; a template stage without them leaves the configuration's.
+    if let Some(stage) = definition.stage_settings.get(&config.api.stage) {
+        if !stage.default_route_settings.is_unset() {
+            if config.provenance.gave("api.default_route_settings") {
+                return Err(TemplateError::Setting {
+                    field: "api.default_route_settings".into(),
+                    reason: format!(
+                        "the template {} sets the DefaultRouteSettings of stage {}; remove it from the configuration (or from the template)",
+                        path.display(),
+                        config.api.stage
+                    ),
+                });
+            }
+            config.api.default_route_settings = stage.default_route_settings;
+        }
+        for (key, settings) in &stage.route_settings {
+            if let Some(route) = config.routes.get_mut(key) {
+                route.throttling_rate_limit = settings.throttling_rate_limit;
+                route.throttling_burst_limit = settings.throttling_burst_limit;
+            }
+        }
+    }
     Ok((config, Some(definition)))
 }
 
@@ -257,6 +294,29 @@ impl ApiDefinition {
             self.api,
             self.route_selection_expression
         )];
+        // An unset limit of the default is the account's; of a route, the default's.
+        let limits = |s: &RouteSettings, unset: &str| {
+            let limit = |v: Option<String>| v.unwrap_or_else(|| unset.into());
+            format!(
+                "rate {}, burst {}",
+                limit(s.throttling_rate_limit.map(|r| format!("{r}/s"))),
+                limit(s.throttling_burst_limit.map(|b| b.to_string()))
+            )
+        };
+        for (stage, settings) in &self.stage_settings {
+            let mut line = format!("  stage {stage} throttling:");
+            if !settings.default_route_settings.is_unset() {
+                line.push_str(&format!(
+                    " default {};",
+                    limits(&settings.default_route_settings, "account")
+                ));
+            }
+            for (key, route) in &settings.route_settings {
+                line.push_str(&format!(" route {key} {};", limits(route, "default")));
+            }
+            line.pop();
+            lines.push(line);
+        }
         for (key, route) in &self.routes {
             let mut line = format!("  route {key} -> {}", route.integration);
             if let Some(authorizer) = &route.authorizer {
@@ -329,6 +389,54 @@ struct Loader<'t> {
 
 fn at(resource: &str, property: &str) -> String {
     format!("Resources.{resource}.Properties.{property}")
+}
+
+/// `ThrottlingRateLimit` and `ThrottlingBurstLimit` of a `RouteSettings` value (a stage's
+/// `DefaultRouteSettings`, or one route's entry of its `RouteSettings`); the logging and metrics
+/// settings beside them are not read.
+fn throttling(value: Val, location: &str) -> Result<RouteSettings, Fault> {
+    let mut map = match value {
+        Val::Null => return Ok(RouteSettings::default()),
+        Val::Map(map) => map,
+        _ => return Err(Fault::new(location, "must be a mapping")),
+    };
+    let mut field = |name: &str| {
+        let location = format!("{location}.{name}");
+        let text = match map.remove(name) {
+            None | Some(Val::Null) => None,
+            Some(value) => Some(value.as_literal().ok_or_else(|| {
+                Fault::new(&location, "must be a number without resource references")
+            })?),
+        };
+        Ok::<_, Fault>(text.map(|t| (t, location)))
+    };
+    let rate = match field("ThrottlingRateLimit")? {
+        None => None,
+        Some((text, location)) => Some(
+            text.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .ok_or_else(|| {
+                    Fault::new(
+                        &location,
+                        "must be a number of requests per second, 0 or more",
+                    )
+                })?,
+        ),
+    };
+    let burst = match field("ThrottlingBurstLimit")? {
+        None => None,
+        Some((text, location)) => Some(
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| Fault::new(&location, "must be a whole number, 0 or more"))?,
+        ),
+    };
+    Ok(RouteSettings {
+        throttling_rate_limit: rate,
+        throttling_burst_limit: burst,
+    })
 }
 
 impl<'t> Loader<'t> {
@@ -554,8 +662,9 @@ impl<'t> Loader<'t> {
             .map_err(|e| Fault::new(&at(api.id, "RouteSelectionExpression"), e.to_string()))?;
 
         let mut stages = Vec::new();
-        for stage in self.children("AWS::ApiGatewayV2::Stage", api.id)? {
-            stages.push(self.required_string(stage, "StageName")?);
+        let stage_resources = self.children("AWS::ApiGatewayV2::Stage", api.id)?;
+        for stage in &stage_resources {
+            stages.push(self.required_string(*stage, "StageName")?);
         }
 
         // Integration responses first: a MOCK integration's response template lives there.
@@ -639,6 +748,9 @@ impl<'t> Loader<'t> {
                 integration,
                 two_way,
                 authorizer,
+                // The stage's RouteSettings, applied with the stage the host serves.
+                throttling_rate_limit: None,
+                throttling_burst_limit: None,
             };
             if routes.insert(key.clone(), route).is_some() {
                 return Err(Fault::new(
@@ -648,11 +760,20 @@ impl<'t> Loader<'t> {
             }
         }
 
+        let mut stage_settings = BTreeMap::new();
+        for (stage, name) in stage_resources.into_iter().zip(&stages) {
+            let settings = self.stage_settings(stage, &routes)?;
+            if settings != StageSettings::default() {
+                stage_settings.insert(name.clone(), settings);
+            }
+        }
+
         Ok(ApiDefinition {
             path: path.to_path_buf(),
             api: api.id.to_string(),
             route_selection_expression,
             stages,
+            stage_settings,
             routes,
             integrations,
             authorizers,
@@ -1015,6 +1136,48 @@ impl<'t> Loader<'t> {
             }
             _ => Ok(None),
         }
+    }
+
+    /// A stage's `DefaultRouteSettings` and `RouteSettings` throttling; `RouteSettings` may only
+    /// name routes of the API, as on API Gateway.
+    fn stage_settings(
+        &self,
+        stage: Resource<'_>,
+        routes: &BTreeMap<String, RouteConfig>,
+    ) -> Result<StageSettings, Fault> {
+        let mut settings = StageSettings {
+            default_route_settings: match self.property(stage, "DefaultRouteSettings")? {
+                None => RouteSettings::default(),
+                Some(value) => throttling(value, &at(stage.id, "DefaultRouteSettings"))?,
+            },
+            ..StageSettings::default()
+        };
+        let location = at(stage.id, "RouteSettings");
+        match self.property(stage, "RouteSettings")? {
+            None => {}
+            Some(Val::Map(by_route)) => {
+                for (key, value) in by_route {
+                    let location = format!("{location}.{key}");
+                    if !routes.contains_key(&key) {
+                        return Err(Fault::new(
+                            &location,
+                            format!("names no route of the API (route key {key})"),
+                        ));
+                    }
+                    let route = throttling(value, &location)?;
+                    if !route.is_unset() {
+                        settings.route_settings.insert(key, route);
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(Fault::new(
+                    &location,
+                    "must be a mapping from route key to settings",
+                ));
+            }
+        }
+        Ok(settings)
     }
 
     /// `Timeout`, `MemorySize` and `Environment.Variables` of a function the host runs itself.

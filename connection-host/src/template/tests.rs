@@ -141,6 +141,25 @@ fn the_managed_template_from_infra_loads() {
         ["ALLOW_GUEST_NICKNAMES", "RUST_LOG"]
     );
     assert!(d.summary().join("\n").contains("ROOMS_TABLE"));
+    // The stage's DefaultRouteSettings, from the ThrottlingRateLimit and ThrottlingBurstLimit
+    // parameters' defaults.
+    assert_eq!(
+        d.stage_settings["dev"],
+        StageSettings {
+            default_route_settings: RouteSettings {
+                throttling_rate_limit: Some(500.0),
+                throttling_burst_limit: Some(1000),
+            },
+            route_settings: BTreeMap::new(),
+        }
+    );
+    assert!(
+        d.summary()
+            .join("\n")
+            .contains("stage dev throttling: default rate 500/s, burst 1000"),
+        "{:?}",
+        d.summary()
+    );
 
     // Without a mapping, each function goes to the Invoke API under its FunctionName
     // (`${AWS::StackName}-chat`), as deployed by a stack of that name.
@@ -653,4 +672,171 @@ Resources:
     .unwrap_err()
     .to_string();
     assert!(err.contains("Resources.Sam.Properties.Timeout"), "{err}");
+}
+
+/// Two stages of the [`api`] template: `dev` with `dev_settings` (properties, indented six spaces),
+/// `prod` with none.
+fn staged(dev_settings: &str) -> String {
+    api(
+        "",
+        &format!(
+            "  Dev:\n    Type: AWS::ApiGatewayV2::Stage\n    Properties:\n      ApiId: !Ref Api\n      StageName: dev\n{dev_settings}\n  Prod:\n    Type: AWS::ApiGatewayV2::Stage\n    Properties:\n      ApiId: !Ref Api\n      StageName: prod\n"
+        ),
+    )
+}
+
+/// Applies `template` (written to a file, as `[template] file` names one) to `config`.
+fn apply_text(template: &str, mut config: Config) -> Result<Config, TemplateError> {
+    let file = std::env::temp_dir().join(format!(
+        "stage-throttling-{}-{:?}.yaml",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&file, template).unwrap();
+    config.template.file = Some(file.clone());
+    let applied = apply(config);
+    std::fs::remove_file(&file).unwrap();
+    applied.map(|(config, _)| config)
+}
+
+#[test]
+fn stage_throttling_is_read_and_applied_with_the_stage_served() {
+    let settings = r#"      DefaultRouteSettings:
+        ThrottlingRateLimit: 0.5
+        ThrottlingBurstLimit: !Ref Burst
+        LoggingLevel: INFO
+      RouteSettings:
+        $default:
+          ThrottlingRateLimit: "10"
+          DetailedMetricsEnabled: true"#;
+    let template = staged(settings).replace(
+        "Parameters:\n",
+        "Parameters:\n  Burst:\n    Type: Number\n    Default: 3\n",
+    );
+    let mut config = Config::default();
+    config
+        .template
+        .parameters
+        .insert("Stage".into(), "dev".into());
+    let d = load(&template, &config).unwrap();
+    assert_eq!(d.stages, ["dev", "prod"]);
+    let dev = &d.stage_settings["dev"];
+    assert_eq!(
+        dev.default_route_settings,
+        RouteSettings {
+            throttling_rate_limit: Some(0.5),
+            throttling_burst_limit: Some(3),
+        }
+    );
+    assert_eq!(
+        dev.route_settings["$default"],
+        RouteSettings {
+            throttling_rate_limit: Some(10.0),
+            throttling_burst_limit: None,
+        }
+    );
+    assert!(!d.stage_settings.contains_key("prod"), "prod sets nothing");
+    assert!(
+        d.summary()
+            .join("\n")
+            .contains("stage dev throttling: default rate 0.5/s, burst 3; route $default rate 10/s, burst default"),
+        "{:?}",
+        d.summary()
+    );
+
+    // Serving dev: the stage default and the route's own rate are in the configuration, and
+    // the route's effective burst is the stage's.
+    config.api.stage = "dev".into();
+    config.provenance.stage_flag = true;
+    let applied = apply_text(&template, config.clone()).unwrap();
+    let default = applied.api.default_route_settings;
+    assert_eq!(default, dev.default_route_settings);
+    let route = &applied.routes["$default"];
+    assert_eq!(route.throttling_rate_limit, Some(10.0));
+    assert_eq!(
+        route.settings(default),
+        RouteSettings {
+            throttling_rate_limit: Some(10.0),
+            throttling_burst_limit: Some(3),
+        }
+    );
+    // Serving prod: nothing is throttled, and the configuration's own default stays.
+    config.api.stage = "prod".into();
+    config.api.default_route_settings.throttling_rate_limit = Some(7.0);
+    let applied = apply_text(&template, config.clone()).unwrap();
+    assert_eq!(
+        applied.api.default_route_settings.throttling_rate_limit,
+        Some(7.0)
+    );
+    assert_eq!(applied.routes["$default"].throttling_rate_limit, None);
+    // A configuration that sets the default while the served stage does is refused.
+    config.api.stage = "dev".into();
+    config
+        .provenance
+        .given
+        .push("api.default_route_settings".into());
+    let e = apply_text(&template, config.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("api.default_route_settings: the template") && e.contains("stage dev"),
+        "{e}"
+    );
+    // ... but not while the served stage sets none.
+    config.api.stage = "prod".into();
+    apply_text(&template, config).unwrap();
+}
+
+#[test]
+fn stage_throttling_errors_name_the_property() {
+    let config = Config::default();
+    for (settings, expected) in [
+        (
+            "      RouteSettings:\n        chat: { ThrottlingRateLimit: 1 }",
+            "Resources.Dev.Properties.RouteSettings.chat: names no route of the API",
+        ),
+        (
+            "      RouteSettings: '{}'",
+            "Resources.Dev.Properties.RouteSettings: must be a mapping",
+        ),
+        (
+            "      DefaultRouteSettings: { ThrottlingRateLimit: -1 }",
+            "Resources.Dev.Properties.DefaultRouteSettings.ThrottlingRateLimit: must be a number",
+        ),
+        (
+            "      DefaultRouteSettings: { ThrottlingRateLimit: fast }",
+            "DefaultRouteSettings.ThrottlingRateLimit: must be a number",
+        ),
+        (
+            "      DefaultRouteSettings: { ThrottlingBurstLimit: 1.5 }",
+            "Resources.Dev.Properties.DefaultRouteSettings.ThrottlingBurstLimit: must be a whole number",
+        ),
+        (
+            "      DefaultRouteSettings: { ThrottlingBurstLimit: !Ref Api }",
+            "DefaultRouteSettings.ThrottlingBurstLimit: must be a number without resource references",
+        ),
+        (
+            "      DefaultRouteSettings: 5",
+            "Resources.Dev.Properties.DefaultRouteSettings: must be a mapping",
+        ),
+        (
+            "      RouteSettings:\n        $default: { ThrottlingBurstLimit: -2 }",
+            "RouteSettings.$default.ThrottlingBurstLimit: must be a whole number",
+        ),
+    ] {
+        let e = load(&staged(settings), &config).unwrap_err().to_string();
+        assert!(e.contains(expected), "{e}\nshould contain {expected}");
+    }
+    // Zero is a limit (API Gateway throttles every request), not an error.
+    let d = load(
+        &staged("      DefaultRouteSettings: { ThrottlingRateLimit: 0, ThrottlingBurstLimit: 0 }"),
+        &config,
+    )
+    .unwrap();
+    assert_eq!(
+        d.stage_settings["dev"]
+            .default_route_settings
+            .throttling_burst_limit,
+        Some(0)
+    );
 }
