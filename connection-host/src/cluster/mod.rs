@@ -2,6 +2,11 @@
 //! owning host, and a management call for a connection held elsewhere is forwarded to the owner.
 //! DynamoDB is the only shared state: liveness is a heartbeat record per host, and any host reaps
 //! the records of a host whose heartbeat lapsed (see [`liveness`]).
+//!
+//! Host-to-host calls never carry `cluster.secret` itself: each one carries an HMAC-SHA256, keyed
+//! with the secret, of its method, path and query, timestamp, sending host and body hash (see
+//! [`signature`]), so an observer of the VPC traffic learns no secret, cannot alter a call, and
+//! cannot replay one after [`FORWARD_WINDOW`].
 
 mod cache;
 pub mod liveness;
@@ -17,10 +22,17 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-/// Header carrying `cluster.secret` on host-to-host calls.
-pub const SECRET_HEADER: &str = "x-connection-host-secret";
-/// Header marking a call forwarded by another host: it is served locally, never forwarded again.
+/// Header marking a call forwarded by another host (its value is the sender's `host_id`): it is
+/// served locally, never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-connection-host-forwarded";
+/// Header with the time a host-to-host call was signed, in Unix epoch milliseconds.
+pub const DATE_HEADER: &str = "x-connection-host-date";
+/// Header with a host-to-host call's signature: lower-case hex of [`signature`].
+pub const SIGNATURE_HEADER: &str = "x-connection-host-signature";
+/// How far a host-to-host call's [`DATE_HEADER`] may be from the receiving host's clock, either
+/// way: a captured call is refused once this has passed. The hosts of a cluster keep their clocks
+/// in step (NTP, or Amazon Time Sync on AWS) far closer than this.
+pub const FORWARD_WINDOW: Duration = Duration::from_secs(30);
 /// Response headers passed back from the owner besides the body and status.
 const PASSED_HEADERS: [&str; 2] = ["x-amzn-ErrorType", "content-type"];
 /// Upper bound for one host-to-host call (a post or a batch delivery is quick on a live host).
@@ -97,11 +109,82 @@ impl Cluster {
         })
     }
 
-    /// Checks the secret of a host-to-host call in constant time.
-    pub fn authenticates(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(SECRET_HEADER)
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.secret.as_bytes()))
+    /// Checks a host-to-host call: its signature (compared in constant time) over `method`,
+    /// `path_and_query` as received, its date, its sender and `body`, and that its date is
+    /// within [`FORWARD_WINDOW`] of `now_ms`.
+    pub fn authenticate(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(), ForwardAuthError> {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .ok_or(ForwardAuthError::Missing(name))
+        };
+        let (from, date, given) = (
+            header(FORWARDED_HEADER)?,
+            header(DATE_HEADER)?,
+            header(SIGNATURE_HEADER)?,
+        );
+        let date: i64 = date.parse().map_err(|_| ForwardAuthError::BadDate)?;
+        let window = i64::try_from(FORWARD_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        if now_ms.abs_diff(date) > window.unsigned_abs() {
+            return Err(ForwardAuthError::OutsideWindow);
+        }
+        let expected = signature(
+            self.secret.as_bytes(),
+            method,
+            path_and_query,
+            date,
+            from,
+            body,
+        );
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ForwardAuthError::Mismatch)
+        }
+    }
+
+    /// Adds this host's signature headers to a built host-to-host request, signing what it will
+    /// send: its method, the path and query of its URL, and `body`.
+    fn sign(&self, request: &mut reqwest::Request, body: &[u8]) {
+        let url = request.url();
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let date = crate::ids::now_ms();
+        let mac = signature(
+            self.secret.as_bytes(),
+            request.method(),
+            &path_and_query,
+            date,
+            &self.identity.host_id,
+            body,
+        );
+        let headers = request.headers_mut();
+        let value =
+            |s: &str| HeaderValue::from_str(s).expect("host IDs, digits and hex are header values");
+        headers.insert(FORWARDED_HEADER, value(&self.identity.host_id));
+        headers.insert(DATE_HEADER, value(&date.to_string()));
+        headers.insert(SIGNATURE_HEADER, value(&mac));
+    }
+
+    /// Sends a signed host-to-host request built by `build` with `body`.
+    async fn send_signed(
+        &self,
+        build: reqwest::RequestBuilder,
+        body: Bytes,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut request = build.timeout(FORWARD_TIMEOUT).body(body.clone()).build()?;
+        self.sign(&mut request, &body);
+        self.http.execute(request).await
     }
 
     /// The owner of a connection that is not in the local registry: `None` when it does not
@@ -222,13 +305,7 @@ impl Cluster {
     ) -> Result<Response, ManagementError> {
         let url = format!("{}{path_and_query}", owner.endpoint);
         let sent = self
-            .http
-            .request(method, &url)
-            .header(SECRET_HEADER, self.secret.clone())
-            .header(FORWARDED_HEADER, &self.identity.host_id)
-            .timeout(FORWARD_TIMEOUT)
-            .body(body)
-            .send()
+            .send_signed(self.http.request(method, &url), body)
             .await;
         let answer = match sent {
             Ok(answer) => answer,
@@ -273,16 +350,11 @@ impl Cluster {
             "connectionIds": ids,
             "data": base64::engine::general_purpose::STANDARD.encode(data),
         });
-        let sent = self
+        let build = self
             .http
             .post(&url)
-            .header(SECRET_HEADER, self.secret.clone())
-            .header(FORWARDED_HEADER, &self.identity.host_id)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .timeout(FORWARD_TIMEOUT)
-            .body(body.to_string())
-            .send()
-            .await;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        let sent = self.send_signed(build, Bytes::from(body.to_string())).await;
         let counts = match sent {
             Ok(r) if r.status().is_success() => r.bytes().await.ok().and_then(|b| {
                 let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
@@ -302,6 +374,51 @@ impl Cluster {
         };
         counts.unwrap_or((0, ids.len()))
     }
+}
+
+/// Why a host-to-host call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardAuthError {
+    /// A signature header is absent or not text.
+    #[error("missing or unreadable {0} header")]
+    Missing(&'static str),
+    /// The date header is not a number of milliseconds.
+    #[error("the date header is not epoch milliseconds")]
+    BadDate,
+    /// The call was signed too long ago (a replay) or too far ahead.
+    #[error("signed outside the replay window")]
+    OutsideWindow,
+    /// The signature does not match: another secret, or an altered call.
+    #[error("signature mismatch")]
+    Mismatch,
+}
+
+/// The signature of a host-to-host call: lower-case hex of HMAC-SHA256, keyed with
+/// `cluster.secret`, of
+///
+/// ```text
+/// CONNECTION-HOST-HMAC-SHA256\n{method}\n{path and query}\n{date ms}\n{sender host_id}\n{hex SHA-256 of body}
+/// ```
+///
+/// The path and query are those of the request line, as sent and as received.
+pub fn signature(
+    secret: &[u8],
+    method: &Method,
+    path_and_query: &str,
+    date_ms: i64,
+    from_host: &str,
+    body: &[u8],
+) -> String {
+    use hmac::Mac;
+    use sha2::Digest;
+    let body_hash = hex::encode(sha2::Sha256::digest(body));
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(
+        format!("CONNECTION-HOST-HMAC-SHA256\n{method}\n{path_and_query}\n{date_ms}\n{from_host}\n{body_hash}")
+            .as_bytes(),
+    );
+    hex::encode(mac.finalize().into_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -325,6 +442,67 @@ mod tests {
         assert_eq!((c.host_id.as_str(), d.host_id.as_str()), ("fixed", "fixed"));
         assert_ne!(c.incarnation, d.incarnation);
         assert_eq!(c.endpoint, "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn a_signed_call_checks_out_only_unchanged_and_in_time() {
+        let config = ClusterConfig {
+            host_id: "b".into(),
+            advertise_url: "http://127.0.0.1:9".into(),
+            secret: "0123456789abcdef0123".into(),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::new(&config, &Identity::new(&config), reqwest::Client::new())
+            .expect("clustered");
+        let (post, path, now) = (Method::POST, "/dev/@connections/abc%3D", 1_700_000_000_000);
+        let headers = |date: i64, body: &[u8]| {
+            let mac = signature(config.secret.as_bytes(), &post, path, date, "a", body);
+            let mut h = HeaderMap::new();
+            h.insert(FORWARDED_HEADER, HeaderValue::from_static("a"));
+            h.insert(
+                DATE_HEADER,
+                HeaderValue::from_str(&date.to_string()).unwrap(),
+            );
+            h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&mac).unwrap());
+            h
+        };
+        let check = |h: &HeaderMap, method: &Method, path: &str, body: &[u8], at: i64| {
+            cluster.authenticate(method, path, h, body, at)
+        };
+        let good = headers(now, b"hi");
+        assert_eq!(check(&good, &post, path, b"hi", now + 29_000), Ok(()));
+        assert_eq!(
+            check(&good, &post, path, b"ho", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &Method::DELETE, path, b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &post, "/dev/@connections/abd%3D", b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &post, path, b"hi", now + 31_000),
+            Err(ForwardAuthError::OutsideWindow)
+        );
+        assert_eq!(
+            check(&good, &post, path, b"hi", now - 31_000),
+            Err(ForwardAuthError::OutsideWindow)
+        );
+        let mut other_sender = good.clone();
+        other_sender.insert(FORWARDED_HEADER, HeaderValue::from_static("c"));
+        assert_eq!(
+            check(&other_sender, &post, path, b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        let mut unsigned = good.clone();
+        unsigned.remove(SIGNATURE_HEADER);
+        assert_eq!(
+            check(&unsigned, &post, path, b"hi", now),
+            Err(ForwardAuthError::Missing(SIGNATURE_HEADER))
+        );
     }
 
     #[test]
