@@ -95,9 +95,10 @@ impl Cluster {
             return None;
         }
         // Never silently unclustered: `Config::validate`, which every start runs first, refuses
-        // a secret that is not a header value.
+        // a secret with control characters. Kept as a sensitive header value only so that
+        // `{:?}` never prints it.
         let mut secret = HeaderValue::from_str(&config.secret)
-            .expect("cluster.secret was validated as an HTTP header value");
+            .expect("cluster.secret was validated: visible characters and spaces");
         secret.set_sensitive(true);
         Some(Self {
             identity: identity.clone(),
