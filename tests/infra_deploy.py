@@ -56,6 +56,8 @@ from samtranslator.translator.transform import transform
 ROOT = Path(__file__).resolve().parent.parent
 MANAGED = ROOT / "infra" / "managed.yaml"
 SELF_HOSTED = ROOT / "infra" / "self-hosted.yaml"
+# The name the functions call the @connections API by, in the test deployment.
+MANAGEMENT_DOMAIN = "management.ws.example.test"
 LOCALSTACK = ROOT / "localstack"
 ENTRYPOINT = ROOT / "connection-host" / "docker-entrypoint.sh"
 REGION = "us-east-1"
@@ -292,9 +294,13 @@ def grants(policies):
             if statement.get("Effect") != "Allow":
                 continue
             for action in as_list(statement.get("Action", [])):
-                resources = [r.removesuffix(":*") if ":log-group:" in r else r for r in as_list(statement.get("Resource", []))]
+                # A reference moto cannot resolve (a secret: it makes none) may come back as None.
+                resources = [
+                    r.removesuffix(":*") if isinstance(r, str) and ":log-group:" in r else r
+                    for r in as_list(statement.get("Resource", []))
+                ]
                 granted.setdefault(action, set()).update(resources)
-    return {action: sorted(resources) for action, resources in granted.items()}
+    return {action: sorted(resources, key=str) for action, resources in granted.items()}
 
 
 # Actions AWS defines without resource-level permissions: "*" is the only resource they take.
@@ -320,7 +326,7 @@ def check_role(checks, aws, label, role_name, service, expected):
     policies, attached = role_policies(aws, role_name)
     checks.equal(f"{label}: no managed policies", [p["PolicyArn"] for p in attached], [])
     granted = grants(policies)
-    checks.equal(f"{label}: granted actions and resources", granted, {a: sorted(r) for a, r in expected.items()})
+    checks.equal(f"{label}: granted actions and resources", granted, {a: sorted(r, key=str) for a, r in expected.items()})
     loose = [
         (action, resources)
         for action, resources in granted.items()
@@ -554,6 +560,7 @@ def check_self_hosted(checks, aws, out, host_bin):
     template = yaml_parse(text)
     upload_code(aws, "self-hosted/")
     vpc, public, private, certificate = network(aws)
+    management_certificate = aws("acm").request_certificate(DomainName=MANAGEMENT_DOMAIN)["CertificateArn"]
     parameters = {
         "ImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/connection-host:test",
         "CertificateArn": certificate,
@@ -562,6 +569,8 @@ def check_self_hosted(checks, aws, out, host_bin):
         "PrivateSubnetIds": ",".join(private),
         "FunctionCodeBucket": CODE_BUCKET,
         "FunctionCodePrefix": "self-hosted/",
+        "ManagementDomainName": MANAGEMENT_DOMAIN,
+        "ManagementCertificateArn": management_certificate,
     }
     ok, resources, outputs = deploy(checks, aws, name, text, parameters)
     if not ok:
@@ -587,8 +596,7 @@ def check_self_hosted(checks, aws, out, host_bin):
         for logical_id in ("PublicLoadBalancer", "ManagementLoadBalancer")
         if physical(resources, logical_id)
     }
-    management_dns = balancers.get("ManagementLoadBalancer", {}).get("DNSName")
-    management_url = f"http://{management_dns}:9080/{STAGE}"
+    management_url = f"https://{MANAGEMENT_DOMAIN}:9080/{STAGE}"
 
     account = ACCOUNT
     table_arn = lambda t: f"arn:aws:dynamodb:{REGION}:{account}:table/{t}"
@@ -598,6 +606,9 @@ def check_self_hosted(checks, aws, out, host_bin):
     ]
     log_arn = lambda group: f"arn:aws:logs:{REGION}:{account}:log-group:{group}"
     host_log = f"/ecs/{name}-connection-host"
+    # moto makes no secret, so a reference to one resolves to nothing it can name: the grants are
+    # compared with whatever moto made of it, and pinned in the template below.
+    key_grant = {"secretsmanager:GetSecretValue": None}
     eni = {
         f"ec2:{a}": ["*"]
         for a in ("CreateNetworkInterface", "DescribeNetworkInterfaces", "DeleteNetworkInterface",
@@ -616,17 +627,18 @@ def check_self_hosted(checks, aws, out, host_bin):
                for a in ("BatchCheckLayerAvailability", "BatchGetImage", "GetDownloadUrlForLayer")},
             "logs:CreateLogStream": [log_arn(host_log)],
             "logs:PutLogEvents": [log_arn(host_log)],
-            # moto makes no secret, so the reference resolves to nothing it can name.
-            "secretsmanager:GetSecretValue": None,
+            **key_grant,
         }),
         "ChatFunctionRole": ("lambda.amazonaws.com", {
             "logs:CreateLogStream": [log_arn(f"/aws/lambda/{name}-chat")],
             "logs:PutLogEvents": [log_arn(f"/aws/lambda/{name}-chat")],
+            **key_grant,
             **eni,
         }),
         "EchoFunctionRole": ("lambda.amazonaws.com", {
             "logs:CreateLogStream": [log_arn(f"/aws/lambda/{name}-echo")],
             "logs:PutLogEvents": [log_arn(f"/aws/lambda/{name}-echo")],
+            **key_grant,
             **eni,
         }),
         "AuthorizerFunctionRole": ("lambda.amazonaws.com", {
@@ -635,29 +647,42 @@ def check_self_hosted(checks, aws, out, host_bin):
         }),
     }
     for logical_id, (service, expected) in expected_roles.items():
-        if logical_id == "TaskExecutionRole":
-            # Whatever moto made of the reference; the template check below pins it.
+        if "secretsmanager:GetSecretValue" in expected:
+            # Whatever moto made of the reference; the template checks below pin it.
             policies, _ = role_policies(aws, physical(resources, logical_id))
             expected = {**expected, "secretsmanager:GetSecretValue": grants(policies).get("secretsmanager:GetSecretValue")}
         check_role(checks, aws, f"{name}: {logical_id}", physical(resources, logical_id), service, expected)
-    secret_ref = template["Resources"]["TaskExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][-1]
-    checks.equal(
-        f"{name}: execution role reads only the cluster secret (template)",
-        (secret_ref["Action"], secret_ref["Resource"]),
-        ("secretsmanager:GetSecretValue", {"Ref": "ClusterSecret"}),
-    )
+    check_secrets(checks, name, template)
 
     function_sg = physical(resources, "FunctionSecurityGroup")
+    # What moto made of each key's reference (it makes no secret); the template pins the references.
+    key_secret_arns = {
+        key: lam.get_function(FunctionName=functions[fn])["Configuration"]["Environment"]["Variables"]
+        .get("APIGW_MANAGEMENT_KEY_SECRET")
+        for fn, key in (("chat", "ChatManagementKey"), ("echo", "EchoManagementKey")) if functions.get(fn)
+    }
+    checks.equal(
+        f"{name}: chat and echo read their own management key secret (template)",
+        {fn: template["Resources"][f"{fn.capitalize()}Function"]["Properties"]["Environment"]["Variables"]
+         .get("APIGW_MANAGEMENT_KEY_SECRET") for fn in ("chat", "echo")},
+        {"chat": {"Ref": "ChatManagementKey"}, "echo": {"Ref": "EchoManagementKey"}},
+    )
     envs = {
-        "chat": {"ROOMS_BACKEND": "groups", "APIGW_MANAGEMENT_ENDPOINT": management_url, "RUST_LOG": "info"},
-        "echo": {"APIGW_MANAGEMENT_ENDPOINT": management_url, "RUST_LOG": "info"},
+        "chat": {"ROOMS_BACKEND": "groups", "APIGW_MANAGEMENT_ENDPOINT": management_url,
+                 "APIGW_MANAGEMENT_KEY_SECRET": key_secret_arns.get("ChatManagementKey"), "RUST_LOG": "info"},
+        "echo": {"APIGW_MANAGEMENT_ENDPOINT": management_url,
+                 "APIGW_MANAGEMENT_KEY_SECRET": key_secret_arns.get("EchoManagementKey"), "RUST_LOG": "info"},
         "authorizer": {"ALLOW_GUEST_NICKNAMES": "true", "RUST_LOG": "info"},
     }
+    if None in key_secret_arns.values():
+        print(f"note    {name}: moto drops an environment variable that names a secret it did not make "
+              "(APIGW_MANAGEMENT_KEY_SECRET: checked in the template only)")
     for fn in FUNCTIONS:
         logical_id = f"{fn.capitalize()}Function"
         check_function(
             checks, aws, f"{name}: {fn} function", functions[fn],
-            role_arn(aws, physical(resources, f"{logical_id}Role")), envs[fn],
+            role_arn(aws, physical(resources, f"{logical_id}Role")),
+            {k: v for k, v in envs[fn].items() if v is not None},
             template["Resources"][logical_id],
             vpc=None if fn == "authorizer" else (private, [function_sg]),
         )
@@ -665,8 +690,9 @@ def check_self_hosted(checks, aws, out, host_bin):
         checks, aws, name, [host_log] + [f"/aws/lambda/{name}-{fn}" for fn in FUNCTIONS], 14
     )
 
-    check_load_balancers(checks, aws, name, resources, balancers, certificate)
-    check_security_groups(checks, aws, name, resources)
+    check_load_balancers(checks, aws, name, resources, balancers, certificate, management_certificate)
+    check_management_name(checks, name, template)
+    check_security_groups(checks, aws, name, template, resources)
     config_toml = check_ecs(checks, aws, name, template, resources, function_arns, connections, groups)
     if config_toml is not None:
         (out / "self-hosted.connection-host.toml").write_text(config_toml)
@@ -680,7 +706,76 @@ def check_self_hosted(checks, aws, out, host_bin):
     )
 
 
-def check_load_balancers(checks, aws, name, resources, balancers, certificate):
+def check_secrets(checks, name, template):
+    """The cluster secret and one management key per function, generated in Secrets Manager,
+    and who may read them (moto creates none of it, so this is the template's word)."""
+    res = template["Resources"]
+    checks.equal(
+        f"{name}: secrets generated in Secrets Manager: the cluster secret, one key per function (template)",
+        {k: (r["Type"], r["Properties"].get("GenerateSecretString"))
+         for k, r in res.items() if r["Type"] == "AWS::SecretsManager::Secret"},
+        {
+            "ClusterSecret": ("AWS::SecretsManager::Secret", {"PasswordLength": 48, "ExcludePunctuation": True}),
+            **{f"{fn.capitalize()}ManagementKey": ("AWS::SecretsManager::Secret", {
+                "SecretStringTemplate": json.dumps({"accessKeyId": fn}),
+                "GenerateStringKey": "secretAccessKey", "PasswordLength": 40, "ExcludePunctuation": True,
+            }) for fn in ("chat", "echo")},
+        },
+    )
+
+    def secret_reads(statements):
+        return sorted(
+            json.dumps(r, sort_keys=True)
+            for st in statements if st["Action"] == "secretsmanager:GetSecretValue"
+            for r in as_list(st["Resource"])
+        )
+
+    def role_statements(role):
+        return [st for p in res[role]["Properties"]["Policies"] for st in p["PolicyDocument"]["Statement"]]
+
+    checks.equal(
+        f"{name}: the execution role reads the cluster secret and the two keys; each function only its own key (template)",
+        {role: secret_reads(role_statements(role))
+         for role in ("TaskExecutionRole", "ChatFunctionRole", "EchoFunctionRole", "AuthorizerFunctionRole", "TaskRole")},
+        {
+            "TaskExecutionRole": sorted(json.dumps({"Ref": k}) for k in ("ClusterSecret", "ChatManagementKey", "EchoManagementKey")),
+            "ChatFunctionRole": [json.dumps({"Ref": "ChatManagementKey"})],
+            "EchoFunctionRole": [json.dumps({"Ref": "EchoManagementKey"})],
+            "AuthorizerFunctionRole": [],
+            "TaskRole": [],
+        },
+    )
+    container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    checks.equal(
+        f"{name}: the container gets the cluster secret and the keys' secret access keys through ECS Secrets (template)",
+        {s["Name"]: s["ValueFrom"] for s in container.get("Secrets", [])},
+        {
+            "CONNECTION_HOST_CLUSTER__SECRET": {"Ref": "ClusterSecret"},
+            "MANAGEMENT_KEY_CHAT": {"Fn::Sub": "${ChatManagementKey}:secretAccessKey::"},
+            "MANAGEMENT_KEY_ECHO": {"Fn::Sub": "${EchoManagementKey}:secretAccessKey::"},
+        },
+    )
+
+
+def check_management_name(checks, name, template):
+    """ManagementDomainName resolves, inside the VPC only, to the internal load balancer (moto
+    keeps no private zone or alias, so this is the template's word)."""
+    res = template["Resources"]
+    zone = res["ManagementZone"]["Properties"]
+    record = res["ManagementRecord"]["Properties"]
+    checks.equal(
+        f"{name}: a private hosted zone in the VPC names the internal load balancer (template)",
+        (zone["Name"], zone["VPCs"], record["HostedZoneId"], record["Name"], record["Type"], record["AliasTarget"]),
+        (
+            {"Ref": "ManagementDomainName"}, [{"VPCId": {"Ref": "VpcId"}, "VPCRegion": {"Ref": "AWS::Region"}}],
+            {"Ref": "ManagementZone"}, {"Ref": "ManagementDomainName"}, "A",
+            {"DNSName": {"Fn::GetAtt": ["ManagementLoadBalancer", "DNSName"]},
+             "HostedZoneId": {"Fn::GetAtt": ["ManagementLoadBalancer", "CanonicalHostedZoneID"]}},
+        ),
+    )
+
+
+def check_load_balancers(checks, aws, name, resources, balancers, certificate, management_certificate):
     elbv2 = aws("elbv2")
     checks.equal(
         f"{name}: load balancers (type, scheme)",
@@ -698,11 +793,11 @@ def check_load_balancers(checks, aws, name, resources, balancers, certificate):
     public_tg = physical(resources, "PublicTargetGroup")
     management_tg = physical(resources, "ManagementTargetGroup")
     checks.equal(
-        f"{name}: listeners (443 TLS with the certificate, 9080 TCP)",
+        f"{name}: listeners (443 TLS with the certificate, 9080 TLS with the management certificate)",
         listeners,
         {
             "PublicLoadBalancer": (443, "TLS", [certificate], [public_tg]),
-            "ManagementLoadBalancer": (9080, "TCP", [], [management_tg]),
+            "ManagementLoadBalancer": (9080, "TLS", [management_certificate], [management_tg]),
         },
     )
     groups = elbv2.describe_target_groups(TargetGroupArns=[public_tg, management_tg])["TargetGroups"]
@@ -721,7 +816,7 @@ def check_load_balancers(checks, aws, name, resources, balancers, certificate):
     )
 
 
-def check_security_groups(checks, aws, name, resources):
+def check_security_groups(checks, aws, name, template, resources):
     ec2 = aws("ec2")
     ids = {k: physical(resources, k) for k in (
         "HostSecurityGroup", "PublicNlbSecurityGroup", "ManagementNlbSecurityGroup", "FunctionSecurityGroup")}
@@ -743,6 +838,14 @@ def check_security_groups(checks, aws, name, resources):
                 (9080, "ManagementNlbSecurityGroup"), (9080, "HostSecurityGroup")}, key=str),
     )
     checks.equal(f"{name}: public load balancer accepts 443 from anywhere", ingress("PublicNlbSecurityGroup"), [(443, "0.0.0.0/0")])
+
+    # moto keeps a security group's default egress, not the template's.
+    checks.equal(
+        f"{name}: the functions reach only the @connections load balancer and HTTPS (Secrets Manager) (template)",
+        [(r["FromPort"], r.get("DestinationSecurityGroupId") or r.get("CidrIp"))
+         for r in template["Resources"]["FunctionSecurityGroup"]["Properties"]["SecurityGroupEgress"]],
+        [(9080, {"Ref": "ManagementNlbSecurityGroup"}), (443, "0.0.0.0/0")],
+    )
     checks.equal(
         f"{name}: the @connections load balancer accepts only the functions",
         ingress("ManagementNlbSecurityGroup"), [(9080, "FunctionSecurityGroup")],
@@ -799,9 +902,9 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
         ([8080, 9080], ["CMD", "curl", "-fsS", "--max-time", "2", "http://127.0.0.1:9080/health"], 30),
     )
     checks.equal(
-        f"{name}: cluster secret from Secrets Manager",
-        [s["name"] for s in container.get("secrets", [])],
-        ["CONNECTION_HOST_CLUSTER__SECRET"],
+        f"{name}: cluster secret and management keys from Secrets Manager",
+        sorted(s["name"] for s in container.get("secrets", [])),
+        ["CONNECTION_HOST_CLUSTER__SECRET", "MANAGEMENT_KEY_CHAT", "MANAGEMENT_KEY_ECHO"],
     )
     env = {e["name"]: e["value"] for e in container.get("environment", [])}
     # The host refuses unknown CONNECTION_HOST_* variables (they name configuration fields).
@@ -839,6 +942,16 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
         f"{name}: host listeners, stage, groups extension",
         (config.get("server"), config.get("api", {}).get("stage"), config.get("extensions")),
         ({"listen": "0.0.0.0:8080", "management_listen": "0.0.0.0:9080"}, STAGE, {"groups": True}),
+    )
+    checks.equal(
+        f"{name}: the @connections API requires SigV4 with the functions' keys from the task's Secrets",
+        config.get("management", {}).get("auth"),
+        {"mode": "sigv4", "keys": {"chat": {"secret_env": "MANAGEMENT_KEY_CHAT"},
+                                   "echo": {"secret_env": "MANAGEMENT_KEY_ECHO"}}},
+    )
+    checks.check(
+        f'{name}: no mode = "none" anywhere in the template',
+        'mode = "none"' not in SELF_HOSTED.read_text(),
     )
     return text
 
@@ -984,6 +1097,9 @@ def check_host_config(checks, name, text, host_bin, cluster=True):
             # task's own address from the entrypoint.
             env["CONNECTION_HOST_CLUSTER__SECRET"] = "a-test-secret-of-48-characters-0123456789abcdefg"
             env["CONNECTION_HOST_CLUSTER__ADVERTISE_URL"] = "http://10.20.2.15:9080"
+            # ... and the functions' secret access keys, from the task's Secrets.
+            env["MANAGEMENT_KEY_CHAT"] = "a-test-key-of-40-characters-0123456789ab"
+            env["MANAGEMENT_KEY_ECHO"] = "another-test-key-of-40-characters-012345"
         result = subprocess.run(
             [host_bin, "config", "check", str(path)], env=env, capture_output=True, text=True, timeout=30
         )

@@ -712,7 +712,7 @@ pub struct ClusterConfig {
     /// `http://10.0.0.5:9080`; empty means not clustered (management calls reach only this host's
     /// connections, and nothing runs in the background).
     pub advertise_url: String,
-    /// Shared token that authenticates host-to-host calls (`x-connection-host-secret`); required
+    /// Shared key of the HMAC that signs host-to-host calls (it never travels itself); required
     /// when `advertise_url` is set. Prefer the environment (`CONNECTION_HOST_CLUSTER__SECRET`) to
     /// the file.
     pub secret: String,
@@ -1307,14 +1307,15 @@ impl Config {
                     "must be at least 16 characters when cluster.advertise_url is set (it authenticates host-to-host calls)",
                 );
             }
-            // It travels as an HTTP header: a value that cannot be one would leave the host
-            // unable to call any other, and surrounding whitespace is stripped by the receiver.
+            // Every host must hold the same bytes: a control character or surrounding whitespace
+            // (a stray newline from a file or a variable) is a copy mistake that would leave this
+            // host's signatures refused by every other.
             if http::HeaderValue::from_str(&cluster.secret).is_err()
                 || cluster.secret.trim() != cluster.secret
             {
                 return invalid(
                     "cluster.secret".into(),
-                    "must be a valid HTTP header value (visible characters and inner spaces; no control characters such as a newline, no leading or trailing whitespace): it is sent in x-connection-host-secret",
+                    "must be visible characters and inner spaces (no control characters such as a newline, no leading or trailing whitespace): every host of the cluster must hold exactly the same key",
                 );
             }
             if store.kind == StoreKind::Memory {

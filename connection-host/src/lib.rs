@@ -31,7 +31,7 @@
 //!        cluster template access_keys             |
 //! 1      config                                   | plain data: serde types, defaults, doc comments
 //! 0      ids events routing authorizer::identity  | formats and parsers, no I/O (routing: the route
-//!        sigv4                                    |   expressions)
+//!        sigv4 peer_auth                          |   expressions)
 //! ```
 //!
 //! The test `tests/tests/layering.rs` reads this table and fails on any reference to a unit in a
@@ -57,6 +57,7 @@ pub mod integration;
 pub(crate) mod limits;
 pub(crate) mod local_lambda;
 pub mod management;
+pub mod peer_auth;
 pub(crate) mod registry;
 pub mod routing;
 pub mod server;

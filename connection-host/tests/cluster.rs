@@ -180,6 +180,53 @@ async fn post(via: &ClusterHost, id: &str, data: &str) -> Result<(), Option<u16>
         })
 }
 
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// The three headers of a host-to-host call from `from`, signed with `secret` at `date_ms`, as
+/// a host sends them.
+fn signed_headers(
+    secret: &str,
+    method: &str,
+    path_and_query: &str,
+    date_ms: i64,
+    from: &str,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    use connection_host::peer_auth as cluster;
+    let mac = cluster::signature(
+        secret.as_bytes(),
+        &method.parse().unwrap(),
+        path_and_query,
+        date_ms,
+        from,
+        body,
+    );
+    vec![
+        (cluster::FORWARDED_HEADER, from.to_string()),
+        (cluster::DATE_HEADER, date_ms.to_string()),
+        (cluster::SIGNATURE_HEADER, mac),
+    ]
+}
+
+/// POSTs `body` to `url` with `headers`.
+async fn send_with(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&'static str, String)],
+    body: String,
+) -> reqwest::Response {
+    let mut request = http.post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.unwrap()
+}
+
 async fn broadcast(via: &ClusterHost, group: &str, data: &str) -> Value {
     let r = reqwest::Client::new()
         .post(via.url(&format!("/dev/@groups/{group}")))
@@ -243,36 +290,35 @@ async fn management_calls_reach_a_connection_through_any_host() {
     assert_eq!(info.identity().unwrap().source_ip(), Some("127.0.0.1"));
     assert!(info.connected_at().is_some());
 
-    // Host-to-host calls need the secret: a wrong one is refused (and delivers nothing), the
-    // right one is served by the owner.
+    // Host-to-host calls need a signature made with the secret: a wrong one is refused (and
+    // delivers nothing), the right one is served by the owner.
     let http = reqwest::Client::new();
     let path = format!("/dev/@connections/{}", encode_id(&id));
+    let batch = format!(r#"{{"connectionIds":["{id}"],"data":"bm90IGZvciB5b3U="}}"#);
+    let wrong = signed_headers(
+        "wrong-secret-wrong-secret",
+        "POST",
+        &path,
+        now_ms(),
+        "b",
+        batch.as_bytes(),
+    );
+    let wrong_deliver = signed_headers(
+        "wrong-secret-wrong-secret",
+        "POST",
+        "/dev/@internal/deliver",
+        now_ms(),
+        "b",
+        batch.as_bytes(),
+    );
     for (headers, target) in [
-        (
-            vec![
-                ("x-connection-host-secret", "wrong-secret-wrong-secret"),
-                ("x-connection-host-forwarded", "b"),
-            ],
-            a.url(&path),
-        ),
-        (
-            vec![("x-connection-host-secret", "wrong-secret-wrong-secret")],
-            b.url(&path),
-        ),
-        (vec![("x-connection-host-forwarded", "b")], a.url(&path)),
-        (
-            vec![("x-connection-host-secret", "wrong-secret-wrong-secret")],
-            a.url("/dev/@internal/deliver"),
-        ),
+        (wrong.clone(), a.url(&path)),
+        (wrong[1..].to_vec(), b.url(&path)),
+        (wrong[..1].to_vec(), a.url(&path)),
+        (wrong_deliver, a.url("/dev/@internal/deliver")),
         (vec![], a.url("/dev/@internal/deliver")),
     ] {
-        let mut request = http.post(&target).body(format!(
-            r#"{{"connectionIds":["{id}"],"data":"bm90IGZvciB5b3U="}}"#
-        ));
-        for (k, v) in &headers {
-            request = request.header(*k, *v);
-        }
-        let r = request.send().await.unwrap();
+        let r = send_with(&http, &target, &headers, batch.clone()).await;
         assert_eq!(r.status(), 403, "{target} with {headers:?}");
         assert_eq!(
             r.headers()
@@ -281,14 +327,9 @@ async fn management_calls_reach_a_connection_through_any_host() {
             Some("ForbiddenException")
         );
     }
-    let r = http
-        .post(a.url(&path))
-        .header("x-connection-host-secret", SECRET)
-        .header("x-connection-host-forwarded", "b")
-        .body("with the secret")
-        .send()
-        .await
-        .unwrap();
+    let body = "with the secret";
+    let headers = signed_headers(SECRET, "POST", &path, now_ms(), "b", body.as_bytes());
+    let r = send_with(&http, &a.url(&path), &headers, body.to_string()).await;
     assert_eq!(r.status(), 200);
     // The refused calls delivered nothing: this is the next message.
     assert_eq!(next_text(&mut ws).await, "with the secret");
@@ -330,6 +371,66 @@ async fn management_calls_reach_a_connection_through_any_host() {
 /// The record is written before `$connect` runs, but the connection is not open until the 101:
 /// another host that reads the record forwards a post to the owner, which answers 410, so nothing
 /// is delivered; once the connection is open, the same post through that host is delivered.
+/// What an observer of the hosts' network could capture of a host-to-host call is of no use to
+/// them: the call carries no secret, a changed body breaks its signature, and it expires after
+/// `cluster::FORWARD_WINDOW` (here signed just outside it, either way).
+#[tokio::test]
+async fn a_captured_host_to_host_call_cannot_be_replayed_late_or_with_another_body() {
+    let Some(tables) = TestTables::create("a_captured_host_to_host_call_cannot_be_replayed").await
+    else {
+        return;
+    };
+    let mut a = ClusterHost::start(&tables, "a", "");
+    let (mut ws, id) = client(&a).await;
+    let http = reqwest::Client::new();
+    let path = format!("/dev/@connections/{}", encode_id(&id));
+    let url = a.url(&path);
+
+    let captured = signed_headers(SECRET, "POST", &path, now_ms(), "b", b"original");
+    assert!(
+        captured.iter().all(|(_, v)| !v.contains(SECRET)),
+        "the secret itself never travels"
+    );
+    let r = send_with(&http, &url, &captured, "original".into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(next_text(&mut ws).await, "original");
+
+    // The captured headers with another body.
+    let r = send_with(&http, &url, &captured, "forged".into()).await;
+    assert_eq!(r.status(), 403);
+    // The captured headers with another path (another connection, or another API).
+    let r = send_with(
+        &http,
+        &a.url("/dev/@internal/deliver"),
+        &captured,
+        "original".into(),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+
+    // A call captured longer ago than the window, and one dated ahead of it.
+    let window = i64::try_from(connection_host::peer_auth::FORWARD_WINDOW.as_millis()).unwrap();
+    for date in [now_ms() - window - 1_000, now_ms() + window + 1_000] {
+        let late = signed_headers(SECRET, "POST", &path, date, "b", b"replayed");
+        let r = send_with(&http, &url, &late, "replayed".into()).await;
+        assert_eq!(r.status(), 403, "signed at {date}");
+    }
+    // A call still within the window is served: the refusals above were for their dates.
+    let fresh = signed_headers(
+        SECRET,
+        "POST",
+        &path,
+        now_ms() - window / 2,
+        "b",
+        b"in time",
+    );
+    let r = send_with(&http, &url, &fresh, "in time".into()).await;
+    assert_eq!(r.status(), 200);
+    // Nothing refused was delivered: this is the next message.
+    assert_eq!(next_text(&mut ws).await, "in time");
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn a_post_through_another_host_during_connect_is_gone() {
     let Some(tables) =

@@ -1,6 +1,6 @@
 //! SigV4 authentication of the management API: the official SDK client with a configured key
 //! succeeds; wrong keys, skewed clocks, tampered bodies and unsigned calls get API Gateway's 403s;
-//! `auto` stays open on loopback; forwarded-call headers without the cluster secret are refused.
+//! `auto` stays open on loopback; forwarded-call headers without a valid cluster signature are refused.
 
 mod common;
 
@@ -304,7 +304,18 @@ async fn forwarded_call_headers_without_the_cluster_secret_are_refused() {
     let url = host.http(&format!("/dev/@connections/{}", encode_id(&id)));
     for headers in [
         vec![("x-connection-host-forwarded", "other-host")],
-        vec![("x-connection-host-secret", "guessed-secret-0123456789")],
+        vec![
+            ("x-connection-host-forwarded", "other-host"),
+            ("x-connection-host-date", "1700000000000"),
+            (
+                "x-connection-host-signature",
+                "00112233445566778899aabbccddeeff",
+            ),
+        ],
+        vec![(
+            "x-connection-host-signature",
+            "00112233445566778899aabbccddeeff",
+        )],
     ] {
         // Unsigned: a forwarded-call header does not skip SigV4.
         let mut request = reqwest::Client::new().get(&url);
@@ -313,7 +324,7 @@ async fn forwarded_call_headers_without_the_cluster_secret_are_refused() {
         }
         let r = request.send().await.unwrap();
         assert_eq!(r.status().as_u16(), 403, "{headers:?}");
-        // Signed with a valid key: still refused, as a host-to-host call with no valid secret.
+        // Signed with a valid key: still refused, as a host-to-host call with no valid signature.
         let r = signed(
             "GET",
             &url,

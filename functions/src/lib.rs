@@ -8,6 +8,8 @@
 //! - [`management`]: pushing messages to connections through the `@connections` API;
 //! - `rooms` (feature `rooms`, on by default): join, leave, list and broadcast, on the connection
 //!   host's groups extension or on a DynamoDB table;
+//! - `static_key` (feature `static-key`, on by default): sign management calls with a static
+//!   access key read from AWS Secrets Manager, as a self-hosted connection host requires;
 //! - `testing` (feature `testing`): test doubles to unit-test handler logic with captured events;
 //! - `examples` (feature `examples`, on by default): the logic of the example functions in
 //!   `src/bin/` (`chat`, `echo`, `authorizer`).
@@ -44,6 +46,10 @@ pub mod management;
 pub mod response;
 #[cfg(feature = "rooms")]
 pub mod rooms;
+#[cfg(any(feature = "rooms", feature = "static-key"))]
+mod sigv4;
+#[cfg(feature = "static-key")]
+pub mod static_key;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

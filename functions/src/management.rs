@@ -20,6 +20,13 @@ use std::sync::{Arc, LazyLock, Mutex};
 /// (or custom-domain base path), e.g. `http://127.0.0.1:8080/dev`.
 pub const ENDPOINT_ENV: &str = "APIGW_MANAGEMENT_ENDPOINT";
 
+/// Environment variable naming (by ARN or name) an AWS Secrets Manager secret that holds the
+/// static access key to sign management calls with, as `{"accessKeyId": "...",
+/// "secretAccessKey": "..."}`: a self-hosted connection host verifies static keys only, never a
+/// Lambda role's temporary credentials. Read by [`Management::for_endpoint`] once per process
+/// and endpoint; needs the feature `static-key` (see `ws_handler::static_key`).
+pub const KEY_SECRET_ENV: &str = "APIGW_MANAGEMENT_KEY_SECRET";
+
 /// The management endpoint for `event`: [`ENDPOINT_ENV`] when set and not empty, otherwise
 /// `https://{domainName}/{stage}`.
 pub fn endpoint_for(event: &WebSocketEvent<'_>) -> String {
@@ -131,6 +138,9 @@ impl Management {
 
     /// The client for `endpoint` (`https://{domainName}/{stage}` or a full override URL), built
     /// from the standard AWS configuration (region, credentials) on first use and reused after.
+    /// With [`KEY_SECRET_ENV`] set, it signs with the static key in that secret instead; when
+    /// the secret cannot be read, the error is logged, the client signs with the standard
+    /// credentials (which a connection host refuses), and the next call tries the secret again.
     pub async fn for_endpoint(endpoint: &str) -> Self {
         let cached = CLIENTS
             .lock()
@@ -141,6 +151,28 @@ impl Management {
             return management;
         }
         let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let key_secret = std::env::var(KEY_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        #[cfg(feature = "static-key")]
+        let shared = match key_secret {
+            None => shared,
+            Some(secret) => {
+                match crate::static_key::with_key_from_secret(&shared, secret.trim(), None).await {
+                    Ok(keyed) => keyed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "management key not read; signing with the default credentials");
+                        return Self::from_sdk_config(&shared, endpoint);
+                    }
+                }
+            }
+        };
+        #[cfg(not(feature = "static-key"))]
+        if key_secret.is_some() {
+            tracing::error!(
+                "{KEY_SECRET_ENV} is set, but ws-handler was built without the static-key feature"
+            );
+        }
         let management = Self::from_sdk_config(&shared, endpoint);
         // Two events racing here each build a client; the first one stored wins.
         CLIENTS

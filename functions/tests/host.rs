@@ -48,16 +48,18 @@ struct Integration {
     rooms: Arc<dyn Rooms>,
 }
 
-/// The official SDK client for the host's management API, signing with the key the host requires.
-fn management(endpoint: &str) -> Management {
-    let shared = aws_config::SdkConfig::builder()
+/// An AWS configuration signing with `credentials` in us-east-1.
+fn sdk_config(credentials: Credentials) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "test", "test", None, None, "test",
-        )))
-        .build();
-    Management::from_sdk_config(&shared, endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .build()
+}
+
+/// The static key the host requires.
+fn host_key() -> aws_config::SdkConfig {
+    sdk_config(Credentials::new("test", "test", None, None, "test"))
 }
 
 /// The `http` integration: one API Gateway event in, one Lambda proxy response out, as the
@@ -91,10 +93,21 @@ struct Host {
 
 impl Host {
     async fn start(function: Function, groups: bool, two_way: bool) -> Self {
+        Self::start_signed(function, groups, two_way, &host_key()).await
+    }
+
+    /// Like [`Host::start`], the function's management calls signed with `signing`'s
+    /// credentials; the host accepts only the key of [`host_key`].
+    async fn start_signed(
+        function: Function,
+        groups: bool,
+        two_way: bool,
+        signing: &aws_config::SdkConfig,
+    ) -> Self {
         let listener =
             connection_host::bind(([127, 0, 0, 1], 0).into(), 128).expect("bind the host");
         let addr = listener.local_addr().unwrap();
-        let management = management(&format!("http://{addr}/dev"));
+        let management = Management::from_sdk_config(signing, &format!("http://{addr}/dev"));
         let rooms: Arc<dyn Rooms> = match &function {
             Function::ChatOnDynamoDb { client, table } => Arc::new(DynamoDbRooms::new(
                 client.clone(),
@@ -258,7 +271,7 @@ async fn chat_over_the_groups_extension() {
 
     // The management client's other calls, against the host.
     let endpoint = format!("http://{}/dev", host.addr);
-    let client = management(&endpoint);
+    let client = Management::from_sdk_config(&host_key(), &endpoint);
     let info = client.get(&alice_id).await.expect("GetConnection");
     assert_eq!(info.source_ip.as_deref(), Some("127.0.0.1"));
     assert!(info.connected_at.is_some_and(|t| t > 0));
@@ -290,6 +303,123 @@ async fn chat_over_the_groups_extension() {
 }
 
 /// Joins `ws` to `room` and waits for the confirmation.
+/// A stand-in for Secrets Manager's `GetSecretValue`: answers the secret only to a call signed
+/// for `secretsmanager` with the role's temporary credentials, and records what it saw.
+async fn fake_secrets_manager(seen: Arc<std::sync::Mutex<Vec<String>>>) -> String {
+    async fn get_secret_value(
+        State(seen): State<Arc<std::sync::Mutex<Vec<String>>>>,
+        headers: axum::http::HeaderMap,
+        body: Bytes,
+    ) -> (axum::http::StatusCode, String) {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let authorization = header("authorization");
+        seen.lock().unwrap().push(authorization.clone());
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let signed_by_role = authorization.contains("Credential=ASIAROLE/")
+            && authorization.contains("/us-east-1/secretsmanager/aws4_request")
+            && header("x-amz-security-token") == "role-session-token";
+        if header("x-amz-target") != "secretsmanager.GetSecretValue"
+            || request["SecretId"]
+                != "arn:aws:secretsmanager:us-east-1:123456789012:secret:chat-key"
+            || !signed_by_role
+        {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                r#"{"__type":"AccessDeniedException"}"#.into(),
+            );
+        }
+        let secret = json!({"accessKeyId": "test", "secretAccessKey": "test"}).to_string();
+        (
+            axum::http::StatusCode::OK,
+            json!({"SecretString": secret}).to_string(),
+        )
+    }
+    let app = axum::Router::new()
+        .fallback(axum::routing::post(get_secret_value))
+        .with_state(seen);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// A function on Lambda has only its role's temporary credentials, which the host cannot verify:
+/// it signs with the static key it reads from Secrets Manager (signing that read with its role),
+/// and every call it makes, PostToConnection and the groups calls alike, is accepted.
+#[tokio::test]
+async fn a_key_read_from_secrets_manager_signs_every_call() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let secrets_manager = fake_secrets_manager(seen.clone()).await;
+    let role = sdk_config(Credentials::new(
+        "ASIAROLE",
+        "role-secret",
+        Some("role-session-token".into()),
+        None,
+        "lambda-role",
+    ));
+    let keyed = ws_handler::static_key::with_key_from_secret(
+        &role,
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:chat-key",
+        Some(&secrets_manager),
+    )
+    .await
+    .expect("the key is read");
+    assert_eq!(seen.lock().unwrap().len(), 1, "one read");
+
+    // With the role's credentials the host refuses the chat's calls: `joined` never comes.
+    let refused = Host::start_signed(Function::Chat, true, false, &role).await;
+    let mut ws = refused.connect("?nickname=alice").await.expect("alice");
+    ws.send(Message::text(
+        json!({"action": "join", "room": "lobby"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), next_text(&mut ws))
+            .await
+            .is_err(),
+        "a call signed with the role's credentials was accepted"
+    );
+
+    // With the key from the secret: join (groups), the reply (PostToConnection) and a
+    // broadcast (groups) all go through.
+    let host = Host::start_signed(Function::Chat, true, false, &keyed).await;
+    let mut alice = host.connect("?nickname=alice").await.expect("alice");
+    send(&mut alice, json!({"action": "join", "room": "lobby"})).await;
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"type": "joined", "room": "lobby"})
+    );
+    send(
+        &mut alice,
+        json!({"action": "send", "room": "lobby", "text": "signed"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice).await["text"], "signed");
+
+    // A secret that is not the key's JSON is an error that does not quote it.
+    let bad = fake_secrets_manager_answering(r#"{"SecretString":"hunter2-not-json"}"#).await;
+    let e = ws_handler::static_key::with_key_from_secret(&role, "x", Some(&bad))
+        .await
+        .expect_err("not a key");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+/// A stand-in for Secrets Manager that answers every call with `answer`.
+async fn fake_secrets_manager_answering(answer: &'static str) -> String {
+    let app = axum::Router::new().fallback(axum::routing::post(move || async move { answer }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 async fn join(ws: &mut Ws, room: &str) {
     send(ws, json!({"action": "join", "room": room})).await;
     assert_eq!(next_json(ws).await, json!({"type": "joined", "room": room}));
@@ -325,7 +455,7 @@ async fn chat_over_dynamodb_rooms() {
         client.clone(),
         &table,
         None,
-        Arc::new(management("http://unused")),
+        Arc::new(Management::from_sdk_config(&host_key(), "http://unused")),
     );
     rooms.join("lobby", stale).await.unwrap();
     send(

@@ -2,12 +2,20 @@
 //! owning host, and a management call for a connection held elsewhere is forwarded to the owner.
 //! DynamoDB is the only shared state: liveness is a heartbeat record per host, and any host reaps
 //! the records of a host whose heartbeat lapsed (see [`liveness`]).
+//!
+//! Host-to-host calls never carry `cluster.secret` itself: each one is signed with it (see
+//! `peer_auth`), so an observer of the VPC traffic learns no secret, cannot alter a call, and
+//! cannot replay one after the window.
 
 mod cache;
 pub mod liveness;
 
 use crate::config::ClusterConfig;
 use crate::management::ManagementError;
+use crate::peer_auth::verify;
+pub use crate::peer_auth::{
+    DATE_HEADER, FORWARDED_HEADER, ForwardAuthError, SIGNATURE_HEADER, signature,
+};
 use crate::store::{ConnectionStore, HostRecord};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -17,10 +25,6 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-/// Header carrying `cluster.secret` on host-to-host calls.
-pub const SECRET_HEADER: &str = "x-connection-host-secret";
-/// Header marking a call forwarded by another host: it is served locally, never forwarded again.
-pub const FORWARDED_HEADER: &str = "x-connection-host-forwarded";
 /// Response headers passed back from the owner besides the body and status.
 const PASSED_HEADERS: [&str; 2] = ["x-amzn-ErrorType", "content-type"];
 /// Upper bound for one host-to-host call (a post or a batch delivery is quick on a live host).
@@ -83,9 +87,10 @@ impl Cluster {
             return None;
         }
         // Never silently unclustered: `Config::validate`, which every start runs first, refuses
-        // a secret that is not a header value.
+        // a secret with control characters. Kept as a sensitive header value only so that
+        // `{:?}` never prints it.
         let mut secret = HeaderValue::from_str(&config.secret)
-            .expect("cluster.secret was validated as an HTTP header value");
+            .expect("cluster.secret was validated: visible characters and spaces");
         secret.set_sensitive(true);
         Some(Self {
             identity: identity.clone(),
@@ -97,11 +102,61 @@ impl Cluster {
         })
     }
 
-    /// Checks the secret of a host-to-host call in constant time.
-    pub fn authenticates(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(SECRET_HEADER)
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.secret.as_bytes()))
+    /// Checks a host-to-host call: its signature (compared in constant time) over `method`,
+    /// `path_and_query` as received, its date, its sender and `body`, and that its date is
+    /// within [`FORWARD_WINDOW`] of `now_ms`.
+    pub fn authenticate(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(), ForwardAuthError> {
+        verify(
+            self.secret.as_bytes(),
+            method,
+            path_and_query,
+            headers,
+            body,
+            now_ms,
+        )
+    }
+
+    /// Adds this host's signature headers to a built host-to-host request, signing what it will
+    /// send: its method, the path and query of its URL, and `body`.
+    fn sign(&self, request: &mut reqwest::Request, body: &[u8]) {
+        let url = request.url();
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let date = crate::ids::now_ms();
+        let mac = signature(
+            self.secret.as_bytes(),
+            request.method(),
+            &path_and_query,
+            date,
+            &self.identity.host_id,
+            body,
+        );
+        let headers = request.headers_mut();
+        let value =
+            |s: &str| HeaderValue::from_str(s).expect("host IDs, digits and hex are header values");
+        headers.insert(FORWARDED_HEADER, value(&self.identity.host_id));
+        headers.insert(DATE_HEADER, value(&date.to_string()));
+        headers.insert(SIGNATURE_HEADER, value(&mac));
+    }
+
+    /// Sends a signed host-to-host request built by `build` with `body`.
+    async fn send_signed(
+        &self,
+        build: reqwest::RequestBuilder,
+        body: Bytes,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut request = build.timeout(FORWARD_TIMEOUT).body(body.clone()).build()?;
+        self.sign(&mut request, &body);
+        self.http.execute(request).await
     }
 
     /// The owner of a connection that is not in the local registry: `None` when it does not
@@ -222,13 +277,7 @@ impl Cluster {
     ) -> Result<Response, ManagementError> {
         let url = format!("{}{path_and_query}", owner.endpoint);
         let sent = self
-            .http
-            .request(method, &url)
-            .header(SECRET_HEADER, self.secret.clone())
-            .header(FORWARDED_HEADER, &self.identity.host_id)
-            .timeout(FORWARD_TIMEOUT)
-            .body(body)
-            .send()
+            .send_signed(self.http.request(method, &url), body)
             .await;
         let answer = match sent {
             Ok(answer) => answer,
@@ -273,16 +322,11 @@ impl Cluster {
             "connectionIds": ids,
             "data": base64::engine::general_purpose::STANDARD.encode(data),
         });
-        let sent = self
+        let build = self
             .http
             .post(&url)
-            .header(SECRET_HEADER, self.secret.clone())
-            .header(FORWARDED_HEADER, &self.identity.host_id)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .timeout(FORWARD_TIMEOUT)
-            .body(body.to_string())
-            .send()
-            .await;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        let sent = self.send_signed(build, Bytes::from(body.to_string())).await;
         let counts = match sent {
             Ok(r) if r.status().is_success() => r.bytes().await.ok().and_then(|b| {
                 let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
@@ -302,10 +346,6 @@ impl Cluster {
         };
         counts.unwrap_or((0, ids.len()))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -328,9 +368,63 @@ mod tests {
     }
 
     #[test]
-    fn secret_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn a_signed_call_checks_out_only_unchanged_and_in_time() {
+        let config = ClusterConfig {
+            host_id: "b".into(),
+            advertise_url: "http://127.0.0.1:9".into(),
+            secret: "0123456789abcdef0123".into(),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::new(&config, &Identity::new(&config), reqwest::Client::new())
+            .expect("clustered");
+        let (post, path, now) = (Method::POST, "/dev/@connections/abc%3D", 1_700_000_000_000);
+        let headers = |date: i64, body: &[u8]| {
+            let mac = signature(config.secret.as_bytes(), &post, path, date, "a", body);
+            let mut h = HeaderMap::new();
+            h.insert(FORWARDED_HEADER, HeaderValue::from_static("a"));
+            h.insert(
+                DATE_HEADER,
+                HeaderValue::from_str(&date.to_string()).unwrap(),
+            );
+            h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&mac).unwrap());
+            h
+        };
+        let check = |h: &HeaderMap, method: &Method, path: &str, body: &[u8], at: i64| {
+            cluster.authenticate(method, path, h, body, at)
+        };
+        let good = headers(now, b"hi");
+        assert_eq!(check(&good, &post, path, b"hi", now + 29_000), Ok(()));
+        assert_eq!(
+            check(&good, &post, path, b"ho", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &Method::DELETE, path, b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &post, "/dev/@connections/abd%3D", b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        assert_eq!(
+            check(&good, &post, path, b"hi", now + 31_000),
+            Err(ForwardAuthError::OutsideWindow)
+        );
+        assert_eq!(
+            check(&good, &post, path, b"hi", now - 31_000),
+            Err(ForwardAuthError::OutsideWindow)
+        );
+        let mut other_sender = good.clone();
+        other_sender.insert(FORWARDED_HEADER, HeaderValue::from_static("c"));
+        assert_eq!(
+            check(&other_sender, &post, path, b"hi", now),
+            Err(ForwardAuthError::Mismatch)
+        );
+        let mut unsigned = good.clone();
+        unsigned.remove(SIGNATURE_HEADER);
+        assert_eq!(
+            check(&unsigned, &post, path, b"hi", now),
+            Err(ForwardAuthError::Missing(SIGNATURE_HEADER))
+        );
     }
 }

@@ -179,7 +179,13 @@ async fn deliver_remote(
     Ok((delivered, failed))
 }
 
-/// `POST /{stage}/@internal/deliver` (host-to-host, authenticated by the caller): delivers one
+/// The largest delivery batch accepted: base64 data of at most `limits.post_size` bytes, plus a
+/// page of connection IDs. No host-to-host call carries more.
+pub(super) fn delivery_limit(host: &Host) -> usize {
+    host.config.limits.post_size * 2 + 64 * 1024
+}
+
+/// `POST /{stage}/@internal/deliver` (host-to-host, its signature checked by the caller): delivers one
 /// broadcast's data to the listed connections of this host, as another host's broadcast asks.
 pub(super) async fn deliver(host: &Host, body: Body) -> Result<Response, ManagementError> {
     #[derive(serde::Deserialize)]
@@ -188,9 +194,7 @@ pub(super) async fn deliver(host: &Host, body: Body) -> Result<Response, Managem
         connection_ids: Vec<String>,
         data: String,
     }
-    // Base64 data of at most post_size bytes, plus a page of connection IDs.
-    let limit = host.config.limits.post_size * 2 + 64 * 1024;
-    let body = read_body(body, limit).await?;
+    let body = read_body(body, delivery_limit(host)).await?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| ManagementError::BadRequest(format!("invalid delivery batch: {e}")))?;
     let data = base64::engine::general_purpose::STANDARD

@@ -5,7 +5,8 @@
 //! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
 //!
 //! In a cluster, a call for a connection another host holds is forwarded to that host (see
-//! the `cluster` module); host-to-host calls carry the cluster secret and are never forwarded again.
+//! the `cluster` module); host-to-host calls are signed with the cluster secret and are never
+//! forwarded again.
 
 mod error;
 mod groups;
@@ -137,24 +138,24 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
     let groups = host.config.extensions.groups;
-    // A host-to-host call must carry the right secret; a wrong one is refused before anything
-    // else, and a host outside any cluster accepts none.
-    let headers = request.headers();
-    let forwarded = headers.contains_key(cluster::SECRET_HEADER)
-        || headers.contains_key(cluster::FORWARDED_HEADER);
-    if forwarded
-        && !host
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.authenticates(headers))
-    {
-        tracing::warn!(path = %request.uri().path(), "host-to-host call with a wrong secret refused");
-        return ManagementError::Forbidden.into_response();
-    }
-    // Host-to-host calls are authenticated by the cluster secret above; every other call must
-    // carry a valid SigV4 signature when the host requires one (the plain GET on the stage is
-    // the WebSocket URL's 426, not an API call).
-    let request = if forwarded || resource == Resource::Stage {
+    // A host-to-host call must carry a valid signature made with the cluster secret; a bad one is
+    // refused before anything else, and a host outside any cluster accepts none.
+    let forwarded = [
+        cluster::FORWARDED_HEADER,
+        cluster::DATE_HEADER,
+        cluster::SIGNATURE_HEADER,
+    ]
+    .iter()
+    .any(|name| request.headers().contains_key(*name));
+    // Host-to-host calls are authenticated by their signature; every other call must carry a
+    // valid SigV4 signature when the host requires one (the plain GET on the stage is the
+    // WebSocket URL's 426, not an API call).
+    let request = if forwarded {
+        match authenticate_peer(&host, request).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        }
+    } else if resource == Resource::Stage {
         request
     } else {
         let invoke = matches!(resource, Resource::Invocation(_));
@@ -270,6 +271,32 @@ async fn authenticate(host: &Host, request: Request, invoke: bool) -> Result<Req
     signed
         .verify(&parts.method, &parts.uri, &parts.headers, &body)
         .map_err(refused)?;
+    Ok(Request::from_parts(parts, Body::from(body)))
+}
+
+/// Checks the signature of a host-to-host call (see [`cluster::signature`]) over its body, read
+/// up to the largest body a host sends (a broadcast's delivery batch), and hands the body on in
+/// the returned request.
+async fn authenticate_peer(host: &Host, request: Request) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let refused = |reason: &dyn std::fmt::Display| {
+        tracing::warn!(%path, %reason, "host-to-host call with a bad signature refused");
+        ManagementError::Forbidden.into_response()
+    };
+    let Some(cluster) = host.cluster.as_ref() else {
+        return Err(refused(&"this host is not in a cluster"));
+    };
+    let body = read_body(body, groups::delivery_limit(host))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(path.as_str(), http::uri::PathAndQuery::as_str);
+    cluster
+        .authenticate(&parts.method, target, &parts.headers, &body, ids::now_ms())
+        .map_err(|e| refused(&e))?;
     Ok(Request::from_parts(parts, Body::from(body)))
 }
 

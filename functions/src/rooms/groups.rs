@@ -20,14 +20,12 @@
 use super::{BroadcastReport, Rooms, RoomsError};
 use crate::Management;
 use async_trait::async_trait;
-use aws_sdk_apigatewaymanagement::config::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
+use aws_sdk_apigatewaymanagement::config::SharedCredentialsProvider;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Members asked for per page (the host's maximum).
 const PAGE_SIZE: usize = 1000;
@@ -71,49 +69,11 @@ struct Signer {
 }
 
 impl Signer {
-    /// Adds the SigV4 headers (`Authorization`, `X-Amz-Date`, and `X-Amz-Security-Token` for
-    /// temporary credentials) to `request`.
+    /// Adds the SigV4 headers for `execute-api` to `request`.
     async fn sign(&self, request: &mut reqwest::Request) -> Result<(), RoomsError> {
-        let failed = |e: &dyn std::fmt::Display| RoomsError::Signing(e.to_string());
-        let identity = self
-            .credentials
-            .provide_credentials()
+        crate::sigv4::sign_request(&self.credentials, &self.region, "execute-api", request)
             .await
-            .map_err(|e| failed(&e))?
-            .into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("execute-api")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| failed(&e))?
-            .into();
-        let body = request
-            .body()
-            .and_then(reqwest::Body::as_bytes)
-            .unwrap_or_default();
-        let headers = request
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let signable = SignableRequest::new(
-            request.method().as_str(),
-            request.url().as_str(),
-            headers,
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| failed(&e))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| failed(&e))?
-            .into_parts();
-        for (name, value) in instructions.headers() {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| failed(&e))?;
-            let value = http::HeaderValue::from_str(value).map_err(|e| failed(&e))?;
-            request.headers_mut().insert(name, value);
-        }
-        Ok(())
+            .map_err(RoomsError::Signing)
     }
 }
 
