@@ -191,22 +191,6 @@ async fn broadcast(via: &ClusterHost, group: &str, data: &str) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `bound`; returns the time it took.
-async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn management_calls_reach_a_connection_through_any_host() {
     let Some(tables) =
