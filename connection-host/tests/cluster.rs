@@ -641,6 +641,7 @@ async fn a_store_outage_longer_than_host_timeout_closes_no_connection() {
     }
 
     proxy.set(Mode::Refuse);
+    // The outage's length is the scenario, not a wait for an event.
     tokio::time::sleep(outage).await;
     proxy.set(Mode::Pass);
     let back = Instant::now();
@@ -660,6 +661,7 @@ async fn a_store_outage_longer_than_host_timeout_closes_no_connection() {
 
     // A host that judged its peers dead would reap them at its first heartbeats after the outage:
     // give the cluster three host_timeouts, then every client must still be open and reachable.
+    // (A window in which nothing may happen: there is no event to wait for.)
     tokio::time::sleep(host_timeout * 3).await;
     let mut closed = Vec::new();
     for (owner, client) in &mut clients {

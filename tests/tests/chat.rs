@@ -179,6 +179,7 @@ async fn an_unused_browser_preconnect_does_not_hold_up_shutdown() {
     let mut demo = start_demo().await;
     // Chromium opens spare connections and may never send a request on them.
     let _spare = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    // Idle for a moment before the shutdown, as the spare connection would be (the scenario).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid = demo.host.pid().expect("running");
     let started = std::time::Instant::now();

@@ -7,8 +7,8 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 use test_kit::{
-    HostProcess, TempDir, Ws, free_loopback_addrs, lambda_client, next_text_within, start_host,
-    workspace_binary, ws_connect,
+    HostProcess, TempDir, Ws, eventually, free_loopback_addrs, lambda_client, next_text_within,
+    start_host, workspace_binary, ws_connect,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -159,7 +159,14 @@ async fn a_hanging_handler_times_out_and_is_restarted_after_its_deadline() {
         "{:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The host kills the hung process at its deadline and logs it; the next message waits for
+    // the replacement.
+    eventually(
+        "the hung process killed at its deadline",
+        Duration::from_secs(10),
+        async || local.host.log_text().contains("invocation timed out"),
+    )
+    .await;
     send(&mut ws, r#"{"action":"after-hang"}"#).await;
     let pid = echo_pid(&next_text_within(&mut ws, Duration::from_secs(5)).await);
     assert_ne!(
@@ -287,23 +294,16 @@ async fn invoke_sleep(lambda: &aws_sdk_lambda::Client, ms: u64) -> Served {
 /// Waits until `count` processes of `faulty` have printed their start line, then a little longer
 /// for them to reach the Runtime API's `next`, so every one of them can take an invocation.
 async fn wait_for_processes(host: &HostProcess, count: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let started = host
-            .log_text()
-            .lines()
+    let what = format!("{count} processes started");
+    eventually(&what, Duration::from_secs(10), async || {
+        let log = host.log_text();
+        log.lines()
             .filter(|l| l.contains("faulty started pid="))
-            .count();
-        if started >= count {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {started} of {count} processes started:\n{}",
-            host.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .count()
+            >= count
+    })
+    .await;
+    // The host does not say when a process has reached `next`; the start line comes just before.
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
@@ -405,28 +405,25 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
     };
 
     event(lambda.clone(), busy.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !local.host.log_text().contains("faulty handling sleep") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process took no invocation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the process to take an invocation",
+        Duration::from_secs(10),
+        async || local.host.log_text().contains("faulty handling sleep"),
+    )
+    .await;
 
     // The process is busy: 1024 more wait in the queue, and the one after them is refused.
     for _ in 0..(1024 / 32) {
         futures_util::future::join_all((0..32).map(|_| event(lambda.clone(), busy.clone()))).await;
     }
     event(lambda.clone(), busy.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while refused_events(&local.host) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no Event invocation was refused"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "an Event invocation refused",
+        Duration::from_secs(10),
+        async || refused_events(&local.host) > 0,
+    )
+    .await;
+    // A window in which no second refusal may appear (nothing to wait for).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         refused_events(&local.host),
