@@ -6,12 +6,12 @@
 //! Building starts nothing: no socket is bound, no function process spawned, no store called.
 //! [`crate::server::run`] does that with the built host.
 
+use crate::access_keys::Verifier;
 use crate::authorizer::Authorizer;
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError};
 use crate::limits::HostLimits;
 use crate::local_lambda::LocalFunctions;
-use crate::management::auth::Verifier;
 use crate::registry::Registry;
 use crate::routing::table::{Route, RouteTable};
 use crate::store::ConnectionStore;

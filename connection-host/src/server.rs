@@ -164,7 +164,7 @@ async fn serve(
     // The host decided on the configured address; a listener bound elsewhere must not leave
     // open an API that its own address would have guarded.
     if host.management_auth.is_none()
-        && crate::management::auth::required(&host.config.management.auth, management_addr)
+        && crate::access_keys::required(&host.config.management.auth, management_addr)
     {
         return Err(RunError::Build(
             crate::config::ConfigError::Invalid {
@@ -274,10 +274,14 @@ async fn serve_management(host: Arc<Host>, stream: TcpStream, peer: SocketAddr) 
     };
     // hyper's header read timeout starts only after the handshake, which gets its own budget.
     let deadline = tokio::time::Instant::now() + host.config.server.handshake_timeout;
-    if let Some(stream) =
-        crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown).await
-    {
-        crate::management::serve_http(host, stream, true).await;
+    match crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown).await {
+        Some(crate::tls::Accepted::Tls(stream)) => {
+            crate::management::serve_http(host, stream, true).await;
+        }
+        Some(crate::tls::Accepted::PlainText(mut stream)) => {
+            crate::gateway::refuse_plain_text(&mut stream).await;
+        }
+        None => {}
     }
 }
 

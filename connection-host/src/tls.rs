@@ -79,34 +79,43 @@ fn unreadable(path: &Path, e: &pem::Error) -> String {
     }
 }
 
+/// What arrived on a TLS listener.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A completed TLS handshake.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// A client speaking plain text (HTTP, most likely): the caller answers it with a plain 400
+    /// telling it to use TLS, rather than a bare reset.
+    PlainText(TcpStream),
+}
+
+/// The body of the 400 a plain-text client on a TLS listener gets.
+pub const PLAIN_TEXT_REFUSAL: &[u8] =
+    b"{\"message\":\"This port expects TLS: use wss:// or https://\"}";
+
 /// Runs the server side of the TLS handshake by `deadline`. `None` when it fails (logged at debug:
 /// scanners and misconfigured clients are routine), times out, or the host shuts down first.
-/// A client speaking plain HTTP gets a plain 400 telling it to use TLS, rather than a bare reset.
 pub async fn handshake(
     acceptor: &TlsAcceptor,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     deadline: Instant,
     shutdown: &CancellationToken,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<Accepted> {
     let handshake = async {
         let mut first = [0u8; 1];
         if stream.peek(&mut first).await? == 1 && first[0] != HANDSHAKE_RECORD {
             tracing::debug!(%peer, "plain-text request on a TLS listener");
-            let _ = crate::gateway::write_response(
-                &mut stream,
-                400,
-                &[],
-                b"{\"message\":\"This port expects TLS: use wss:// or https://\"}",
-            )
-            .await;
-            return Ok(None);
+            return Ok(Accepted::PlainText(stream));
         }
-        acceptor.accept(stream).await.map(Some)
+        acceptor
+            .accept(stream)
+            .await
+            .map(|tls| Accepted::Tls(Box::new(tls)))
     };
     tokio::select! {
         done = tokio::time::timeout_at(deadline, handshake) => match done {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(accepted)) => Some(accepted),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 None

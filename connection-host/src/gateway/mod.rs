@@ -10,6 +10,7 @@ pub mod io;
 #[cfg(test)]
 mod timer_tests;
 use crate::host::Host;
+use crate::tls::Accepted;
 use bytes::BytesMut;
 use head::HeadError;
 use std::net::SocketAddr;
@@ -69,8 +70,12 @@ pub async fn handle_tcp(
         Some(acceptor) => {
             let handshake =
                 crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown);
-            if let Some(stream) = handshake.await {
-                handle(host, stream, origin, deadline, serve_management).await;
+            match handshake.await {
+                Some(Accepted::Tls(stream)) => {
+                    handle(host, stream, origin, deadline, serve_management).await;
+                }
+                Some(Accepted::PlainText(mut stream)) => refuse_plain_text(&mut stream).await,
+                None => {}
             }
         }
     }
@@ -153,6 +158,11 @@ async fn refuse_over_capacity(mut stream: TcpStream, tls: bool) {
         std::io::Result::Ok(())
     })
     .await;
+}
+
+/// Answers a plain-text client on a TLS listener with a plain 400 telling it to use TLS.
+pub(crate) async fn refuse_plain_text(stream: &mut TcpStream) {
+    let _ = write_response(stream, 400, &[], crate::tls::PLAIN_TEXT_REFUSAL).await;
 }
 
 /// Writes a complete, non-upgrade HTTP response and closes the write side, within

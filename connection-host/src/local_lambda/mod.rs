@@ -37,7 +37,7 @@ pub struct RuntimeSettings {
     pub management_endpoint: String,
     /// The access key functions sign with when the management API requires SigV4 (the first
     /// configured key); `None` leaves them the host's own credentials, or placeholders.
-    pub credentials: Option<crate::management::auth::AccessKey>,
+    pub credentials: Option<crate::sigv4::AccessKey>,
 }
 
 /// Why the local runtime could not start.

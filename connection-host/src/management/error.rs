@@ -95,3 +95,28 @@ impl IntoResponse for ManagementError {
         response
     }
 }
+
+// A refused signature is a 403 in AWS's format, like the other management errors.
+impl IntoResponse for crate::sigv4::AuthError {
+    fn into_response(self) -> Response {
+        let error_type = match self {
+            crate::sigv4::AuthError::Missing => "MissingAuthenticationTokenException",
+            crate::sigv4::AuthError::Incomplete(_) => "IncompleteSignatureException",
+            crate::sigv4::AuthError::UnknownKey => "UnrecognizedClientException",
+            crate::sigv4::AuthError::Invalid(_) => "InvalidSignatureException",
+        };
+        let body = serde_json::json!({ "message": self.to_string() }).to_string();
+        (
+            StatusCode::FORBIDDEN,
+            [
+                ("x-amzn-ErrorType", HeaderValue::from_static(error_type)),
+                (
+                    http::header::CONTENT_TYPE.as_str(),
+                    HeaderValue::from_static("application/json"),
+                ),
+            ],
+            body,
+        )
+            .into_response()
+    }
+}

@@ -7,7 +7,6 @@
 //! In a cluster, a call for a connection another host holds is forwarded to that host (see
 //! [`crate::cluster`]); host-to-host calls carry the cluster secret and are never forwarded again.
 
-pub mod auth;
 mod error;
 mod groups;
 pub mod path;
@@ -241,11 +240,11 @@ async fn authenticate(host: &Host, request: Request, invoke: bool) -> Result<Req
     };
     let (parts, body) = request.into_parts();
     let service = if invoke {
-        auth::LAMBDA
+        crate::sigv4::LAMBDA
     } else {
-        auth::EXECUTE_API
+        crate::sigv4::EXECUTE_API
     };
-    let refused = |e: auth::AuthError| {
+    let refused = |e: crate::sigv4::AuthError| {
         // The first line only: a signature mismatch goes on with the canonical request.
         let reason = e.to_string();
         let reason = reason.lines().next().unwrap_or_default();
