@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_connection-host");
@@ -282,13 +282,11 @@ impl Host {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line}"));
         let host = Self { child, addr };
-        let health = within("/health", async {
-            loop {
-                if let Ok(r) = reqwest::get(format!("http://{addr}/health")).await {
-                    return r.status();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let health = eventually_some("/health", WAIT, async || {
+            reqwest::get(format!("http://{addr}/health"))
+                .await
+                .ok()
+                .map(|r| r.status())
         })
         .await;
         assert_eq!(health, 200);
@@ -305,13 +303,8 @@ impl Host {
 
     /// Waits up to `WAIT` for the process to exit.
     async fn exit_status(&mut self) -> std::process::ExitStatus {
-        within("the host's exit", async {
-            loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    return status;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        eventually_some("the host's exit", WAIT, async || {
+            self.child.try_wait().unwrap()
         })
         .await
     }

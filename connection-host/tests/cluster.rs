@@ -238,22 +238,6 @@ async fn broadcast(via: &ClusterHost, group: &str, data: &str) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `bound`; returns the time it took.
-async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn management_calls_reach_a_connection_through_any_host() {
     let Some(tables) =
@@ -758,6 +742,7 @@ async fn a_store_outage_longer_than_host_timeout_closes_no_connection() {
     }
 
     proxy.set(Mode::Refuse);
+    // The outage's length is the scenario, not a wait for an event.
     tokio::time::sleep(outage).await;
     proxy.set(Mode::Pass);
     let back = Instant::now();
@@ -777,6 +762,7 @@ async fn a_store_outage_longer_than_host_timeout_closes_no_connection() {
 
     // A host that judged its peers dead would reap them at its first heartbeats after the outage:
     // give the cluster three host_timeouts, then every client must still be open and reachable.
+    // (A window in which nothing may happen: there is no event to wait for.)
     tokio::time::sleep(host_timeout * 3).await;
     let mut closed = Vec::new();
     for (owner, client) in &mut clients {

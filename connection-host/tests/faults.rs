@@ -100,14 +100,8 @@ impl Direct {
 
     /// Polls the table until `id`'s record is gone; panics after `limit`.
     async fn wait_record_gone(&self, id: &str, limit: Duration) {
-        let started = Instant::now();
-        while self.has_record(id).await {
-            assert!(
-                started.elapsed() < limit,
-                "record of {id} still in the table after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("the record of {id} to leave the table");
+        eventually(&what, limit, async || !self.has_record(id).await).await;
     }
 
     /// How many items the connections table holds (read from moto directly).
@@ -142,6 +136,20 @@ async fn whoami(ws: &mut Ws) -> String {
     send_text(ws, r#"{"action":"whoami"}"#).await;
     let v: Value = serde_json::from_str(&next_text(ws).await).unwrap();
     v["connectionId"].as_str().unwrap().to_string()
+}
+
+/// Connects to `ws://ADDR/dev` once DynamoDB is back, retrying while the host answers 503: within
+/// 10 s of refusals, plus the last attempt's own 20 s bound.
+async fn connect_after_recovery(addr: std::net::SocketAddr) -> Ws {
+    let what = "a connect accepted after DynamoDB came back";
+    eventually_some(what, Duration::from_secs(30), async || {
+        match attempt(addr, Duration::from_secs(20)).await.0 {
+            Ok(ws) => Some(ws),
+            Err(503) => None,
+            Err(status) => panic!("unexpected refusal {status} after recovery"),
+        }
+    })
+    .await
 }
 
 /// One connect to `ws://ADDR/dev`, bounded by `limit`: the client on a 101, else the refusal's
@@ -236,19 +244,7 @@ async fn outage_cycle(test: &str, mode: Mode, refused_within: Duration) {
     // DynamoDB comes back: new connects succeed again by themselves.
     s.proxy.set(Mode::Pass);
     let back = Instant::now();
-    let mut c = loop {
-        match attempt(addr, Duration::from_secs(20)).await.0 {
-            Ok(ws) => break ws,
-            Err(503) => {
-                assert!(
-                    back.elapsed() < Duration::from_secs(10),
-                    "connects still refused 10 s after DynamoDB came back"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("unexpected refusal {status} after recovery"),
-        }
-    };
+    let mut c = connect_after_recovery(addr).await;
     let recovered_after = back.elapsed();
     let id_c = whoami(&mut c).await;
     assert!(s.direct.has_record(&id_c).await, "c's record was written");
@@ -313,10 +309,8 @@ async fn shutdown_during_an_outage_ends_the_delete_retries_with_the_drain_timeou
 
     // The delete is being retried: new attempts keep reaching the proxy.
     let seen = s.proxy.accepted();
-    within("delete retries reaching the proxy", async {
-        while s.proxy.accepted() < seen + 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("delete retries reaching the proxy", WAIT, async || {
+        s.proxy.accepted() >= seen + 2
     })
     .await;
 
@@ -382,20 +376,7 @@ async fn a_store_outage_refuses_connects_before_connect_runs() {
     );
 
     s.proxy.set(Mode::Pass);
-    let back = Instant::now();
-    let mut ws = loop {
-        match attempt(addr, Duration::from_secs(20)).await.0 {
-            Ok(ws) => break ws,
-            Err(503) => {
-                assert!(
-                    back.elapsed() < Duration::from_secs(10),
-                    "connects still refused 10 s after DynamoDB came back"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("unexpected refusal {status} after recovery"),
-        }
-    };
+    let mut ws = connect_after_recovery(addr).await;
     let id = whoami(&mut ws).await;
     let connect = s.handler.wait_route("$connect", Some(&id)).await;
     assert_eq!(event_type(&connect), "CONNECT");
@@ -442,14 +423,12 @@ async fn a_retried_record_write_that_had_landed_accepts_the_connection() {
     s.proxy.set(Mode::HoldAnswers);
     let connecting = tokio::spawn(attempt(s.host.addr, Duration::from_secs(20)));
     // The first attempt (which landed) timed out and the retry reached DynamoDB: answer it.
-    let held = Instant::now();
-    while s.proxy.held_requests() < 2 {
-        assert!(
-            held.elapsed() < Duration::from_secs(10),
-            "the store client did not retry its write"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the store client to retry its write",
+        Duration::from_secs(10),
+        async || s.proxy.held_requests() >= 2,
+    )
+    .await;
     s.proxy.set(Mode::Pass);
     let (outcome, took) = connecting.await.unwrap();
     let mut ws = outcome
@@ -484,18 +463,14 @@ async fn a_connect_refused_after_its_write_landed_leaves_no_record() {
     assert_eq!(outcome.err(), Some(503), "every write attempt timed out");
     assert!(s.proxy.held_requests() >= 1, "the write reached DynamoDB");
     s.proxy.set(Mode::Pass);
-    let back = Instant::now();
-    while s.direct.records().await > 0 {
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "the refused connection's record is still in the table {:?} after DynamoDB answers again",
-            back.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let gone_after = eventually(
+        "the refused connection's record to leave the table after DynamoDB answers again",
+        Duration::from_secs(10),
+        async || s.direct.records().await == 0,
+    )
+    .await;
     report(&format!(
-        "{test}: 503 after {took:?}; record gone {:?} after DynamoDB answered again",
-        back.elapsed()
+        "{test}: 503 after {took:?}; record gone {gone_after:?} after DynamoDB answered again"
     ));
     let Setup {
         direct, mut host, ..

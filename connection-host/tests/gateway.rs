@@ -642,6 +642,7 @@ async fn sleeping_host(delay: Duration, extra: &str) -> (TestHost, Handler, Span
             async move {
                 if event_type(&event) == "MESSAGE" {
                     let started = Instant::now();
+                    // The handler's work (the scenario), not a wait for anything.
                     tokio::time::sleep(delay).await;
                     spans.lock().unwrap().push((started, Instant::now()));
                 }
@@ -675,13 +676,12 @@ async fn invoke_burst(host: &TestHost, spans: &Spans, n: usize) -> Vec<(Instant,
             .unwrap();
     }
     ws.flush().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while spans.lock().unwrap().len() < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every message was invoked");
+    eventually(
+        "every message invoked",
+        Duration::from_secs(10),
+        async || spans.lock().unwrap().len() >= n,
+    )
+    .await;
     let mut spans = spans.lock().unwrap().clone();
     spans.sort_by_key(|(started, _)| *started);
     spans
@@ -1095,14 +1095,12 @@ async fn a_slow_consumer_dropped_after_its_grace_gets_a_1008_close_frame() {
     }
     assert!(full, "the outbound queue never filled");
     // The host gives up after the grace: the connection leaves the registry (410)...
-    within("the host to drop the slow consumer", async {
-        loop {
-            let got = sdk.get_connection().connection_id(&id).send().await;
-            if got.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the host to drop the slow consumer", WAIT, async || {
+        sdk.get_connection()
+            .connection_id(&id)
+            .send()
+            .await
+            .is_err()
     })
     .await;
     // ...and the client, reading again, finds the Close frame after the data already sent.

@@ -167,11 +167,12 @@ async fn a_burst_above_connections_per_second_gets_429() {
         open.len(),
         "refused handshakes ran no $connect"
     );
-    // A token comes back every 200 ms.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let (mut later, _) = try_connect(host.addr, "/dev", &[], None)
-        .await
-        .expect("a client connects after the refill");
+    // A token comes back every 200 ms: a client is admitted again once it has.
+    let mut later = eventually_some("a client admitted after the refill", WAIT, async || {
+        try_connect(host.addr, "/dev", &[], None).await.ok()
+    })
+    .await
+    .0;
     later.close(None).await.unwrap();
 }
 
@@ -192,15 +193,12 @@ async fn connections_per_ip_counts_open_connections_and_frees_them() {
     // (403), never 429.
     first.close(None).await.unwrap();
     while first.next().await.is_some() {}
-    let mut freed = false;
-    for _ in 0..50 {
-        if status_of(&connect_from(local, a, "/dev?reject=1").await) == 403 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(freed, "the closed connection's place came back");
+    eventually(
+        "the closed connection's place to come back",
+        WAIT,
+        async || status_of(&connect_from(local, a, "/dev?reject=1").await) == 403,
+    )
+    .await;
     for _ in 0..5 {
         assert_eq!(
             status_of(&connect_from(local, a, "/dev?reject=1").await),
@@ -269,18 +267,12 @@ async fn connections_per_principal_counts_the_authorizers_principal() {
 
     alice1.close(None).await.unwrap();
     while alice1.next().await.is_some() {}
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok((ws, _)) = as_user("alice").await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        again.is_some(),
-        "alice's closed connection gave its place back"
-    );
+    let _again = eventually_some(
+        "alice's closed connection to give its place back",
+        WAIT,
+        async || as_user("alice").await.ok(),
+    )
+    .await;
     let events = handler.events();
     let connect = events
         .iter()
@@ -391,6 +383,7 @@ async fn a_flooder_is_throttled_then_closed_while_others_keep_their_latency() {
         assert_eq!(next_text(&mut calm).await, text);
         latencies.push(t.elapsed());
         during_flood += usize::from(flood_active);
+        // The calm client's pace (part of the scenario, not a wait for anything).
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (echoes, throttled, close, frame, flood_time) =
@@ -502,16 +495,18 @@ async fn a_management_flood_gets_limit_exceeded_then_recovers() {
     );
     assert_eq!(body, r#"{"message":"Too Many Requests"}"#);
 
-    // Tokens come back at 100/s.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sdk.post_to_connection()
-        .connection_id(&id)
-        .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(
-            "after the flood",
-        ))
-        .send()
-        .await
-        .expect("served again after the refill");
+    // Tokens come back at 100/s: calls are served again once they have.
+    eventually("a call served again after the refill", WAIT, async || {
+        sdk.post_to_connection()
+            .connection_id(&id)
+            .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(
+                "after the flood",
+            ))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
     assert_eq!(next_text(&mut ws).await, "after the flood");
 }
 
@@ -616,6 +611,7 @@ async fn a_connection_flood_is_refused_while_a_connected_client_keeps_its_latenc
         assert_eq!(next_text(&mut calm).await, text);
         latencies.push(t.elapsed());
         during_flood += usize::from(flood_active);
+        // The calm client's pace (part of the scenario, not a wait for anything).
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (accepted, refused, flood_time) = within("the flood's end", flood).await.unwrap();
@@ -789,15 +785,11 @@ async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after
     assert_eq!(connects(&handler), 1);
     // Once one closes, a new connection is admitted (as soon as the host has let go of it).
     drop(silent);
-    let admitted = within("a place after a close", async {
-        loop {
-            match tokio_tungstenite::connect_async(format!("ws://{}/dev", host.addr)).await {
-                Ok((ws, _)) => return ws,
-                Err(WsError::Http(r)) if r.status() == 503 => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("unexpected refusal: {e}"),
-            }
+    let admitted = eventually_some("a place after a close", WAIT, async || {
+        match tokio_tungstenite::connect_async(format!("ws://{}/dev", host.addr)).await {
+            Ok((ws, _)) => Some(ws),
+            Err(WsError::Http(r)) if r.status() == 503 => None,
+            Err(e) => panic!("unexpected refusal: {e}"),
         }
     })
     .await;

@@ -608,15 +608,10 @@ async fn whoami(ws: &mut Ws) -> String {
 
 /// Polls `store` until `id`'s record and its membership of `group` are gone.
 async fn wait_forgotten(store: &DynamoDbStore, id: &str, group: &str) {
-    within(&format!("{id} removed from the tables"), async {
-        loop {
-            let record = store.get_connection(id).await.unwrap();
-            let members = store.group_members(group, None, 100).await.unwrap();
-            if record.is_none() && !members.connection_ids.iter().any(|m| m == id) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(&format!("{id} removed from the tables"), WAIT, async || {
+        let record = store.get_connection(id).await.unwrap();
+        let members = store.group_members(group, None, 100).await.unwrap();
+        record.is_none() && !members.connection_ids.iter().any(|m| m == id)
     })
     .await;
 }

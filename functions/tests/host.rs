@@ -4,8 +4,6 @@
 //! management API (the official SDK client) and their rooms: the host's groups extension (the
 //! default backend) or a DynamoDB table on the test server (`DYNAMODB_TEST_ENDPOINT`).
 
-mod common;
-
 use aws_sdk_apigatewaymanagement::config::{
     BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
 };
@@ -17,17 +15,13 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use test_kit::{TestHost, Ws, eventually_some, next_text, next_text_within};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use ws_handler::examples::{chat::Chat, echo};
 use ws_handler::rooms::dynamodb::{DynamoDbRooms, create_table};
 use ws_handler::{Management, ManagementError, Rooms, RoomsConfig, WebSocketEvent};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Upper bound for every wait.
+/// Upper bound for every wait: the DynamoDB rooms backend on moto is slow.
 const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -88,7 +82,7 @@ async fn invoke(State(integration): State<Arc<Integration>>, body: Bytes) -> axu
 /// A host on a free port whose `$connect`, `$disconnect` and `$default` run `function`.
 struct Host {
     addr: SocketAddr,
-    _shutdown: oneshot::Sender<()>,
+    _host: TestHost,
 }
 
 impl Host {
@@ -104,8 +98,8 @@ impl Host {
         two_way: bool,
         signing: &aws_config::SdkConfig,
     ) -> Self {
-        let listener =
-            connection_host::bind(([127, 0, 0, 1], 0).into(), 128).expect("bind the host");
+        // The functions call back into the host, so its address comes first.
+        let listener = test_kit::loopback_listener();
         let addr = listener.local_addr().unwrap();
         let management = Management::from_sdk_config(signing, &format!("http://{addr}/dev"));
         let rooms: Arc<dyn Rooms> = match &function {
@@ -123,11 +117,8 @@ impl Host {
             rooms,
         });
         let app = axum::Router::new().fallback(invoke).with_state(integration);
-        let handler = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handler_url = format!("http://{}/", handler.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(handler, app).await.unwrap() });
-
-        let config = connection_host::Config::from_toml(&format!(
+        let handler_url = test_kit::serve(app).await;
+        let config = format!(
             r#"
 [routes."$connect"]
 integration = "f"
@@ -140,7 +131,7 @@ two_way = {two_way}
 groups = {groups}
 [integrations.f]
 type = "http"
-url = "{handler_url}"
+url = "{handler_url}/"
 # Signatures required even on loopback: every call the SDK makes (PostToConnection and the
 # groups rooms backend's) must be signed.
 [management.auth]
@@ -148,15 +139,10 @@ mode = "sigv4"
 [management.auth.keys.test]
 secret = "test"
 "#
-        ))
-        .expect("valid host config");
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(connection_host::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        );
         Self {
             addr,
-            _shutdown: tx,
+            _host: TestHost::start_on(listener, &config).await,
         }
     }
 
@@ -173,24 +159,8 @@ async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::text(value.to_string())).await.unwrap();
 }
 
-/// The next text message.
-async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the connection is open")
-            .expect("a valid frame");
-        match message {
-            Message::Text(text) => return text.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
 async fn next_json(ws: &mut Ws) -> Value {
-    let text = next_text(ws).await;
+    let text = next_text_within(ws, WAIT).await;
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
@@ -257,17 +227,13 @@ async fn chat_over_the_groups_extension() {
 
     // The host drops a closed connection from its groups.
     bob.close(None).await.unwrap();
-    let mut listed: Vec<String> = Vec::new();
-    for _ in 0..50 {
+    eventually_some("bob gone from the lobby", WAIT, async || {
         send(&mut alice, json!({"action": "list", "room": "lobby"})).await;
-        listed =
+        let listed: Vec<String> =
             serde_json::from_value(next_json(&mut alice).await["connectionIds"].clone()).unwrap();
-        if listed == std::slice::from_ref(&alice_id) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(listed, std::slice::from_ref(&alice_id));
+        (listed == std::slice::from_ref(&alice_id)).then_some(())
+    })
+    .await;
 
     // The management client's other calls, against the host.
     let endpoint = format!("http://{}/dev", host.addr);
@@ -427,11 +393,11 @@ async fn join(ws: &mut Ws, room: &str) {
 
 #[tokio::test]
 async fn chat_over_dynamodb_rooms() {
-    let Some(endpoint) = common::dynamodb_endpoint("chat_over_dynamodb_rooms") else {
+    let Some(endpoint) = test_kit::dynamodb_test_endpoint("chat_over_dynamodb_rooms") else {
         return;
     };
-    let client = common::dynamodb_client(&endpoint);
-    let table = common::unique_table();
+    let client = test_kit::dynamodb_client(&endpoint);
+    let table = test_kit::unique_table("ws-handler-rooms");
     create_table(&client, &table).await.expect("create table");
     let chat = Function::ChatOnDynamoDb {
         client: client.clone(),
@@ -469,16 +435,12 @@ async fn chat_over_dynamodb_rooms() {
     let mut expected = vec![alice_id.clone(), bob_id.clone()];
     expected.sort();
     // The removal follows the deliveries, so it may land just after Alice got the message.
-    let mut members = Vec::new();
-    for _ in 0..50 {
-        members = rooms.members("lobby").await.unwrap();
+    eventually_some("the gone member removed from the lobby", WAIT, async || {
+        let mut members = rooms.members("lobby").await.unwrap();
         members.sort();
-        if members == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(members, expected, "the gone member was removed");
+        (members == expected).then_some(())
+    })
+    .await;
 
     // $disconnect finds Bob's rooms through the byConnection index and tells Alice.
     bob.close(None).await.unwrap();
@@ -503,6 +465,6 @@ async fn echo_on_a_two_way_route_replies_twice() {
     let mut client = host.connect("").await.expect("echo accepts everyone");
     client.send(Message::text("hi there")).await.unwrap();
     // Once through PostToConnection, once as the route response.
-    assert_eq!(next_text(&mut client).await, "hi there");
-    assert_eq!(next_text(&mut client).await, "hi there");
+    assert_eq!(next_text_within(&mut client, WAIT).await, "hi there");
+    assert_eq!(next_text_within(&mut client, WAIT).await, "hi there");
 }

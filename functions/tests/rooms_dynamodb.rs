@@ -5,10 +5,10 @@
 mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{dynamodb_client as client, dynamodb_endpoint as endpoint, unique_table};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use test_kit::{dynamodb_client as client, dynamodb_test_endpoint as endpoint, unique_table};
 use ws_handler::rooms::dynamodb::{DynamoDbRooms, create_table};
 use ws_handler::testing::Recorder;
 use ws_handler::{BroadcastReport, Rooms};
@@ -25,7 +25,7 @@ async fn join_leave_members_reverse_lookup_and_broadcast() {
         return;
     };
     let client = client(&endpoint);
-    let table = unique_table();
+    let table = unique_table("ws-handler-rooms");
     create_table(&client, &table).await.expect("create table");
 
     let recorder = Arc::new(Recorder::default());
@@ -111,7 +111,7 @@ async fn members_are_read_across_pages() {
         return;
     };
     let client = client(&endpoint);
-    let table = unique_table();
+    let table = unique_table("ws-handler-rooms");
     create_table(&client, &table).await.expect("create table");
     let rooms = DynamoDbRooms::new(client.clone(), &table, None, Arc::new(Recorder::default()));
     // DynamoDB pages a query at 1 MB: 1,200 memberships of ~1 KB each take two pages.

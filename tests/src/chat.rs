@@ -1,12 +1,12 @@
 //! The chat demo's clients and its end-to-end scenario, shared by the tests that start the demo
 //! from `functions/demo.toml` and from the SAM template (`functions/demo-template.toml`).
 
-use crate::{HostProcess, Ws, next_text, workspace_binary, ws_connect};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use test_kit::{HostProcess, Ws, next_text_within, workspace_binary, ws_connect};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The repository's root (the parent of the `tests` package).
@@ -58,7 +58,7 @@ pub async fn send(ws: &mut Ws, value: Value) {
 
 /// The next message, as JSON, within 10 s.
 pub async fn next_json(ws: &mut Ws) -> Value {
-    let text = next_text(ws, Duration::from_secs(10)).await;
+    let text = next_text_within(ws, Duration::from_secs(10)).await;
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 

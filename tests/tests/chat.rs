@@ -3,14 +3,15 @@
 //! WebSocket clients chatting across rooms.
 
 use e2e_tests::chat::{connect, demo_config, join, three_clients_chat_across_rooms};
-use e2e_tests::{
-    HostProcess, TempDir, free_loopback_addrs, lambda_client, start_host, within, workspace_binary,
-};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use test_kit::{
+    HostProcess, TempDir, free_loopback_addrs, lambda_client, start_host, within_for,
+    workspace_binary,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Demo {
@@ -143,7 +144,7 @@ async fn shutdown_runs_the_chat_disconnects_and_exits_promptly() {
     assert!(status.success());
     // Every client is told the host is going away.
     for ws in &mut clients {
-        let close = within("the close frame", Duration::from_secs(5), async {
+        let close = within_for("the close frame", Duration::from_secs(5), async {
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Close(frame))) => {
@@ -159,7 +160,7 @@ async fn shutdown_runs_the_chat_disconnects_and_exits_promptly() {
         .await;
         assert_eq!(close, Some(1001));
     }
-    let exited = e2e_tests::eventually("the host exits", Duration::from_secs(15), || {
+    let exited = test_kit::eventually("the host exits", Duration::from_secs(15), || {
         let done = demo.host.try_exit_status().is_some();
         async move { done }
     })
@@ -178,6 +179,7 @@ async fn an_unused_browser_preconnect_does_not_hold_up_shutdown() {
     let mut demo = start_demo().await;
     // Chromium opens spare connections and may never send a request on them.
     let _spare = tokio::net::TcpStream::connect(demo.addr).await.unwrap();
+    // Idle for a moment before the shutdown, as the spare connection would be (the scenario).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid = demo.host.pid().expect("running");
     let started = std::time::Instant::now();
@@ -185,7 +187,7 @@ async fn an_unused_browser_preconnect_does_not_hold_up_shutdown() {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    e2e_tests::eventually("the host exits", Duration::from_secs(15), || {
+    test_kit::eventually("the host exits", Duration::from_secs(15), || {
         let done = demo.host.try_exit_status().is_some();
         async move { done }
     })

@@ -6,9 +6,9 @@
 use e2e_tests::chat::{
     connect, demo_config, next_json, repo_root, send, three_clients_chat_across_rooms,
 };
-use e2e_tests::{TempDir, free_loopback_addrs, host_binary, start_host_with_args};
 use serde_json::json;
 use std::ffi::OsStr;
+use test_kit::{TempDir, free_loopback_addrs, host_binary, start_host_with_args};
 
 /// The template the host reads, relative to the repository: the SAM template that deploys the chat
 /// to API Gateway and Lambda.

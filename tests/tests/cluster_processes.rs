@@ -6,38 +6,21 @@
 
 use aws_sdk_apigatewaymanagement as mgmt;
 use aws_sdk_dynamodb as ddb;
-use e2e_tests::{
-    HostProcess, TempDir, dynamodb_test_endpoint, eventually, free_loopback_addrs, host_command,
-    within,
-};
 use futures_util::{SinkExt, StreamExt};
 use mgmt::primitives::Blob;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use test_kit::{
+    HostProcess, TempDir, WAIT, WHOAMI, Ws, dynamodb_test_endpoint, eventually,
+    free_loopback_addrs, host_command, next_text, within_for,
+};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "e2e-cluster-secret-0123456789";
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 const HOST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Upper bound for a single step (a handshake, a message, a host becoming healthy).
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The `whoami` route tells a client its connection ID (as in connection-host's tests).
-const WHOAMI: &str = r#"
-[routes.whoami]
-integration = "whoami"
-two_way = true
-[integrations.whoami]
-type = "mock"
-response_template = '{"connectionId":"$context.connectionId"}'
-"#;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// The environment of every host process: moto, dummy credentials, the cluster secret.
 fn host_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -154,14 +137,14 @@ groups = true
 
     /// A client on this host, and its connection ID.
     async fn client(&self) -> (Ws, String) {
-        let (mut ws, _) = within(
+        let (mut ws, _) = within_for(
             &format!("WebSocket handshake with {}", self.id),
             WAIT,
             tokio_tungstenite::connect_async(format!("ws://{}/dev", self.public)),
         )
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", self.id));
-        within(
+        within_for(
             "send whoami",
             WAIT,
             ws.send(Message::text(r#"{"action":"whoami"}"#)),
@@ -175,20 +158,6 @@ groups = true
             .to_string();
         (ws, id)
     }
-}
-
-/// The next data message, which must be text (pings and pongs skipped).
-async fn next_text(ws: &mut Ws) -> String {
-    within("a WebSocket message", WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Text(t))) => return t.to_string(),
-                other => panic!("expected a text message, got {other:?}"),
-            }
-        }
-    })
-    .await
 }
 
 /// PostToConnection through `via`; `Ok` or the error code (`GoneException`, …).
@@ -360,7 +329,7 @@ async fn three_host_processes_survive_a_sigkill_and_a_restart() {
         command.args(["store", "init"]);
         move || command.output()
     });
-    let init = within("store init", Duration::from_secs(20), init)
+    let init = within_for("store init", Duration::from_secs(20), init)
         .await
         .unwrap()
         .expect("run store init");
@@ -454,7 +423,7 @@ async fn three_host_processes_survive_a_sigkill_and_a_restart() {
     c.kill();
     let killed = Instant::now();
     // Its client sees the socket drop: an error or the end of the stream, never a Close frame.
-    let ended = within("the killed host's socket to drop", WAIT, async {
+    let ended = within_for("the killed host's socket to drop", WAIT, async {
         loop {
             match ws_c.next().await {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

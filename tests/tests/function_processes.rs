@@ -2,10 +2,10 @@
 //! with it (Linux's parent-death signal), and a host that is shutting down does not restart one
 //! that exits.
 
-use e2e_tests::{HostProcess, TempDir, eventually, free_loopback_addrs, start_host, ws_connect};
 use futures_util::StreamExt;
 use std::path::Path;
 use std::time::Duration;
+use test_kit::{HostProcess, TempDir, eventually, free_loopback_addrs, start_host, ws_connect};
 
 /// The PIDs the function's processes wrote, one line per start.
 fn starts(file: &Path) -> Vec<u32> {
@@ -140,7 +140,7 @@ url = "http://{hang_addr}/"
         .expect("connect");
     signal(host.pid().expect("host runs"), "TERM");
     // The 1001 Close frame: the host is shutting down and draining.
-    e2e_tests::within("the close frame", Duration::from_secs(10), async {
+    test_kit::within_for("the close frame", Duration::from_secs(10), async {
         while let Some(Ok(message)) = ws.next().await {
             if message.is_close() {
                 break;

@@ -2,14 +2,14 @@
 //! of this crate): `$connect` decided by a handler, crashes, panics, hangs and failed starts, and
 //! the Lambda Invoke API driven by the official `aws-sdk-lambda` client.
 
-use e2e_tests::{
-    HostProcess, TempDir, Ws, eventually, free_loopback_addrs, lambda_client, next_text,
-    start_host, workspace_binary, ws_connect,
-};
 use futures_util::SinkExt;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
+use test_kit::{
+    HostProcess, TempDir, Ws, eventually, free_loopback_addrs, lambda_client, next_text_within,
+    start_host, workspace_binary, ws_connect,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A host process running `faulty` under its local runtime.
@@ -94,7 +94,7 @@ async fn a_real_handler_accepts_or_rejects_connect_and_answers_messages() {
     assert_eq!(connect(local.addr, "?reject=1").await.err(), Some(403));
     let mut ws = connect(local.addr, "?name=a").await.expect("accepted");
     send(&mut ws, r#"{"action":"hello"}"#).await;
-    let reply = next_text(&mut ws, Duration::from_secs(10)).await;
+    let reply = next_text_within(&mut ws, Duration::from_secs(10)).await;
     let v: Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(v["echo"], r#"{"action":"hello"}"#);
     let log = local.host.log_text();
@@ -110,33 +110,33 @@ async fn crashes_and_panics_give_internal_server_error_and_the_function_recovers
     let local = start("runtime-crash", "").await;
     let mut ws = connect(local.addr, "").await.expect("accepted");
     send(&mut ws, r#"{"action":"first"}"#).await;
-    let first_pid = echo_pid(&next_text(&mut ws, Duration::from_secs(10)).await);
+    let first_pid = echo_pid(&next_text_within(&mut ws, Duration::from_secs(10)).await);
 
     // A panic is caught by the runtime and reported as a function error; the process lives on.
     send(&mut ws, r#"{"action":"panic"}"#).await;
-    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    let frame = next_text_within(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(error_message(&frame), "Internal server error");
     send(&mut ws, r#"{"action":"after-panic"}"#).await;
     assert_eq!(
-        echo_pid(&next_text(&mut ws, Duration::from_secs(5)).await),
+        echo_pid(&next_text_within(&mut ws, Duration::from_secs(5)).await),
         first_pid
     );
 
     // A returned error is a function error too.
     send(&mut ws, r#"{"action":"error"}"#).await;
     assert_eq!(
-        error_message(&next_text(&mut ws, Duration::from_secs(5)).await),
+        error_message(&next_text_within(&mut ws, Duration::from_secs(5)).await),
         "Internal server error"
     );
 
     // The process exiting mid-invocation fails that invocation; a new process takes the next one.
     send(&mut ws, r#"{"action":"exit"}"#).await;
     assert_eq!(
-        error_message(&next_text(&mut ws, Duration::from_secs(5)).await),
+        error_message(&next_text_within(&mut ws, Duration::from_secs(5)).await),
         "Internal server error"
     );
     send(&mut ws, r#"{"action":"after-exit"}"#).await;
-    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    let frame = next_text_within(&mut ws, Duration::from_secs(5)).await;
     let new_pid = echo_pid(&frame);
     assert_ne!(new_pid, first_pid, "the crashed process was not replaced");
 }
@@ -146,22 +146,29 @@ async fn a_hanging_handler_times_out_and_is_restarted_after_its_deadline() {
     let local = start("runtime-hang", "").await;
     let mut ws = connect(local.addr, "").await.expect("accepted");
     send(&mut ws, r#"{"action":"first"}"#).await;
-    let first_pid = echo_pid(&next_text(&mut ws, Duration::from_secs(10)).await);
+    let first_pid = echo_pid(&next_text_within(&mut ws, Duration::from_secs(10)).await);
 
     // The route's 1 s integration timeout answers first; the function's own 2 s deadline then
     // kills the process, and the next message is served by its replacement.
     let started = std::time::Instant::now();
     send(&mut ws, r#"{"action":"hang"}"#).await;
-    let frame = next_text(&mut ws, Duration::from_secs(5)).await;
+    let frame = next_text_within(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(error_message(&frame), "Endpoint request timed out");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The host kills the hung process at its deadline and logs it; the next message waits for
+    // the replacement.
+    eventually(
+        "the hung process killed at its deadline",
+        Duration::from_secs(10),
+        async || local.host.log_text().contains("invocation timed out"),
+    )
+    .await;
     send(&mut ws, r#"{"action":"after-hang"}"#).await;
-    let pid = echo_pid(&next_text(&mut ws, Duration::from_secs(5)).await);
+    let pid = echo_pid(&next_text_within(&mut ws, Duration::from_secs(5)).await);
     assert_ne!(
         pid, first_pid,
         "the hung process was not killed and replaced"
@@ -289,23 +296,16 @@ async fn invoke_sleep(lambda: &aws_sdk_lambda::Client, ms: u64) -> Served {
 /// Waits until `count` processes of `faulty` have printed their start line, then a little longer
 /// for them to reach the Runtime API's `next`, so every one of them can take an invocation.
 async fn wait_for_processes(host: &HostProcess, count: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let started = host
-            .log_text()
-            .lines()
+    let what = format!("{count} processes started");
+    eventually(&what, Duration::from_secs(10), async || {
+        let log = host.log_text();
+        log.lines()
             .filter(|l| l.contains("faulty started pid="))
-            .count();
-        if started >= count {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {started} of {count} processes started:\n{}",
-            host.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .count()
+            >= count
+    })
+    .await;
+    // The host does not say when a process has reached `next`; the start line comes just before.
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
@@ -407,28 +407,25 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
     };
 
     event(lambda.clone(), busy.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !local.host.log_text().contains("faulty handling sleep") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process took no invocation"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the process to take an invocation",
+        Duration::from_secs(10),
+        async || local.host.log_text().contains("faulty handling sleep"),
+    )
+    .await;
 
     // The process is busy: 1024 more wait in the queue, and the one after them is refused.
     for _ in 0..(1024 / 32) {
         futures_util::future::join_all((0..32).map(|_| event(lambda.clone(), busy.clone()))).await;
     }
     event(lambda.clone(), busy.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while refused_events(&local.host) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no Event invocation was refused"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "an Event invocation refused",
+        Duration::from_secs(10),
+        async || refused_events(&local.host) > 0,
+    )
+    .await;
+    // A window in which no second refusal may appear (nothing to wait for).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         refused_events(&local.host),

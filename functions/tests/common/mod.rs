@@ -1,11 +1,9 @@
-//! Captured API Gateway events (tests/fixtures/) as `lambda_http` requests, as-is or edited;
-//! the DynamoDB-API test server.
+//! Captured API Gateway events (tests/fixtures/) as `lambda_http` requests, as-is or edited: this
+//! crate's own test data. The harness (hosts, clients, the DynamoDB test endpoint) is the
+//! workspace's test kit, `test_kit` (tests/kit).
 #![allow(dead_code)]
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use serde_json::Value;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The JSON of a captured event.
 pub fn fixture(name: &str) -> Value {
@@ -74,49 +72,4 @@ pub fn body_text(response: &lambda_http::Response<lambda_http::Body>) -> &str {
         lambda_http::Body::Empty => "",
         other => panic!("expected a text body, got {other:?}"),
     }
-}
-
-/// The endpoint, or `None` (with the reason printed) when the test cannot run here. In CI the
-/// DynamoDB tests must run, so a missing endpoint fails there.
-pub fn dynamodb_endpoint(test: &str) -> Option<String> {
-    match std::env::var("DYNAMODB_TEST_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("{test}: DYNAMODB_TEST_ENDPOINT is not set but CI is (tests/run.sh sets it)")
-        }
-        _ => {
-            // Past the test harness's output capture, so the skip is visible.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: DYNAMODB_TEST_ENDPOINT is not set"
-            );
-            None
-        }
-    }
-}
-
-/// A client for the test server; moto accepts any credentials.
-pub fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-/// A table name no other test (or earlier run) uses.
-pub fn unique_table() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "ws-handler-rooms-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
