@@ -68,21 +68,23 @@ pub async fn run_connection<S>(
     let ending = serve(&host, &mut ws, &handle).await;
     host.registry.remove(&context.connection_id);
     handle.mark_closed();
+    // The closing steps are boxed: their futures would otherwise be part of this task's size,
+    // and so of the memory every open connection holds.
     if let Some((code, reason)) = ending.send {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }
-        })
+        }))
         .await;
     }
     drop(ws);
     tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
-    finish(&host, &context, ending.code, &ending.reason).await;
+    Box::pin(finish(&host, &context, ending.code, &ending.reason)).await;
 }
 
 /// How long `$disconnect` waits for the first attempt to delete the record: long enough that with

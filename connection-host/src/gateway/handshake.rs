@@ -44,10 +44,10 @@ pub(super) async fn accept<S>(
         None => (head.target.as_str(), None),
     };
     // The slot counts the connection against its source IP from here until the handshake fails
-    // or the connection ends (it is held across `establish`).
+    // or the connection ends (it is held across `establish`, then by the connection's task).
     let admitted = validate(&host, &head, path)
         .and_then(|key| Ok((key.to_string(), admit(&host, &head, peer)?)));
-    let (key, _ip_slot) = match admitted {
+    let (key, ip_slot) = match admitted {
         Ok(admitted) => admitted,
         Err(rejection) => {
             tracing::info!(%peer, target = %head.target, status = rejection.status, reason = rejection.log, "upgrade refused");
@@ -81,13 +81,15 @@ pub(super) async fn accept<S>(
         authorizer: None,
     });
     let span = tracing::info_span!("connection", connection_id = %context.connection_id);
-    establish(host, stream, origin, head, query, key, leftover, context)
-        .instrument(span)
-        .await;
+    establish(
+        host, stream, origin, head, query, key, leftover, context, ip_slot,
+    )
+    .instrument(span)
+    .await;
 }
 
-/// Runs the authorizer, writes the record, runs `$connect`, writes the 101, then serves the
-/// connection.
+/// Runs the authorizer, writes the record, runs `$connect`, writes the 101, then hands the
+/// connection to a task of its own. `ip_slot` counts it against its source IP until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn establish<S>(
     host: Arc<Host>,
@@ -98,6 +100,7 @@ async fn establish<S>(
     key: String,
     leftover: Vec<u8>,
     mut context: Arc<ConnectionContext>,
+    ip_slot: Slot<IpAddr>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -261,7 +264,19 @@ async fn establish<S>(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(host.ws_config))
             .await;
-    connection::run_connection(host, ws, context).await;
+    // A task's memory is its future's largest state, held for as long as the task runs. The
+    // handshake's states (TLS, the request head, the authorizer, the store write, `$connect`) are
+    // many times larger than an open connection needs, so the connection moves to a task sized
+    // for serving it alone, and this one ends (see BENCHMARKS.md, idle memory).
+    let slots = (ip_slot, _principal_slot);
+    let tasks = host.tasks.clone();
+    tasks.spawn(
+        async move {
+            let _slots = slots;
+            connection::run_connection(host, ws, context).await;
+        }
+        .in_current_span(),
+    );
 }
 
 struct Rejection {
