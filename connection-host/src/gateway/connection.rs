@@ -58,8 +58,22 @@ impl Ending {
 /// Serves an established connection until it closes, then removes it and fires `$disconnect`.
 pub async fn run_connection<S>(
     host: Arc<Host>,
+    ws: WebSocketStream<S>,
+    context: Arc<ConnectionContext>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_connection(host, ws, context, ()).await;
+}
+
+/// [`run_connection`], holding `_held` (the connection's places in the per-IP and per-principal
+/// counts) until the connection ends. Taken as an argument rather than by a wrapping future,
+/// which would keep a second copy of the WebSocket in the task of every open connection.
+pub(super) async fn serve_connection<S, H>(
+    host: Arc<Host>,
     mut ws: WebSocketStream<S>,
     context: Arc<ConnectionContext>,
+    _held: H,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -229,13 +243,16 @@ where
             _ = host.shutdown.cancelled() => return Ending::host(1001, "Going away"),
             _ = handle.queued() => {
                 while let Some(item) = handle.pop() {
-                    let sent = match item {
+                    let (opcode, payload) = match item {
                         Outbound::Close { code, reason } => {
                             return Ending { code, reason: reason.to_string(), send: Some((code, "")) };
                         }
-                        Outbound::Text(text) => send_data(ws, limits.frame_size, OpCode::Data(Data::Text), text.into(), limits.outbound_full_grace).await,
-                        Outbound::Binary(bytes) => send_data(ws, limits.frame_size, OpCode::Data(Data::Binary), bytes, limits.outbound_full_grace).await,
+                        Outbound::Text(text) => (OpCode::Data(Data::Text), text.into()),
+                        Outbound::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
                     };
+                    // Boxed: inline, the write and its deadline would enlarge the task that every
+                    // idle connection holds.
+                    let sent = Box::pin(send_data(ws, limits.frame_size, opcode, payload, limits.outbound_full_grace)).await;
                     match sent {
                         Ok(()) => {
                             idle_deadline = Instant::now() + limits.idle_timeout;

@@ -270,13 +270,7 @@ async fn establish<S>(
     // for serving it alone, and this one ends (see BENCHMARKS.md, idle memory).
     let slots = (ip_slot, _principal_slot);
     let tasks = host.tasks.clone();
-    tasks.spawn(
-        async move {
-            let _slots = slots;
-            connection::run_connection(host, ws, context).await;
-        }
-        .in_current_span(),
-    );
+    tasks.spawn(connection::serve_connection(host, ws, context, slots).in_current_span());
 }
 
 struct Rejection {
