@@ -621,8 +621,8 @@ async fn idle_memory(o: &Opts) -> Res<Vec<Row>> {
     );
     row.count = format!("{opened} conns (host holds {held}, {failed} failed)");
     row.rate = format!("{per_conn:.1} KB/conn");
-    row.target = "≤ 16 KB/conn".into();
-    row.verdict = verdict(per_conn <= 16.0 && failed == 0 && held as usize == opened);
+    row.target = "≤ 8 KB/conn".into();
+    row.verdict = verdict(per_conn <= 8.0 && failed == 0 && held as usize == opened);
     drop(sockets);
     host.report_log();
     Ok(vec![row])

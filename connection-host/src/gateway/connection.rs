@@ -66,7 +66,7 @@ pub(super) async fn run_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handle = register(&host, context);
-    run_registered(host, ws, handle).await;
+    run_registered(host, ws, handle, ()).await;
 }
 
 /// Puts a connection in the registry: from here on the management API finds it (posts are
@@ -83,16 +83,22 @@ pub(super) fn unregister(host: &Host, handle: &ConnectionHandle) {
     handle.mark_closed();
 }
 
-/// [`run_connection`] for a connection already [`register`]ed.
-pub(super) async fn run_registered<S>(
+/// Serves a connection already [`register`]ed until it closes, then removes it and fires
+/// `$disconnect`, holding `_held` (its places in the per-IP and per-principal counts) until then.
+/// Taken as an argument rather than by a wrapping future, which would keep a second copy of the
+/// WebSocket in the task of every open connection.
+pub(super) async fn run_registered<S, H>(
     host: Arc<Host>,
     mut ws: WebSocketStream<S>,
     handle: Arc<ConnectionHandle>,
+    _held: H,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ending = serve(&host, &mut ws, &handle).await;
     unregister(&host, &handle);
+    // The closing steps are boxed: their futures would otherwise be part of this task's size,
+    // and so of the memory every open connection holds.
     if let Some((code, reason)) = ending.send {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -100,16 +106,16 @@ pub(super) async fn run_registered<S>(
         };
         // Bounded: a client that does not read (or has stopped reading) gets its Close frame only
         // if it reads within the timeout.
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        let _ = Box::pin(tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }
-        })
+        }))
         .await;
     }
     drop(ws);
     tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
-    finish(&host, &handle.context, ending.code, &ending.reason).await;
+    Box::pin(finish(&host, &handle.context, ending.code, &ending.reason)).await;
 }
 
 /// How long `$disconnect` waits for the first attempt to delete the record: long enough that with
@@ -254,8 +260,10 @@ where
                         Outbound::Close { code, reason } => {
                             return Ending { code, reason: reason.to_string(), send: Some((code, "")) };
                         }
-                        Outbound::Text(text) => send_data(host, ws, OpCode::Data(Data::Text), text.into()).await,
-                        Outbound::Binary(bytes) => send_data(host, ws, OpCode::Data(Data::Binary), bytes).await,
+                        // Boxed: inline, the write and its deadline would enlarge the task that
+                        // every idle connection holds.
+                        Outbound::Text(text) => Box::pin(send_data(host, ws, OpCode::Data(Data::Text), text.into())).await,
+                        Outbound::Binary(bytes) => Box::pin(send_data(host, ws, OpCode::Data(Data::Binary), bytes)).await,
                     };
                     if let Err(failed) = sent {
                         return failed.ending();

@@ -15,7 +15,7 @@ use crate::authorizer::ConnectRequest;
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::host::Host;
 use crate::ids;
-use crate::limits::Slot;
+use crate::limits::{ConnectionPermit, Slot};
 use crate::routing::table::InvokeFailure;
 use crate::store::{ConnectionRecord, StoreError};
 use base64::Engine;
@@ -37,6 +37,7 @@ pub(super) async fn accept<S>(
     origin: Origin,
     head: Head,
     leftover: Vec<u8>,
+    permit: ConnectionPermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -46,10 +47,10 @@ pub(super) async fn accept<S>(
         None => (head.target.as_str(), None),
     };
     // The slot counts the connection against its source IP from here until the handshake fails
-    // or the connection ends (it is held across `establish`).
+    // or the connection ends (it is held across `establish`, then by the connection's task).
     let admitted = validate(&host, &head, path)
         .and_then(|key| Ok((key.to_string(), admit(&host, &head, peer)?)));
-    let (key, _ip_slot) = match admitted {
+    let (key, ip_slot) = match admitted {
         Ok(admitted) => admitted,
         Err(rejection) => {
             tracing::info!(%peer, target = %head.target, status = rejection.status, reason = rejection.log, "upgrade refused");
@@ -83,13 +84,16 @@ pub(super) async fn accept<S>(
         authorizer: None,
     });
     let span = tracing::info_span!("connection", connection_id = %context.connection_id);
-    establish(host, stream, origin, head, query, key, leftover, context)
-        .instrument(span)
-        .await;
+    establish(
+        host, stream, origin, head, query, key, leftover, context, ip_slot, permit,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Runs the authorizer, writes the record, runs `$connect`, registers the connection, writes the
-/// 101, then serves the connection.
+/// 101, then hands the connection to a task of its own. `ip_slot` and `permit` count it against
+/// its source IP and `limits.max_connections` until it ends.
 #[allow(clippy::too_many_arguments)]
 async fn establish<S>(
     host: Arc<Host>,
@@ -100,6 +104,8 @@ async fn establish<S>(
     key: String,
     leftover: Vec<u8>,
     mut context: Arc<ConnectionContext>,
+    ip_slot: Slot<IpAddr>,
+    permit: ConnectionPermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -266,7 +272,13 @@ async fn establish<S>(
     let ws =
         WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(host.ws_config))
             .await;
-    connection::run_registered(host, ws, handle).await;
+    // A task's memory is its future's largest state, held for as long as the task runs. The
+    // handshake's states (TLS, the request head, the authorizer, the store write, `$connect`) are
+    // many times larger than an open connection needs, so the connection moves to a task sized
+    // for serving it alone, and this one ends (see BENCHMARKS.md, idle memory).
+    let held = (ip_slot, _principal_slot, permit);
+    let tasks = host.tasks.clone();
+    tasks.spawn(connection::run_registered(host, ws, handle, held).in_current_span());
 }
 
 struct Rejection {

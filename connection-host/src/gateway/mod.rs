@@ -10,6 +10,7 @@ pub mod io;
 #[cfg(test)]
 mod timer_tests;
 use crate::host::Host;
+use crate::limits::ConnectionPermit;
 use crate::tls::Accepted;
 use bytes::BytesMut;
 use head::HeadError;
@@ -53,7 +54,7 @@ pub async fn handle_tcp(
 ) {
     // Counted from the accept, before anything is read: the cap bounds what the host holds
     // whatever its clients send (or do not).
-    let Some(_permit) = host.limits.try_admit_connection() else {
+    let Some(permit) = host.limits.try_admit_connection() else {
         tracing::debug!(%peer, "limits.max_connections reached; connection refused");
         refuse_over_capacity(stream, tls.is_some()).await;
         return;
@@ -67,13 +68,13 @@ pub async fn handle_tcp(
     };
     // Generic rather than boxed: plain TCP keeps its direct, allocation-free reads and writes.
     match tls {
-        None => handle(host, stream, origin, deadline, serve_management).await,
+        None => handle(host, stream, origin, deadline, serve_management, permit).await,
         Some(acceptor) => {
             let handshake =
                 crate::tls::handshake(&acceptor, stream, peer, deadline, &host.shutdown);
             match handshake.await {
                 Some(Accepted::Tls(stream)) => {
-                    handle(host, stream, origin, deadline, serve_management).await;
+                    handle(host, stream, origin, deadline, serve_management, permit).await;
                 }
                 Some(Accepted::PlainText(mut stream)) => refuse_plain_text(&mut stream).await,
                 None => {}
@@ -89,6 +90,7 @@ async fn handle<S>(
     origin: Origin,
     deadline: Instant,
     serve_management: bool,
+    permit: ConnectionPermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -130,7 +132,8 @@ async fn handle<S>(
         // Copied out so the head buffer is freed: the connection lives on with only what it needs.
         let leftover = buf[len..].to_vec();
         drop(buf);
-        handshake::accept(host, stream, origin, head, leftover).await;
+        // The connection's place under `limits.max_connections` goes with it to its own task.
+        handshake::accept(host, stream, origin, head, leftover, permit).await;
     } else {
         let io = io::Prefixed::new(buf.freeze(), stream);
         crate::management::serve_http(host, io, serve_management).await;
