@@ -119,11 +119,13 @@ impl Host {
             .pool_max_idle_per_host(1024)
             .build()
             .expect("the HTTP client builds with static settings");
+        // Integrations and the authorizer reach the local runtime only through this lookup.
+        let local = |name: &str| functions.get(name);
         let mut integrations = std::collections::HashMap::new();
         for (name, integration) in &config.integrations {
             integrations.insert(
                 name.clone(),
-                crate::integration::build(integration, &config.api, &http, &functions).await,
+                crate::integration::build(integration, &config.api, &http, &local).await,
             );
         }
         let routes = config.routes.iter().map(|(key, route)| Route {
@@ -140,7 +142,7 @@ impl Host {
             },
         });
         let routes = RouteTable::new(config.api.route_selection_expression.clone(), routes);
-        let authorizer = Authorizer::for_connect(&config, &functions).await?;
+        let authorizer = Authorizer::for_connect(&config, &local).await?;
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.read_buffer_size)

@@ -179,7 +179,6 @@ async fn serve(
     host.functions
         .start(&RuntimeSettings {
             region: host.config.api.region.clone(),
-            account_id: host.config.api.account_id.clone(),
             credentials: host.management_auth.as_ref().map(|v| v.first_key().clone()),
             management_endpoint: management_endpoint(
                 management_addr,

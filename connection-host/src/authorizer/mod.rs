@@ -143,7 +143,7 @@ impl Authorizer {
     /// its JWT keys read and parsed once here.
     pub async fn for_connect(
         config: &Config,
-        functions: &crate::local_lambda::LocalFunctions,
+        functions: crate::integration::LocalLookup<'_>,
     ) -> Result<Option<Self>, ConfigError> {
         let Some(name) = config
             .routes

@@ -1,5 +1,5 @@
 //! `AWS_PROXY` through the Lambda Invoke API: real AWS, LocalStack, `cargo lambda watch`, the
-//! host's own local runtime ([`crate::local_lambda`]), or any endpoint that speaks it.
+//! host's own local runtime (the functions of `[functions]`), or any endpoint that speaks it.
 
 use super::http::error_chain;
 use super::{Integration, IntegrationError};
@@ -20,16 +20,20 @@ pub trait LambdaInvoker: Send + Sync + std::fmt::Debug {
     async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError>;
 }
 
-/// The invoker for `function_name`: the local runtime when the function is declared in
-/// `[functions]` and no `endpoint_url` is given, otherwise the Lambda Invoke API through the AWS SDK.
+/// Finds a function the host runs itself by name (or ARN): how the host's local runtime is
+/// offered to integrations, which know nothing of it beyond this.
+pub type LocalLookup<'a> = &'a (dyn Fn(&str) -> Option<Arc<dyn LambdaInvoker>> + Sync);
+
+/// The invoker for `function_name`: the local runtime when `local` knows the function and no
+/// `endpoint_url` is given, otherwise the Lambda Invoke API through the AWS SDK.
 pub async fn lambda_invoker(
     function_name: &str,
     endpoint_url: &str,
     region: &str,
-    local: &crate::local_lambda::LocalFunctions,
+    local: LocalLookup<'_>,
 ) -> Arc<dyn LambdaInvoker> {
     if endpoint_url.is_empty()
-        && let Some(function) = local.get(function_name)
+        && let Some(function) = local(function_name)
     {
         return function;
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use self::http::{HttpIntegration, MAX_RESPONSE_BYTES};
 pub use http_proxy::HttpProxyIntegration;
-pub use lambda::{LambdaIntegration, LambdaInvoker, SdkInvoker, lambda_invoker};
+pub use lambda::{LambdaIntegration, LambdaInvoker, LocalLookup, SdkInvoker, lambda_invoker};
 pub use mock::MockIntegration;
 
 /// Why an invocation produced no usable response.
@@ -43,7 +43,7 @@ pub async fn build(
     config: &IntegrationConfig,
     api: &ApiConfig,
     http: &reqwest::Client,
-    local: &crate::local_lambda::LocalFunctions,
+    local: LocalLookup<'_>,
 ) -> Arc<dyn Integration> {
     match config {
         IntegrationConfig::Lambda {

@@ -28,10 +28,8 @@ const QUEUE_CAPACITY: usize = 1024;
 /// What every function process is told about its surroundings.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
-    /// Region reported as `AWS_REGION` and used in function ARNs.
+    /// Region reported as `AWS_REGION`.
     pub region: String,
-    /// Account ID used in function ARNs.
-    pub account_id: String,
     /// The host's own `@connections` endpoint including the stage, e.g. `http://127.0.0.1:8080/dev`,
     /// given to functions as `APIGW_MANAGEMENT_ENDPOINT` so they can push back without configuration.
     pub management_endpoint: String,
@@ -310,7 +308,6 @@ mod tests {
         );
         let settings = RuntimeSettings {
             region: "us-east-1".into(),
-            account_id: "000000000000".into(),
             management_endpoint: "http://127.0.0.1:1/dev".into(),
             credentials: None,
         };
@@ -346,7 +343,6 @@ mod tests {
         );
         let settings = RuntimeSettings {
             region: "us-east-1".into(),
-            account_id: "000000000000".into(),
             management_endpoint: String::new(),
             credentials: None,
         };
