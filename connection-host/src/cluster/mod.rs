@@ -11,19 +11,28 @@ mod cache;
 pub mod liveness;
 
 use crate::config::ClusterConfig;
-use crate::management::ManagementError;
 use crate::peer_auth::verify;
 pub use crate::peer_auth::{
     DATE_HEADER, FORWARDED_HEADER, ForwardAuthError, SIGNATURE_HEADER, signature,
 };
-use crate::store::{ConnectionStore, HostRecord};
-use axum::response::{IntoResponse, Response};
+use crate::store::{ConnectionStore, HostRecord, StoreError};
 use bytes::Bytes;
 use cache::OwnerCache;
 use http::{HeaderMap, HeaderValue, Method};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
+
+/// The owning host's answer to a forwarded call, to be passed back as it is.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Its status.
+    pub status: http::StatusCode,
+    /// The headers passed back ([`PASSED_HEADERS`]).
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
 
 /// Response headers passed back from the owner besides the body and status.
 const PASSED_HEADERS: [&str; 2] = ["x-amzn-ErrorType", "content-type"];
@@ -165,14 +174,11 @@ impl Cluster {
         &self,
         store: &dyn ConnectionStore,
         connection_id: &str,
-    ) -> Result<Option<Owner>, ManagementError> {
+    ) -> Result<Option<Owner>, StoreError> {
         let owner = match self.owners.get(connection_id) {
             Some(owner) => owner,
             None => {
-                let record = store
-                    .get_connection(connection_id)
-                    .await
-                    .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+                let record = store.get_connection(connection_id).await?;
                 let Some(record) = record else {
                     return Ok(None);
                 };
@@ -224,7 +230,7 @@ impl Cluster {
         &self,
         store: &dyn ConnectionStore,
         owner: &Owner,
-    ) -> Result<bool, ManagementError> {
+    ) -> Result<bool, StoreError> {
         let now = crate::ids::now_ms();
         let fresh = |h: &HostRecord| {
             h.incarnation == owner.incarnation
@@ -234,10 +240,7 @@ impl Cluster {
         if self.view(|hosts| hosts.get(&owner.host_id).is_some_and(fresh)) {
             return Ok(true);
         }
-        let record = store
-            .get_host(&owner.host_id)
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        let record = store.get_host(&owner.host_id).await?;
         let live = record.as_ref().is_some_and(fresh);
         if let Some(record) = record {
             self.write_view(|hosts| {
@@ -266,7 +269,8 @@ impl Cluster {
     }
 
     /// Sends a management call to `owner` (same method, path and query) and passes its answer
-    /// back. An unreachable owner answers 410: it is dead, or its connections are unreachable.
+    /// back. `None` when the owner cannot be reached (or its answer is cut short): it is dead,
+    /// or its connections are unreachable, which the caller answers as 410.
     pub async fn forward(
         &self,
         owner: &Owner,
@@ -274,7 +278,7 @@ impl Cluster {
         method: Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<Response, ManagementError> {
+    ) -> Option<Forwarded> {
         let url = format!("{}{path_and_query}", owner.endpoint);
         let sent = self
             .send_signed(self.http.request(method, &url), body)
@@ -283,7 +287,7 @@ impl Cluster {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::info!(owner = %owner.host_id, error = %e, "owner unreachable; answering 410");
-                return Err(ManagementError::Gone);
+                return None;
             }
         };
         let status = answer.status();
@@ -300,10 +304,14 @@ impl Cluster {
             Ok(body) => body,
             Err(e) => {
                 tracing::info!(owner = %owner.host_id, error = %e, "owner's answer cut short; answering 410");
-                return Err(ManagementError::Gone);
+                return None;
             }
         };
-        Ok((status, headers, body).into_response())
+        Some(Forwarded {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Asks `owner` to deliver `data` to its connections `ids` (one call per host per page of a

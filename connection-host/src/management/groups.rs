@@ -162,7 +162,11 @@ async fn deliver_remote(
     let (mut delivered, mut failed) = (0, 0);
     let mut live = Vec::with_capacity(remote.len());
     for (owner, ids) in remote {
-        if cluster.is_live(host.store.as_ref(), &owner).await? {
+        let owner_live = cluster
+            .is_live(host.store.as_ref(), &owner)
+            .await
+            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        if owner_live {
             live.push((owner, ids));
         } else {
             failed += ids.len();

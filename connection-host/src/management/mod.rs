@@ -311,12 +311,18 @@ pub(crate) async fn elsewhere(
     let Some(cluster) = host.cluster.as_ref().filter(|_| !call.forwarded) else {
         return Err(ManagementError::Gone);
     };
-    let Some(owner) = cluster.locate(host.store.as_ref(), id).await? else {
+    let owner = cluster
+        .locate(host.store.as_ref(), id)
+        .await
+        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+    let Some(owner) = owner else {
         return Err(ManagementError::Gone);
     };
-    cluster
+    let answer = cluster
         .forward(&owner, id, call.method.clone(), &call.target, body)
         .await
+        .ok_or(ManagementError::Gone)?;
+    Ok((answer.status, answer.headers, answer.body).into_response())
 }
 
 /// Reads a request body of at most `limit` bytes.
