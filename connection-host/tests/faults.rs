@@ -283,8 +283,8 @@ async fn refused_dynamodb_connects_503_existing_work_and_it_recovers() {
     .await;
 }
 
-/// A black hole costs a connect the client's whole operation timeout (6 s in `dynamodb.rs`), so
-/// the bound is looser than for a refused connection.
+/// A black hole costs a connect the client's whole operation timeout (6 s in
+/// `store::dynamodb::client`), so the bound is looser than for a refused connection.
 #[tokio::test]
 async fn blackholed_dynamodb_connects_503_existing_work_and_it_recovers() {
     outage_cycle(
