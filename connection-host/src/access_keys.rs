@@ -140,6 +140,7 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::config::AccessKeyConfig;
+    use crate::sigv4::tests::headers;
     use http::HeaderValue;
     use std::time::UNIX_EPOCH;
 
@@ -167,17 +168,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
     }
 
     /// Checks `uri` + `headers` as the `service` signing name at `now`.

@@ -6,6 +6,7 @@ use connection_host::store::{
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use test_kit::process_running;
 
 /// A store whose host registration fails, once the function's process has written its PID: the
 /// start fails after the processes were spawned and running. Nothing else is reached.
@@ -86,17 +87,6 @@ fn read_pid(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is a running process (a zombie is not: it has exited, only unreaped).
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "PID (COMMAND) STATE …": the state follows the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 #[tokio::test]
 async fn a_start_that_fails_after_spawning_functions_leaves_no_process() {
     let dir = std::env::temp_dir().join(format!("ch-failed-start-{}", std::process::id()));
@@ -138,7 +128,7 @@ args = ["-c", "echo $$ > '{pid}.tmp' && mv '{pid}.tmp' '{pid}' && exec sleep 600
     let pid = read_pid(&pid_file).expect("the function's process wrote its PID");
     // Killed and reaped before `run` returned; a generous bound covers a loaded machine.
     let started = Instant::now();
-    while running(pid) {
+    while process_running(pid) {
         if started.elapsed() > Duration::from_secs(10) {
             // Clean up what the old behaviour leaves behind, then fail.
             let _ = std::process::Command::new("kill")

@@ -5,7 +5,9 @@
 use futures_util::StreamExt;
 use std::path::Path;
 use std::time::Duration;
-use test_kit::{HostProcess, TempDir, eventually, free_loopback_addrs, start_host, ws_connect};
+use test_kit::{
+    HostProcess, TempDir, eventually, free_loopback_addrs, process_running, start_host, ws_connect,
+};
 
 /// The PIDs the function's processes wrote, one line per start.
 fn starts(file: &Path) -> Vec<u32> {
@@ -14,17 +16,6 @@ fn starts(file: &Path) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
-}
-
-/// Whether `pid` is a running process (a zombie is not: it has exited, only unreaped).
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "PID (COMMAND) STATE …": the state follows the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 fn signal(pid: u32, name: &str) {
@@ -53,7 +44,7 @@ struct KillOnDrop(Vec<u32>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for pid in &self.0 {
-            if running(*pid) {
+            if process_running(*pid) {
                 let _ = std::process::Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
                     .status();
@@ -77,13 +68,13 @@ async fn a_host_killed_with_sigkill_takes_its_function_processes_with_it() {
     .await;
     let pid = starts(&file)[0];
     let _leftovers = KillOnDrop(vec![pid]);
-    assert!(running(pid));
+    assert!(process_running(pid));
     // SIGKILL: no drain, no chance for the host to kill anything itself.
     host.kill();
     let took = eventually(
         "the function's process exited with its host",
         Duration::from_secs(10),
-        || async { !running(pid) },
+        || async { !process_running(pid) },
     )
     .await;
     println!("function process gone {took:?} after its host was SIGKILLed");

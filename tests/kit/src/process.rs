@@ -237,3 +237,14 @@ pub async fn start_host_with_args(
         .await;
     host
 }
+
+/// Whether `pid` is a running process (a zombie is not: it has exited, only unreaped).
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (COMMAND) STATE …": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
