@@ -40,6 +40,16 @@ struct Setup {
 }
 
 impl Setup {
+    /// Shuts the host down cleanly and drops the test's tables.
+    async fn finish(self) {
+        let Self {
+            direct, mut host, ..
+        } = self;
+        host.trigger_shutdown();
+        host.join().await.expect("clean shutdown");
+        direct.drop_tables().await;
+    }
+
     /// `None` (and a printed reason) when no endpoint is configured outside CI.
     async fn start(test: &str, extra_toml: &str) -> Option<Self> {
         let endpoint = dynamodb_test_endpoint(test)?;
@@ -403,12 +413,7 @@ async fn a_store_outage_refuses_connects_before_connect_runs() {
     ws.close(None).await.unwrap();
     s.handler.wait_route("$disconnect", Some(&id)).await;
     s.direct.wait_record_gone(&id, Duration::from_secs(5)).await;
-    let Setup {
-        direct, mut host, ..
-    } = s;
-    host.trigger_shutdown();
-    host.join().await.expect("clean shutdown");
-    direct.drop_tables().await;
+    s.finish().await;
 }
 
 /// The record write of a new connection lands, but its answer is lost, so the store client's
@@ -442,12 +447,7 @@ async fn a_retried_record_write_that_had_landed_accepts_the_connection() {
 
     ws.close(None).await.unwrap();
     s.direct.wait_record_gone(&id, Duration::from_secs(5)).await;
-    let Setup {
-        direct, mut host, ..
-    } = s;
-    host.trigger_shutdown();
-    host.join().await.expect("clean shutdown");
-    direct.drop_tables().await;
+    s.finish().await;
 }
 
 /// Every attempt of the record write lands but none is answered in time, so the connect is refused
@@ -472,10 +472,5 @@ async fn a_connect_refused_after_its_write_landed_leaves_no_record() {
     report(&format!(
         "{test}: 503 after {took:?}; record gone {gone_after:?} after DynamoDB answered again"
     ));
-    let Setup {
-        direct, mut host, ..
-    } = s;
-    host.trigger_shutdown();
-    host.join().await.expect("clean shutdown");
-    direct.drop_tables().await;
+    s.finish().await;
 }

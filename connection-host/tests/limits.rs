@@ -239,16 +239,24 @@ async fn authorizer_function() -> String {
     serve(app).await
 }
 
+/// `config` with `$connect` guarded by a Lambda authorizer at `function`.
+fn with_authorizer(config: &str, function: &str) -> String {
+    format!(
+        "{}\n[authorizers.auth]\nfunction_name = \"auth\"\nendpoint_url = \"{function}\"\n",
+        config.replace(
+            "[routes.\"$connect\"]\nintegration = \"h\"",
+            "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"auth\"",
+        )
+    )
+}
+
 #[tokio::test]
 async fn connections_per_principal_counts_the_authorizers_principal() {
     let handler = gatekeeper().await;
     let function = authorizer_function().await;
-    let host = TestHost::start(&format!(
-        "{}\n[authorizers.auth]\nfunction_name = \"auth\"\nendpoint_url = \"{function}\"\n",
-        config(&handler, "connections_per_principal = 2").replace(
-            "[routes.\"$connect\"]\nintegration = \"h\"",
-            "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"auth\"",
-        )
+    let host = TestHost::start(&with_authorizer(
+        &config(&handler, "connections_per_principal = 2"),
+        &function,
     ))
     .await;
     let a = host.addr;
@@ -292,11 +300,8 @@ async fn the_aws_profile_does_not_count_connections_per_principal() {
     let handler = gatekeeper().await;
     let function = authorizer_function().await;
     let host = TestHost::start(&format!(
-        "[api]\nprofile = \"aws\"\n{}\n[authorizers.auth]\nfunction_name = \"auth\"\nendpoint_url = \"{function}\"\n",
-        config(&handler, "").replace(
-            "[routes.\"$connect\"]\nintegration = \"h\"",
-            "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"auth\"",
-        )
+        "[api]\nprofile = \"aws\"\n{}",
+        with_authorizer(&config(&handler, ""), &function)
     ))
     .await;
     let mut open = Vec::new();
