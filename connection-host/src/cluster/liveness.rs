@@ -225,6 +225,7 @@ async fn rejoin(host: &Host) -> bool {
             owner_incarnation: identity.incarnation.clone(),
             owner_endpoint: identity.endpoint.clone(),
             authorizer: context.authorizer.clone(),
+            session: None,
         };
         // Idempotent for this host: a record the reaper has not deleted yet is rewritten as is.
         match host.store.put_connection(record).await {

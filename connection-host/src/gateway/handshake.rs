@@ -175,6 +175,7 @@ async fn establish<S>(
         owner_incarnation: host.identity.incarnation.clone(),
         owner_endpoint: host.identity.endpoint.clone(),
         authorizer: context.authorizer.clone(),
+        session: None,
     };
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");

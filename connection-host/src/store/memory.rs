@@ -1,7 +1,10 @@
 //! The embedded, in-process store.
 
-use super::{ConnectionRecord, ConnectionStore, HostRecord, MembersPage, RecordsPage, StoreError};
-use std::collections::{BTreeSet, HashMap};
+use super::{
+    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
+    StoredFrame,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// Records and memberships in memory; lost when the process exits.
@@ -16,7 +19,15 @@ struct Inner {
     groups: HashMap<String, BTreeSet<String>>,
     memberships: HashMap<String, BTreeSet<String>>,
     hosts: HashMap<String, HostRecord>,
+    /// Idempotency keys per connection: the key's state and when it expires.
+    keys: HashMap<String, HashMap<String, (KeyClaim, i64)>>,
+    /// Kept frames per connection, by sequence number, with when they expire.
+    frames: HashMap<String, BTreeMap<u64, (String, i64)>>,
 }
+
+/// Every time a connection's keys or frames reach a multiple of this many, the expired ones are
+/// swept, so a long session's do not accumulate.
+const SWEEP_AT: usize = 256;
 
 impl MemoryStore {
     /// An empty store.
@@ -61,6 +72,9 @@ impl ConnectionStore for MemoryStore {
     async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.connections.remove(connection_id);
+        // A session's keys and frames die with it here; DynamoDB leaves them to their ttl.
+        inner.keys.remove(connection_id);
+        inner.frames.remove(connection_id);
         if let Some(groups) = inner.memberships.remove(connection_id) {
             for g in groups {
                 if let Some(members) = inner.groups.get_mut(&g) {
@@ -216,6 +230,112 @@ impl ConnectionStore for MemoryStore {
             inner.hosts.remove(host_id);
         }
         Ok(())
+    }
+
+    async fn take_over(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.connections.get_mut(&record.connection_id) {
+            Some(existing)
+                if existing.owner_host == expected_host
+                    && existing.owner_incarnation == expected_incarnation =>
+            {
+                *existing = record.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn claim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<KeyClaim, StoreError> {
+        let mut inner = self.lock();
+        let keys = inner.keys.entry(connection_id.to_string()).or_default();
+        if let Some((claim, expires)) = keys.get(key)
+            && *expires > now_ms
+        {
+            // Stored states are only `Pending` and `Done`.
+            return Ok(claim.clone());
+        }
+        keys.insert(
+            key.to_string(),
+            (KeyClaim::Pending { claimed_at: now_ms }, expires_at_ms),
+        );
+        if keys.len().is_multiple_of(SWEEP_AT) {
+            keys.retain(|_, (_, expires)| *expires > now_ms);
+        }
+        Ok(KeyClaim::Claimed)
+    }
+
+    async fn complete_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        answer: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .keys
+            .entry(connection_id.to_string())
+            .or_default()
+            .insert(
+                key.to_string(),
+                (KeyClaim::Done(answer.to_string()), expires_at_ms),
+            );
+        Ok(())
+    }
+
+    async fn append_frame(
+        &self,
+        connection_id: &str,
+        owner_host: &str,
+        owner_incarnation: &str,
+        frame: &StoredFrame,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let owned = inner.connections.get(connection_id).is_some_and(|r| {
+            r.owner_host == owner_host && r.owner_incarnation == owner_incarnation
+        });
+        if !owned {
+            return Ok(false);
+        }
+        let frames = inner.frames.entry(connection_id.to_string()).or_default();
+        frames.insert(frame.seq, (frame.frame.clone(), expires_at_ms));
+        if frames.len().is_multiple_of(SWEEP_AT) {
+            let now = crate::ids::now_ms();
+            frames.retain(|_, (_, expires)| *expires > now);
+        }
+        Ok(true)
+    }
+
+    async fn frames_after(
+        &self,
+        connection_id: &str,
+        after_seq: u64,
+    ) -> Result<Vec<StoredFrame>, StoreError> {
+        let now = crate::ids::now_ms();
+        let inner = self.lock();
+        let Some(frames) = inner.frames.get(connection_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(frames
+            .range(after_seq.saturating_add(1)..)
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(seq, (frame, _))| StoredFrame {
+                seq: *seq,
+                frame: frame.clone(),
+            })
+            .collect())
     }
 }
 

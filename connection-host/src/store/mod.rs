@@ -31,6 +31,46 @@ pub struct ConnectionRecord {
     /// not return it (API Gateway's response has no such field); it is kept so that operators and
     /// other hosts reading the table can tell who a connection belongs to.
     pub authorizer: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The reliable-delivery session the connection belongs to (`[extensions.sessions]`, see
+    /// PROTOCOL.md); `None` for a plain connection.
+    pub session: Option<SessionRecord>,
+}
+
+/// What a host needs to resume a reliable session it did not hold: kept on the connection record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRecord {
+    /// SHA-256 (hex) of the session's current resume token; the token itself is never stored.
+    pub token_hash: String,
+    /// The authorizer's `principalId` when the session started; empty without one.
+    pub principal: String,
+    /// Epoch milliseconds since when the session has had no connection (0 while one is open):
+    /// with `resume_window`, when it ends.
+    pub detached_at: i64,
+}
+
+/// A reliable-session frame kept for replay (`durability = "store"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFrame {
+    /// Its sequence number in the session.
+    pub seq: u64,
+    /// The complete envelope as sent to the client (a `msg` or `reply` frame).
+    pub frame: String,
+}
+
+/// The state of an idempotency key (PROTOCOL.md, section 6) as [`ConnectionStore::claim_key`]
+/// found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key was free and is now claimed by the caller: invoke, then
+    /// [`ConnectionStore::complete_key`].
+    Claimed,
+    /// Another attempt claimed it at this epoch-millisecond time and has not completed.
+    Pending {
+        /// When the other attempt claimed it.
+        claimed_at: i64,
+    },
+    /// An attempt completed with this answer (the `reply` frame without its sequence number).
+    Done(String),
 }
 
 /// A host's liveness record, rewritten every `cluster.heartbeat_interval`.
@@ -134,4 +174,53 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
     /// Deletes a host's liveness record if it still names `incarnation` (a restarted host's new
     /// record is kept).
     async fn remove_host(&self, host_id: &str, incarnation: &str) -> Result<(), StoreError>;
+
+    // Reliable-delivery sessions (`[extensions.sessions]`, PROTOCOL.md).
+
+    /// Replaces the record of `record.connection_id` with `record` if the stored one still names
+    /// `expected_host` and `expected_incarnation` as its owner (a session moving to another host,
+    /// or a new resume token). `false` when it does not (another host took it, or it is gone);
+    /// group memberships are untouched either way.
+    async fn take_over(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+    ) -> Result<bool, StoreError>;
+    /// Claims idempotency key `key` of a connection's session at `now_ms`, unless it is already
+    /// claimed (then says by whom and how far it got). The claim and its answer expire at
+    /// `expires_at_ms` (epoch milliseconds), after which the key is free again.
+    async fn claim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<KeyClaim, StoreError>;
+    /// Records the answer of a claimed key (idempotent), keeping it until `expires_at_ms`.
+    async fn complete_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        answer: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Keeps `frame` for replay, atomically with a check that the connection's record still
+    /// names `owner_host` and `owner_incarnation` (`durability = "store"`): `false`, and nothing
+    /// written, when another host has taken the session over. Expires at `expires_at_ms`.
+    async fn append_frame(
+        &self,
+        connection_id: &str,
+        owner_host: &str,
+        owner_incarnation: &str,
+        frame: &StoredFrame,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// The kept frames of a connection with sequence numbers above `after_seq`, in order (read
+    /// strongly consistent, after a [`take_over`](Self::take_over)).
+    async fn frames_after(
+        &self,
+        connection_id: &str,
+        after_seq: u64,
+    ) -> Result<Vec<StoredFrame>, StoreError>;
 }

@@ -36,6 +36,7 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
         owner_endpoint: get_s(item, "ownerEndpoint").unwrap_or_default(),
         // Written by `put_connection` from a JSON object, so text that is not one was not ours.
         authorizer: get_s(item, "authorizer").and_then(|text| serde_json::from_str(&text).ok()),
+        session: None,
     })
 }
 

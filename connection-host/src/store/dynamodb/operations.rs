@@ -504,4 +504,62 @@ impl ConnectionStore for DynamoDbStore {
             Err(e) => Err(unavailable("DeleteItem host", e)),
         }
     }
+    // Reliable-delivery sessions: the sessions table is not wired yet.
+    async fn take_over(
+        &self,
+        _record: &ConnectionRecord,
+        _expected_host: &str,
+        _expected_incarnation: &str,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable(
+            "sessions are not supported by this store yet".into(),
+        ))
+    }
+
+    async fn claim_key(
+        &self,
+        _connection_id: &str,
+        _key: &str,
+        _now_ms: i64,
+        _expires_at_ms: i64,
+    ) -> Result<crate::store::KeyClaim, StoreError> {
+        Err(StoreError::Unavailable(
+            "sessions are not supported by this store yet".into(),
+        ))
+    }
+
+    async fn complete_key(
+        &self,
+        _connection_id: &str,
+        _key: &str,
+        _answer: &str,
+        _expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "sessions are not supported by this store yet".into(),
+        ))
+    }
+
+    async fn append_frame(
+        &self,
+        _connection_id: &str,
+        _owner_host: &str,
+        _owner_incarnation: &str,
+        _frame: &crate::store::StoredFrame,
+        _expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable(
+            "sessions are not supported by this store yet".into(),
+        ))
+    }
+
+    async fn frames_after(
+        &self,
+        _connection_id: &str,
+        _after_seq: u64,
+    ) -> Result<Vec<crate::store::StoredFrame>, StoreError> {
+        Err(StoreError::Unavailable(
+            "sessions are not supported by this store yet".into(),
+        ))
+    }
 }
