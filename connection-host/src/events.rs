@@ -130,6 +130,9 @@ pub enum EventKind {
         body: String,
         /// Whether `body` is base64 (only with the binary-messages extension).
         is_base64_encoded: bool,
+        /// `requestContext.idempotencyKey`: the key a reliable client gave the message
+        /// (PROTOCOL.md section 6); `None`, and the field absent, for plain connections.
+        idempotency_key: Option<String>,
     },
     /// `$disconnect`.
     Disconnect {
@@ -207,17 +210,19 @@ impl Event {
                 (Some(&disconnect_headers), None)
             }
         };
-        let (message_id, body, is_base64_encoded) = match &self.kind {
+        let (message_id, body, is_base64_encoded, idempotency_key) = match &self.kind {
             EventKind::Message {
                 message_id,
                 body,
                 is_base64_encoded,
+                idempotency_key,
             } => (
                 Some(message_id.as_str()),
                 Some(body.as_str()),
                 *is_base64_encoded,
+                idempotency_key.as_deref(),
             ),
-            _ => (None, None, false),
+            _ => (None, None, false, None),
         };
         let (disconnect_status_code, disconnect_reason) = match &self.kind {
             EventKind::Disconnect {
@@ -253,6 +258,7 @@ impl Event {
                 connection_id: &c.connection_id,
                 api_id: &c.api_id,
                 authorizer: c.authorizer.as_ref(),
+                idempotency_key,
             },
             body,
             is_base64_encoded,
@@ -302,6 +308,8 @@ struct WireContext<'a> {
     api_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     authorizer: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -448,6 +456,7 @@ pub(crate) mod testing {
                 message_id: "BFaVtfGSIAMCKug=".into(),
                 body: body.into(),
                 is_base64_encoded: false,
+                idempotency_key: None,
             },
         }
     }
@@ -790,6 +799,7 @@ mod tests {
                 message_id: "BFaVtfGSIAMCKug=".into(),
                 body: r#"{"action": "chat", "message": "Hello from client"}"#.into(),
                 is_base64_encoded: false,
+                idempotency_key: None,
             },
         };
         assert_eq!(emitted(&message), captured(CAPTURED_MESSAGE));

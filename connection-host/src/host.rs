@@ -10,11 +10,12 @@ use crate::access_keys::Verifier;
 use crate::authorizer::Authorizer;
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError};
+use crate::events::ConnectionContext;
 use crate::limits::{HostLimits, RouteThrottle};
 use crate::local_lambda::LocalFunctions;
 use crate::registry::Registry;
 use crate::routing::table::{Route, RouteTable};
-use crate::store::ConnectionStore;
+use crate::store::{ConnectionRecord, ConnectionStore, SessionRecord};
 use crate::template::{ApiDefinition, TemplateError};
 use crate::tls::TlsAcceptor;
 use std::sync::Arc;
@@ -133,6 +134,7 @@ impl Host {
             integration: integrations[&route.integration].clone(),
             two_way: route.two_way,
             timeout: route.timeout,
+            ordered: route.ordered || config.extensions.sessions.ordered,
             throttle: {
                 let settings = route.settings(config.api.default_route_settings);
                 RouteThrottle::new(
@@ -187,6 +189,26 @@ impl Host {
     /// The API definition read from the template, if the configuration names one.
     pub fn definition(&self) -> Option<&ApiDefinition> {
         self.definition.as_ref()
+    }
+
+    /// The store record of a connection this host holds: written before its 101, rewritten when
+    /// the host rejoins the cluster or a session's token changes.
+    pub(crate) fn record(
+        &self,
+        context: &ConnectionContext,
+        session: Option<SessionRecord>,
+    ) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: context.connection_id.clone(),
+            connected_at: context.connected_at,
+            source_ip: context.source_ip.clone(),
+            user_agent: context.user_agent.clone(),
+            owner_host: self.identity.host_id.clone(),
+            owner_incarnation: self.identity.incarnation.clone(),
+            owner_endpoint: self.identity.endpoint.clone(),
+            authorizer: context.authorizer.clone(),
+            session,
+        }
     }
 }
 

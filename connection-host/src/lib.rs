@@ -24,14 +24,16 @@
 //! layer  units                                    | role
 //! 5      server                                   | server::run: wires listeners, host and shutdown
 //! 4      gateway management cluster::liveness     | front ends: sockets and HTTP in, calls into the host
-//! 3      host routing::table                      | Host::build(&Config): the one compile step,
-//!                                                 |   and the route table it compiles
+//! 3      host routing::table ending sessions      | Host::build(&Config): the one compile step,
+//!                                                 |   the route table it compiles, how a
+//!                                                 |   connection ends, reliable sessions
 //! 2      store integration local_lambda           | adapters: each has from_config and its own error
 //!        authorizer limits tls registry           |   type
 //!        cluster template access_keys             |
 //! 1      config                                   | plain data: serde types, defaults, doc comments
 //! 0      ids events routing authorizer::identity  | formats and parsers, no I/O (routing: the route
-//!        sigv4 peer_auth                          |   expressions)
+//!        sigv4 peer_auth sessions::envelope       |   expressions; the reliable subprotocol's
+//!        sessions::token sessions::replay         |   frames, tokens and sequence)
 //! ```
 //!
 //! The test `tests/tests/layering.rs` reads this table and fails on any reference to a unit in a
@@ -49,6 +51,7 @@ pub(crate) mod access_keys;
 pub(crate) mod authorizer;
 pub(crate) mod cluster;
 pub mod config;
+pub(crate) mod ending;
 pub mod events;
 pub(crate) mod gateway;
 pub mod host;
@@ -61,6 +64,7 @@ pub mod peer_auth;
 pub(crate) mod registry;
 pub mod routing;
 pub mod server;
+pub(crate) mod sessions;
 pub mod sigv4;
 pub mod store;
 pub(crate) mod template;

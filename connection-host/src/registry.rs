@@ -1,6 +1,11 @@
-//! The connections this host holds, each with its bounded outbound queue.
+//! The connections this host holds, each with its bounded outbound queue; a reliable session's
+//! connection also holds the session's state (its numbered frames, token, attachment), under the
+//! same lock, so that a post, an acknowledgement and a resume never interleave halfway.
 
 use crate::events::ConnectionContext;
+use crate::sessions::envelope;
+use crate::sessions::replay::{Replay, ResumeError};
+use crate::store::StoredFrame;
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::collections::VecDeque;
@@ -8,6 +13,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 /// Something for a connection's task to send.
 #[derive(Debug, Clone)]
@@ -51,6 +57,14 @@ pub enum PostError {
     Gone,
     /// The outbound queue is full (answered as 429 LimitExceededException).
     Full,
+    /// The session is being taken over by this host and is not ready yet: wait for
+    /// [`ConnectionHandle::installed`], then try again.
+    NotReady,
+    /// The session moved to another host: look its owner up again.
+    Moved,
+    /// The store could not keep the frame (`durability = "store"`); it is still delivered if
+    /// this host lives.
+    Unavailable,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +72,90 @@ struct Queue {
     items: VecDeque<Outbound>,
     bytes: usize,
     closing: bool,
+    session: Option<Box<Session>>,
+}
+
+/// A reliable session's state (PROTOCOL.md), kept with its connection's queue.
+#[derive(Debug)]
+pub struct Session {
+    /// The numbered, unacknowledged frames.
+    pub replay: Replay,
+    /// Hash of the current resume token.
+    pub token_hash: String,
+    /// The authorizer's `principalId` at the start; empty without one.
+    pub principal: String,
+    /// The connection serving the session; `None` while detached.
+    attachment: Option<Attachment>,
+    /// Counts attachments, so each connection's is told apart.
+    attachments: u64,
+    /// Epoch milliseconds of the last detach; 0 while attached.
+    pub detached_at: i64,
+    /// Counts detaches, so a window timer knows whether its detach is still the current one.
+    detaches: u64,
+    /// A post was refused while the client was away: its next resume cannot recover.
+    pub overflowed: bool,
+    /// Being taken over from another host; posts wait until it is installed.
+    pub installing: bool,
+    /// Handed over to another host; posts look its owner up again.
+    moved: bool,
+    /// Woken when an installing session becomes ready (separate from the queue's wakeup, which
+    /// only the connection's task may take).
+    ready: Arc<Notify>,
+}
+
+impl Session {
+    /// A session with `replay`, not yet attached to a connection.
+    pub fn new(replay: Replay, token_hash: String, principal: String) -> Self {
+        Self {
+            replay,
+            token_hash,
+            principal,
+            attachment: None,
+            attachments: 0,
+            detached_at: 0,
+            detaches: 0,
+            overflowed: false,
+            installing: false,
+            moved: false,
+            ready: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// A connection's hold on its session.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Cancelled when another connection (here or on another host) takes the session over.
+    pub token: CancellationToken,
+    /// Which attachment of the session this is.
+    pub number: u64,
+}
+
+impl Session {
+    /// Attaches a new connection, telling the previous one (if any) to go.
+    fn attach(&mut self) -> Attachment {
+        self.attachments += 1;
+        let attachment = Attachment {
+            token: CancellationToken::new(),
+            number: self.attachments,
+        };
+        if let Some(previous) = self.attachment.replace(attachment.clone()) {
+            previous.token.cancel();
+        }
+        self.detached_at = 0;
+        attachment
+    }
+}
+
+/// Why a connection could not take its session over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachError {
+    /// The session ended, moved, or was never one.
+    Gone,
+    /// The client's sequence number cannot continue the session's.
+    Sequence(ResumeError),
+    /// Posts were refused while it was away.
+    Overflowed,
 }
 
 /// A live connection as the rest of the host sees it.
@@ -86,8 +184,23 @@ impl ConnectionHandle {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a message unless the queue would exceed `limit` bytes.
+    /// Queues a message unless the queue would exceed `limit` bytes. On a reliable session's
+    /// connection a message is numbered and kept in the session instead (bounded by the
+    /// session's buffer; see [`post_session`](Self::post_session)).
     pub fn post(&self, message: Outbound, limit: usize) -> Result<(), PostError> {
+        if self.is_session() {
+            return match message {
+                Outbound::Text(text) => self.post_session(text.as_bytes()).map(drop),
+                Outbound::Binary(bytes) => self.post_session(&bytes).map(drop),
+                Outbound::Close { code, reason } => {
+                    if self.close(code, reason) {
+                        Ok(())
+                    } else {
+                        Err(PostError::Gone)
+                    }
+                }
+            };
+        }
         {
             let mut q = self.lock();
             if q.closing {
@@ -99,6 +212,24 @@ impl ConnectionHandle {
             }
             q.bytes += len;
             q.items.push_back(message);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues a frame of the subprotocol that is not numbered (`welcome`, `error`, `pong`), bounded
+    /// like a plain connection's queue.
+    pub fn post_control(&self, frame: String, limit: usize) -> Result<(), PostError> {
+        {
+            let mut q = self.lock();
+            if q.closing {
+                return Err(PostError::Gone);
+            }
+            if q.bytes + frame.len() > limit {
+                return Err(PostError::Full);
+            }
+            q.bytes += frame.len();
+            q.items.push_back(Outbound::Text(frame.into()));
         }
         self.notify.notify_one();
         Ok(())
@@ -126,12 +257,21 @@ impl ConnectionHandle {
         q.bytes = 0;
     }
 
-    /// Takes the next queued item.
+    /// Takes the next queued item: control frames and plain messages first, then a session's
+    /// next numbered frame.
     pub fn pop(&self) -> Option<Outbound> {
         let mut q = self.lock();
-        let item = q.items.pop_front()?;
-        q.bytes -= item.len();
-        Some(item)
+        match q.items.pop_front() {
+            Some(item) => {
+                q.bytes -= item.len();
+                Some(item)
+            }
+            None => q
+                .session
+                .as_deref_mut()
+                .and_then(|s| s.replay.next_unsent())
+                .map(Outbound::Text),
+        }
     }
 
     /// Resolves when something was queued since the last `pop` that emptied the queue.
@@ -147,6 +287,220 @@ impl ConnectionHandle {
     /// Epoch milliseconds of the last data message in either direction.
     pub fn last_active_ms(&self) -> i64 {
         self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// A handle for a reliable session's connection.
+    pub fn with_session(context: Arc<ConnectionContext>, session: Session) -> Self {
+        let handle = Self::new(context);
+        handle.lock().session = Some(Box::new(session));
+        handle
+    }
+
+    /// Whether this is a reliable session's connection.
+    pub fn is_session(&self) -> bool {
+        self.lock().session.is_some()
+    }
+
+    /// Runs `f` on the session state, if this is a session.
+    pub fn session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        self.lock().session.as_deref_mut().map(f)
+    }
+
+    /// Numbers and keeps a posted message for the session: a `msg` frame of `data`. Returns the
+    /// frame, for `durability = "store"`. A post refused for a full buffer while the client is
+    /// away marks the session overflowed.
+    pub fn post_session(&self, data: &[u8]) -> Result<StoredFrame, PostError> {
+        // Escaped outside the lock: the lock only numbers and links the frame.
+        let payload = envelope::payload_member(data);
+        self.push_sequenced(payload.len(), false, |seq| envelope::msg(seq, &payload))
+    }
+
+    /// Numbers and keeps the `reply` with `answer` (PROTOCOL.md section 6). Replies are not held
+    /// to the buffer's bound: each answers a message the client sent, which the connection's
+    /// in-flight limit bounds already, and dropping one would leave the client waiting.
+    pub fn post_reply(&self, answer: &str) -> Result<StoredFrame, PostError> {
+        self.push_sequenced(0, true, |seq| envelope::reply(seq, answer))
+    }
+
+    fn push_sequenced(
+        &self,
+        len: usize,
+        unbounded: bool,
+        build: impl FnOnce(u64) -> String,
+    ) -> Result<StoredFrame, PostError> {
+        let frame = {
+            let mut q = self.lock();
+            if q.closing {
+                return Err(PostError::Gone);
+            }
+            let Some(session) = q.session.as_deref_mut() else {
+                return Err(PostError::Gone);
+            };
+            if session.moved {
+                return Err(PostError::Moved);
+            }
+            if session.installing {
+                return Err(PostError::NotReady);
+            }
+            let mut built = None;
+            let pushed = session.replay.push(if unbounded { 0 } else { len }, |seq| {
+                let frame = build(seq);
+                built = Some(frame.clone());
+                frame
+            });
+            match pushed {
+                Ok(seq) => StoredFrame {
+                    seq,
+                    frame: built.expect("push built the frame"),
+                },
+                Err(_) => {
+                    if session.attachment.is_none() {
+                        session.overflowed = true;
+                    }
+                    return Err(PostError::Full);
+                }
+            }
+        };
+        self.notify.notify_one();
+        Ok(frame)
+    }
+
+    /// Takes a client's cumulative acknowledgement; `false` when it acknowledges frames never sent.
+    pub fn ack(&self, seq: u64) -> bool {
+        self.lock()
+            .session
+            .as_deref_mut()
+            .is_some_and(|s| s.replay.ack(seq))
+    }
+
+    /// Attaches a new connection to the session: the previous one (if still open) is told to go
+    /// (its token cancelled), frames up to `last_seq` count as acknowledged, the control frames
+    /// queued for the old connection are dropped, and `welcome(next_seq_base)` is queued first.
+    /// Returns the new connection's attachment token.
+    pub fn attach(
+        &self,
+        last_seq: u64,
+        token_hash: String,
+        welcome: String,
+    ) -> Result<Attachment, AttachError> {
+        let attachment;
+        {
+            let mut q = self.lock();
+            if q.closing {
+                return Err(AttachError::Gone);
+            }
+            let Some(session) = q.session.as_deref_mut() else {
+                return Err(AttachError::Gone);
+            };
+            if session.moved {
+                return Err(AttachError::Gone);
+            }
+            if session.overflowed {
+                return Err(AttachError::Overflowed);
+            }
+            session
+                .replay
+                .rewind(last_seq)
+                .map_err(AttachError::Sequence)?;
+            attachment = session.attach();
+            session.token_hash = token_hash;
+            q.items.clear();
+            q.bytes = 0;
+            q.items.push_back(Outbound::Text(welcome.into()));
+        }
+        self.notify.notify_one();
+        Ok(attachment)
+    }
+
+    /// Attaches the first connection of a new session (or one just installed from another host),
+    /// queueing `welcome` before anything else.
+    pub fn attach_first(&self, welcome: String) -> Attachment {
+        let attachment;
+        {
+            let mut q = self.lock();
+            let session = q
+                .session
+                .as_deref_mut()
+                .expect("attach_first is only called on a session's handle");
+            attachment = session.attach();
+            session.installing = false;
+            q.items.push_front(Outbound::Text(welcome.into()));
+        }
+        self.notify.notify_one();
+        // Posts that waited for the installation go on.
+        if let Some(ready) = self.session(|s| s.ready.clone()) {
+            ready.notify_waiters();
+        }
+        attachment
+    }
+
+    /// Detaches the connection holding `attachment` (it was lost), keeping the session; returns
+    /// the detach's number for the window timer, or `None` when another connection had already
+    /// taken the session over.
+    pub fn detach(&self, attachment: &Attachment, now_ms: i64) -> Option<u64> {
+        let mut q = self.lock();
+        let session = q.session.as_deref_mut()?;
+        if session
+            .attachment
+            .as_ref()
+            .is_none_or(|a| a.number != attachment.number)
+        {
+            return None;
+        }
+        session.attachment = None;
+        session.detached_at = now_ms;
+        session.detaches += 1;
+        Some(session.detaches)
+    }
+
+    /// Whether the session is still detached by detach number `detach` (its window has run out
+    /// unless a connection resumed it since).
+    pub fn still_detached(&self, detach: u64) -> bool {
+        self.lock()
+            .session
+            .as_deref()
+            .is_some_and(|s| s.attachment.is_none() && s.detaches == detach && !s.moved)
+    }
+
+    /// Whether a connection serves the session right now.
+    pub fn is_attached(&self) -> bool {
+        self.lock()
+            .session
+            .as_deref()
+            .is_none_or(|s| s.attachment.is_some())
+    }
+
+    /// Hands the session over to another host: later posts answer [`PostError::Moved`], the
+    /// connection still attached (if any) is told to go, and the frames after `after_seq` are
+    /// returned with the next sequence number.
+    pub fn hand_over(&self, after_seq: u64) -> Option<(Vec<StoredFrame>, u64, bool)> {
+        let mut q = self.lock();
+        let session = q.session.as_deref_mut()?;
+        if session.moved {
+            return None;
+        }
+        session.moved = true;
+        if let Some(attachment) = session.attachment.take() {
+            attachment.token.cancel();
+        }
+        Some((
+            session.replay.after(after_seq),
+            session.replay.next_seq(),
+            session.overflowed,
+        ))
+    }
+
+    /// Resolves when a session being installed is ready for posts (or after a spurious wakeup:
+    /// the caller tries again, within its own deadline).
+    pub async fn installed(&self) {
+        let Some(ready) = self.session(|s| s.ready.clone()) else {
+            return;
+        };
+        let notified = ready.notified();
+        if self.session(|s| !s.installing).unwrap_or(true) {
+            return;
+        }
+        notified.await
     }
 }
 
@@ -171,6 +525,14 @@ impl Registry {
     /// Looks a connection up.
     pub fn get(&self, connection_id: &str) -> Option<Arc<ConnectionHandle>> {
         self.map.get(connection_id).map(|e| e.value().clone())
+    }
+
+    /// Removes `handle` from the registry if it is still the one registered under
+    /// `connection_id` (a session that moved here again has a new handle); true if removed.
+    pub fn remove_if_same(&self, connection_id: &str, handle: &Arc<ConnectionHandle>) -> bool {
+        self.map
+            .remove_if(connection_id, |_, h| Arc::ptr_eq(h, handle))
+            .is_some()
     }
 
     /// Removes a connection when it closes.

@@ -315,6 +315,7 @@ mod tests {
                 authorizer: None,
                 throttling_rate_limit: None,
                 throttling_burst_limit: None,
+                ordered: false,
             },
         );
         let listener = bind(([127, 0, 0, 1], 0).into(), 16).unwrap();

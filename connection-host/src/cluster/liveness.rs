@@ -22,9 +22,10 @@
 //! still at work may delete records again; it ends by removing the liveness record, which fails
 //! the next heartbeat and so triggers another rewrite.
 
+use crate::config::Durability;
 use crate::host::Host;
 use crate::ids::now_ms;
-use crate::store::{ConnectionRecord, ConnectionStore, HostRecord, StoreError};
+use crate::store::{ConnectionStore, HostRecord, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,9 +128,12 @@ pub async fn run(host: Arc<Host>) {
     let identity = cluster.identity();
     // A previous run with the same host_id died without removing its records; they must not
     // look alive (calls for them already answer 410, as their incarnation is not the live one).
-    match remove_records(host.store.as_ref(), &identity.host_id, |inc| {
-        inc != identity.incarnation
-    })
+    match remove_records(
+        host.store.as_ref(),
+        &identity.host_id,
+        keeps_sessions(&host),
+        |inc| inc != identity.incarnation,
+    )
     .await
     {
         Ok(0) => {}
@@ -212,21 +216,14 @@ async fn rejoin(host: &Host) -> bool {
         tracing::warn!(error = %e, "could not register again; retrying at the next heartbeat");
         return false;
     }
-    let identity = &host.identity;
     let (mut written, mut failed) = (0usize, 0usize);
     for handle in host.registry.all() {
-        let context = &handle.context;
-        let record = ConnectionRecord {
-            connection_id: context.connection_id.clone(),
-            connected_at: context.connected_at,
-            source_ip: context.source_ip.clone(),
-            user_agent: context.user_agent.clone(),
-            owner_host: identity.host_id.clone(),
-            owner_incarnation: identity.incarnation.clone(),
-            owner_endpoint: identity.endpoint.clone(),
-            authorizer: context.authorizer.clone(),
-            session: None,
-        };
+        let session = handle.session(|s| crate::store::SessionRecord {
+            token_hash: s.token_hash.clone(),
+            principal: s.principal.clone(),
+            detached_at: s.detached_at,
+        });
+        let record = host.record(&handle.context, session);
         // Idempotent for this host: a record the reaper has not deleted yet is rewritten as is.
         match host.store.put_connection(record).await {
             Ok(()) => written += 1,
@@ -265,9 +262,12 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
             // It heartbeated (or restarted) since it was listed: alive after all.
             continue;
         }
-        let removed = remove_records(host.store.as_ref(), &dead.host_id, |inc| {
-            inc == dead.incarnation
-        })
+        let removed = remove_records(
+            host.store.as_ref(),
+            &dead.host_id,
+            keeps_sessions(host),
+            |inc| inc == dead.incarnation,
+        )
         .await?;
         host.store
             .remove_host(&dead.host_id, &dead.incarnation)
@@ -277,11 +277,18 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether reaping leaves reliable sessions' records in place (`durability = "store"`).
+fn keeps_sessions(host: &Host) -> bool {
+    host.config.extensions.sessions.durability == Durability::Store
+}
+
 /// Deletes (with their memberships) the records of `host_id` whose incarnation `matches`;
-/// returns how many.
+/// returns how many. With `keep_sessions`, reliable sessions' records are not deleted: their frames survive the host, so a client may still resume them within
+/// `resume_window`, which from now on counts from this reap.
 async fn remove_records(
     store: &dyn ConnectionStore,
     host_id: &str,
+    keep_sessions: bool,
     matches: impl Fn(&str) -> bool,
 ) -> Result<usize, StoreError> {
     let mut removed = 0;
@@ -295,8 +302,23 @@ async fn remove_records(
             .iter()
             .filter(|r| matches(&r.owner_incarnation))
         {
-            store.delete_connection(&record.connection_id).await?;
-            removed += 1;
+            match &record.session {
+                Some(session) if keep_sessions => {
+                    if session.detached_at == 0 {
+                        let mut detached = record.clone();
+                        if let Some(s) = detached.session.as_mut() {
+                            s.detached_at = now_ms();
+                        }
+                        store
+                            .take_over(&detached, &record.owner_host, &record.owner_incarnation)
+                            .await?;
+                    }
+                }
+                _ => {
+                    store.delete_connection(&record.connection_id).await?;
+                    removed += 1;
+                }
+            }
         }
         token = page.next_token;
         if token.is_none() {
@@ -430,7 +452,9 @@ mod tests {
             .put_connection(record("other", "g", "1"))
             .await
             .unwrap();
-        let removed = remove_records(&store, "h", |inc| inc == "1").await.unwrap();
+        let removed = remove_records(&store, "h", false, |inc| inc == "1")
+            .await
+            .unwrap();
         assert_eq!(removed, 250);
         assert!(store.get_connection("old-000").await.unwrap().is_none());
         assert!(store.get_connection("new").await.unwrap().is_some());

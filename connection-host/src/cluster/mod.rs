@@ -354,6 +354,61 @@ impl Cluster {
         };
         counts.unwrap_or((0, ids.len()))
     }
+
+    /// Asks `owner` to hand over the reliable session of `connection_id` (PROTOCOL.md section 5):
+    /// its frames after `after` and its next sequence number. `None` when the owner cannot be
+    /// reached or no longer holds the session.
+    pub async fn hand_over(
+        &self,
+        owner: &Owner,
+        stage: &str,
+        connection_id: &str,
+        after: u64,
+    ) -> Option<HandOver> {
+        let url = format!("{}/{stage}/@internal/handover", owner.endpoint);
+        let body = serde_json::json!({ "connectionId": connection_id, "after": after });
+        let build = self
+            .http
+            .post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json");
+        match self.send_signed(build, Bytes::from(body.to_string())).await {
+            Ok(r) if r.status().is_success() => {
+                let body = r.bytes().await.ok()?;
+                serde_json::from_slice(&body)
+                    .inspect_err(|e| tracing::warn!(owner = %owner.host_id, error = %e, "unreadable session handover"))
+                    .ok()
+            }
+            Ok(r) => {
+                tracing::info!(owner = %owner.host_id, status = %r.status(), "session not handed over");
+                None
+            }
+            Err(e) => {
+                tracing::info!(owner = %owner.host_id, error = %e, "session owner unreachable");
+                None
+            }
+        }
+    }
+}
+
+/// A reliable session as its previous owner hands it over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandOver {
+    /// The sequence number the session's next frame gets.
+    #[serde(rename = "nextSeq")]
+    pub next_seq: u64,
+    /// Posts were refused while the client was away (the resume cannot recover).
+    pub overflowed: bool,
+    /// The unacknowledged frames after the client's last sequence number, in order.
+    pub frames: Vec<HandedFrame>,
+}
+
+/// One frame of a [`HandOver`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedFrame {
+    /// Its sequence number.
+    pub s: u64,
+    /// The frame as sent to the client.
+    pub f: String,
 }
 
 #[cfg(test)]

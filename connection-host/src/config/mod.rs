@@ -10,6 +10,7 @@ mod limits;
 mod management;
 mod routes;
 mod server;
+mod sessions;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ pub use limits::*;
 pub use management::*;
 pub use routes::*;
 pub use server::*;
+pub use sessions::*;
 pub use store::*;
 
 use crate::routing::RouteSelectionExpression;

@@ -26,6 +26,10 @@ pub struct RouteConfig {
     /// This route's `ThrottlingBurstLimit`; unset takes `api.default_route_settings`'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttling_burst_limit: Option<u32>,
+    /// Invoke a reliable session's messages for this route one at a time, in the client's order
+    /// (`[extensions.sessions]`, PROTOCOL.md section 6); plain connections are not affected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
 }
 
 impl RouteConfig {

@@ -11,6 +11,8 @@ pub struct ExtensionsConfig {
     /// Accept binary frames from clients as a base64 `body` with `isBase64Encoded: true` instead of
     /// closing with 1003.
     pub binary_messages: bool,
+    /// Reliable delivery for clients that ask for it (PROTOCOL.md).
+    pub sessions: SessionsConfig,
 }
 
 /// Where connection records and group memberships live.

@@ -9,13 +9,15 @@ use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
 use crate::limits::{MessageLimiter, MessageVerdict};
-use crate::registry::{ConnectionHandle, Outbound};
+use crate::registry::{Attachment, ConnectionHandle, Outbound};
+use crate::sessions::envelope::{self, ClientFrame, FrameError};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -35,6 +37,11 @@ struct Ending {
     reason: String,
     /// A Close frame the host still has to send (None when the client closed or vanished).
     send: Option<(u16, &'static str)>,
+    /// The connection was lost rather than closed: a reliable session outlives it (PROTOCOL.md
+    /// section 7).
+    lost: bool,
+    /// Another connection took the session over: this one goes quietly.
+    replaced: bool,
 }
 
 impl Ending {
@@ -43,6 +50,8 @@ impl Ending {
             code,
             reason: reason.to_string(),
             send: Some((code, reason)),
+            lost: false,
+            replaced: false,
         }
     }
 
@@ -51,9 +60,35 @@ impl Ending {
             code: 1006,
             reason: "Connection closed abnormally".into(),
             send: None,
+            lost: true,
+            replaced: false,
+        }
+    }
+
+    /// A connection the host gives up on while its client may still be there (it stopped reading
+    /// or answering pings): for a session, a lost connection the client should resume.
+    fn dropped(code: u16, reason: &'static str) -> Self {
+        Ending {
+            lost: true,
+            ..Ending::host(code, reason)
+        }
+    }
+
+    fn client(code: u16, reason: String) -> Self {
+        Ending {
+            code,
+            reason,
+            send: None,
+            lost: false,
+            replaced: false,
         }
     }
 }
+
+/// The close code and reason telling a reliable client to resume (PROTOCOL.md section 7).
+const RESUME_CLOSE: (u16, &str) = (4000, "Resume");
+/// The close code and reason telling a reliable client its session went to another connection.
+const REPLACED_CLOSE: (u16, &str) = (4001, "Replaced");
 
 /// Serves an established connection until it closes, then removes it and fires `$disconnect`
 /// (the handshake registers first and calls [`run_registered`] itself).
@@ -66,7 +101,7 @@ pub(super) async fn run_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handle = register(&host, context);
-    run_registered(host, ws, handle, ()).await;
+    run_registered(host, ws, handle, (), None).await;
 }
 
 /// Puts a connection in the registry: from here on the management API finds it (posts are
@@ -78,8 +113,9 @@ pub(super) fn register(host: &Host, context: Arc<ConnectionContext>) -> Arc<Conn
 }
 
 /// Takes a connection out of the registry; later posts to it answer Gone.
-pub(super) fn unregister(host: &Host, handle: &ConnectionHandle) {
-    host.registry.remove(&handle.context.connection_id);
+pub(super) fn unregister(host: &Host, handle: &Arc<ConnectionHandle>) {
+    host.registry
+        .remove_if_same(&handle.context.connection_id, handle);
     handle.mark_closed();
 }
 
@@ -92,11 +128,25 @@ pub(super) async fn run_registered<S, H>(
     mut ws: WebSocketStream<S>,
     handle: Arc<ConnectionHandle>,
     _held: H,
+    attachment: Option<Attachment>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ending = serve(&host, &mut ws, &handle).await;
-    unregister(&host, &handle);
+    let mut ending = serve(&host, &mut ws, &handle, attachment.as_ref()).await;
+    // A reliable session outlives a lost connection (unless the host is shutting down), and a
+    // replaced connection leaves the session to its successor.
+    let keep_session = attachment
+        .as_ref()
+        .filter(|_| ending.replaced || (ending.lost && !host.shutdown.is_cancelled()));
+    if keep_session.is_some() {
+        if ending.replaced {
+            ending.send = Some(REPLACED_CLOSE);
+        } else if ending.send.is_some() {
+            ending.send = Some(RESUME_CLOSE);
+        }
+    } else {
+        unregister(&host, &handle);
+    }
     // The closing steps are boxed: their futures would otherwise be part of this task's size,
     // and so of the memory every open connection holds.
     if let Some((code, reason)) = ending.send {
@@ -114,125 +164,60 @@ pub(super) async fn run_registered<S, H>(
         .await;
     }
     drop(ws);
-    tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
-    Box::pin(finish(&host, &handle.context, ending.code, &ending.reason)).await;
-}
-
-/// How long `$disconnect` waits for the first attempt to delete the record: long enough that with
-/// a healthy store the record is gone before `$disconnect` runs, short enough that an unreachable
-/// store (whose calls can take the client's whole operation timeout) barely delays it.
-const FIRST_DELETE_WAIT: Duration = Duration::from_secs(1);
-/// Backoff between attempts to delete a record while the store is unavailable: doubling from the
-/// first delay up to the longest one, each delay shortened by a random 0–50 % so that connections
-/// closed during the same outage do not retry in lockstep when the store comes back.
-const DELETE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const DELETE_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// After this long the record is left to its `ttl` (the store's items expire by themselves).
-const DELETE_RETRY_FOR: Duration = Duration::from_secs(120);
-
-/// Deletes the connection's record and runs `$disconnect` (best effort, as on API Gateway).
-///
-/// The record is deleted as [`discard_record`] does, so `$disconnect` waits at most
-/// [`FIRST_DELETE_WAIT`] for the first attempt.
-pub(super) async fn finish(
-    host: &Arc<Host>,
-    context: &Arc<ConnectionContext>,
-    code: u16,
-    reason: &str,
-) {
-    discard_record(host, &context.connection_id).await;
-    let Some(route) = host.routes.get("$disconnect") else {
+    if let Some(attachment) = keep_session {
+        if !ending.replaced {
+            crate::sessions::detach(&host, &handle, attachment, ending.code, ending.reason);
+        }
         return;
-    };
-    let event = Event::new(
-        "$disconnect",
-        ids::new_id(),
-        context.clone(),
-        EventKind::Disconnect {
-            status_code: code,
-            reason: reason.to_string(),
-        },
-    );
-    // Its answer goes nowhere: the client is gone. A failure is logged by `invoke`.
-    let _ = route.invoke(&event).await;
-}
-
-/// Deletes the record of a connection that ended (or that `$connect` refused) without running
-/// `$disconnect`: a background task on `host.tasks` retries while the store is unavailable (see
-/// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt.
-pub(super) async fn discard_record(host: &Arc<Host>, connection_id: &str) {
-    let (first_done, first_attempt) = tokio::sync::oneshot::channel();
-    host.tasks
-        .spawn(tracing::Instrument::in_current_span(delete_record(
-            host.clone(),
-            connection_id.to_string(),
-            first_done,
-        )));
-    let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
-}
-
-/// Deletes a closed connection's record, retrying with backoff while the store fails, for at most
-/// [`DELETE_RETRY_FOR`]. Signals `first_done` after the first attempt. Once the host shuts down the
-/// retries continue for at most `server.drain_timeout` (the time `run` waits for its tasks).
-/// Repeating a delete is harmless: it is idempotent.
-async fn delete_record(
-    host: Arc<Host>,
-    connection_id: String,
-    first_done: tokio::sync::oneshot::Sender<()>,
-) {
-    let retry = async {
-        let mut first_done = Some(first_done);
-        let mut delay = DELETE_BACKOFF_FIRST;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let result = host.store.delete_connection(&connection_id).await;
-            if let Some(tx) = first_done.take() {
-                let _ = tx.send(());
-            }
-            match result {
-                Ok(()) if attempts > 1 => {
-                    tracing::info!(attempts, "connection record deleted after retries");
-                    return;
-                }
-                Ok(()) => return,
-                Err(e) if attempts == 1 => {
-                    tracing::warn!(error = %e, "connection record not deleted; retrying in the background")
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, attempts, "connection record still not deleted")
-                }
-            }
-            tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..=1.0))).await;
-            delay = (delay * 2).min(DELETE_BACKOFF_MAX);
-        }
-    };
-    let shut_down = async {
-        host.shutdown.cancelled().await;
-        tokio::time::sleep(host.config.server.drain_timeout).await;
-    };
-    tokio::select! {
-        done = tokio::time::timeout(DELETE_RETRY_FOR, retry) => if done.is_err() {
-            tracing::error!(after = ?DELETE_RETRY_FOR, "giving up on deleting the connection record; its ttl will remove it");
-        },
-        _ = shut_down => {
-            tracing::warn!("host shut down before the connection record could be deleted; its ttl will remove it");
-        }
     }
+    tracing::debug!(code = ending.code, reason = %ending.reason, "disconnected");
+    Box::pin(crate::ending::finish(
+        &host,
+        &handle.context,
+        ending.code,
+        &ending.reason,
+    ))
+    .await;
 }
 
 async fn serve<S>(
     host: &Arc<Host>,
     ws: &mut WebSocketStream<S>,
     handle: &Arc<ConnectionHandle>,
+    attachment: Option<&Attachment>,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &host.config.limits;
     let connected = Instant::now();
-    let max_deadline = connected + limits.max_connection_duration;
-    let mut idle_deadline = connected + limits.idle_timeout;
+    // A session's timers run from its start and its last message, not from this connection's.
+    let (max_deadline, mut idle_deadline) = match attachment {
+        None => (
+            connected + limits.max_connection_duration,
+            connected + limits.idle_timeout,
+        ),
+        Some(_) => {
+            let now = ids::now_ms();
+            let left = |since: i64, limit: Duration| {
+                let elapsed = u64::try_from(now - since).unwrap_or(0);
+                limit.saturating_sub(Duration::from_millis(elapsed))
+            };
+            (
+                connected + left(handle.context.connected_at, limits.max_connection_duration),
+                connected + left(handle.last_active_ms(), limits.idle_timeout),
+            )
+        }
+    };
+    let replaced = async {
+        match attachment {
+            Some(a) => a.token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(replaced);
+    let reliable = attachment.is_some();
+    let mut ordered = None;
     let pinging = !limits.ping_interval.is_zero();
     let mut next_ping = connected + limits.ping_interval;
     let mut last_heard = connected;
@@ -254,11 +239,12 @@ where
         tokio::select! {
             biased;
             _ = host.shutdown.cancelled() => return Ending::host(1001, "Going away"),
+            _ = &mut replaced => return Ending { replaced: true, ..Ending::client(4001, "Replaced".into()) },
             _ = handle.queued() => {
                 while let Some(item) = handle.pop() {
                     let sent = match item {
                         Outbound::Close { code, reason } => {
-                            return Ending { code, reason: reason.to_string(), send: Some((code, "")) };
+                            return Ending { send: Some((code, "")), ..Ending::client(code, reason.to_string()) };
                         }
                         // Boxed: inline, the write and its deadline would enlarge the task that
                         // every idle connection holds.
@@ -279,6 +265,16 @@ where
                 last_heard = Instant::now();
                 missed_pongs = 0;
                 match frame {
+                    Some(Ok(Message::Text(text))) if reliable => {
+                        if let Some(ending) = envelope_in(host, handle, text, &messages, &mut permit, &mut ordered) {
+                            return ending;
+                        }
+                        idle_deadline = Instant::now() + limits.idle_timeout;
+                    }
+                    Some(Ok(Message::Binary(_))) if reliable => {
+                        let e = FrameError { code: "BadFrame", message: "frames are JSON text messages".into(), id: None };
+                        control(host, handle, envelope::error(&e));
+                    }
                     Some(Ok(Message::Text(text))) => {
                         idle_deadline = Instant::now() + limits.idle_timeout;
                         handle.touch(ids::now_ms());
@@ -319,8 +315,8 @@ where
                         // The Close reply tungstenite queued; the client is waiting for it.
                         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, ws.flush()).await;
                         return match frame {
-                            Some(f) => Ending { code: f.code.into(), reason: f.reason.to_string(), send: None },
-                            None => Ending { code: 1005, reason: "Client-side close frame status not set".into(), send: None },
+                            Some(f) => Ending::client(f.code.into(), f.reason.to_string()),
+                            None => Ending::client(1005, "Client-side close frame status not set".into()),
                         };
                     }
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
@@ -354,7 +350,7 @@ where
                     if now.duration_since(last_heard) >= limits.ping_interval {
                         if missed_pongs >= limits.missed_pongs {
                             tracing::info!(missed_pongs, "peer stopped answering pings");
-                            return Ending::host(1001, "Going away");
+                            return Ending::dropped(1001, "Going away");
                         }
                         missed_pongs += 1;
                         if let Err(failed) = write_bounded(host, ws.send(Message::Ping(Bytes::new()))).await {
@@ -384,7 +380,7 @@ impl SendError {
         match self {
             SendError::Stalled => {
                 tracing::info!("client stopped reading; closing");
-                Ending::host(1008, "Client not reading")
+                Ending::dropped(1008, "Client not reading")
             }
             SendError::ShuttingDown => Ending::host(1001, "Going away"),
             SendError::Closed => Ending::abnormal(),
@@ -446,6 +442,52 @@ where
         ws.flush().await
     };
     write_bounded(host, write).await
+}
+
+/// Handles one text frame of a reliable connection (PROTOCOL.md); `Some` when the connection
+/// must close (a client flooding past its rate).
+fn envelope_in(
+    host: &Arc<Host>,
+    handle: &Arc<ConnectionHandle>,
+    text: Utf8Bytes,
+    messages: &MessageLimiter,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    ordered: &mut Option<UnboundedSender<super::reliable::Job>>,
+) -> Option<Ending> {
+    handle.touch(ids::now_ms());
+    match envelope::parse(text.as_str(), host.config.extensions.binary_messages) {
+        Ok(ClientFrame::Ack { seq }) => {
+            if !handle.ack(seq) {
+                let e = FrameError {
+                    code: "BadAck",
+                    message: format!("sequence number {seq} was not sent"),
+                    id: None,
+                };
+                control(host, handle, envelope::error(&e));
+            }
+        }
+        Ok(ClientFrame::Ping { id }) => control(host, handle, envelope::pong(id.as_deref())),
+        Ok(ClientFrame::Msg { id, payload }) => match messages.check() {
+            MessageVerdict::Accept => {
+                super::reliable::spawn(host, handle, id, payload, permit.take(), ordered);
+            }
+            MessageVerdict::Throttle => {
+                super::reliable::refuse(host, handle, &id, "Too Many Requests");
+            }
+            MessageVerdict::Close => return Some(flooded()),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "frame refused");
+            control(host, handle, envelope::error(&e));
+        }
+    }
+    None
+}
+
+/// Queues a frame of the subprotocol that is not numbered; dropped if the queue is full, as a
+/// plain connection's error frames are.
+fn control(host: &Host, handle: &ConnectionHandle, frame: String) {
+    let _ = handle.post_control(frame, host.config.limits.outbound_queue_bytes);
 }
 
 /// Answers a message dropped for exceeding `limits.messages_per_second`: an API Gateway-style
@@ -523,6 +565,7 @@ fn spawn_message(
                 message_id: ids::new_id(),
                 body,
                 is_base64_encoded,
+                idempotency_key: None,
             },
         );
         let failure = match route.invoke(&event).await {

@@ -17,7 +17,9 @@ use crate::host::Host;
 use crate::ids;
 use crate::limits::{ConnectionPermit, Slot};
 use crate::routing::table::InvokeFailure;
-use crate::store::{ConnectionRecord, StoreError};
+use crate::sessions::envelope::{RESUME_PREFIX, SUBPROTOCOL};
+use crate::sessions::{self, token};
+use crate::store::StoreError;
 use base64::Engine;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -162,21 +164,74 @@ async fn establish<S>(
             }
         }
     }
+    let offered: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let offer = if host.config.extensions.sessions.enabled {
+        token::offer(offered.iter().copied())
+    } else {
+        token::Offer::default()
+    };
+    let offered = MultiMap::from_headers(
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    // The subprotocol the API itself would select, without `$connect`: a JWT authorizer's marker.
+    let api_protocol = |chosen: Option<String>| match &host.authorizer {
+        Some(authorizer) => authorizer.subprotocol(&offered, chosen),
+        None => chosen,
+    };
+    let mut resume_failed = offer.malformed_resume.then_some("unknown");
+    if let Some(resume) = &offer.resume {
+        let principal = sessions::principal(context.authorizer.as_ref());
+        let protocol = api_protocol(None);
+        match sessions::resume(&host, resume, &principal, &context, protocol.as_deref()).await {
+            Ok(resumed) => {
+                let span = tracing::info_span!("session", connection_id = %resumed.handle.context.connection_id);
+                let upgrade = Upgrade {
+                    key,
+                    connected_at,
+                    subprotocol: Some(SUBPROTOCOL.to_string()),
+                };
+                let held = (ip_slot, _principal_slot, permit);
+                open(
+                    host,
+                    stream,
+                    head,
+                    leftover,
+                    upgrade,
+                    resumed.handle,
+                    Some(resumed.attachment),
+                    held,
+                )
+                .instrument(span)
+                .await;
+                return;
+            }
+            Err(reason) => {
+                tracing::info!(reason, "session not resumed; starting a fresh one");
+                resume_failed = Some(reason);
+            }
+        }
+    }
+
+    // A fresh reliable session: its token is issued now, so that its record carries the hash.
+    let session = offer
+        .reliable
+        .then(|| sessions::start(&host, context.clone()));
     // The record is written before `$connect` runs: a store that cannot take it refuses the
     // connection before any handler has seen it, so no handler is left with a CONNECT that no
     // DISCONNECT follows. Until `$connect` accepts, the connection is not in the registry, so the
     // management API (here, and on any host the record sends a call to) still answers 410 for it.
-    let record = ConnectionRecord {
-        connection_id: context.connection_id.clone(),
-        connected_at,
-        source_ip: context.source_ip.clone(),
-        user_agent: context.user_agent.clone(),
-        owner_host: host.identity.host_id.clone(),
-        owner_incarnation: host.identity.incarnation.clone(),
-        owner_endpoint: host.identity.endpoint.clone(),
-        authorizer: context.authorizer.clone(),
-        session: None,
-    };
+    let record = host.record(
+        &context,
+        session.as_ref().map(|(_, record, _)| record.clone()),
+    );
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");
         let _ = write_response(
@@ -189,7 +244,7 @@ async fn establish<S>(
         // A write that timed out may still have landed: delete it, so the refused connection
         // leaves no record behind. A record that already existed is another connection's.
         if !matches!(e, StoreError::AlreadyExists(_)) {
-            connection::discard_record(&host, &context.connection_id).await;
+            crate::ending::discard_record(&host, &context.connection_id).await;
         }
         return;
     }
@@ -229,28 +284,88 @@ async fn establish<S>(
         };
         if status != 101 {
             tracing::info!(status, "$connect rejected the connection");
-            connection::discard_record(&host, &context.connection_id).await;
+            crate::ending::discard_record(&host, &context.connection_id).await;
             let _ = write_response(&mut stream, status, &[], body).await;
             return;
         }
     }
+    let subprotocol = api_protocol(subprotocol);
 
-    if let Some(authorizer) = &host.authorizer {
-        let offered = MultiMap::from_headers(
-            head.headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
-                .map(|(n, v)| (n.as_str(), v.as_str())),
-        );
-        subprotocol = authorizer.subprotocol(&offered, subprotocol);
-    }
+    let held = (ip_slot, _principal_slot, permit);
+    let Some((handle, _, token)) = session else {
+        let upgrade = Upgrade {
+            key,
+            connected_at,
+            subprotocol,
+        };
+        let handle = connection::register(&host, context);
+        open(host, stream, head, leftover, upgrade, handle, None, held).await;
+        return;
+    };
+    // On a reliable connection the 101 names the reliable subprotocol, and the API's own choice
+    // travels in the welcome frame (PROTOCOL.md section 1.4).
+    let welcome = sessions::welcome(
+        &host,
+        &context.connection_id,
+        &token,
+        false,
+        0,
+        subprotocol.as_deref(),
+        resume_failed,
+    );
+    let handle = Arc::new(handle);
+    host.registry.insert(handle.clone());
+    let attachment = handle.attach_first(welcome);
+    let upgrade = Upgrade {
+        key,
+        connected_at,
+        subprotocol: Some(SUBPROTOCOL.to_string()),
+    };
+    open(
+        host,
+        stream,
+        head,
+        leftover,
+        upgrade,
+        handle,
+        Some(attachment),
+        held,
+    )
+    .await;
+}
 
+/// What the 101 says.
+struct Upgrade {
+    /// The client's `Sec-WebSocket-Key`.
+    key: String,
+    /// For the `Date` header.
+    connected_at: i64,
+    /// The subprotocol selected, if any.
+    subprotocol: Option<String>,
+}
+
+/// Writes the 101 for a connection already in the registry, then hands it to a task of its own;
+/// `held` (its places under the limits) goes with it.
+#[allow(clippy::too_many_arguments)]
+async fn open<S, H>(
+    host: Arc<Host>,
+    mut stream: S,
+    head: Head,
+    leftover: Vec<u8>,
+    upgrade: Upgrade,
+    handle: Arc<crate::registry::ConnectionHandle>,
+    attachment: Option<crate::registry::Attachment>,
+    held: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
+{
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nDate: {}\r\nConnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
-        ids::http_date(connected_at),
-        derive_accept_key(key.as_bytes())
+        ids::http_date(upgrade.connected_at),
+        derive_accept_key(upgrade.key.as_bytes())
     );
-    if let Some(p) = &subprotocol {
+    if let Some(p) = &upgrade.subprotocol {
         response.push_str("sec-websocket-protocol: ");
         response.push_str(p);
         response.push_str("\r\n");
@@ -258,13 +373,27 @@ async fn establish<S>(
     response.push_str("\r\n");
     // Registered before the 101 is written, so the ID is usable the moment the client reads it
     // (as on API Gateway): a post that arrives first waits in the queue until the 101 is out.
-    let handle = connection::register(&host, context);
     let written =
         tokio::time::timeout(super::WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     if let Err(e) = written.map_err(std::io::Error::from).and_then(|w| w) {
         tracing::info!(error = %e, "client left before the 101 was sent");
-        connection::unregister(&host, &handle);
-        connection::finish(&host, &handle.context, 1006, "Connection closed abnormally").await;
+        match &attachment {
+            // A session outlives the connection that never opened.
+            Some(attachment) => {
+                sessions::detach(
+                    &host,
+                    &handle,
+                    attachment,
+                    1006,
+                    "Connection closed abnormally".into(),
+                );
+            }
+            None => {
+                connection::unregister(&host, &handle);
+                crate::ending::finish(&host, &handle.context, 1006, "Connection closed abnormally")
+                    .await;
+            }
+        }
         return;
     }
     tracing::debug!("connected");
@@ -277,9 +406,8 @@ async fn establish<S>(
     // handshake's states (TLS, the request head, the authorizer, the store write, `$connect`) are
     // many times larger than an open connection needs, so the connection moves to a task sized
     // for serving it alone, and this one ends (see BENCHMARKS.md, idle memory).
-    let held = (ip_slot, _principal_slot, permit);
     let tasks = host.tasks.clone();
-    tasks.spawn(connection::run_registered(host, ws, handle, held).in_current_span());
+    tasks.spawn(connection::run_registered(host, ws, handle, held, attachment).in_current_span());
 }
 
 struct Rejection {
@@ -392,6 +520,29 @@ enum Audience {
 /// The headers an event of the handshake carries: the client's, adjusted for `audience`, plus the
 /// forwarding headers API Gateway adds (`trace` is the request's `X-Amzn-Trace-Id`).
 fn request_headers(head: &Head, origin: Origin, trace: &str, audience: Audience) -> MultiMap {
+    // A resume offer carries a secret token: neither the authorizer nor `$connect` sees it.
+    let without_resume = |name: &str, value: &str| -> Option<String> {
+        if !name.eq_ignore_ascii_case("sec-websocket-protocol") || !value.contains(RESUME_PREFIX) {
+            return None;
+        }
+        Some(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !token::is_resume_entry(entry))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let rewritten: Vec<(&str, std::borrow::Cow<'_, str>)> = head
+        .headers
+        .iter()
+        .filter_map(|(n, v)| match without_resume(n, v) {
+            None => Some((n.as_str(), std::borrow::Cow::Borrowed(v.as_str()))),
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some((n.as_str(), std::borrow::Cow::Owned(v))),
+        })
+        .collect();
     let peer_ip = origin.peer.ip().to_string();
     let forwarded_for = match head.header("x-forwarded-for") {
         Some(existing) if !existing.is_empty() => format!("{existing}, {peer_ip}"),
@@ -413,11 +564,10 @@ fn request_headers(head: &Head, origin: Origin, trace: &str, audience: Audience)
                 Audience::Authorizer => is("content-length"),
             }
     };
-    let client = head
-        .headers
+    let client = rewritten
         .iter()
         .filter(|(n, _)| !dropped(n))
-        .map(|(n, v)| (n.as_str(), v.as_str()));
+        .map(|(n, v)| (*n, v.as_ref()));
     let mut added = vec![
         ("X-Amzn-Trace-Id", trace),
         ("X-Forwarded-For", forwarded_for.as_str()),

@@ -6,6 +6,7 @@ mod connection;
 mod handshake;
 pub mod head;
 pub mod io;
+mod reliable;
 
 #[cfg(test)]
 mod timer_tests;

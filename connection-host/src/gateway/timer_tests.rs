@@ -84,6 +84,7 @@ async fn start_with(config: Config, pipe_buffer: usize) -> (Server, WebSocketStr
             integration: recorder.clone(),
             two_way: false,
             timeout: Duration::from_secs(29),
+            ordered: false,
             throttle: crate::limits::RouteThrottle::Unlimited,
         }],
     );

@@ -226,6 +226,9 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         Resource::Deliver if forwarded && method == Method::POST => {
             groups::deliver(&host, request.into_body()).await
         }
+        Resource::HandOver if forwarded && method == Method::POST => {
+            hand_over(&host, request.into_body()).await
+        }
         _ => Err(ManagementError::Forbidden),
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -359,14 +362,47 @@ async fn post_to_connection(
     let Some(handle) = host.registry.get(id) else {
         return elsewhere(host, call, id, data).await;
     };
-    match handle.post(
-        Outbound::data(data),
-        host.config.limits.outbound_queue_bytes,
-    ) {
+    let posted = if handle.is_session() {
+        crate::sessions::post(host, &handle, &data).await
+    } else {
+        handle.post(
+            Outbound::data(data.clone()),
+            host.config.limits.outbound_queue_bytes,
+        )
+    };
+    match posted {
         Ok(()) => Ok(StatusCode::OK.into_response()),
         Err(PostError::Gone) => Err(ManagementError::Gone),
         Err(PostError::Full) => Err(ManagementError::LimitExceeded),
+        // The session moved to another host while the post was under way: the record names the
+        // new owner.
+        Err(PostError::Moved | PostError::NotReady) => {
+            if let Some(cluster) = &host.cluster {
+                cluster.forget(id);
+            }
+            elsewhere(host, call, id, data).await
+        }
+        Err(PostError::Unavailable) => Err(ManagementError::Unavailable(
+            "the session's frame could not be written to the store".into(),
+        )),
     }
+}
+
+/// `POST /{stage}/@internal/handover` (host to host): lets go of a reliable session and answers
+/// with its unacknowledged frames (see [`crate::sessions`]).
+async fn hand_over(host: &Host, body: Body) -> Result<Response, ManagementError> {
+    #[derive(serde::Deserialize)]
+    struct Request {
+        #[serde(rename = "connectionId")]
+        connection_id: String,
+        after: u64,
+    }
+    let body = read_body(body, 4096).await?;
+    let request: Request = serde_json::from_slice(&body)
+        .map_err(|e| ManagementError::BadRequest(format!("invalid handover: {e}")))?;
+    let handed = crate::sessions::hand_over(host, &request.connection_id, request.after)
+        .ok_or(ManagementError::Gone)?;
+    Ok(axum::Json(handed).into_response())
 }
 
 async fn get_connection(host: &Host, call: &Call, id: &str) -> Result<Response, ManagementError> {
@@ -388,7 +424,7 @@ async fn get_connection(host: &Host, call: &Call, id: &str) -> Result<Response, 
 }
 
 async fn delete_connection(
-    host: &Host,
+    host: &Arc<Host>,
     call: &Call,
     id: &str,
 ) -> Result<Response, ManagementError> {
@@ -398,6 +434,14 @@ async fn delete_connection(
     };
     if !handle.close(1000, "Connection Closed Normally") {
         return Err(ManagementError::Gone);
+    }
+    // A session whose client is away has no connection task to end it: it ends here.
+    if !handle.is_attached() {
+        let host = host.clone();
+        let tasks = host.tasks.clone();
+        tasks.spawn(async move {
+            crate::sessions::end(&host, &handle, 1000, "Connection Closed Normally").await;
+        });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,6 +21,8 @@ pub enum Resource<'a> {
     Group(&'a str),
     /// `/{stage}/@internal/deliver`: a broadcast handed on by another host of the cluster.
     Deliver,
+    /// `/{stage}/@internal/handover`: another host of the cluster takes a reliable session over.
+    HandOver,
     /// `/2015-03-31/functions/{FunctionName}/invocations`: the Lambda Invoke API.
     Invocation(&'a str),
     /// Any other path.
@@ -66,6 +68,7 @@ pub fn resource<'a>(stage: &str, segments: &'a [String]) -> Resource<'a> {
             },
             ["@groups", group] => Resource::Group(group),
             ["@internal", "deliver"] => Resource::Deliver,
+            ["@internal", "handover"] => Resource::HandOver,
             // `@…` is the APIs' namespace: a malformed API path stays unknown.
             [api, ..] if api.starts_with('@') => Resource::Unknown,
             _ => Resource::Stage,
@@ -99,6 +102,7 @@ mod tests {
         );
         assert_eq!(of("dev", "/dev/@groups/room"), r#"Group("room")"#);
         assert_eq!(of("dev", "/dev/@internal/deliver"), "Deliver");
+        assert_eq!(of("dev", "/dev/@internal/handover"), "HandOver");
         assert_eq!(
             of("dev", "/2015-03-31/functions/chat/invocations"),
             r#"Invocation("chat")"#

@@ -40,6 +40,8 @@ pub struct Route {
     pub two_way: bool,
     /// Integration timeout.
     pub timeout: std::time::Duration,
+    /// A reliable session's messages for this route are invoked one at a time, in order.
+    pub ordered: bool,
     /// The stage's throttling of this route, one bucket for every connection (the table shares
     /// each route behind an `Arc`).
     pub throttle: RouteThrottle,
@@ -134,6 +136,7 @@ mod tests {
             integration: Arc::new(Slow { delay, fail }),
             two_way: false,
             timeout: Duration::from_secs(29),
+            ordered: false,
             throttle: RouteThrottle::Unlimited,
         }
     }

@@ -48,14 +48,7 @@ pub struct SessionRecord {
     pub detached_at: i64,
 }
 
-/// A reliable-session frame kept for replay (`durability = "store"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredFrame {
-    /// Its sequence number in the session.
-    pub seq: u64,
-    /// The complete envelope as sent to the client (a `msg` or `reply` frame).
-    pub frame: String,
-}
+pub use crate::sessions::replay::StoredFrame;
 
 /// The state of an idempotency key (PROTOCOL.md, section 6) as [`ConnectionStore::claim_key`]
 /// found it.

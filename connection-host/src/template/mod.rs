@@ -751,6 +751,7 @@ impl<'t> Loader<'t> {
                 // The stage's RouteSettings, applied with the stage the host serves.
                 throttling_rate_limit: None,
                 throttling_burst_limit: None,
+                ordered: false,
             };
             if routes.insert(key.clone(), route).is_some() {
                 return Err(Fault::new(

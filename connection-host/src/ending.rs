@@ -1,0 +1,112 @@
+//! How a connection (or a reliable session) ends for the rest of the system: its record is
+//! deleted, retrying while the store is unavailable, and `$disconnect` runs. The gateway calls it
+//! when a connection closes, and the sessions extension when a session ends without one.
+
+use crate::events::{ConnectionContext, Event, EventKind};
+use crate::host::Host;
+use crate::ids;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `$disconnect` waits for the first attempt to delete the record: long enough that with
+/// a healthy store the record is gone before `$disconnect` runs, short enough that an unreachable
+/// store (whose calls can take the client's whole operation timeout) barely delays it.
+const FIRST_DELETE_WAIT: Duration = Duration::from_secs(1);
+/// Backoff between attempts to delete a record while the store is unavailable: doubling from the
+/// first delay up to the longest one, each delay shortened by a random 0–50 % so that connections
+/// closed during the same outage do not retry in lockstep when the store comes back.
+const DELETE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const DELETE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After this long the record is left to its `ttl` (the store's items expire by themselves).
+const DELETE_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Deletes the connection's record and runs `$disconnect` (best effort, as on API Gateway).
+///
+/// The record is deleted as [`discard_record`] does, so `$disconnect` waits at most
+/// [`FIRST_DELETE_WAIT`] for the first attempt.
+pub(crate) async fn finish(
+    host: &Arc<Host>,
+    context: &Arc<ConnectionContext>,
+    code: u16,
+    reason: &str,
+) {
+    discard_record(host, &context.connection_id).await;
+    let Some(route) = host.routes.get("$disconnect") else {
+        return;
+    };
+    let event = Event::new(
+        "$disconnect",
+        ids::new_id(),
+        context.clone(),
+        EventKind::Disconnect {
+            status_code: code,
+            reason: reason.to_string(),
+        },
+    );
+    // Its answer goes nowhere: the client is gone. A failure is logged by `invoke`.
+    let _ = route.invoke(&event).await;
+}
+
+/// Deletes the record of a connection that ended (or that `$connect` refused) without running
+/// `$disconnect`: a background task on `host.tasks` retries while the store is unavailable (see
+/// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt.
+pub(crate) async fn discard_record(host: &Arc<Host>, connection_id: &str) {
+    let (first_done, first_attempt) = tokio::sync::oneshot::channel();
+    host.tasks
+        .spawn(tracing::Instrument::in_current_span(delete_record(
+            host.clone(),
+            connection_id.to_string(),
+            first_done,
+        )));
+    let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
+}
+
+/// Deletes a closed connection's record, retrying with backoff while the store fails, for at most
+/// [`DELETE_RETRY_FOR`]. Signals `first_done` after the first attempt. Once the host shuts down the
+/// retries continue for at most `server.drain_timeout` (the time `run` waits for its tasks).
+/// Repeating a delete is harmless: it is idempotent.
+async fn delete_record(
+    host: Arc<Host>,
+    connection_id: String,
+    first_done: tokio::sync::oneshot::Sender<()>,
+) {
+    let retry = async {
+        let mut first_done = Some(first_done);
+        let mut delay = DELETE_BACKOFF_FIRST;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let result = host.store.delete_connection(&connection_id).await;
+            if let Some(tx) = first_done.take() {
+                let _ = tx.send(());
+            }
+            match result {
+                Ok(()) if attempts > 1 => {
+                    tracing::info!(attempts, "connection record deleted after retries");
+                    return;
+                }
+                Ok(()) => return,
+                Err(e) if attempts == 1 => {
+                    tracing::warn!(error = %e, "connection record not deleted; retrying in the background")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempts, "connection record still not deleted")
+                }
+            }
+            tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..=1.0))).await;
+            delay = (delay * 2).min(DELETE_BACKOFF_MAX);
+        }
+    };
+    let shut_down = async {
+        host.shutdown.cancelled().await;
+        tokio::time::sleep(host.config.server.drain_timeout).await;
+    };
+    tokio::select! {
+        done = tokio::time::timeout(DELETE_RETRY_FOR, retry) => if done.is_err() {
+            tracing::error!(after = ?DELETE_RETRY_FOR, "giving up on deleting the connection record; its ttl will remove it");
+        },
+        _ = shut_down => {
+            tracing::warn!("host shut down before the connection record could be deleted; its ttl will remove it");
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! A reliable client's messages (PROTOCOL.md section 6): each is invoked at most once per
+//! idempotency key (claimed in the store, so across hosts too), and answered with a numbered
+//! `reply` that carries the route's response or the error API Gateway's frame would.
+
+use crate::events::{Event, EventKind};
+use crate::host::Host;
+use crate::ids;
+use crate::registry::ConnectionHandle;
+use crate::routing::table::Route;
+use crate::sessions::envelope::{self, Outcome, Payload};
+use crate::store::KeyClaim;
+use base64::Engine;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A message's processing, queued for a connection's ordered messages.
+pub(super) type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How much longer than the route's timeout a claimed key may stay pending before the attempt
+/// that claimed it counts as lost (its host died mid-invocation).
+const LOST_ATTEMPT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Starts processing a client's `msg`: concurrently, or after the connection's earlier messages
+/// when its route is ordered (`ordered` holds the connection's queue of those, started on first
+/// use).
+pub(super) fn spawn(
+    host: &Arc<Host>,
+    handle: &Arc<ConnectionHandle>,
+    id: String,
+    payload: Payload,
+    permit: Option<OwnedSemaphorePermit>,
+    ordered: &mut Option<UnboundedSender<Job>>,
+) {
+    let (body, is_base64_encoded) = match payload {
+        Payload::Text(text) => (text, false),
+        Payload::Binary(bytes) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            true,
+        ),
+    };
+    // Selected here, in the order messages arrive, so an ordered route queues them in that order.
+    let route = host.routes.select(&body).cloned();
+    let in_order = route.as_ref().is_some_and(|r| r.ordered);
+    let job = {
+        let (host, handle) = (host.clone(), handle.clone());
+        let span = tracing::debug_span!("message", key = %id);
+        tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                process(&host, &handle, id, body, is_base64_encoded, route).await;
+            },
+            span,
+        )
+    };
+    if !in_order {
+        host.tasks.spawn(job);
+        return;
+    }
+    let queue = ordered.get_or_insert_with(|| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        host.tasks.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                job.await;
+            }
+        });
+        tx
+    });
+    // The queue is bounded by the connection's in-flight permits, which each job holds.
+    let _ = queue.send(Box::pin(job));
+}
+
+/// Answers a `msg` that is not invoked, without claiming its key (sending it again later can
+/// invoke it).
+pub(super) fn refuse(host: &Arc<Host>, handle: &Arc<ConnectionHandle>, id: &str, message: &str) {
+    let answer = envelope::answer(
+        id,
+        Outcome::Error {
+            message,
+            request_id: &ids::new_id(),
+        },
+    );
+    let (host, handle) = (host.clone(), handle.clone());
+    let tasks = host.tasks.clone();
+    tasks.spawn(async move { reply(&host, &handle, &answer).await });
+}
+
+async fn process(
+    host: &Host,
+    handle: &ConnectionHandle,
+    id: String,
+    body: String,
+    is_base64_encoded: bool,
+    route: Option<Arc<Route>>,
+) {
+    let connection_id = &handle.context.connection_id;
+    let request_id = ids::new_id();
+    let error = |message: &str, request_id: &str| {
+        envelope::answer(
+            &id,
+            Outcome::Error {
+                message,
+                request_id,
+            },
+        )
+    };
+    let Some(route) = route else {
+        return reply(host, handle, &error("Forbidden", &request_id)).await;
+    };
+    if !route.admit() {
+        tracing::debug!(route = %route.key, "message over the route's throttling refused");
+        return reply(host, handle, &error("Too Many Requests", &request_id)).await;
+    }
+    let now = ids::now_ms();
+    let expires = now + millis(host.config.extensions.sessions.dedup_window);
+    match host.store.claim_key(connection_id, &id, now, expires).await {
+        Ok(KeyClaim::Claimed) => {}
+        Ok(KeyClaim::Done(answer)) => {
+            tracing::debug!("message sent again; answered without invoking");
+            return reply(host, handle, &answer).await;
+        }
+        Ok(KeyClaim::Pending { claimed_at }) => {
+            return await_other_attempt(host, handle, &id, claimed_at, route.timeout).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency key not claimed; message not invoked");
+            return reply(host, handle, &error("Internal server error", &request_id)).await;
+        }
+    }
+    let event = Event::new(
+        route.key.clone(),
+        request_id,
+        handle.context.clone(),
+        EventKind::Message {
+            message_id: ids::new_id(),
+            body,
+            is_base64_encoded,
+            idempotency_key: Some(id.clone()),
+        },
+    );
+    let answer = match route.invoke(&event).await {
+        Err(failure) => error(failure.client_message(), &event.request_id),
+        Ok(response) => match response.body.filter(|_| route.two_way) {
+            None => envelope::answer(&id, Outcome::Accepted),
+            Some(body) if response.is_base64_encoded => {
+                match base64::engine::general_purpose::STANDARD.decode(&body) {
+                    Ok(bytes) => envelope::answer(&id, Outcome::Binary(&bytes)),
+                    Err(_) => {
+                        tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
+                        error("Internal server error", &event.request_id)
+                    }
+                }
+            }
+            Some(body) => envelope::answer(&id, Outcome::Text(&body)),
+        },
+    };
+    if let Err(e) = host
+        .store
+        .complete_key(connection_id, &id, &answer, expires)
+        .await
+    {
+        tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
+    }
+    reply(host, handle, &answer).await;
+}
+
+/// A key another attempt claimed (before a reconnect, perhaps on another host): waits for its
+/// answer and sends it; if the attempt seems lost (its host died), answers `Outcome unknown`.
+async fn await_other_attempt(
+    host: &Host,
+    handle: &ConnectionHandle,
+    id: &str,
+    claimed_at: i64,
+    timeout: Duration,
+) {
+    let connection_id = &handle.context.connection_id;
+    let give_up_at = claimed_at + millis(timeout + LOST_ATTEMPT_MARGIN);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let now = ids::now_ms();
+        if now > give_up_at {
+            tracing::warn!("message's earlier attempt did not complete; outcome unknown");
+            let answer = envelope::answer(
+                id,
+                Outcome::Error {
+                    message: "Outcome unknown",
+                    request_id: &ids::new_id(),
+                },
+            );
+            return reply(host, handle, &answer).await;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        // A claim that is still pending is left as it is; only a completed one has an answer.
+        match host
+            .store
+            .claim_key(connection_id, id, now, give_up_at)
+            .await
+        {
+            Ok(KeyClaim::Done(answer)) => return reply(host, handle, &answer).await,
+            Ok(KeyClaim::Pending { .. }) | Err(_) => {}
+            // The claim expired meanwhile, and this call claimed the key: nothing will answer it.
+            Ok(KeyClaim::Claimed) => {
+                let answer = envelope::answer(
+                    id,
+                    Outcome::Error {
+                        message: "Outcome unknown",
+                        request_id: &ids::new_id(),
+                    },
+                );
+                return reply(host, handle, &answer).await;
+            }
+        }
+    }
+}
+
+/// Sends a `reply` (numbered, kept until acknowledged, and written to the store with
+/// `durability = "store"`). A reply to a session that moved on is dropped: the client sends the
+/// message again after its resume and gets the stored answer.
+async fn reply(host: &Host, handle: &ConnectionHandle, answer: &str) {
+    match handle.post_reply(answer) {
+        Ok(frame) => {
+            let _ = crate::sessions::keep(host, handle, &frame).await;
+        }
+        Err(e) => tracing::debug!(error = ?e, "reply not queued"),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}

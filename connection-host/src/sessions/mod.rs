@@ -1,0 +1,491 @@
+//! Reliable-delivery sessions (`[extensions.sessions]`, specified in PROTOCOL.md): a session
+//! outlives a lost connection for `resume_window`, numbers what the host sends, and moves to
+//! whichever host the client resumes on.
+//!
+//! A session lives in its connection's registry handle ([`crate::registry::Session`]): the
+//! gateway attaches each connection of the session to it, and when a connection is lost without a
+//! Close frame the session is [`detach`]ed instead of ended. Only [`end`] runs `$disconnect`: when
+//! the client closes, when DeleteConnection is called, or when the window runs out.
+//!
+//! Resuming on another host ([`resume`]): the new host registers the session as installing (posts
+//! arriving meanwhile wait), takes the store record over with a conditional write, fetches the
+//! unacknowledged frames (from the previous owner, or from the store with
+//! `durability = "store"`), and attaches the connection. The previous owner, asked to hand the
+//! session over, lets go of it: its later posts look the owner up again.
+
+pub mod envelope;
+pub mod replay;
+pub mod token;
+
+use crate::cluster::{HandOver, HandedFrame, Owner};
+use crate::config::Durability;
+use crate::events::ConnectionContext;
+use crate::host::Host;
+use crate::ids;
+use crate::registry::{AttachError, Attachment, ConnectionHandle, PostError, Session};
+use crate::store::{SessionRecord, StoredFrame};
+use replay::Replay;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a post waits for a session being taken over by this host to become ready.
+const INSTALL_WAIT: Duration = Duration::from_secs(10);
+
+/// The authorizer's `principalId`, the identity a resume must match; empty without one.
+pub(crate) fn principal(claims: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
+    claims
+        .and_then(|c| c.get("principalId"))
+        .and_then(|p| p.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A new session for a fresh connection: its handle (not yet registered), its store record's
+/// session part, and the token to give the client.
+pub(crate) fn start(
+    host: &Host,
+    context: Arc<ConnectionContext>,
+) -> (ConnectionHandle, SessionRecord, String) {
+    let (token, token_hash) = token::issue(&context.connection_id);
+    let principal = principal(context.authorizer.as_ref());
+    let record = SessionRecord {
+        token_hash: token_hash.clone(),
+        principal: principal.clone(),
+        detached_at: 0,
+    };
+    let limit = host.config.extensions.sessions.session_buffer_bytes;
+    let session = Session::new(Replay::new(limit), token_hash, principal);
+    (
+        ConnectionHandle::with_session(context, session),
+        record,
+        token,
+    )
+}
+
+/// The `welcome` frame for a connection of the session `connection_id`.
+pub(crate) fn welcome(
+    host: &Host,
+    connection_id: &str,
+    token: &str,
+    recovered: bool,
+    seq: u64,
+    protocol: Option<&str>,
+    reason: Option<&str>,
+) -> String {
+    let sessions = &host.config.extensions.sessions;
+    envelope::welcome(&envelope::Welcome {
+        connection_id,
+        resume_token: token,
+        recovered,
+        seq,
+        protocol,
+        reason,
+        resume_window_ms: u64::try_from(sessions.resume_window.as_millis()).unwrap_or(u64::MAX),
+        buffer_bytes: sessions.session_buffer_bytes,
+    })
+}
+
+/// A resumed session, ready for its new connection.
+pub(crate) struct Resumed {
+    /// The session's handle, registered and attached.
+    pub handle: Arc<ConnectionHandle>,
+    /// The connection's hold on the session.
+    pub attachment: Attachment,
+}
+
+/// Resumes the session `resume` names for a client the authorizer identified as `principal`,
+/// on this host. `Err` carries the `reason` its fresh session's welcome reports.
+pub(crate) async fn resume(
+    host: &Arc<Host>,
+    resume: &token::Resume,
+    principal: &str,
+    context: &ConnectionContext,
+    protocol: Option<&str>,
+) -> Result<Resumed, &'static str> {
+    if let Some(handle) = host.registry.get(&resume.connection_id) {
+        return resume_here(host, handle, resume, principal, protocol).await;
+    }
+    resume_from_elsewhere(host, resume, principal, context, protocol).await
+}
+
+/// Resumes a session this host holds (detached, or still attached to a connection that has not
+/// noticed it is gone).
+async fn resume_here(
+    host: &Arc<Host>,
+    handle: Arc<ConnectionHandle>,
+    resume: &token::Resume,
+    principal: &str,
+    protocol: Option<&str>,
+) -> Result<Resumed, &'static str> {
+    let checked = handle.session(|s| {
+        if !token::matches(&resume.token, &s.token_hash) {
+            Err("unknown")
+        } else if s.principal != principal {
+            Err("principal")
+        } else {
+            Ok(())
+        }
+    });
+    checked.unwrap_or(Err("unknown"))?;
+    let (new_token, new_hash) = token::issue(&resume.connection_id);
+    // The new token is written before the client gets it, so a resume with it on another host
+    // finds it; the record must still be this host's.
+    let record = host.record(
+        &handle.context,
+        Some(SessionRecord {
+            token_hash: new_hash.clone(),
+            principal: principal.to_string(),
+            detached_at: 0,
+        }),
+    );
+    match host
+        .store
+        .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err("unknown"),
+        Err(e) => {
+            tracing::warn!(error = %e, "session token not stored; resume refused");
+            return Err("unknown");
+        }
+    }
+    let welcome = welcome(
+        host,
+        &resume.connection_id,
+        &new_token,
+        true,
+        resume.last_seq,
+        protocol,
+        None,
+    );
+    match handle.attach(resume.last_seq, new_hash, welcome) {
+        Ok(attachment) => Ok(Resumed { handle, attachment }),
+        Err(e) => Err(attach_reason(e)),
+    }
+}
+
+fn attach_reason(e: AttachError) -> &'static str {
+    match e {
+        AttachError::Gone => "expired",
+        AttachError::Overflowed => "overflow",
+        AttachError::Sequence(_) => "sequence",
+    }
+}
+
+/// Takes over a session another host (or this host's previous run) holds, as the module docs
+/// describe.
+async fn resume_from_elsewhere(
+    host: &Arc<Host>,
+    resume: &token::Resume,
+    principal: &str,
+    context: &ConnectionContext,
+    protocol: Option<&str>,
+) -> Result<Resumed, &'static str> {
+    let sessions = &host.config.extensions.sessions;
+    let record = match host.store.get_connection(&resume.connection_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Err("expired"),
+        Err(e) => {
+            tracing::warn!(error = %e, "session record not read; resume refused");
+            return Err("unknown");
+        }
+    };
+    let Some(session) = record.session.clone() else {
+        return Err("unknown");
+    };
+    if !token::matches(&resume.token, &session.token_hash) {
+        return Err("unknown");
+    }
+    if session.principal != principal {
+        return Err("principal");
+    }
+    let window = i64::try_from(sessions.resume_window.as_millis()).unwrap_or(i64::MAX);
+    if session.detached_at != 0 && ids::now_ms() - session.detached_at > window {
+        return Err("expired");
+    }
+    let previous = Owner {
+        host_id: record.owner_host.clone(),
+        incarnation: record.owner_incarnation.clone(),
+        endpoint: record.owner_endpoint.clone(),
+    };
+    // The session's identity is the one it started with; the stage and domain are this request's.
+    let context = Arc::new(ConnectionContext {
+        connection_id: record.connection_id.clone(),
+        connected_at: record.connected_at,
+        source_ip: record.source_ip.clone(),
+        user_agent: record.user_agent.clone(),
+        authorizer: context.authorizer.clone().or(record.authorizer.clone()),
+        ..context.clone()
+    });
+    let (new_token, new_hash) = token::issue(&resume.connection_id);
+    let mut installing = Session::new(
+        Replay::new(sessions.session_buffer_bytes),
+        new_hash.clone(),
+        principal.to_string(),
+    );
+    installing.installing = true;
+    let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
+    // Registered first, so posts that reach this host once the record names it wait for the
+    // session instead of being answered 410.
+    host.registry.insert(handle.clone());
+    let abandon = |host: &Host| {
+        host.registry.remove(&resume.connection_id);
+        handle.mark_closed();
+    };
+    let taken = host.record(
+        &context,
+        Some(SessionRecord {
+            token_hash: new_hash.clone(),
+            principal: principal.to_string(),
+            detached_at: 0,
+        }),
+    );
+    match host
+        .store
+        .take_over(&taken, &previous.host_id, &previous.incarnation)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            abandon(host);
+            return Err("unknown");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "session not taken over; resume refused");
+            abandon(host);
+            return Err("unknown");
+        }
+    }
+    let fetched = fetch(host, &previous, &resume.connection_id, resume.last_seq).await;
+    let replay = match fetched {
+        Ok(replay) => replay,
+        Err(reason) => {
+            // This host owns the record now; the session it could not recover ends here, once.
+            abandon(host);
+            let host = host.clone();
+            let tasks = host.tasks.clone();
+            tasks.spawn(async move {
+                crate::ending::finish(&host, &context, 1006, "Connection closed abnormally").await;
+            });
+            return Err(reason);
+        }
+    };
+    let seq = resume.last_seq;
+    handle.session(|s| s.replay = replay);
+    let welcome = welcome(
+        host,
+        &resume.connection_id,
+        &new_token,
+        true,
+        seq,
+        protocol,
+        None,
+    );
+    let attachment = handle.attach_first(welcome);
+    tracing::info!(from = %previous.host_id, "session resumed from another host");
+    Ok(Resumed { handle, attachment })
+}
+
+/// The frames of a session after `last_seq`, from where its durability keeps them.
+async fn fetch(
+    host: &Host,
+    previous: &Owner,
+    connection_id: &str,
+    last_seq: u64,
+) -> Result<Replay, &'static str> {
+    let sessions = &host.config.extensions.sessions;
+    let limit = sessions.session_buffer_bytes;
+    let stage = &host.config.api.stage;
+    let handed = match &host.cluster {
+        Some(cluster)
+            if !previous.endpoint.is_empty() && previous.host_id != host.identity.host_id =>
+        {
+            cluster
+                .hand_over(previous, stage, connection_id, last_seq)
+                .await
+        }
+        _ => None,
+    };
+    match sessions.durability {
+        Durability::Memory => {
+            let Some(handed) = handed else {
+                return Err("lost");
+            };
+            if handed.overflowed {
+                return Err("overflow");
+            }
+            if last_seq >= handed.next_seq {
+                return Err("sequence");
+            }
+            let frames: Vec<StoredFrame> = handed
+                .frames
+                .into_iter()
+                .map(|f| StoredFrame {
+                    seq: f.s,
+                    frame: f.f,
+                })
+                .collect();
+            complete(limit, last_seq, frames, handed.next_seq)
+        }
+        Durability::Store => {
+            if handed.as_ref().is_some_and(|h| h.overflowed) {
+                return Err("overflow");
+            }
+            let frames = host
+                .store
+                .frames_after(connection_id, last_seq)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "session frames not read");
+                    "lost"
+                })?;
+            let next = frames.last().map_or(last_seq + 1, |f| f.seq + 1);
+            let next = handed.map_or(next, |h| h.next_seq.max(next));
+            if last_seq >= next {
+                return Err("sequence");
+            }
+            complete(limit, last_seq, frames, next)
+        }
+    }
+}
+
+/// The replay of a taken-over session, if `frames` are every frame from `last_seq + 1` to
+/// `next_seq - 1`.
+fn complete(
+    limit: usize,
+    last_seq: u64,
+    frames: Vec<StoredFrame>,
+    next_seq: u64,
+) -> Result<Replay, &'static str> {
+    let replay = Replay::resumed(limit, last_seq, frames);
+    if replay.next_seq() == next_seq {
+        Ok(replay)
+    } else {
+        tracing::warn!(
+            got = replay.next_seq(),
+            expected = next_seq,
+            "session frames missing; not recovered"
+        );
+        Err("lost")
+    }
+}
+
+/// Keeps the session after its connection (holding `attachment`) was lost: it ends when
+/// `resume_window` passes without a resume, reporting `code` and `reason`.
+pub(crate) fn detach(
+    host: &Arc<Host>,
+    handle: &Arc<ConnectionHandle>,
+    attachment: &Attachment,
+    code: u16,
+    reason: String,
+) {
+    let Some(detach) = handle.detach(attachment, ids::now_ms()) else {
+        return;
+    };
+    tracing::debug!(code, "connection lost; session kept for resume_window");
+    let window = host.config.extensions.sessions.resume_window;
+    let (host, handle) = (host.clone(), handle.clone());
+    let tasks = host.tasks.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(window) => {}
+            _ = host.shutdown.cancelled() => {}
+        }
+        if handle.still_detached(detach) {
+            tracing::debug!("resume window passed; session ended");
+            end(&host, &handle, code, &reason).await;
+        }
+    });
+}
+
+/// Ends a session (or any connection) that no connection task serves: out of the registry, its
+/// record deleted, `$disconnect` run once.
+pub(crate) async fn end(host: &Arc<Host>, handle: &Arc<ConnectionHandle>, code: u16, reason: &str) {
+    let removed = host
+        .registry
+        .remove_if_same(&handle.context.connection_id, handle);
+    handle.mark_closed();
+    if removed {
+        crate::ending::finish(host, &handle.context, code, reason).await;
+    }
+}
+
+/// This host's side of a handover: lets go of the session and answers with its frames after
+/// `after`; `None` when it does not hold the session.
+pub(crate) fn hand_over(host: &Host, connection_id: &str, after: u64) -> Option<HandOver> {
+    let handle = host.registry.get(connection_id)?;
+    let (frames, next_seq, overflowed) = handle.hand_over(after)?;
+    host.registry.remove_if_same(connection_id, &handle);
+    tracing::info!(connection_id, "session handed over to another host");
+    Some(HandOver {
+        next_seq,
+        overflowed,
+        frames: frames
+            .into_iter()
+            .map(|f| HandedFrame {
+                s: f.seq,
+                f: f.frame,
+            })
+            .collect(),
+    })
+}
+
+/// Delivers a post to a session this host holds, waiting while it is being installed, and with
+/// `durability = "store"` writing the frame to the store before answering.
+pub(crate) async fn post(
+    host: &Host,
+    handle: &ConnectionHandle,
+    data: &[u8],
+) -> Result<(), PostError> {
+    let deadline = tokio::time::Instant::now() + INSTALL_WAIT;
+    let frame = loop {
+        match handle.post_session(data) {
+            Err(PostError::NotReady) => {
+                if tokio::time::timeout_at(deadline, handle.installed())
+                    .await
+                    .is_err()
+                {
+                    return Err(PostError::Gone);
+                }
+            }
+            other => break other?,
+        }
+    };
+    keep(host, handle, &frame).await
+}
+
+/// With `durability = "store"`, writes a numbered frame to the store (conditional on this host
+/// still owning the session); otherwise nothing to do.
+pub(crate) async fn keep(
+    host: &Host,
+    handle: &ConnectionHandle,
+    frame: &StoredFrame,
+) -> Result<(), PostError> {
+    let sessions = &host.config.extensions.sessions;
+    if sessions.durability != Durability::Store {
+        return Ok(());
+    }
+    let lifetime = host.config.limits.max_connection_duration + sessions.resume_window;
+    let expires = ids::now_ms() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
+    match host
+        .store
+        .append_frame(
+            &handle.context.connection_id,
+            &host.identity.host_id,
+            &host.identity.incarnation,
+            frame,
+            expires,
+        )
+        .await
+    {
+        Ok(true) => Ok(()),
+        // Another host took the session over before the frame was kept: it did not see this
+        // frame, so the post goes to the new owner instead.
+        Ok(false) => Err(PostError::Moved),
+        Err(e) => {
+            tracing::warn!(error = %e, "session frame not written to the store");
+            Err(PostError::Unavailable)
+        }
+    }
+}
