@@ -117,7 +117,7 @@ async fn read_to_end(stream: &mut TcpStream) -> std::io::Result<usize> {
 #[tokio::test]
 async fn latency_and_jitter_are_added_without_reordering_bytes() {
     let echo = Echo::start().await;
-    let latency = Duration::from_millis(60);
+    let latency = Duration::from_millis(30);
     let jitter = Duration::from_millis(40);
     let proxy = start(ChaosConfig {
         to_upstream: Shaping {
@@ -134,7 +134,8 @@ async fn latency_and_jitter_are_added_without_reordering_bytes() {
     .await;
     let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
     client.set_nodelay(true).unwrap();
-    for _ in 0..3 {
+    let mut rtts = Vec::new();
+    for _ in 0..10 {
         let rtt = roundtrip(&mut client, b"ping").await;
         assert!(
             rtt >= 2 * latency,
@@ -144,7 +145,14 @@ async fn latency_and_jitter_are_added_without_reordering_bytes() {
             rtt < 2 * latency + jitter + Duration::from_millis(500),
             "{rtt:?}"
         );
+        rtts.push(rtt);
     }
+    // Ten draws from 0..40 ms all within 10 ms of each other: about one chance in 30,000.
+    let spread = *rtts.iter().max().unwrap() - *rtts.iter().min().unwrap();
+    assert!(
+        spread >= Duration::from_millis(10),
+        "no jitter seen: {rtts:?}"
+    );
 
     // Many small writes, each likely a chunk of its own with its own jitter, come back in order.
     let sent: Vec<u8> = (0..60u8).collect();

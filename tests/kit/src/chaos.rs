@@ -764,7 +764,6 @@ async fn pipe(
 ) -> io::Result<()> {
     let (queue, mut queued) = mpsc::channel::<Chunk>(QUEUE);
     let read = async move {
-        let mut last_due = Instant::now();
         loop {
             let mut bytes = vec![0; CHUNK];
             let n = from.read(&mut bytes).await?;
@@ -778,9 +777,9 @@ async fn pipe(
             } else {
                 shaping.jitter.mul_f64(rand::random::<f64>())
             };
-            // Never before the chunk ahead of it, so jitter cannot reorder bytes.
-            let due = (Instant::now() + shaping.latency + jitter).max(last_due);
-            last_due = due;
+            // The queue is first in, first out: a chunk due before the one ahead of it waits
+            // for it, so jitter delays bytes but never reorders them.
+            let due = Instant::now() + shaping.latency + jitter;
             if queue.send(Chunk { due, bytes }).await.is_err() {
                 return Ok(());
             }
