@@ -1,7 +1,9 @@
 //! The network fault proxy (`test_kit::chaos`) and its `fault-proxy` binary, in front of echo
 //! servers on loopback: latency, jitter and bandwidth shaping, the three faults on demand and on a
-//! random schedule, the upstream policies, loopback-only addresses, and the proxy's own deadline.
+//! random schedule, the upstream policies, loopback-only addresses, the proxy's own deadline, and
+//! a WebSocket client of a real host through it.
 
+use futures_util::{SinkExt, StreamExt};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +12,11 @@ use std::time::{Duration, Instant};
 use test_kit::chaos::{
     ChaosConfig, ChaosError, ChaosProxy, ChaosSchedule, Fault, FaultWeights, Policy, Shaping,
 };
-use test_kit::{WAIT, eventually, within, within_for};
+use test_kit::{TestHost, WAIT, WHOAMI, connect, eventually, next_text, within, within_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A TCP echo server on loopback that counts the connections it accepted and saw closed.
 struct Echo {
@@ -508,4 +511,33 @@ async fn the_binary_forwards_until_its_duration_and_prints_its_counters() {
         last.contains("bytes_to_upstream=18 bytes_to_client=18"),
         "{last}"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_client_through_the_proxy_is_slowed_then_reset() {
+    let host = TestHost::start(WHOAMI).await;
+    let latency = Duration::from_millis(50);
+    let proxy = start(ChaosConfig {
+        to_client: Shaping {
+            latency,
+            ..Shaping::default()
+        },
+        ..ChaosConfig::to([host.addr])
+    })
+    .await;
+    // The handshake's answer is delayed like every other byte.
+    let started = Instant::now();
+    let mut ws = connect(proxy.addr()).await;
+    assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
+    let started = Instant::now();
+    ws.send(Message::text(r#"{"action":"whoami"}"#))
+        .await
+        .unwrap();
+    let answer = next_text(&mut ws).await;
+    assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
+    assert!(answer.contains("connectionId"), "{answer}");
+
+    assert_eq!(proxy.inject(Fault::Reset), 1);
+    let next = within("the reset", ws.next()).await;
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
 }
