@@ -4,7 +4,8 @@
 # Where the tests are: each crate's own (connection-host/tests/, functions/tests/, unit tests in src/), the
 # end-to-end tests against real host processes and function binaries (tests/tests/), all on one harness, the test
 # kit (tests/kit, package test-kit: hosts in-process and as processes, the DynamoDB test endpoint and tables,
-# WebSocket and SDK clients, the store fault proxy, and eventually() to wait for an event instead of sleeping).
+# WebSocket and SDK clients, the store fault proxy, the network fault proxy (chaos.rs; by hand: the
+# fault-proxy binary), and eventually() to wait for an event instead of sleeping).
 #
 #   tests/run.sh                        every step, in this order:
 #     tools        Python venv .venv-test/ with the pinned test tools (kosoku, moto), created/installed only if missing

@@ -14,9 +14,13 @@
 //! - Clients: WebSocket ([`connect`], [`try_connect`], [`next_text`], [`expect_close`], …), raw
 //!   TCP for exact request heads and frames ([`raw_exchange`], [`raw_upgrade`], [`client_frame`]),
 //!   and the official SDK clients ([`mgmt_client`], [`lambda_client`]).
+//! - Network faults: [`chaos::ChaosProxy`], a loopback TCP proxy in front of one or more hosts
+//!   that adds latency, jitter and bandwidth caps and resets, black-holes or half-opens
+//!   connections, on demand or on a random schedule (the `fault-proxy` binary runs one by hand).
 //!
 //! Everything is exported at the root, so a suite's `mod common` can be `pub use test_kit::*;`.
 
+pub mod chaos;
 mod dynamodb;
 mod handler;
 mod host;
