@@ -12,7 +12,8 @@ use crate::{Error, Event, Message, Options, State};
 /// [`Client::connect`] starts a background task that owns the connection; this handle reads its
 /// [`Event`]s and [`State`], and sends through its [`Sender`] (reachable by `Deref`, and
 /// clonable for other tasks with [`Client::sender`]). The task ends after [`Sender::close`],
-/// after a terminal error, or when the `Client` and every `Sender` are dropped.
+/// after a terminal error, or when the `Client` and every `Sender` are dropped (which closes the
+/// connection with 1000, like `close`).
 #[derive(Debug)]
 pub struct Client {
     sender: Sender,

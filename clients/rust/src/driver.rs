@@ -161,7 +161,7 @@ impl Driver {
             if let Outcome::Stop(end) = outcome {
                 break end;
             }
-            self.set_state(State::Reconnecting).await;
+            self.set_state(self.waiting_state()).await;
             let delay = self.options.backoff.delay(self.attempt);
             self.attempt = self.attempt.saturating_add(1);
             tracing::debug!(?delay, attempt = self.attempt, "reconnecting after a delay");
@@ -170,6 +170,15 @@ impl Driver {
             }
         };
         self.finish(end).await;
+    }
+
+    /// The state between connections: `Connecting` until the first one was ready.
+    fn waiting_state(&self) -> State {
+        if self.ever_connected {
+            State::Reconnecting
+        } else {
+            State::Connecting
+        }
     }
 
     /// Waits out a backoff delay while still taking commands.
@@ -188,12 +197,7 @@ impl Driver {
     }
 
     async fn connect(&mut self) -> Result<Ws, Outcome> {
-        let state = if self.ever_connected {
-            State::Reconnecting
-        } else {
-            State::Connecting
-        };
-        self.set_state(state).await;
+        self.set_state(self.waiting_state()).await;
         let resume = if self.options.reliable {
             self.resume_token.clone().map(|t| (self.last_seq, t))
         } else {
@@ -700,6 +704,17 @@ async fn close_link(link: &mut Link, stream: &mut Stream) -> Outcome {
 async fn open(options: Arc<Options>, resume: Option<(u64, String)>) -> Result<Ws, Error> {
     if let Some(e) = &options.header_error {
         return Err(Error::InvalidOptions(e.clone()));
+    }
+    // tungstenite would find out only after the TCP connection, and report it as a URL error.
+    if !cfg!(feature = "tls")
+        && options
+            .url
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+    {
+        return Err(Error::InvalidOptions(
+            "wss:// URLs need the crate's `tls` feature".to_owned(),
+        ));
     }
     let mut url = options.url.clone();
     let mut headers = options.headers.clone();

@@ -22,7 +22,12 @@ async fn delivers_in_order_acknowledges_and_resumes_after_a_drop() {
     let mut conn = host.accept().await;
     assert_eq!(conn.protocols, ["ch-reliable.v1"]);
     conn.welcome("c1", "tok1", false, 0).await;
-    let Event::Connected { first, recovered, connection_id, .. } = connected(&mut client).await
+    let Event::Connected {
+        first,
+        recovered,
+        connection_id,
+        ..
+    } = connected(&mut client).await
     else {
         unreachable!()
     };
@@ -39,7 +44,10 @@ async fn delivers_in_order_acknowledges_and_resumes_after_a_drop() {
     let mut conn = host.accept().await;
     assert_eq!(conn.protocols, ["ch-reliable.v1", "ch-resume.2.tok1"]);
     conn.welcome("c1", "tok2", true, 2).await;
-    let Event::Connected { first, recovered, .. } = connected(&mut client).await else {
+    let Event::Connected {
+        first, recovered, ..
+    } = connected(&mut client).await
+    else {
         unreachable!()
     };
     assert!(!first && recovered);
@@ -133,8 +141,12 @@ async fn requests_get_their_replies_and_unanswered_ones_are_resent_after_a_resum
     conn.welcome("c1", "t2", true, 1).await;
     // Only the unanswered message comes again, with its key.
     let again = conn.next_of("msg").await;
-    assert_eq!((again["id"].as_str(), again["d"].as_str()), (Some(&*id1), Some("one")));
-    conn.send_json(json!({"t": "reply", "s": 2, "id": id1})).await;
+    assert_eq!(
+        (again["id"].as_str(), again["d"].as_str()),
+        (Some(&*id1), Some("one"))
+    );
+    conn.send_json(json!({"t": "reply", "s": 2, "id": id1}))
+        .await;
     assert_eq!(first.await.unwrap(), Ok(None));
     // A duplicate reply (the host answering the resent copy too) is acknowledged and ignored.
     conn.send_json(json!({"t": "reply", "s": 3, "id": id1, "d": "late"}))
@@ -159,15 +171,26 @@ async fn a_new_session_is_reported_and_unanswered_messages_are_sent_again() {
 
     let mut conn = host.accept().await;
     assert_eq!(conn.protocols, ["ch-reliable.v1", "ch-resume.2.t1"]);
-    conn.send_json(json!({"t": "welcome", "v": 1, "connectionId": "c2", "resumeToken": "t9",
-        "recovered": false, "seq": 0, "protocol": null, "reason": "expired"}))
-        .await;
-    let Event::Connected { first, recovered, connection_id, reason, .. } = connected(&mut client).await
+    conn.send_json(
+        json!({"t": "welcome", "v": 1, "connectionId": "c2", "resumeToken": "t9",
+        "recovered": false, "seq": 0, "protocol": null, "reason": "expired"}),
+    )
+    .await;
+    let Event::Connected {
+        first,
+        recovered,
+        connection_id,
+        reason,
+        ..
+    } = connected(&mut client).await
     else {
         unreachable!()
     };
     assert!(!first && !recovered);
-    assert_eq!((connection_id.as_deref(), reason.as_deref()), (Some("c2"), Some("expired")));
+    assert_eq!(
+        (connection_id.as_deref(), reason.as_deref()),
+        (Some("c2"), Some("expired"))
+    );
     let again = conn.next_of("msg").await;
     assert_eq!(again["id"], sent["id"]);
     // The new session numbers from 1 again, and its 1 is delivered.
@@ -205,8 +228,10 @@ async fn error_replies_fail_requests_and_are_reported_for_sends() {
 
     sender.send("y").await.unwrap();
     let id = conn.next_of("msg").await["id"].as_str().unwrap().to_owned();
-    conn.send_json(json!({"t": "reply", "s": 2, "id": id, "error": {"message": "Internal server error"}}))
-        .await;
+    conn.send_json(
+        json!({"t": "reply", "s": 2, "id": id, "error": {"message": "Internal server error"}}),
+    )
+    .await;
     let Error::Reply { message, .. } = error(&mut client).await else {
         panic!("not a reply error")
     };
@@ -228,8 +253,16 @@ async fn close_code_4001_stops_the_client() {
         .await
         .unwrap();
     assert_eq!(error(&mut client).await, Error::Replaced);
-    assert_eq!(event(&mut client).await, Event::StateChanged(State::Disconnected));
-    assert!(tokio::time::timeout(WAIT, client.recv()).await.unwrap().is_none());
+    assert_eq!(
+        event(&mut client).await,
+        Event::StateChanged(State::Disconnected)
+    );
+    assert!(
+        tokio::time::timeout(WAIT, client.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
     host.expect_none(Duration::from_millis(300)).await;
     assert_eq!(client.send("late").await, Err(Error::Closed));
 }
@@ -249,7 +282,11 @@ async fn another_host_close_code_ends_the_session_and_starts_a_new_one() {
         .await
         .unwrap();
     let conn = host.accept().await;
-    assert_eq!(conn.protocols, ["ch-reliable.v1"], "no resume of an ended session");
+    assert_eq!(
+        conn.protocols,
+        ["ch-reliable.v1"],
+        "no resume of an ended session"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +294,10 @@ async fn a_refused_handshake_is_terminal() {
     let mut host = FakeHost::start(true).await;
     host.policy.lock().unwrap().refuse = Some(403);
     let mut client = Client::connect(fast(&host.url).reliable(true));
-    assert_eq!(error(&mut client).await, Error::Unauthorized { status: 403 });
+    assert_eq!(
+        error(&mut client).await,
+        Error::Unauthorized { status: 403 }
+    );
     assert_eq!(client.connected().await, Err(Error::Closed));
     host.expect_none(Duration::from_millis(300)).await;
     assert_eq!(host.attempts(), 1);
@@ -272,7 +312,10 @@ async fn other_handshake_refusals_are_retried() {
     host.policy.lock().unwrap().refuse = None;
     let mut conn = host.accept().await;
     conn.welcome("c1", "t1", false, 0).await;
-    tokio::time::timeout(WAIT, client.connected()).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, client.connected())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(host.attempts() >= 2);
 }
 
@@ -289,12 +332,13 @@ async fn the_token_provider_runs_before_every_connection() {
     let mut host = FakeHost::start(true).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let options = fast(&host.url)
-        .reliable(true)
-        .token_provider_async(TokenPlacement::subprotocol("bearer"), move || {
+    let options = fast(&host.url).reliable(true).token_provider_async(
+        TokenPlacement::subprotocol("bearer"),
+        move || {
             let n = c.fetch_add(1, Ordering::SeqCst) + 1;
             async move { Ok(format!("jwt-{n}")) }
-        });
+        },
+    );
     let mut client = Client::connect(options);
     let mut conn = host.accept().await;
     assert_eq!(conn.protocols, ["ch-reliable.v1", "bearer", "jwt-1"]);
@@ -379,9 +423,12 @@ async fn messages_sent_offline_wait_for_the_welcome_and_keep_their_order() {
     let mut conn = host.accept().await;
     // Nothing may be sent before the welcome.
     assert!(
-        tokio::time::timeout(Duration::from_millis(100), futures_util::StreamExt::next(&mut conn.ws))
-            .await
-            .is_err()
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            futures_util::StreamExt::next(&mut conn.ws)
+        )
+        .await
+        .is_err()
     );
     conn.welcome("c1", "t1", false, 0).await;
     assert_eq!(conn.next_of("msg").await["d"], "1");
@@ -420,7 +467,12 @@ async fn state_changes_are_reported_in_order() {
     }
     assert_eq!(
         seen,
-        [State::Connected, State::Reconnecting, State::Connected, State::Disconnected]
+        [
+            State::Connected,
+            State::Reconnecting,
+            State::Connected,
+            State::Disconnected
+        ]
     );
     drop(conn);
 }

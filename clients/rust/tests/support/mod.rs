@@ -2,6 +2,10 @@
 //! and hands each connection to the test, which plays the host's side of the protocol by hand.
 
 #![allow(dead_code, reason = "each test file uses a part of the kit")]
+#![allow(
+    clippy::result_large_err,
+    reason = "the handshake callback's signature is tungstenite's"
+)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,38 +65,40 @@ impl FakeHost {
                 a.fetch_add(1, Ordering::SeqCst);
                 let seen = Arc::new(Mutex::new((Vec::new(), String::new(), None)));
                 let s = seen.clone();
-                let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-                    let protocols: Vec<String> = req
-                        .headers()
-                        .get_all("sec-websocket-protocol")
-                        .iter()
-                        .flat_map(|v| v.to_str().unwrap().split(','))
-                        .map(|p| p.trim().to_owned())
-                        .collect();
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_owned());
-                    if let Some(status) = policy.refuse {
-                        let mut refusal = ErrorResponse::new(Some("refused".into()));
-                        *refusal.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        return Err(refusal);
-                    }
-                    let selected = if policy.sessions && protocols.iter().any(|p| p == "ch-reliable.v1") {
-                        Some("ch-reliable.v1")
-                    } else if protocols.iter().any(|p| p == "bearer") {
-                        // As the JWT authorizer does: the marker, never the token.
-                        Some("bearer")
-                    } else {
-                        None
+                let callback =
+                    move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                        let protocols: Vec<String> = req
+                            .headers()
+                            .get_all("sec-websocket-protocol")
+                            .iter()
+                            .flat_map(|v| v.to_str().unwrap().split(','))
+                            .map(|p| p.trim().to_owned())
+                            .collect();
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        if let Some(status) = policy.refuse {
+                            let mut refusal = ErrorResponse::new(Some("refused".into()));
+                            *refusal.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            return Err(refusal);
+                        }
+                        let selected =
+                            if policy.sessions && protocols.iter().any(|p| p == "ch-reliable.v1") {
+                                Some("ch-reliable.v1")
+                            } else if protocols.iter().any(|p| p == "bearer") {
+                                // As the JWT authorizer does: the marker, never the token.
+                                Some("bearer")
+                            } else {
+                                None
+                            };
+                        if let Some(p) = selected {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", p.parse().unwrap());
+                        }
+                        *s.lock().unwrap() = (protocols, req.uri().to_string(), auth);
+                        Ok(resp)
                     };
-                    if let Some(p) = selected {
-                        resp.headers_mut()
-                            .insert("sec-websocket-protocol", p.parse().unwrap());
-                    }
-                    *s.lock().unwrap() = (protocols, req.uri().to_string(), auth);
-                    Ok(resp)
-                };
                 let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
                     continue;
                 };
@@ -135,7 +141,10 @@ impl FakeHost {
 
 impl Conn {
     pub async fn send_json(&mut self, frame: Value) {
-        self.ws.send(Message::text(frame.to_string())).await.unwrap();
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
 
     pub async fn welcome(&mut self, connection_id: &str, token: &str, recovered: bool, seq: u64) {
@@ -216,7 +225,9 @@ pub async fn event(client: &mut connection_host_client::Client) -> connection_ho
 }
 
 /// The next message event, skipping the others.
-pub async fn message(client: &mut connection_host_client::Client) -> connection_host_client::Message {
+pub async fn message(
+    client: &mut connection_host_client::Client,
+) -> connection_host_client::Message {
     loop {
         if let connection_host_client::Event::Message(m) = event(client).await {
             return m;
@@ -225,7 +236,9 @@ pub async fn message(client: &mut connection_host_client::Client) -> connection_
 }
 
 /// The next `Connected` event, skipping the others.
-pub async fn connected(client: &mut connection_host_client::Client) -> connection_host_client::Event {
+pub async fn connected(
+    client: &mut connection_host_client::Client,
+) -> connection_host_client::Event {
     loop {
         let e = event(client).await;
         if matches!(e, connection_host_client::Event::Connected { .. }) {
