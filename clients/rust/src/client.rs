@@ -82,15 +82,17 @@ impl Sender {
     /// Sends a message without waiting for an answer.
     ///
     /// Returns once the client has taken the message: written to the connection, or queued
-    /// while it is down. In reliable mode the client keeps it until its `reply` arrives and sends
-    /// it again after a reconnect; an error reply is reported as [`Event::Error`] with
-    /// [`Error::Reply`]. In plain mode a message written just before the connection breaks can be
-    /// lost, as with any WebSocket.
+    /// while it is down. In reliable mode it returns the message's idempotency key (the handler's
+    /// `requestContext.idempotencyKey`); the client keeps the message until its `reply` arrives
+    /// and sends it again after a reconnect, and an error reply is reported as [`Event::Error`]
+    /// with [`Error::Reply`] carrying that key. In plain mode it returns `None`, and a message
+    /// written just before the connection breaks can be lost, as with any WebSocket.
     ///
     /// Fails with [`Error::QueueFull`] when the queue is at its bound, [`Error::Closed`] once the
     /// client has ended.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), Error> {
-        self.submit(message.into(), None).await.map(drop)
+    pub async fn send(&self, message: impl Into<Message>) -> Result<Option<String>, Error> {
+        let key = self.submit(message.into(), None).await?;
+        Ok(self.reliable.then_some(key))
     }
 
     /// Sends a message and waits for its `reply` (reliable mode only), within

@@ -466,7 +466,17 @@ impl Driver {
             // A fresh session numbers from 1 again (PROTOCOL.md section 4).
             self.last_seq = welcome.seq;
         }
-        self.resume_token = Some(welcome.resume_token);
+        // The token goes back as part of a subprotocol name; one that cannot be is not kept,
+        // and the next connection starts a new session instead of failing its handshake.
+        let usable = !welcome.resume_token.is_empty()
+            && welcome
+                .resume_token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',');
+        if !usable {
+            tracing::warn!("the host's resume token cannot be offered as a subprotocol");
+        }
+        self.resume_token = usable.then_some(welcome.resume_token);
         link.welcomed = true;
         tracing::info!(connection_id = %welcome.connection_id, recovered = welcome.recovered, reason = ?welcome.reason, "session ready");
         let info = Event::Connected {

@@ -226,16 +226,21 @@ async fn error_replies_fail_requests_and_are_reported_for_sends() {
         })
     );
 
-    sender.send("y").await.unwrap();
+    let key = sender
+        .send("y")
+        .await
+        .unwrap()
+        .expect("a key in reliable mode");
     let id = conn.next_of("msg").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(key, id);
     conn.send_json(
         json!({"t": "reply", "s": 2, "id": id, "error": {"message": "Internal server error"}}),
     )
     .await;
-    let Error::Reply { message, .. } = error(&mut client).await else {
+    let Error::Reply { message, id, .. } = error(&mut client).await else {
         panic!("not a reply error")
     };
-    assert_eq!(message, "Internal server error");
+    assert_eq!((message.as_str(), id), ("Internal server error", key));
 }
 
 #[tokio::test]
@@ -475,4 +480,56 @@ async fn state_changes_are_reported_in_order() {
         ]
     );
     drop(conn);
+}
+
+#[tokio::test]
+async fn the_attempt_count_restarts_only_after_a_stable_connection() {
+    // Three drops in a row, each right after the welcome; the gap before each reconnect shows
+    // the attempt number the client used.
+    async fn gaps(stable_after: Duration) -> Vec<Duration> {
+        let mut host = FakeHost::start(true).await;
+        let _client = Client::connect(
+            fast(&host.url)
+                .reliable(true)
+                .backoff(Duration::from_millis(150), Duration::from_secs(5))
+                .stable_after(stable_after),
+        );
+        let mut gaps = Vec::new();
+        let mut conn = host.accept().await;
+        for _ in 0..3 {
+            conn.welcome("c1", "t1", true, 0).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(conn);
+            let dropped = std::time::Instant::now();
+            conn = host.accept().await;
+            gaps.push(dropped.elapsed());
+        }
+        gaps
+    }
+    let unstable = gaps(Duration::from_secs(60)).await;
+    // 150 ms, 300 ms, 600 ms: the count grows.
+    assert!(unstable[2] >= Duration::from_millis(550), "{unstable:?}");
+    assert!(unstable[2] > unstable[0] * 3, "{unstable:?}");
+    let stable = gaps(Duration::ZERO).await;
+    // Every connection counts as stable: each reconnect is attempt 0 again.
+    assert!(
+        stable.iter().all(|g| *g < Duration::from_millis(450)),
+        "{stable:?}"
+    );
+    assert!(
+        stable.iter().all(|g| *g >= Duration::from_millis(140)),
+        "{stable:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_token_that_cannot_be_offered_is_not_kept() {
+    let mut host = FakeHost::start(true).await;
+    let mut client = Client::connect(fast(&host.url).reliable(true));
+    let mut conn = host.accept().await;
+    conn.welcome("c1", "bad token", false, 0).await;
+    connected(&mut client).await;
+    drop(conn);
+    let conn = host.accept().await;
+    assert_eq!(conn.protocols, ["ch-reliable.v1"]);
 }
