@@ -1,5 +1,4 @@
-//! A WebSocket client for [connection-host](../../../connection-host) and API Gateway WebSocket
-//! APIs, for Rust services.
+//! A WebSocket client for connection-host and API Gateway WebSocket APIs, for Rust services.
 //!
 //! The client keeps a connection up by itself: it reconnects with exponential backoff, holds
 //! messages in a bounded queue while offline, refreshes its token before every connection, and
