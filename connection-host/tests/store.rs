@@ -34,6 +34,7 @@ fn record(id: &str, user_agent: Option<&str>) -> ConnectionRecord {
         owner_incarnation: "inc-1".into(),
         owner_endpoint: "http://127.0.0.1:9080".into(),
         authorizer: None,
+        session: None,
     }
 }
 
