@@ -81,6 +81,38 @@ impl ConnectionStore for RegistrationFails {
     async fn remove_host(&self, _: &str, _: &str) -> Result<(), StoreError> {
         Err(unreachable_store())
     }
+    async fn take_over(&self, _: &ConnectionRecord, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn claim_key(
+        &self,
+        _: &str,
+        _: &str,
+        _: i64,
+        _: i64,
+    ) -> Result<connection_host::store::KeyClaim, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn complete_key(&self, _: &str, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
+        Err(unreachable_store())
+    }
+    async fn append_frame(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &connection_host::store::StoredFrame,
+        _: i64,
+    ) -> Result<bool, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn frames_after(
+        &self,
+        _: &str,
+        _: u64,
+    ) -> Result<Vec<connection_host::store::StoredFrame>, StoreError> {
+        Err(unreachable_store())
+    }
 }
 
 fn read_pid(file: &Path) -> Option<u32> {

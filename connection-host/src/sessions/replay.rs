@@ -201,8 +201,10 @@ mod tests {
     #[test]
     fn is_bounded_in_bytes_and_frees_on_ack() {
         let mut r = Replay::new(100);
-        r.push(60, |s| format!("{{\"s\":{s},\"d\":\"{}\"}}", "a".repeat(40)))
-            .unwrap();
+        r.push(60, |s| {
+            format!("{{\"s\":{s},\"d\":\"{}\"}}", "a".repeat(40))
+        })
+        .unwrap();
         assert_eq!(r.push(60, |_| unreachable!()), Err(Full));
         assert_eq!(r.next_seq(), 2, "a refused frame takes no number");
         drain(&mut r);
