@@ -405,7 +405,7 @@ impl ConnectionHandle {
             attachment = session.attach();
             session.token_hash = token_hash;
             q.items.clear();
-            q.bytes = 0;
+            q.bytes = welcome.len();
             q.items.push_back(Outbound::Text(welcome.into()));
         }
         self.notify.notify_one();
@@ -424,6 +424,7 @@ impl ConnectionHandle {
                 .expect("attach_first is only called on a session's handle");
             attachment = session.attach();
             session.installing = false;
+            q.bytes += welcome.len();
             q.items.push_front(Outbound::Text(welcome.into()));
         }
         self.notify.notify_one();

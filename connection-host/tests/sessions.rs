@@ -1,0 +1,444 @@
+//! End-to-end tests of reliable sessions (PROTOCOL.md) on one host: negotiation, the welcome,
+//! numbered frames and acknowledgements, resume after a drop, exactly-once invocation, the
+//! session's end, and bad input. Raw frames, so every byte the protocol promises is checked.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// Echoes a message's body on the two-way `$default` route as `echo:{body}`, and answers
+/// `{"action":"slow"}` after 1.5 s.
+fn echo(e: &Value) -> Reply {
+    match event_type(e) {
+        "MESSAGE" => {
+            let body = e["body"].as_str().unwrap_or_default();
+            let reply = Reply::proxy(200, Some(&format!("echo:{body}")));
+            if action(e).as_deref() == Some("slow") {
+                reply.delayed(Duration::from_millis(1500))
+            } else {
+                reply
+            }
+        }
+        _ => Reply::proxy(200, None),
+    }
+}
+
+fn config(handler: &Handler, extra: &str) -> String {
+    format!(
+        r#"
+[extensions.sessions]
+enabled = true
+resume_window = "3s"
+session_buffer_bytes = 4096
+{extra}
+
+[integrations.h]
+type = "http"
+url = "{url}"
+
+[routes."$connect"]
+integration = "h"
+[routes."$disconnect"]
+integration = "h"
+[routes."$default"]
+integration = "h"
+two_way = true
+"#,
+        url = handler.url
+    )
+}
+
+async fn reliable(host: &TestHost, resume: Option<&str>) -> (Ws, Value) {
+    let mut offer = "ch-reliable.v1".to_string();
+    if let Some(r) = resume {
+        offer.push_str(", ");
+        offer.push_str(r);
+    }
+    let (mut ws, response) = try_connect(
+        host.addr,
+        "/dev",
+        &[("Sec-WebSocket-Protocol", &offer)],
+        None,
+    )
+    .await
+    .expect("reliable handshake");
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "ch-reliable.v1"
+    );
+    let welcome = frame(&mut ws).await;
+    assert_eq!(welcome["t"], "welcome", "the first frame is the welcome");
+    (ws, welcome)
+}
+
+async fn frame(ws: &mut Ws) -> Value {
+    let text = next_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame {text:?} is not JSON: {e}"))
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    send_text(ws, &frame.to_string()).await;
+}
+
+fn resume_offer(welcome: &Value, last_seq: u64) -> String {
+    format!(
+        "ch-resume.{last_seq}.{}",
+        welcome["resumeToken"].as_str().unwrap()
+    )
+}
+
+async fn post(host: &TestHost, id: &str, data: &str) -> Result<(), u16> {
+    let client = mgmt_client(host.addr);
+    client
+        .post_to_connection()
+        .connection_id(id)
+        .data(aws_sdk_apigatewaymanagement::primitives::Blob::new(data))
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| e.raw_response().map_or(0, |r| r.status().as_u16()))
+}
+
+/// Upgrades over raw TCP offering `offer`; returns the 101's head and the open WebSocket.
+async fn upgrade_offering(host: &TestHost, offer: &str) -> (String, Ws) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    let extra = format!("Sec-WebSocket-Protocol: {offer}\r\n");
+    stream
+        .write_all(upgrade_request(host.addr, "/dev", &extra).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(within("101 head", stream.read_u8()).await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    (head, wrap_client(stream).await)
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_offer_the_subprotocol_is_a_plain_connection() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, response) = try_connect(host.addr, "/dev", &[], None).await.unwrap();
+    assert!(response.headers().get("sec-websocket-protocol").is_none());
+    send_text(&mut ws, "hi").await;
+    assert_eq!(next_text(&mut ws).await, "echo:hi");
+    // Another protocol offered: not reliable either, and the 101 names none (no $connect chose).
+    let (head, mut ws) = upgrade_offering(&host, "chat").await;
+    assert_eq!(raw_header(&head, "sec-websocket-protocol"), None);
+    send_text(&mut ws, "hi").await;
+    assert_eq!(next_text(&mut ws).await, "echo:hi");
+}
+
+#[tokio::test]
+async fn the_extension_off_ignores_the_offer() {
+    let handler = Handler::start(echo).await;
+    let host =
+        TestHost::start(&config(&handler, "").replace("enabled = true", "enabled = false")).await;
+    let (head, mut ws) = upgrade_offering(&host, "ch-reliable.v1").await;
+    assert_eq!(raw_header(&head, "sec-websocket-protocol"), None);
+    send_text(&mut ws, "hi").await;
+    assert_eq!(next_text(&mut ws).await, "echo:hi");
+}
+
+#[tokio::test]
+async fn messages_are_numbered_answered_once_per_key_and_replayed_after_a_drop() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, welcome) = reliable(&host, None).await;
+    assert_eq!(welcome["recovered"], false);
+    assert_eq!(welcome["seq"], 0);
+    assert!(welcome.get("reason").is_none());
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    assert!(is_connection_id(&id));
+    let connect = handler.wait_route("$connect", Some(&id)).await;
+    assert_eq!(
+        connect["headers"]["Sec-WebSocket-Protocol"], "ch-reliable.v1",
+        "$connect sees the offer"
+    );
+
+    // A message is answered by a numbered reply carrying the route's response.
+    send(&mut ws, json!({"t":"msg","id":"k1","d":"hello"})).await;
+    let reply = frame(&mut ws).await;
+    assert_eq!(reply, json!({"t":"reply","s":1,"id":"k1","d":"echo:hello"}));
+    let event = handler.wait_body("hello").await;
+    assert_eq!(event["requestContext"]["idempotencyKey"], "k1");
+
+    // The same key again: the same answer, no second invocation.
+    send(&mut ws, json!({"t":"msg","id":"k1","d":"hello"})).await;
+    let again = frame(&mut ws).await;
+    assert_eq!(again, json!({"t":"reply","s":2,"id":"k1","d":"echo:hello"}));
+    let invocations = handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["idempotencyKey"] == "k1")
+        .count();
+    assert_eq!(invocations, 1);
+
+    // Posts are numbered msg frames.
+    post(&host, &id, "p1").await.unwrap();
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":3,"d":"p1"}));
+    send(&mut ws, json!({"t":"ack","s":3})).await;
+
+    // The connection drops without a Close frame; posts meanwhile answer 200.
+    drop(ws);
+    post(&host, &id, "p2").await.unwrap();
+    post(&host, &id, "p3").await.unwrap();
+    let (mut ws, resumed) = reliable(&host, Some(&resume_offer(&welcome, 3))).await;
+    assert_eq!(resumed["recovered"], true);
+    assert_eq!(resumed["connectionId"], id.as_str());
+    assert_eq!(resumed["seq"], 3);
+    assert_ne!(
+        resumed["resumeToken"], welcome["resumeToken"],
+        "the token rotates"
+    );
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":4,"d":"p2"}));
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":5,"d":"p3"}));
+    // No $disconnect and no second $connect for the drop.
+    let events = handler.events();
+    assert_eq!(events.iter().filter(|e| route(e) == "$connect").count(), 1);
+    assert_eq!(
+        events.iter().filter(|e| route(e) == "$disconnect").count(),
+        0
+    );
+
+    // The old token is spent: a replay of it starts a fresh session.
+    let (_fresh, replayed) = reliable(&host, Some(&resume_offer(&welcome, 3))).await;
+    assert_eq!(replayed["recovered"], false);
+    assert_eq!(replayed["reason"], "unknown");
+    assert_ne!(replayed["connectionId"], id.as_str());
+
+    // A clean close ends the session: $disconnect once, with the client's code.
+    ws.close(Some(CloseFrame {
+        code: 4321.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 4321);
+    assert_eq!(post(&host, &id, "late").await, Err(410));
+}
+
+#[tokio::test]
+async fn the_window_ends_a_detached_session_once_with_its_closing_status() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    drop(ws);
+    // Away, but the session answers GetConnection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = mgmt_client(host.addr)
+        .get_connection()
+        .connection_id(&id)
+        .send()
+        .await;
+    assert!(got.is_ok(), "GetConnection answers for a detached session");
+    let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1006);
+    assert_eq!(post(&host, &id, "late").await, Err(410));
+    let (_ws, late) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(late["recovered"], false);
+    assert_eq!(late["reason"], "expired");
+}
+
+#[tokio::test]
+async fn delete_connection_ends_a_detached_session() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mgmt_client(host.addr)
+        .delete_connection()
+        .connection_id(&id)
+        .send()
+        .await
+        .unwrap();
+    let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1000);
+}
+
+#[tokio::test]
+async fn a_full_buffer_refuses_posts_with_429_and_the_resume_cannot_recover() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let chunk = "x".repeat(1000);
+    let mut refused = None;
+    for i in 0..10 {
+        if let Err(status) = post(&host, &id, &chunk).await {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (accepted, status) = refused.expect("a 4 KiB buffer refuses some of ten 1 KB posts");
+    assert_eq!(status, 429);
+    assert!(accepted >= 3, "{accepted} posts fit");
+    let (_ws, resumed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], false);
+    assert_eq!(resumed["reason"], "overflow");
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_stays() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, _) = reliable(&host, None).await;
+    for (sent, code) in [
+        ("not json", "BadFrame"),
+        (r#"{"t":"nope"}"#, "UnknownType"),
+        (r#"{"t":"msg","d":"x"}"#, "BadKey"),
+        (r#"{"t":"msg","id":"k","d":"x","b":"AA=="}"#, "BadPayload"),
+        (r#"{"t":"msg","id":"k","b":"AA=="}"#, "BadPayload"),
+        (r#"{"t":"ack","s":99}"#, "BadAck"),
+    ] {
+        send_text(&mut ws, sent).await;
+        let error = frame(&mut ws).await;
+        assert_eq!(error["t"], "error", "{sent}");
+        assert_eq!(error["code"], code, "{sent}");
+    }
+    ws.send(Message::Binary(vec![1, 2].into())).await.unwrap();
+    assert_eq!(frame(&mut ws).await["code"], "BadFrame");
+    send(&mut ws, json!({"t":"ping","id":"p"})).await;
+    assert_eq!(frame(&mut ws).await, json!({"t":"pong","id":"p"}));
+    // Still serving: the first numbered frame is 1.
+    send(&mut ws, json!({"t":"msg","id":"ok","d":"fine"})).await;
+    assert_eq!(
+        frame(&mut ws).await,
+        json!({"t":"reply","s":1,"id":"ok","d":"echo:fine"})
+    );
+}
+
+#[tokio::test]
+async fn forged_and_cross_session_tokens_do_not_resume() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (a, welcome_a) = reliable(&host, None).await;
+    let (_b, welcome_b) = reliable(&host, None).await;
+    drop(a);
+    let id_a = welcome_a["connectionId"].as_str().unwrap();
+    // A forged secret for A's ID.
+    let forged = format!(
+        "ch-resume.0.{}.{}",
+        id_a.trim_end_matches('='),
+        "A".repeat(43)
+    );
+    let (_ws, answer) = reliable(&host, Some(&forged)).await;
+    assert_eq!(
+        (answer["recovered"].clone(), answer["reason"].clone()),
+        (json!(false), json!("unknown"))
+    );
+    // B's token with A's ID.
+    let b_secret = welcome_b["resumeToken"]
+        .as_str()
+        .unwrap()
+        .split_once('.')
+        .unwrap()
+        .1;
+    let crossed = format!("ch-resume.0.{}.{b_secret}", id_a.trim_end_matches('='));
+    let (_ws, answer) = reliable(&host, Some(&crossed)).await;
+    assert_eq!(answer["recovered"], false);
+    // Garbage in the resume entry.
+    let (_ws, answer) = reliable(&host, Some("ch-resume.x.y")).await;
+    assert_eq!(answer["reason"], "unknown");
+    // A sequence number ahead of what was sent.
+    let (_ws, answer) = reliable(&host, Some(&resume_offer(&welcome_a, 7))).await;
+    assert_eq!(
+        (answer["recovered"].clone(), answer["reason"].clone()),
+        (json!(false), json!("sequence"))
+    );
+    // The resume entry never reaches $connect.
+    for e in handler.events().iter().filter(|e| route(e) == "$connect") {
+        let offered = e["headers"]["Sec-WebSocket-Protocol"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!offered.contains("ch-resume"), "{offered}");
+    }
+}
+
+#[tokio::test]
+async fn a_resume_while_the_old_connection_is_still_open_replaces_it() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut old, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let (mut new, resumed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true);
+    let (code, _) = expect_close(&mut old).await;
+    assert_eq!(code, 4001);
+    post(&host, &id, "to the new one").await.unwrap();
+    assert_eq!(
+        frame(&mut new).await,
+        json!({"t":"msg","s":1,"d":"to the new one"})
+    );
+    assert_eq!(
+        handler
+            .events()
+            .iter()
+            .filter(|e| route(e) == "$disconnect")
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_message_resent_while_its_first_attempt_runs_is_invoked_once() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, welcome) = reliable(&host, None).await;
+    send(
+        &mut ws,
+        json!({"t":"msg","id":"s1","d":"{\"action\":\"slow\"}"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(ws);
+    let (mut ws, resumed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true);
+    send(
+        &mut ws,
+        json!({"t":"msg","id":"s1","d":"{\"action\":\"slow\"}"}),
+    )
+    .await;
+    let reply = frame(&mut ws).await;
+    assert_eq!(reply["id"], "s1");
+    assert_eq!(reply["d"], "echo:{\"action\":\"slow\"}");
+    let invocations = handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["idempotencyKey"] == "s1")
+        .count();
+    assert_eq!(invocations, 1);
+}
+
+#[tokio::test]
+async fn ordered_routes_invoke_a_sessions_messages_one_at_a_time_in_order() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "ordered = true")).await;
+    let (mut ws, _) = reliable(&host, None).await;
+    send(
+        &mut ws,
+        json!({"t":"msg","id":"a","d":"{\"action\":\"slow\"}"}),
+    )
+    .await;
+    send(&mut ws, json!({"t":"msg","id":"b","d":"quick"})).await;
+    let first = frame(&mut ws).await;
+    let second = frame(&mut ws).await;
+    assert_eq!(
+        (first["id"].clone(), second["id"].clone()),
+        (json!("a"), json!("b"))
+    );
+}
