@@ -10,7 +10,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use common::*;
 use connection_host::server::RunError;
 use connection_host::store::{
-    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, StoreError,
+    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, SessionRecord,
+    StoreError, StoredFrame,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -34,6 +35,7 @@ fn record(id: &str, user_agent: Option<&str>) -> ConnectionRecord {
         owner_incarnation: "inc-1".into(),
         owner_endpoint: "http://127.0.0.1:9080".into(),
         authorizer: None,
+        session: None,
     }
 }
 
@@ -356,6 +358,305 @@ async fn suite_host_liveness(store: &dyn ConnectionStore) {
     assert!(store.heartbeat("h2", "y", 6_000).await.unwrap());
 }
 
+/// A record of a reliable session held by `host`/`incarnation`.
+fn session_record(id: &str, host: &str, incarnation: &str, token_hash: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: token_hash.into(),
+            principal: "user-7".into(),
+            detached_at: 0,
+        }),
+        ..owned(id, host, incarnation)
+    }
+}
+
+/// A frame of about 8 KB whose text names its sequence number (so a misplaced one shows).
+fn big_frame(seq: u64) -> StoredFrame {
+    StoredFrame {
+        seq,
+        frame: format!(
+            "{{\"t\":\"msg\",\"seq\":{seq},\"body\":\"{}\"}}",
+            "x".repeat(8 * 1024)
+        ),
+    }
+}
+
+async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
+    let with = session_record("sess-a", "host-1", "inc-1", "ab12");
+    store.put_connection(with.clone()).await.unwrap();
+    assert_eq!(
+        store.get_connection("sess-a").await.unwrap(),
+        Some(with.clone())
+    );
+    // A detached session without a principal: both survive as written.
+    let detached = ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: "cd34".into(),
+            principal: String::new(),
+            detached_at: 1_700_000_000_123,
+        }),
+        ..owned("sess-b", "host-1", "inc-1")
+    };
+    store.put_connection(detached.clone()).await.unwrap();
+    let plain = owned("sess-c", "host-1", "inc-1");
+    store.put_connection(plain.clone()).await.unwrap();
+    assert_eq!(store.get_connection("sess-c").await.unwrap(), Some(plain));
+    let mut batch = store
+        .get_connections(&["sess-a".into(), "sess-b".into()])
+        .await
+        .unwrap();
+    batch.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(batch, vec![with, detached]);
+}
+
+async fn suite_take_over(store: &dyn ConnectionStore) {
+    let first = session_record("take", "host-1", "inc-1", "token-1");
+    store.put_connection(first.clone()).await.unwrap();
+    store.add_to_group("room", "take").await.unwrap();
+    store.add_to_group("lobby", "take").await.unwrap();
+    let moved = ConnectionRecord {
+        connected_at: first.connected_at + 5_000,
+        ..session_record("take", "host-2", "inc-9", "token-2")
+    };
+
+    // Only the owner the caller expects can be replaced.
+    for (host, incarnation) in [("host-1", "inc-2"), ("host-2", "inc-1"), ("host-2", "inc-9")] {
+        assert!(
+            !store.take_over(&moved, host, incarnation).await.unwrap(),
+            "expected {host}/{incarnation}"
+        );
+        assert_eq!(
+            store.get_connection("take").await.unwrap(),
+            Some(first.clone())
+        );
+    }
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    assert_eq!(
+        store.get_connection("take").await.unwrap(),
+        Some(moved.clone())
+    );
+    // The previous owner lost it: a second take-over expecting it fails.
+    assert!(!store.take_over(&first, "host-1", "inc-1").await.unwrap());
+    assert_eq!(
+        store.get_connection("take").await.unwrap(),
+        Some(moved.clone())
+    );
+    // The new owner can replace its own record (a new resume token).
+    let renewed = session_record("take", "host-2", "inc-9", "token-3");
+    assert!(store.take_over(&renewed, "host-2", "inc-9").await.unwrap());
+    assert_eq!(store.get_connection("take").await.unwrap(), Some(renewed));
+    // Memberships are untouched by every take-over.
+    for group in ["room", "lobby"] {
+        let (members, _) = all_members(store, group, 10).await;
+        assert_eq!(members, vec!["take".to_string()], "{group}");
+    }
+    // Nothing to take over when the record is gone.
+    let ghost = session_record("ghost", "host-2", "inc-9", "t");
+    assert!(!store.take_over(&ghost, "host-1", "inc-1").await.unwrap());
+    assert_eq!(store.get_connection("ghost").await.unwrap(), None);
+}
+
+async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
+    let now = now_ms();
+    let expires = now + 60_000;
+    assert_eq!(
+        store.claim_key("conn-k", "k1", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    // A second attempt sees the first one's claim, with its time.
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", now + 10, expires + 10)
+            .await
+            .unwrap(),
+        KeyClaim::Pending { claimed_at: now }
+    );
+    // Keys are per key and per connection.
+    assert_eq!(
+        store.claim_key("conn-k", "k2", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    assert_eq!(
+        store.claim_key("conn-l", "k1", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    let answer = r#"{"t":"reply","key":"k1","status":200,"body":"done"}"#;
+    store
+        .complete_key("conn-k", "k1", answer, expires)
+        .await
+        .unwrap();
+    // Completing again (a retried write) changes nothing.
+    store
+        .complete_key("conn-k", "k1", answer, expires)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", now + 20, expires + 20)
+            .await
+            .unwrap(),
+        KeyClaim::Done(answer.to_string())
+    );
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k2", now + 20, expires + 20)
+            .await
+            .unwrap(),
+        KeyClaim::Pending { claimed_at: now },
+        "completing k1 leaves k2 pending"
+    );
+
+    // Once expired, a done key and a pending one are free again, and the new claim holds.
+    let later = expires + 1_000;
+    for key in ["k1", "k2"] {
+        assert_eq!(
+            store
+                .claim_key("conn-k", key, later, later + 60_000)
+                .await
+                .unwrap(),
+            KeyClaim::Claimed,
+            "{key} after its expiry"
+        );
+        assert_eq!(
+            store
+                .claim_key("conn-k", key, later + 1, later + 60_001)
+                .await
+                .unwrap(),
+            KeyClaim::Pending { claimed_at: later },
+            "{key} claimed again"
+        );
+    }
+}
+
+async fn suite_append_frame_needs_ownership(store: &dyn ConnectionStore) {
+    let expires = now_ms() + 60_000;
+    let frame = |seq: u64| StoredFrame {
+        seq,
+        frame: format!(r#"{{"t":"msg","seq":{seq},"body":"f{seq}"}}"#),
+    };
+    // No record: nobody owns the session.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
+            .await
+            .unwrap()
+    );
+    store
+        .put_connection(session_record("own", "host-1", "inc-1", "t1"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
+            .await
+            .unwrap()
+    );
+    // A restarted incarnation of the same host is not the owner.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-2", &frame(2), expires)
+            .await
+            .unwrap()
+    );
+    let moved = session_record("own", "host-2", "inc-1", "t2");
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    // The old owner's frame after the take-over is refused and not kept.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-1", &frame(2), expires)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_frame("own", "host-2", "inc-1", &frame(3), expires)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.frames_after("own", 0).await.unwrap(),
+        vec![frame(1), frame(3)]
+    );
+}
+
+async fn suite_frames_after(store: &dyn ConnectionStore) {
+    let expires = now_ms() + 60_000;
+    store
+        .put_connection(session_record("frames", "host-1", "inc-1", "t"))
+        .await
+        .unwrap();
+    store
+        .put_connection(session_record("other", "host-1", "inc-1", "t"))
+        .await
+        .unwrap();
+    // 150 frames of 8 KB: 1.2 MB, more than one DynamoDB Query page (1 MB). Written out of
+    // order, to show the order read back is the sequence numbers'.
+    let mut seqs: Vec<u64> = (1..=150).collect();
+    seqs.swap(3, 120);
+    seqs.swap(0, 149);
+    for &seq in &seqs {
+        assert!(
+            store
+                .append_frame("frames", "host-1", "inc-1", &big_frame(seq), expires)
+                .await
+                .unwrap()
+        );
+    }
+    // A frame of another session, and one that has expired, are never returned.
+    assert!(
+        store
+            .append_frame("other", "host-1", "inc-1", &big_frame(151), expires)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_frame("frames", "host-1", "inc-1", &big_frame(151), now_ms() - 2_000)
+            .await
+            .unwrap()
+    );
+
+    let all = store.frames_after("frames", 0).await.unwrap();
+    assert_eq!(all, (1..=150).map(big_frame).collect::<Vec<_>>());
+    let tail = store.frames_after("frames", 100).await.unwrap();
+    assert_eq!(tail, (101..=150).map(big_frame).collect::<Vec<_>>());
+    // Sequence numbers compare as numbers, not text (9 < 10 < 100).
+    let from_nine = store.frames_after("frames", 9).await.unwrap();
+    assert_eq!(from_nine.first().map(|f| f.seq), Some(10));
+    assert_eq!(from_nine.len(), 141);
+    assert_eq!(store.frames_after("frames", 150).await.unwrap(), vec![]);
+    assert_eq!(store.frames_after("frames", u64::MAX).await.unwrap(), vec![]);
+    assert_eq!(store.frames_after("nobody", 0).await.unwrap(), vec![]);
+    // A frame rewritten under the same number (a retried append) is kept once, as last written.
+    let rewritten = StoredFrame {
+        seq: 150,
+        frame: "again".into(),
+    };
+    assert!(
+        store
+            .append_frame("frames", "host-1", "inc-1", &rewritten, expires)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.frames_after("frames", 149).await.unwrap(),
+        vec![rewritten]
+    );
+    // The largest sequence number sorts last.
+    let last = StoredFrame {
+        seq: u64::MAX,
+        frame: "last".into(),
+    };
+    assert!(
+        store
+            .append_frame("frames", "host-1", "inc-1", &last, expires)
+            .await
+            .unwrap()
+    );
+    let end = store.frames_after("frames", 149).await.unwrap();
+    assert_eq!(end.iter().map(|f| f.seq).collect::<Vec<_>>(), [150, u64::MAX]);
+}
+
 macro_rules! shared_suite {
     ($($suite:ident => $test:ident),* $(,)?) => {
         mod memory {
@@ -390,6 +691,11 @@ shared_suite! {
     suite_records_name_their_owner => records_name_their_owner,
     suite_authorizer_context_round_trips => authorizer_context_round_trips,
     suite_host_liveness => host_liveness,
+    suite_session_fields_round_trip => session_fields_round_trip,
+    suite_take_over => take_over_replaces_only_the_expected_owner,
+    suite_idempotency_keys => idempotency_keys_claim_complete_expire,
+    suite_append_frame_needs_ownership => append_frame_needs_ownership,
+    suite_frames_after => frames_after_reads_every_page_in_order,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,6 +768,7 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     let tables = connection_host::store::DynamoDbTables {
         connections: groups.clone(),
         groups: groups.clone(),
+        sessions: config.store.sessions_table.clone(),
     };
     let err = DynamoDbStore::new(store.client().clone(), tables)
         .check_tables()
