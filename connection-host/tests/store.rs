@@ -420,7 +420,11 @@ async fn suite_take_over(store: &dyn ConnectionStore) {
     };
 
     // Only the owner the caller expects can be replaced.
-    for (host, incarnation) in [("host-1", "inc-2"), ("host-2", "inc-1"), ("host-2", "inc-9")] {
+    for (host, incarnation) in [
+        ("host-1", "inc-2"),
+        ("host-2", "inc-1"),
+        ("host-2", "inc-9"),
+    ] {
         assert!(
             !store.take_over(&moved, host, incarnation).await.unwrap(),
             "expected {host}/{incarnation}"
@@ -611,7 +615,13 @@ async fn suite_frames_after(store: &dyn ConnectionStore) {
     );
     assert!(
         store
-            .append_frame("frames", "host-1", "inc-1", &big_frame(151), now_ms() - 2_000)
+            .append_frame(
+                "frames",
+                "host-1",
+                "inc-1",
+                &big_frame(151),
+                now_ms() - 2_000
+            )
             .await
             .unwrap()
     );
@@ -625,7 +635,10 @@ async fn suite_frames_after(store: &dyn ConnectionStore) {
     assert_eq!(from_nine.first().map(|f| f.seq), Some(10));
     assert_eq!(from_nine.len(), 141);
     assert_eq!(store.frames_after("frames", 150).await.unwrap(), vec![]);
-    assert_eq!(store.frames_after("frames", u64::MAX).await.unwrap(), vec![]);
+    assert_eq!(
+        store.frames_after("frames", u64::MAX).await.unwrap(),
+        vec![]
+    );
     assert_eq!(store.frames_after("nobody", 0).await.unwrap(), vec![]);
     // A frame rewritten under the same number (a retried append) is kept once, as last written.
     let rewritten = StoredFrame {
@@ -654,7 +667,10 @@ async fn suite_frames_after(store: &dyn ConnectionStore) {
             .unwrap()
     );
     let end = store.frames_after("frames", 149).await.unwrap();
-    assert_eq!(end.iter().map(|f| f.seq).collect::<Vec<_>>(), [150, u64::MAX]);
+    assert_eq!(
+        end.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [150, u64::MAX]
+    );
 }
 
 macro_rules! shared_suite {
@@ -713,9 +729,18 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     let config = TestTables::config(&endpoint);
     let store = DynamoDbStore::from_env(&config).await;
     let (connections, groups) = (&config.store.connections_table, &config.store.groups_table);
+    let sessions = &config.store.sessions_table;
 
     let err = store.check_tables().await.unwrap_err().to_string();
     assert!(err.contains(connections) && err.contains(groups), "{err}");
+    assert!(err.contains("connection-host store init"), "{err}");
+    // The sessions table is checked on its own: hosts without sessions never need it.
+    assert!(!err.contains(sessions), "{err}");
+    let err = store.check_sessions_table().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("table {sessions} does not exist")),
+        "{err}"
+    );
     assert!(err.contains("connection-host store init"), "{err}");
 
     let report = store.create_tables().await.unwrap();
@@ -727,8 +752,16 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
         report.contains(&format!("created table {groups}")),
         "{report:?}"
     );
+    assert!(
+        report.contains(&format!("created table {sessions}")),
+        "{report:?}"
+    );
     store.check_tables().await.expect("both tables exist now");
-    for table in [connections, groups] {
+    store
+        .check_sessions_table()
+        .await
+        .expect("the sessions table exists now");
+    for table in [connections, groups, sessions] {
         let ttl = store
             .client()
             .describe_time_to_live()
@@ -748,6 +781,10 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     );
     assert!(
         again.contains(&format!("TTL on {groups}.ttl already enabled")),
+        "{again:?}"
+    );
+    assert!(
+        again.contains(&format!("table {sessions} already exists")),
         "{again:?}"
     );
 
@@ -872,6 +909,134 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
         page.next_token, None,
         "the expired member is not a further page"
     );
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn dynamodb_session_items_stored_with_schema() {
+    let Some(tables) = TestTables::create("dynamodb_session_items_stored_with_schema").await else {
+        return;
+    };
+    let store = &tables.store;
+    let client = store.client();
+    let get = async |table: &str, key: &[(&str, &str)]| {
+        let mut request = client.get_item().table_name(table).consistent_read(true);
+        for (name, value) in key {
+            request = request.key(*name, AttributeValue::S(value.to_string()));
+        }
+        request
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the item is in the table")
+    };
+    let num = |item: &std::collections::HashMap<String, AttributeValue>, name: &str| {
+        item[name].as_n().unwrap().parse::<i64>().unwrap()
+    };
+
+    // The session is three attributes of the connection item.
+    let mut rec = session_record("sess", "host-1", "inc-1", "ab12");
+    rec.session.as_mut().unwrap().detached_at = 1_700_000_000_123;
+    store.put_connection(rec.clone()).await.unwrap();
+    let item = get(tables.connections(), &[("connectionId", "sess")]).await;
+    assert_eq!(item["sessionTokenHash"].as_s().unwrap(), "ab12");
+    assert_eq!(item["sessionPrincipal"].as_s().unwrap(), "user-7");
+    assert_eq!(num(&item, "sessionDetachedAt"), 1_700_000_000_123);
+    store
+        .put_connection(owned("conn-plain", "host-1", "inc-1"))
+        .await
+        .unwrap();
+    let plain = get(tables.connections(), &[("connectionId", "conn-plain")]).await;
+    assert!(
+        !plain.keys().any(|k| k.starts_with("session")),
+        "a plain connection has no session attributes: {plain:?}"
+    );
+    // take_over writes the whole record, ttl included (from its connectedAt).
+    let moved = ConnectionRecord {
+        connected_at: rec.connected_at + 7_000,
+        ..session_record("sess", "host-2", "inc-2", "ef56")
+    };
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    let item = get(tables.connections(), &[("connectionId", "sess")]).await;
+    assert_eq!(item["ownerHost"].as_s().unwrap(), "host-2");
+    assert_eq!(item["sessionTokenHash"].as_s().unwrap(), "ef56");
+    assert_eq!(num(&item, "ttl"), moved.connected_at / 1000 + 3 * 3600);
+
+    // Keys: `k#{key}`, ttl in epoch seconds rounded up.
+    let now = now_ms();
+    let expires = now / 1000 * 1000 + 60_500;
+    store
+        .claim_key("sess", "key-1", now, expires)
+        .await
+        .unwrap();
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "k#key-1")],
+    )
+    .await;
+    assert_eq!(item["state"].as_s().unwrap(), "pending");
+    assert_eq!(num(&item, "claimedAt"), now);
+    assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
+    assert!(!item.contains_key("answer"), "{item:?}");
+    store
+        .complete_key("sess", "key-1", "the answer", expires)
+        .await
+        .unwrap();
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "k#key-1")],
+    )
+    .await;
+    assert_eq!(item["state"].as_s().unwrap(), "done");
+    assert_eq!(item["answer"].as_s().unwrap(), "the answer");
+    // A key whose ttl passed but that TTL deletion has not removed yet (never, on moto) is free.
+    assert_eq!(
+        store
+            .claim_key(
+                "sess",
+                "key-1",
+                expires / 1000 * 1000 + 1000,
+                expires + 60_000
+            )
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+
+    // Frames: `m#` and the sequence number in 20 digits; 150 of 8 KB take more than one page.
+    for seq in 1..=150 {
+        assert!(
+            store
+                .append_frame("sess", "host-2", "inc-2", &big_frame(seq), expires)
+                .await
+                .unwrap()
+        );
+    }
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "m#00000000000000000007")],
+    )
+    .await;
+    assert_eq!(item["frame"].as_s().unwrap(), &big_frame(7).frame);
+    assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
+    let first_page = client
+        .query()
+        .table_name(tables.sessions())
+        .key_condition_expression("connectionId = :c AND begins_with(#item, :m)")
+        .expression_attribute_names("#item", "item")
+        .expression_attribute_values(":c", AttributeValue::S("sess".into()))
+        .expression_attribute_values(":m", AttributeValue::S("m#".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        first_page.last_evaluated_key.is_some() && first_page.items().len() < 150,
+        "the frames fit one page ({} items), so paging is not exercised",
+        first_page.items().len()
+    );
+    let frames = store.frames_after("sess", 0).await.unwrap();
+    assert_eq!(frames, (1..=150).map(big_frame).collect::<Vec<_>>());
     tables.delete().await;
 }
 

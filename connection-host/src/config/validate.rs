@@ -242,7 +242,8 @@ impl Config {
                 "must differ from store.connections_table (the tables have different keys)",
             );
         }
-        if store.sessions_table == store.connections_table || store.sessions_table == store.groups_table
+        if store.sessions_table == store.connections_table
+            || store.sessions_table == store.groups_table
         {
             return invalid(
                 "store.sessions_table".into(),

@@ -47,7 +47,10 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
 
 /// The item of `record`, expiring at `ttl` (epoch seconds): what `put_connection` and `take_over`
 /// write.
-pub(super) fn connection_item(record: &ConnectionRecord, ttl: i64) -> HashMap<String, AttributeValue> {
+pub(super) fn connection_item(
+    record: &ConnectionRecord,
+    ttl: i64,
+) -> HashMap<String, AttributeValue> {
     let mut item = HashMap::from([
         ("connectionId".to_string(), s(&record.connection_id)),
         ("connectedAt".to_string(), n(record.connected_at)),

@@ -38,10 +38,7 @@ const LAST_FRAME_ITEM: &str = "m#99999999999999999999";
 /// owner, with the expression values it needs. `put_connection` leaves empty owner fields out of
 /// the item, so an empty one is matched by the attribute's absence (as the memory store matches
 /// `""` with `""`).
-fn owner_condition(
-    host: &str,
-    incarnation: &str,
-) -> (String, Vec<(&'static str, AttributeValue)>) {
+fn owner_condition(host: &str, incarnation: &str) -> (String, Vec<(&'static str, AttributeValue)>) {
     let mut clauses = vec!["attribute_exists(connectionId)".to_string()];
     let mut values = Vec::new();
     for (attribute, placeholder, value) in [
@@ -60,7 +57,9 @@ fn owner_condition(
 
 /// Whether a `TransactWriteItems` call was cancelled because a condition failed (as opposed to a
 /// conflict with another transaction, throttling or a refused item).
-fn transaction_condition_failed(e: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>) -> bool {
+fn transaction_condition_failed(
+    e: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>,
+) -> bool {
     match e.as_service_error() {
         Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
             .cancellation_reasons()
@@ -608,17 +607,19 @@ impl ConnectionStore for DynamoDbStore {
                 .send()
                 .await
                 .map_err(|e| unavailable("GetItem claim_key", e))?;
-            let held = out.item.filter(|item| {
-                get_n(item, "ttl").is_some_and(|ttl| ttl > now_ms.div_euclid(1000))
-            });
+            let held = out
+                .item
+                .filter(|item| get_n(item, "ttl").is_some_and(|ttl| ttl > now_ms.div_euclid(1000)));
             // Gone or expired between the two calls: claim again.
             let Some(item) = held else { continue };
-            return Ok(match (get_s(&item, "state").as_deref(), get_s(&item, "answer")) {
-                (Some("done"), Some(answer)) => KeyClaim::Done(answer),
-                _ => KeyClaim::Pending {
-                    claimed_at: get_n(&item, "claimedAt").unwrap_or_default(),
+            return Ok(
+                match (get_s(&item, "state").as_deref(), get_s(&item, "answer")) {
+                    (Some("done"), Some(answer)) => KeyClaim::Done(answer),
+                    _ => KeyClaim::Pending {
+                        claimed_at: get_n(&item, "claimedAt").unwrap_or_default(),
+                    },
                 },
-            });
+            );
         }
         Err(StoreError::Unavailable(format!(
             "idempotency key {key} of {connection_id} kept changing over {CLAIM_ATTEMPTS} claims"
