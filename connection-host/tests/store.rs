@@ -454,6 +454,48 @@ async fn suite_take_over(store: &dyn ConnectionStore) {
         let (members, _) = all_members(store, group, 10).await;
         assert_eq!(members, vec!["take".to_string()], "{group}");
     }
+    // A host outside a cluster writes empty owner fields: they match empty expectations only.
+    let solo = ConnectionRecord {
+        owner_host: String::new(),
+        owner_incarnation: String::new(),
+        owner_endpoint: String::new(),
+        ..session_record("solo", "", "", "token-1")
+    };
+    store.put_connection(solo.clone()).await.unwrap();
+    let renewed_solo = ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: "token-2".into(),
+            ..solo.session.clone().unwrap()
+        }),
+        ..solo.clone()
+    };
+    assert!(
+        !store
+            .take_over(&renewed_solo, "host-1", "inc-1")
+            .await
+            .unwrap()
+    );
+    assert!(!store.take_over(&renewed_solo, "", "inc-1").await.unwrap());
+    assert!(store.take_over(&renewed_solo, "", "").await.unwrap());
+    assert_eq!(
+        store.get_connection("solo").await.unwrap(),
+        Some(renewed_solo)
+    );
+    assert!(
+        store
+            .append_frame(
+                "solo",
+                "",
+                "",
+                &StoredFrame {
+                    seq: 1,
+                    frame: "f".into()
+                },
+                now_ms() + 60_000
+            )
+            .await
+            .unwrap()
+    );
     // Nothing to take over when the record is gone.
     let ghost = session_record("ghost", "host-2", "inc-9", "t");
     assert!(!store.take_over(&ghost, "host-1", "inc-1").await.unwrap());

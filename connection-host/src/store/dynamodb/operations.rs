@@ -1,4 +1,4 @@
-//! The [`ConnectionStore`] operations on the two tables.
+//! The [`ConnectionStore`] operations on the three tables.
 
 use super::codec::{
     connection_item, frame_item, get_n, get_s, host_from_item, host_key, key_item, n,
