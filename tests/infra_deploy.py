@@ -82,6 +82,12 @@ GROUPS_SCHEMA = (
     {"byConnection": ([("connectionId", "HASH"), ("group", "RANGE")], "KEYS_ONLY")},
     "ttl",
 )
+SESSIONS_SCHEMA = (
+    [("connectionId", "HASH"), ("item", "RANGE")],
+    {"connectionId": "S", "item": "S"},
+    {},
+    "ttl",
+)
 # functions/src/rooms/dynamodb.rs.
 ROOMS_SCHEMA = (
     [("room", "HASH"), ("connectionId", "RANGE")],
@@ -581,7 +587,9 @@ def check_self_hosted(checks, aws, out, host_bin):
     groups = physical(resources, "GroupsTable")
     check_table(checks, aws, f"{name}: connections table", connections, CONNECTIONS_SCHEMA)
     check_table(checks, aws, f"{name}: groups table", groups, GROUPS_SCHEMA)
-    for logical_id in ("ConnectionsTable", "GroupsTable"):
+    sessions = physical(resources, "SessionsTable")
+    check_table(checks, aws, f"{name}: sessions table", sessions, SESSIONS_SCHEMA)
+    for logical_id in ("ConnectionsTable", "GroupsTable", "SessionsTable"):
         check_ttl_declared(checks, f"{name}: {logical_id}", template["Resources"][logical_id], "ttl")
 
     lam = aws("lambda")
@@ -603,6 +611,7 @@ def check_self_hosted(checks, aws, out, host_bin):
     store_resources = [
         table_arn(connections), f"{table_arn(connections)}/index/byOwner",
         table_arn(groups), f"{table_arn(groups)}/index/byConnection",
+        table_arn(sessions),
     ]
     log_arn = lambda group: f"arn:aws:logs:{REGION}:{account}:log-group:{group}"
     host_log = f"/ecs/{name}-connection-host"
@@ -618,7 +627,7 @@ def check_self_hosted(checks, aws, out, host_bin):
         "TaskRole": ("ecs-tasks.amazonaws.com", {
             **{f"dynamodb:{a}": store_resources for a in (
                 "DescribeTable", "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query",
-                "BatchGetItem", "BatchWriteItem")},
+                "BatchGetItem", "BatchWriteItem", "ConditionCheckItem")},
             "lambda:InvokeFunction": sorted(function_arns.values()),
         }),
         "TaskExecutionRole": ("ecs-tasks.amazonaws.com", {
@@ -693,7 +702,7 @@ def check_self_hosted(checks, aws, out, host_bin):
     check_load_balancers(checks, aws, name, resources, balancers, certificate, management_certificate)
     check_management_name(checks, name, template)
     check_security_groups(checks, aws, name, template, resources)
-    config_toml = check_ecs(checks, aws, name, template, resources, function_arns, connections, groups)
+    config_toml = check_ecs(checks, aws, name, template, resources, function_arns, connections, groups, sessions)
     if config_toml is not None:
         (out / "self-hosted.connection-host.toml").write_text(config_toml)
         check_host_config(checks, name, config_toml, host_bin)
@@ -852,7 +861,7 @@ def check_security_groups(checks, aws, name, template, resources):
     )
 
 
-def check_ecs(checks, aws, name, template, resources, function_arns, connections, groups):
+def check_ecs(checks, aws, name, template, resources, function_arns, connections, groups, sessions):
     ecs = aws("ecs")
     cluster = physical(resources, "Cluster")
     service_id = physical(resources, "Service")
@@ -936,7 +945,8 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
     checks.equal(
         f"{name}: host store is the stack's tables",
         config.get("store"),
-        {"kind": "dynamodb", "connections_table": connections, "groups_table": groups},
+        {"kind": "dynamodb", "connections_table": connections, "groups_table": groups,
+         "sessions_table": sessions},
     )
     checks.equal(
         f"{name}: host listeners, stage, groups extension",
@@ -966,6 +976,7 @@ def check_localstack(checks, aws, host_bin):
     for table, schema in (
         ("connection-host-connections", CONNECTIONS_SCHEMA),
         ("connection-host-groups", GROUPS_SCHEMA),
+        ("connection-host-sessions", SESSIONS_SCHEMA),
         ("chat-rooms", ROOMS_SCHEMA),
     ):
         definition = json.loads((LOCALSTACK / "tables" / f"{table}.json").read_text())
@@ -981,7 +992,8 @@ def check_localstack(checks, aws, host_bin):
     script = (LOCALSTACK / "init" / "ready.d" / "10-tables.sh").read_text()
     checks.check(
         f"{name}: init/ready.d/10-tables.sh creates every table of tables/",
-        "for table in connection-host-connections connection-host-groups chat-rooms; do" in script,
+        "for table in connection-host-connections connection-host-groups connection-host-sessions chat-rooms; do"
+        in script,
     )
 
     text = (LOCALSTACK / "connection-host.toml").read_text()
@@ -997,7 +1009,8 @@ def check_localstack(checks, aws, host_bin):
     checks.equal(
         f"{name}: connection-host.toml uses the tables 10-tables.sh creates",
         config.get("store"),
-        {"kind": "dynamodb", "connections_table": "connection-host-connections", "groups_table": "connection-host-groups"},
+        {"kind": "dynamodb", "connections_table": "connection-host-connections", "groups_table": "connection-host-groups",
+         "sessions_table": "connection-host-sessions"},
     )
     check_host_config(checks, name, text, host_bin, cluster=False)
 

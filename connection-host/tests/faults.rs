@@ -58,6 +58,7 @@ impl Setup {
         let tables = DynamoDbTables {
             connections: format!("faults-connections-{suffix}"),
             groups: format!("faults-groups-{suffix}"),
+            sessions: format!("faults-sessions-{suffix}"),
         };
         let direct = Direct(DynamoDbStore::new(
             dynamodb_client(&endpoint, "us-east-1").await,
@@ -130,7 +131,7 @@ impl Direct {
 
     async fn drop_tables(&self) {
         let tables = self.0.tables();
-        for table in [&tables.connections, &tables.groups] {
+        for table in [&tables.connections, &tables.groups, &tables.sessions] {
             let _ = self
                 .0
                 .client()

@@ -2,7 +2,8 @@
 //! is killed before `run` returns, so a failed start leaves nothing running.
 
 use connection_host::store::{
-    ConnectionRecord, ConnectionStore, HostRecord, MembersPage, RecordsPage, StoreError,
+    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
+    StoredFrame,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,13 +85,7 @@ impl ConnectionStore for RegistrationFails {
     async fn take_over(&self, _: &ConnectionRecord, _: &str, _: &str) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
-    async fn claim_key(
-        &self,
-        _: &str,
-        _: &str,
-        _: i64,
-        _: i64,
-    ) -> Result<connection_host::store::KeyClaim, StoreError> {
+    async fn claim_key(&self, _: &str, _: &str, _: i64, _: i64) -> Result<KeyClaim, StoreError> {
         Err(unreachable_store())
     }
     async fn complete_key(&self, _: &str, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
@@ -101,16 +96,12 @@ impl ConnectionStore for RegistrationFails {
         _: &str,
         _: &str,
         _: &str,
-        _: &connection_host::store::StoredFrame,
+        _: &StoredFrame,
         _: i64,
     ) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
-    async fn frames_after(
-        &self,
-        _: &str,
-        _: u64,
-    ) -> Result<Vec<connection_host::store::StoredFrame>, StoreError> {
+    async fn frames_after(&self, _: &str, _: u64) -> Result<Vec<StoredFrame>, StoreError> {
         Err(unreachable_store())
     }
 }

@@ -10,7 +10,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use common::*;
 use connection_host::server::RunError;
 use connection_host::store::{
-    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, StoreError,
+    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, SessionRecord,
+    StoreError, StoredFrame,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -357,6 +358,363 @@ async fn suite_host_liveness(store: &dyn ConnectionStore) {
     assert!(store.heartbeat("h2", "y", 6_000).await.unwrap());
 }
 
+/// A record of a reliable session held by `host`/`incarnation`.
+fn session_record(id: &str, host: &str, incarnation: &str, token_hash: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: token_hash.into(),
+            principal: "user-7".into(),
+            detached_at: 0,
+        }),
+        ..owned(id, host, incarnation)
+    }
+}
+
+/// A frame of about 8 KB whose text names its sequence number (so a misplaced one shows).
+fn big_frame(seq: u64) -> StoredFrame {
+    StoredFrame {
+        seq,
+        frame: format!(
+            "{{\"t\":\"msg\",\"seq\":{seq},\"body\":\"{}\"}}",
+            "x".repeat(8 * 1024)
+        ),
+    }
+}
+
+async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
+    let with = session_record("sess-a", "host-1", "inc-1", "ab12");
+    store.put_connection(with.clone()).await.unwrap();
+    assert_eq!(
+        store.get_connection("sess-a").await.unwrap(),
+        Some(with.clone())
+    );
+    // A detached session without a principal: both survive as written.
+    let detached = ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: "cd34".into(),
+            principal: String::new(),
+            detached_at: 1_700_000_000_123,
+        }),
+        ..owned("sess-b", "host-1", "inc-1")
+    };
+    store.put_connection(detached.clone()).await.unwrap();
+    let plain = owned("sess-c", "host-1", "inc-1");
+    store.put_connection(plain.clone()).await.unwrap();
+    assert_eq!(store.get_connection("sess-c").await.unwrap(), Some(plain));
+    let mut batch = store
+        .get_connections(&["sess-a".into(), "sess-b".into()])
+        .await
+        .unwrap();
+    batch.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(batch, vec![with, detached]);
+}
+
+async fn suite_take_over(store: &dyn ConnectionStore) {
+    let first = session_record("take", "host-1", "inc-1", "token-1");
+    store.put_connection(first.clone()).await.unwrap();
+    store.add_to_group("room", "take").await.unwrap();
+    store.add_to_group("lobby", "take").await.unwrap();
+    let moved = ConnectionRecord {
+        connected_at: first.connected_at + 5_000,
+        ..session_record("take", "host-2", "inc-9", "token-2")
+    };
+
+    // Only the owner the caller expects can be replaced.
+    for (host, incarnation) in [
+        ("host-1", "inc-2"),
+        ("host-2", "inc-1"),
+        ("host-2", "inc-9"),
+    ] {
+        assert!(
+            !store.take_over(&moved, host, incarnation).await.unwrap(),
+            "expected {host}/{incarnation}"
+        );
+        assert_eq!(
+            store.get_connection("take").await.unwrap(),
+            Some(first.clone())
+        );
+    }
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    assert_eq!(
+        store.get_connection("take").await.unwrap(),
+        Some(moved.clone())
+    );
+    // The previous owner lost it: a second take-over expecting it fails.
+    assert!(!store.take_over(&first, "host-1", "inc-1").await.unwrap());
+    assert_eq!(
+        store.get_connection("take").await.unwrap(),
+        Some(moved.clone())
+    );
+    // The new owner can replace its own record (a new resume token).
+    let renewed = session_record("take", "host-2", "inc-9", "token-3");
+    assert!(store.take_over(&renewed, "host-2", "inc-9").await.unwrap());
+    assert_eq!(store.get_connection("take").await.unwrap(), Some(renewed));
+    // Memberships are untouched by every take-over.
+    for group in ["room", "lobby"] {
+        let (members, _) = all_members(store, group, 10).await;
+        assert_eq!(members, vec!["take".to_string()], "{group}");
+    }
+    // A host outside a cluster writes empty owner fields: they match empty expectations only.
+    let solo = ConnectionRecord {
+        owner_host: String::new(),
+        owner_incarnation: String::new(),
+        owner_endpoint: String::new(),
+        ..session_record("solo", "", "", "token-1")
+    };
+    store.put_connection(solo.clone()).await.unwrap();
+    let renewed_solo = ConnectionRecord {
+        session: Some(SessionRecord {
+            token_hash: "token-2".into(),
+            ..solo.session.clone().unwrap()
+        }),
+        ..solo.clone()
+    };
+    assert!(
+        !store
+            .take_over(&renewed_solo, "host-1", "inc-1")
+            .await
+            .unwrap()
+    );
+    assert!(!store.take_over(&renewed_solo, "", "inc-1").await.unwrap());
+    assert!(store.take_over(&renewed_solo, "", "").await.unwrap());
+    assert_eq!(
+        store.get_connection("solo").await.unwrap(),
+        Some(renewed_solo)
+    );
+    assert!(
+        store
+            .append_frame(
+                "solo",
+                "",
+                "",
+                &StoredFrame {
+                    seq: 1,
+                    frame: "f".into()
+                },
+                now_ms() + 60_000
+            )
+            .await
+            .unwrap()
+    );
+    // Nothing to take over when the record is gone.
+    let ghost = session_record("ghost", "host-2", "inc-9", "t");
+    assert!(!store.take_over(&ghost, "host-1", "inc-1").await.unwrap());
+    assert_eq!(store.get_connection("ghost").await.unwrap(), None);
+}
+
+async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
+    let now = now_ms();
+    let expires = now + 60_000;
+    assert_eq!(
+        store.claim_key("conn-k", "k1", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    // A second attempt sees the first one's claim, with its time.
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", now + 10, expires + 10)
+            .await
+            .unwrap(),
+        KeyClaim::Pending { claimed_at: now }
+    );
+    // Keys are per key and per connection.
+    assert_eq!(
+        store.claim_key("conn-k", "k2", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    assert_eq!(
+        store.claim_key("conn-l", "k1", now, expires).await.unwrap(),
+        KeyClaim::Claimed
+    );
+    let answer = r#"{"t":"reply","key":"k1","status":200,"body":"done"}"#;
+    store
+        .complete_key("conn-k", "k1", answer, expires)
+        .await
+        .unwrap();
+    // Completing again (a retried write) changes nothing.
+    store
+        .complete_key("conn-k", "k1", answer, expires)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", now + 20, expires + 20)
+            .await
+            .unwrap(),
+        KeyClaim::Done(answer.to_string())
+    );
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k2", now + 20, expires + 20)
+            .await
+            .unwrap(),
+        KeyClaim::Pending { claimed_at: now },
+        "completing k1 leaves k2 pending"
+    );
+
+    // Once expired, a done key and a pending one are free again, and the new claim holds.
+    let later = expires + 1_000;
+    for key in ["k1", "k2"] {
+        assert_eq!(
+            store
+                .claim_key("conn-k", key, later, later + 60_000)
+                .await
+                .unwrap(),
+            KeyClaim::Claimed,
+            "{key} after its expiry"
+        );
+        assert_eq!(
+            store
+                .claim_key("conn-k", key, later + 1, later + 60_001)
+                .await
+                .unwrap(),
+            KeyClaim::Pending { claimed_at: later },
+            "{key} claimed again"
+        );
+    }
+}
+
+async fn suite_append_frame_needs_ownership(store: &dyn ConnectionStore) {
+    let expires = now_ms() + 60_000;
+    let frame = |seq: u64| StoredFrame {
+        seq,
+        frame: format!(r#"{{"t":"msg","seq":{seq},"body":"f{seq}"}}"#),
+    };
+    // No record: nobody owns the session.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
+            .await
+            .unwrap()
+    );
+    store
+        .put_connection(session_record("own", "host-1", "inc-1", "t1"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
+            .await
+            .unwrap()
+    );
+    // A restarted incarnation of the same host is not the owner.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-2", &frame(2), expires)
+            .await
+            .unwrap()
+    );
+    let moved = session_record("own", "host-2", "inc-1", "t2");
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    // The old owner's frame after the take-over is refused and not kept.
+    assert!(
+        !store
+            .append_frame("own", "host-1", "inc-1", &frame(2), expires)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_frame("own", "host-2", "inc-1", &frame(3), expires)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.frames_after("own", 0).await.unwrap(),
+        vec![frame(1), frame(3)]
+    );
+}
+
+async fn suite_frames_after(store: &dyn ConnectionStore) {
+    let expires = now_ms() + 60_000;
+    store
+        .put_connection(session_record("frames", "host-1", "inc-1", "t"))
+        .await
+        .unwrap();
+    store
+        .put_connection(session_record("other", "host-1", "inc-1", "t"))
+        .await
+        .unwrap();
+    // 150 frames of 8 KB: 1.2 MB, more than one DynamoDB Query page (1 MB). Written out of
+    // order, to show the order read back is the sequence numbers'.
+    let mut seqs: Vec<u64> = (1..=150).collect();
+    seqs.swap(3, 120);
+    seqs.swap(0, 149);
+    for &seq in &seqs {
+        assert!(
+            store
+                .append_frame("frames", "host-1", "inc-1", &big_frame(seq), expires)
+                .await
+                .unwrap()
+        );
+    }
+    // A frame of another session, and one that has expired, are never returned.
+    assert!(
+        store
+            .append_frame("other", "host-1", "inc-1", &big_frame(151), expires)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_frame(
+                "frames",
+                "host-1",
+                "inc-1",
+                &big_frame(151),
+                now_ms() - 2_000
+            )
+            .await
+            .unwrap()
+    );
+
+    let all = store.frames_after("frames", 0).await.unwrap();
+    assert_eq!(all, (1..=150).map(big_frame).collect::<Vec<_>>());
+    let tail = store.frames_after("frames", 100).await.unwrap();
+    assert_eq!(tail, (101..=150).map(big_frame).collect::<Vec<_>>());
+    // Sequence numbers compare as numbers, not text (9 < 10 < 100).
+    let from_nine = store.frames_after("frames", 9).await.unwrap();
+    assert_eq!(from_nine.first().map(|f| f.seq), Some(10));
+    assert_eq!(from_nine.len(), 141);
+    assert_eq!(store.frames_after("frames", 150).await.unwrap(), vec![]);
+    assert_eq!(
+        store.frames_after("frames", u64::MAX).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(store.frames_after("nobody", 0).await.unwrap(), vec![]);
+    // A frame rewritten under the same number (a retried append) is kept once, as last written.
+    let rewritten = StoredFrame {
+        seq: 150,
+        frame: "again".into(),
+    };
+    assert!(
+        store
+            .append_frame("frames", "host-1", "inc-1", &rewritten, expires)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.frames_after("frames", 149).await.unwrap(),
+        vec![rewritten]
+    );
+    // The largest sequence number sorts last.
+    let last = StoredFrame {
+        seq: u64::MAX,
+        frame: "last".into(),
+    };
+    assert!(
+        store
+            .append_frame("frames", "host-1", "inc-1", &last, expires)
+            .await
+            .unwrap()
+    );
+    let end = store.frames_after("frames", 149).await.unwrap();
+    assert_eq!(
+        end.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [150, u64::MAX]
+    );
+}
+
 macro_rules! shared_suite {
     ($($suite:ident => $test:ident),* $(,)?) => {
         mod memory {
@@ -391,6 +749,11 @@ shared_suite! {
     suite_records_name_their_owner => records_name_their_owner,
     suite_authorizer_context_round_trips => authorizer_context_round_trips,
     suite_host_liveness => host_liveness,
+    suite_session_fields_round_trip => session_fields_round_trip,
+    suite_take_over => take_over_replaces_only_the_expected_owner,
+    suite_idempotency_keys => idempotency_keys_claim_complete_expire,
+    suite_append_frame_needs_ownership => append_frame_needs_ownership,
+    suite_frames_after => frames_after_reads_every_page_in_order,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,9 +771,18 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     let config = TestTables::config(&endpoint);
     let store = DynamoDbStore::from_env(&config).await;
     let (connections, groups) = (&config.store.connections_table, &config.store.groups_table);
+    let sessions = &config.store.sessions_table;
 
     let err = store.check_tables().await.unwrap_err().to_string();
     assert!(err.contains(connections) && err.contains(groups), "{err}");
+    assert!(err.contains("connection-host store init"), "{err}");
+    // The sessions table is checked on its own: hosts without sessions never need it.
+    assert!(!err.contains(sessions), "{err}");
+    let err = store.check_sessions_table().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("table {sessions} does not exist")),
+        "{err}"
+    );
     assert!(err.contains("connection-host store init"), "{err}");
 
     let report = store.create_tables().await.unwrap();
@@ -422,8 +794,16 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
         report.contains(&format!("created table {groups}")),
         "{report:?}"
     );
+    assert!(
+        report.contains(&format!("created table {sessions}")),
+        "{report:?}"
+    );
     store.check_tables().await.expect("both tables exist now");
-    for table in [connections, groups] {
+    store
+        .check_sessions_table()
+        .await
+        .expect("the sessions table exists now");
+    for table in [connections, groups, sessions] {
         let ttl = store
             .client()
             .describe_time_to_live()
@@ -445,6 +825,10 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
         again.contains(&format!("TTL on {groups}.ttl already enabled")),
         "{again:?}"
     );
+    assert!(
+        again.contains(&format!("table {sessions} already exists")),
+        "{again:?}"
+    );
 
     // Only the missing one is named.
     let mut partial = config.clone();
@@ -463,6 +847,7 @@ async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     let tables = connection_host::store::DynamoDbTables {
         connections: groups.clone(),
         groups: groups.clone(),
+        sessions: config.store.sessions_table.clone(),
     };
     let err = DynamoDbStore::new(store.client().clone(), tables)
         .check_tables()
@@ -566,6 +951,134 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
         page.next_token, None,
         "the expired member is not a further page"
     );
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn dynamodb_session_items_stored_with_schema() {
+    let Some(tables) = TestTables::create("dynamodb_session_items_stored_with_schema").await else {
+        return;
+    };
+    let store = &tables.store;
+    let client = store.client();
+    let get = async |table: &str, key: &[(&str, &str)]| {
+        let mut request = client.get_item().table_name(table).consistent_read(true);
+        for (name, value) in key {
+            request = request.key(*name, AttributeValue::S(value.to_string()));
+        }
+        request
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the item is in the table")
+    };
+    let num = |item: &std::collections::HashMap<String, AttributeValue>, name: &str| {
+        item[name].as_n().unwrap().parse::<i64>().unwrap()
+    };
+
+    // The session is three attributes of the connection item.
+    let mut rec = session_record("sess", "host-1", "inc-1", "ab12");
+    rec.session.as_mut().unwrap().detached_at = 1_700_000_000_123;
+    store.put_connection(rec.clone()).await.unwrap();
+    let item = get(tables.connections(), &[("connectionId", "sess")]).await;
+    assert_eq!(item["sessionTokenHash"].as_s().unwrap(), "ab12");
+    assert_eq!(item["sessionPrincipal"].as_s().unwrap(), "user-7");
+    assert_eq!(num(&item, "sessionDetachedAt"), 1_700_000_000_123);
+    store
+        .put_connection(owned("conn-plain", "host-1", "inc-1"))
+        .await
+        .unwrap();
+    let plain = get(tables.connections(), &[("connectionId", "conn-plain")]).await;
+    assert!(
+        !plain.keys().any(|k| k.starts_with("session")),
+        "a plain connection has no session attributes: {plain:?}"
+    );
+    // take_over writes the whole record, ttl included (from its connectedAt).
+    let moved = ConnectionRecord {
+        connected_at: rec.connected_at + 7_000,
+        ..session_record("sess", "host-2", "inc-2", "ef56")
+    };
+    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
+    let item = get(tables.connections(), &[("connectionId", "sess")]).await;
+    assert_eq!(item["ownerHost"].as_s().unwrap(), "host-2");
+    assert_eq!(item["sessionTokenHash"].as_s().unwrap(), "ef56");
+    assert_eq!(num(&item, "ttl"), moved.connected_at / 1000 + 3 * 3600);
+
+    // Keys: `k#{key}`, ttl in epoch seconds rounded up.
+    let now = now_ms();
+    let expires = now / 1000 * 1000 + 60_500;
+    store
+        .claim_key("sess", "key-1", now, expires)
+        .await
+        .unwrap();
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "k#key-1")],
+    )
+    .await;
+    assert_eq!(item["state"].as_s().unwrap(), "pending");
+    assert_eq!(num(&item, "claimedAt"), now);
+    assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
+    assert!(!item.contains_key("answer"), "{item:?}");
+    store
+        .complete_key("sess", "key-1", "the answer", expires)
+        .await
+        .unwrap();
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "k#key-1")],
+    )
+    .await;
+    assert_eq!(item["state"].as_s().unwrap(), "done");
+    assert_eq!(item["answer"].as_s().unwrap(), "the answer");
+    // A key whose ttl passed but that TTL deletion has not removed yet (never, on moto) is free.
+    assert_eq!(
+        store
+            .claim_key(
+                "sess",
+                "key-1",
+                expires / 1000 * 1000 + 1000,
+                expires + 60_000
+            )
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+
+    // Frames: `m#` and the sequence number in 20 digits; 150 of 8 KB take more than one page.
+    for seq in 1..=150 {
+        assert!(
+            store
+                .append_frame("sess", "host-2", "inc-2", &big_frame(seq), expires)
+                .await
+                .unwrap()
+        );
+    }
+    let item = get(
+        tables.sessions(),
+        &[("connectionId", "sess"), ("item", "m#00000000000000000007")],
+    )
+    .await;
+    assert_eq!(item["frame"].as_s().unwrap(), &big_frame(7).frame);
+    assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
+    let first_page = client
+        .query()
+        .table_name(tables.sessions())
+        .key_condition_expression("connectionId = :c AND begins_with(#item, :m)")
+        .expression_attribute_names("#item", "item")
+        .expression_attribute_values(":c", AttributeValue::S("sess".into()))
+        .expression_attribute_values(":m", AttributeValue::S("m#".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        first_page.last_evaluated_key.is_some() && first_page.items().len() < 150,
+        "the frames fit one page ({} items), so paging is not exercised",
+        first_page.items().len()
+    );
+    let frames = store.frames_after("sess", 0).await.unwrap();
+    assert_eq!(frames, (1..=150).map(big_frame).collect::<Vec<_>>());
     tables.delete().await;
 }
 

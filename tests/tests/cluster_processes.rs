@@ -54,7 +54,7 @@ impl Host {
         id: &'static str,
         public: SocketAddr,
         management: SocketAddr,
-        tables: (&str, &str),
+        tables: (&str, &str, &str),
     ) -> Self {
         let config = dir.path().join(format!("{id}.toml"));
         let toml = format!(
@@ -65,6 +65,7 @@ management_listen = "{management}"
 kind = "dynamodb"
 connections_table = "{}"
 groups_table = "{}"
+sessions_table = "{}"
 [cluster]
 host_id = "{id}"
 advertise_url = "http://{management}"
@@ -75,6 +76,7 @@ groups = true
 {WHOAMI}"#,
             tables.0,
             tables.1,
+            tables.2,
             HEARTBEAT_INTERVAL.as_millis(),
             HOST_TIMEOUT.as_millis(),
         );
@@ -231,10 +233,11 @@ struct Table {
     client: ddb::Client,
     connections: String,
     groups: String,
+    sessions: String,
 }
 
 impl Table {
-    fn new(endpoint: &str, connections: &str, groups: &str) -> Self {
+    fn new(endpoint: &str, connections: &str, groups: &str, sessions: &str) -> Self {
         let config = ddb::Config::builder()
             .behavior_version(ddb::config::BehaviorVersion::latest())
             .region(ddb::config::Region::new("us-east-1"))
@@ -252,6 +255,7 @@ impl Table {
             client: ddb::Client::from_conf(config),
             connections: connections.to_string(),
             groups: groups.to_string(),
+            sessions: sessions.to_string(),
         }
     }
 
@@ -293,7 +297,7 @@ impl Table {
     }
 
     async fn delete(&self) {
-        for table in [&self.connections, &self.groups] {
+        for table in [&self.connections, &self.groups, &self.sessions] {
             let _ = self.client.delete_table().table_name(table).send().await;
         }
     }
@@ -312,15 +316,16 @@ async fn three_host_processes_survive_a_sigkill_and_a_restart() {
 
     // Unique tables, created by the binary itself.
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let (connections, groups) = (
+    let (connections, groups, sessions) = (
         format!("e2e-connections-{suffix}"),
         format!("e2e-groups-{suffix}"),
+        format!("e2e-sessions-{suffix}"),
     );
     let store_config = dir.path().join("store.toml");
     std::fs::write(
         &store_config,
         format!(
-            "[store]\nkind = \"dynamodb\"\nconnections_table = \"{connections}\"\ngroups_table = \"{groups}\"\n"
+            "[store]\nkind = \"dynamodb\"\nconnections_table = \"{connections}\"\ngroups_table = \"{groups}\"\nsessions_table = \"{sessions}\"\n"
         ),
     )
     .unwrap();
@@ -340,13 +345,13 @@ async fn three_host_processes_survive_a_sigkill_and_a_restart() {
         init.status,
         String::from_utf8_lossy(&init.stderr)
     );
-    for table in [&connections, &groups] {
+    for table in [&connections, &groups, &sessions] {
         assert!(
             init_out.contains(&format!("created table {table}")),
             "store init did not create {table}:\n{init_out}"
         );
     }
-    let table = Table::new(&endpoint, &connections, &groups);
+    let table = Table::new(&endpoint, &connections, &groups, &sessions);
 
     // Three hosts, each with its own configuration file and ports.
     let addrs = free_loopback_addrs(6);
@@ -359,7 +364,7 @@ async fn three_host_processes_survive_a_sigkill_and_a_restart() {
                 id,
                 addrs[2 * i],
                 addrs[2 * i + 1],
-                (&connections, &groups),
+                (&connections, &groups, &sessions),
             )
         })
         .collect::<Vec<_>>();

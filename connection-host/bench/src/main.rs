@@ -281,6 +281,7 @@ struct Tables {
     endpoint: String,
     connections: String,
     groups: String,
+    sessions: String,
 }
 
 impl Tables {
@@ -297,6 +298,7 @@ impl Tables {
             endpoint: endpoint.to_string(),
             connections: format!("bench-{scenario}-connections-{unique}"),
             groups: format!("bench-{scenario}-groups-{unique}"),
+            sessions: format!("bench-{scenario}-sessions-{unique}"),
         };
         let dir =
             std::env::temp_dir().join(format!("ch-bench-{}-{scenario}-init", std::process::id()));
@@ -329,19 +331,19 @@ impl Tables {
     /// The `[store]` section naming these tables.
     fn store_section(&self) -> String {
         format!(
-            "[store]\nkind = \"dynamodb\"\nconnections_table = \"{}\"\ngroups_table = \"{}\"\n",
-            self.connections, self.groups
+            "[store]\nkind = \"dynamodb\"\nconnections_table = \"{}\"\ngroups_table = \"{}\"\nsessions_table = \"{}\"\n",
+            self.connections, self.groups, self.sessions
         )
     }
 
-    /// Deletes both tables, best effort (a DeleteTable call each, unsigned: enough for moto and
+    /// Deletes the tables, best effort (a DeleteTable call each, unsigned: enough for moto and
     /// other local endpoints). A moto started by the bench goes away anyway.
     async fn delete(self) {
         let Some(addr) = self.endpoint.strip_prefix("http://") else {
             return;
         };
         let addr = addr.trim_end_matches('/').to_string();
-        for table in [&self.connections, &self.groups] {
+        for table in [&self.connections, &self.groups, &self.sessions] {
             let body = format!(r#"{{"TableName":"{table}"}}"#);
             let request = format!(
                 "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.0\r\n\

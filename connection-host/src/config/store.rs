@@ -25,6 +25,9 @@ pub struct StoreConfig {
     pub connections_table: String,
     /// DynamoDB table of group memberships (keys `group`, `connectionId`; index `byConnection`).
     pub groups_table: String,
+    /// DynamoDB table of reliable-session data: idempotency keys and frames kept for replay (keys
+    /// `connectionId`, `item`; see STORE.md). Only hosts serving reliable sessions use it.
+    pub sessions_table: String,
     /// DynamoDB endpoint; empty uses the standard AWS configuration (`AWS_ENDPOINT_URL_DYNAMODB`,
     /// `AWS_ENDPOINT_URL`, else AWS itself).
     pub endpoint_url: String,
@@ -38,6 +41,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Memory,
             connections_table: "connection-host-connections".into(),
             groups_table: "connection-host-groups".into(),
+            sessions_table: "connection-host-sessions".into(),
             endpoint_url: String::new(),
             region: String::new(),
         }

@@ -165,6 +165,11 @@ fn errors_name_the_field() {
             "store.groups_table",
         ),
         (
+            "[store]\nsessions_table = \"connection-host-groups\"",
+            "store.sessions_table",
+        ),
+        ("[store]\nsessions_table = \"x\"", "store.sessions_table"),
+        (
             "[store]\nendpoint_url = \"localhost:8000\"",
             "store.endpoint_url",
         ),

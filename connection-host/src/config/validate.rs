@@ -227,6 +227,7 @@ impl Config {
         for (field, name) in [
             ("store.connections_table", &store.connections_table),
             ("store.groups_table", &store.groups_table),
+            ("store.sessions_table", &store.sessions_table),
         ] {
             if !is_table_name(name) {
                 return invalid(
@@ -239,6 +240,14 @@ impl Config {
             return invalid(
                 "store.groups_table".into(),
                 "must differ from store.connections_table (the tables have different keys)",
+            );
+        }
+        if store.sessions_table == store.connections_table
+            || store.sessions_table == store.groups_table
+        {
+            return invalid(
+                "store.sessions_table".into(),
+                "must differ from store.connections_table and store.groups_table (the tables have different keys)",
             );
         }
         if !store.endpoint_url.is_empty() && !is_http_url(&store.endpoint_url) {

@@ -44,7 +44,7 @@ pub fn unique_table(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A host's connections and groups tables on fresh names, created for one test; [`Self::delete`]
+/// A host's connections, groups and sessions tables on fresh names, created for one test; [`Self::delete`]
 /// removes them at its end.
 pub struct TestTables {
     /// The host's store on these tables (a client of its own, for checks from the test).
@@ -60,6 +60,7 @@ impl TestTables {
         config.store.kind = StoreKind::Dynamodb;
         config.store.connections_table = unique_table("test-connections");
         config.store.groups_table = unique_table("test-groups");
+        config.store.sessions_table = unique_table("test-sessions");
         config.store.endpoint_url = endpoint.to_string();
         config
     }
@@ -74,11 +75,12 @@ impl TestTables {
         Some(Self { store, config })
     }
 
-    /// Deletes both tables (errors ignored: the names are never reused).
+    /// Deletes the tables (errors ignored: the names are never reused).
     pub async fn delete(self) {
         for table in [
             &self.config.store.connections_table,
             &self.config.store.groups_table,
+            &self.config.store.sessions_table,
         ] {
             let _ = self
                 .store
@@ -103,5 +105,10 @@ impl TestTables {
     /// The groups table's name.
     pub fn groups(&self) -> &str {
         &self.config.store.groups_table
+    }
+
+    /// The sessions table's name.
+    pub fn sessions(&self) -> &str {
+        &self.config.store.sessions_table
     }
 }

@@ -1,7 +1,7 @@
 //! Records to and from DynamoDB items.
 
 use super::schema::HOST_KEY_PREFIX;
-use crate::store::{ConnectionRecord, HostRecord};
+use crate::store::{ConnectionRecord, HostRecord, SessionRecord};
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
@@ -36,8 +36,74 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
         owner_endpoint: get_s(item, "ownerEndpoint").unwrap_or_default(),
         // Written by `put_connection` from a JSON object, so text that is not one was not ours.
         authorizer: get_s(item, "authorizer").and_then(|text| serde_json::from_str(&text).ok()),
-        session: None,
+        // `sessionTokenHash` marks a session: every session has a token.
+        session: get_s(item, "sessionTokenHash").map(|token_hash| SessionRecord {
+            token_hash,
+            principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
+            detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
+        }),
     })
+}
+
+/// The item of `record`, expiring at `ttl` (epoch seconds): what `put_connection` and `take_over`
+/// write.
+pub(super) fn connection_item(
+    record: &ConnectionRecord,
+    ttl: i64,
+) -> HashMap<String, AttributeValue> {
+    let mut item = HashMap::from([
+        ("connectionId".to_string(), s(&record.connection_id)),
+        ("connectedAt".to_string(), n(record.connected_at)),
+        ("sourceIp".to_string(), s(&record.source_ip)),
+        ("ttl".to_string(), n(ttl)),
+    ]);
+    if let Some(ua) = &record.user_agent {
+        item.insert("userAgent".into(), s(ua));
+    }
+    // JSON text rather than a DynamoDB map: claims round-trip exactly (numbers, nulls, nested
+    // arrays), and no operation filters on them.
+    if let Some(authorizer) = &record.authorizer {
+        item.insert(
+            "authorizer".into(),
+            s(&serde_json::Value::Object(authorizer.clone()).to_string()),
+        );
+    }
+    // Empty strings are left out: DynamoDB refuses an empty index key (and reads them back as
+    // empty all the same).
+    for (name, value) in [
+        ("ownerHost", &record.owner_host),
+        ("ownerIncarnation", &record.owner_incarnation),
+        ("ownerEndpoint", &record.owner_endpoint),
+    ] {
+        if !value.is_empty() {
+            item.insert(name.into(), s(value));
+        }
+    }
+    if let Some(session) = &record.session {
+        item.insert("sessionTokenHash".into(), s(&session.token_hash));
+        item.insert("sessionDetachedAt".into(), n(session.detached_at));
+        if !session.principal.is_empty() {
+            item.insert("sessionPrincipal".into(), s(&session.principal));
+        }
+    }
+    item
+}
+
+/// Sort key of idempotency key `key` in the sessions table.
+pub(super) fn key_item(key: &str) -> AttributeValue {
+    s(&format!("k#{key}"))
+}
+
+/// Sort key of frame `seq` in the sessions table: zero-padded to the 20 digits of `u64::MAX`, so
+/// that the keys sort as the numbers do.
+pub(super) fn frame_item(seq: u64) -> String {
+    format!("m#{seq:020}")
+}
+
+/// Epoch seconds for a `ttl` attribute from epoch milliseconds, rounded up: an item never expires
+/// before the time it was given.
+pub(super) fn ttl_from_ms(ms: i64) -> i64 {
+    ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0)
 }
 
 pub(super) fn host_from_item(item: &HashMap<String, AttributeValue>) -> Option<HostRecord> {

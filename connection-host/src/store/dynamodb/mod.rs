@@ -1,4 +1,5 @@
-//! The DynamoDB store: records and memberships in two tables, shared by every host that uses them.
+//! The DynamoDB store: records, memberships and reliable-session data in three tables, shared by
+//! every host that uses them.
 //!
 //! # Schema (also in `connection-host/STORE.md`)
 //!
@@ -14,6 +15,9 @@
 //! | `ownerIncarnation` | S | that host's incarnation (one per start) |
 //! | `ownerEndpoint` | S | that host's `cluster.advertise_url`; absent when not clustered |
 //! | `authorizer` | S | `requestContext.authorizer` as JSON text; absent without an authorizer |
+//! | `sessionTokenHash` | S | SHA-256 (hex) of the reliable session's resume token; absent for a plain connection |
+//! | `sessionPrincipal` | S | the session's `principalId`; absent when empty |
+//! | `sessionDetachedAt` | N | epoch ms since when the session has had no connection (0 while attached) |
 //! | `ttl` | N | epoch seconds: `connectedAt` + `limits.max_connection_duration` + 1 h |
 //!
 //! Its global secondary index `byOwner` (partition `ownerHost`, sort `connectionId`, all
@@ -28,7 +32,13 @@
 //! index `byConnection` (partition `connectionId`, sort `group`, keys only) that `delete_connection`
 //! queries to find a connection's memberships.
 //!
-//! Both tables use DynamoDB TTL on `ttl`, so records and memberships left behind by a host that died
+//! **Sessions table** (default `connection-host-sessions`), partition key `connectionId` (S), sort
+//! key `item` (S): a reliable session's idempotency keys, `item = "k#{key}"` with `state`
+//! (`pending` or `done`), `claimedAt` (N, epoch ms), `answer` (S, once done) and `ttl`; and its
+//! frames kept for replay, `item = "m#{seq}"` with the sequence number zero-padded to 20 digits (so
+//! the keys sort as the numbers), `frame` (S) and `ttl`. Its `ttl` is the expiry the caller gives.
+//!
+//! Every table uses DynamoDB TTL on `ttl`, so records and memberships left behind by a host that died
 //! disappear by themselves. TTL deletion is late (days on DynamoDB, never on moto), so every read
 //! ignores items whose `ttl` has passed.
 //!
@@ -89,6 +99,7 @@ impl DynamoDbStore {
             DynamoDbTables {
                 connections: store.connections_table.clone(),
                 groups: store.groups_table.clone(),
+                sessions: store.sessions_table.clone(),
             },
         )
         .with_lifetime(config.limits.max_connection_duration + Duration::from_secs(3600))

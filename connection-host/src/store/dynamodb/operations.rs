@@ -1,12 +1,21 @@
-//! The [`ConnectionStore`] operations on the two tables.
+//! The [`ConnectionStore`] operations on the three tables.
 
-use super::codec::{get_n, get_s, host_from_item, host_key, n, record_from_item, s};
+use super::codec::{
+    connection_item, frame_item, get_n, get_s, host_from_item, host_key, key_item, n,
+    record_from_item, s, ttl_from_ms,
+};
 use super::schema::{BY_CONNECTION_INDEX, BY_OWNER_INDEX, HOSTS_PARTITION};
 use super::{DynamoDbStore, is_conditional_failure, unavailable};
 use crate::store::{
-    ConnectionRecord, ConnectionStore, HostRecord, MembersPage, RecordsPage, StoreError,
+    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
+    StoredFrame,
 };
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, DeleteRequest, KeysAndAttributes, Put, TransactWriteItem,
+    WriteRequest,
+};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +26,48 @@ const BATCH_GET_SIZE: usize = 100;
 const BATCH_SIZE: usize = 25;
 /// `BatchWriteItem` rounds before unprocessed deletes count as a failure.
 const BATCH_ATTEMPTS: u32 = 8;
+
+/// `claim_key` rounds (conditional write, then read) before a key that keeps changing between the
+/// two counts as a failure.
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// Sort key above every frame's (`m#` and 20 nines, more than `u64::MAX` has).
+const LAST_FRAME_ITEM: &str = "m#99999999999999999999";
+
+/// A condition that an item of the connections table names `host` and `incarnation` as its
+/// owner, with the expression values it needs. `put_connection` leaves empty owner fields out of
+/// the item, so an empty one is matched by the attribute's absence (as the memory store matches
+/// `""` with `""`).
+fn owner_condition(host: &str, incarnation: &str) -> (String, Vec<(&'static str, AttributeValue)>) {
+    let mut clauses = vec!["attribute_exists(connectionId)".to_string()];
+    let mut values = Vec::new();
+    for (attribute, placeholder, value) in [
+        ("ownerHost", ":owner", host),
+        ("ownerIncarnation", ":incarnation", incarnation),
+    ] {
+        if value.is_empty() {
+            clauses.push(format!("attribute_not_exists({attribute})"));
+        } else {
+            clauses.push(format!("{attribute} = {placeholder}"));
+            values.push((placeholder, s(value)));
+        }
+    }
+    (clauses.join(" AND "), values)
+}
+
+/// Whether a `TransactWriteItems` call was cancelled because a condition failed (as opposed to a
+/// conflict with another transaction, throttling or a refused item).
+fn transaction_condition_failed(
+    e: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>,
+) -> bool {
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .any(|r| r.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
 
 impl DynamoDbStore {
     fn expiry(&self, from_epoch_secs: i64) -> i64 {
@@ -96,10 +147,10 @@ impl ConnectionStore for DynamoDbStore {
             .client
             .put_item()
             .table_name(&self.tables.connections)
-            .item("connectionId", s(&record.connection_id))
-            .item("connectedAt", n(record.connected_at))
-            .item("sourceIp", s(&record.source_ip))
-            .item("ttl", n(self.expiry(record.connected_at / 1000)))
+            .set_item(Some(connection_item(
+                &record,
+                self.expiry(record.connected_at / 1000),
+            )))
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":now", n(now_secs()));
         // An expired leftover with the same ID is not a live connection: overwrite it. Nor is a
@@ -116,27 +167,6 @@ impl ConnectionStore for DynamoDbStore {
             .expression_attribute_values(":owner", s(&record.owner_host))
             .expression_attribute_values(":incarnation", s(&record.owner_incarnation))
         };
-        if let Some(ua) = &record.user_agent {
-            put = put.item("userAgent", s(ua));
-        }
-        // JSON text rather than a DynamoDB map: claims round-trip exactly (numbers, nulls, nested
-        // arrays), and no operation filters on them.
-        if let Some(authorizer) = &record.authorizer {
-            put = put.item(
-                "authorizer",
-                s(&serde_json::Value::Object(authorizer.clone()).to_string()),
-            );
-        }
-        // Empty strings are left out: DynamoDB refuses an empty index key.
-        for (name, value) in [
-            ("ownerHost", &record.owner_host),
-            ("ownerIncarnation", &record.owner_incarnation),
-            ("ownerEndpoint", &record.owner_endpoint),
-        ] {
-            if !value.is_empty() {
-                put = put.item(name, s(value));
-            }
-        }
         match put.send().await {
             Ok(_) => Ok(()),
             Err(e)
@@ -504,62 +534,205 @@ impl ConnectionStore for DynamoDbStore {
             Err(e) => Err(unavailable("DeleteItem host", e)),
         }
     }
-    // Reliable-delivery sessions: the sessions table is not wired yet.
+    // Reliable-delivery sessions.
+
     async fn take_over(
         &self,
-        _record: &ConnectionRecord,
-        _expected_host: &str,
-        _expected_incarnation: &str,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
     ) -> Result<bool, StoreError> {
-        Err(StoreError::Unavailable(
-            "sessions are not supported by this store yet".into(),
-        ))
+        let (owned, values) = owner_condition(expected_host, expected_incarnation);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.connections)
+            .set_item(Some(connection_item(
+                record,
+                self.expiry(record.connected_at / 1000),
+            )))
+            // An expired record is gone, as `get_connection` sees it: nothing to take over.
+            .condition_expression(format!("{owned} AND #ttl >= :now"))
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", n(now_secs()));
+        for (placeholder, value) in values {
+            put = put.expression_attribute_values(placeholder, value);
+        }
+        // Memberships live in the groups table under the same connection ID: untouched.
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem take_over", e)),
+        }
     }
 
     async fn claim_key(
         &self,
-        _connection_id: &str,
-        _key: &str,
-        _now_ms: i64,
-        _expires_at_ms: i64,
-    ) -> Result<crate::store::KeyClaim, StoreError> {
-        Err(StoreError::Unavailable(
-            "sessions are not supported by this store yet".into(),
-        ))
+        connection_id: &str,
+        key: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<KeyClaim, StoreError> {
+        // A key is held while its ttl (whole seconds, rounded up) is after `now_ms`; TTL deletion
+        // is late, so an item past its ttl is free although still there.
+        let now = n(now_ms.div_euclid(1000));
+        for _ in 0..CLAIM_ATTEMPTS {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.tables.sessions)
+                .item("connectionId", s(connection_id))
+                .item("item", key_item(key))
+                .item("state", s("pending"))
+                .item("claimedAt", n(now_ms))
+                .item("ttl", n(ttl_from_ms(expires_at_ms)))
+                .condition_expression("attribute_not_exists(connectionId) OR #ttl <= :now")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":now", now.clone())
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(KeyClaim::Claimed),
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(unavailable("PutItem claim_key", e)),
+            }
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.tables.sessions)
+                .key("connectionId", s(connection_id))
+                .key("item", key_item(key))
+                // The claim that beat ours may be milliseconds old.
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| unavailable("GetItem claim_key", e))?;
+            let held = out
+                .item
+                .filter(|item| get_n(item, "ttl").is_some_and(|ttl| ttl > now_ms.div_euclid(1000)));
+            // Gone or expired between the two calls: claim again.
+            let Some(item) = held else { continue };
+            return Ok(
+                match (get_s(&item, "state").as_deref(), get_s(&item, "answer")) {
+                    (Some("done"), Some(answer)) => KeyClaim::Done(answer),
+                    _ => KeyClaim::Pending {
+                        claimed_at: get_n(&item, "claimedAt").unwrap_or_default(),
+                    },
+                },
+            );
+        }
+        Err(StoreError::Unavailable(format!(
+            "idempotency key {key} of {connection_id} kept changing over {CLAIM_ATTEMPTS} claims"
+        )))
     }
 
     async fn complete_key(
         &self,
-        _connection_id: &str,
-        _key: &str,
-        _answer: &str,
-        _expires_at_ms: i64,
+        connection_id: &str,
+        key: &str,
+        answer: &str,
+        expires_at_ms: i64,
     ) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable(
-            "sessions are not supported by this store yet".into(),
-        ))
+        // A plain put: completing twice writes the same item, and the claim it replaces was ours.
+        self.client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .item("connectionId", s(connection_id))
+            .item("item", key_item(key))
+            .item("state", s("done"))
+            .item("answer", s(answer))
+            .item("ttl", n(ttl_from_ms(expires_at_ms)))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem complete_key", e))?;
+        Ok(())
     }
 
     async fn append_frame(
         &self,
-        _connection_id: &str,
-        _owner_host: &str,
-        _owner_incarnation: &str,
-        _frame: &crate::store::StoredFrame,
-        _expires_at_ms: i64,
+        connection_id: &str,
+        owner_host: &str,
+        owner_incarnation: &str,
+        frame: &StoredFrame,
+        expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        Err(StoreError::Unavailable(
-            "sessions are not supported by this store yet".into(),
-        ))
+        let (owned, values) = owner_condition(owner_host, owner_incarnation);
+        let mut check = ConditionCheck::builder()
+            .table_name(&self.tables.connections)
+            .key("connectionId", s(connection_id))
+            .condition_expression(owned);
+        for (placeholder, value) in values {
+            check = check.expression_attribute_values(placeholder, value);
+        }
+        let check = check
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("TransactWriteItems request: {e}")))?;
+        let put = Put::builder()
+            .table_name(&self.tables.sessions)
+            .item("connectionId", s(connection_id))
+            .item("item", s(&frame_item(frame.seq)))
+            .item("frame", s(&frame.frame))
+            .item("ttl", n(ttl_from_ms(expires_at_ms)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("TransactWriteItems request: {e}")))?;
+        // One transaction, so a host that lost the session to another cannot slip a frame in
+        // after the take-over (the new owner reads the frames right after it).
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if transaction_condition_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable("TransactWriteItems append_frame", e)),
+        }
     }
 
     async fn frames_after(
         &self,
-        _connection_id: &str,
-        _after_seq: u64,
-    ) -> Result<Vec<crate::store::StoredFrame>, StoreError> {
-        Err(StoreError::Unavailable(
-            "sessions are not supported by this store yet".into(),
-        ))
+        connection_id: &str,
+        after_seq: u64,
+    ) -> Result<Vec<StoredFrame>, StoreError> {
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let now_ms = crate::ids::now_ms();
+        let mut frames = Vec::new();
+        let mut start = None;
+        // Pages end at 1 MB; a session's backlog may take several.
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.sessions)
+                .key_condition_expression("connectionId = :c AND #item BETWEEN :first AND :last")
+                .expression_attribute_names("#item", "item")
+                .expression_attribute_values(":c", s(connection_id))
+                .expression_attribute_values(":first", s(&frame_item(first)))
+                .expression_attribute_values(":last", s(LAST_FRAME_ITEM))
+                // Read right after a take-over: every frame the old owner kept must be seen.
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query frames", e))?;
+            for item in out.items() {
+                if get_n(item, "ttl").is_some_and(|ttl| ttl * 1000 <= now_ms) {
+                    continue;
+                }
+                let seq = get_s(item, "item")
+                    .and_then(|k| k.strip_prefix("m#").and_then(|d| d.parse().ok()));
+                if let (Some(seq), Some(frame)) = (seq, get_s(item, "frame")) {
+                    frames.push(StoredFrame { seq, frame });
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(frames);
+            }
+        }
     }
 }

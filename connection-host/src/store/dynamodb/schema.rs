@@ -22,13 +22,15 @@ pub(super) const HOST_KEY_PREFIX: &str = "@host#";
 /// How long `create_tables` waits for new tables to become ACTIVE.
 const ACTIVE_WAIT: Duration = Duration::from_secs(120);
 
-/// The two table names.
+/// The table names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoDbTables {
     /// Connection records, keyed by `connectionId`.
     pub connections: String,
     /// Group memberships, keyed by `group` and `connectionId`.
     pub groups: String,
+    /// Reliable-session data (idempotency keys, kept frames), keyed by `connectionId` and `item`.
+    pub sessions: String,
 }
 
 impl Default for DynamoDbTables {
@@ -36,13 +38,14 @@ impl Default for DynamoDbTables {
         Self {
             connections: "connection-host-connections".into(),
             groups: "connection-host-groups".into(),
+            sessions: "connection-host-sessions".into(),
         }
     }
 }
 
 impl DynamoDbStore {
-    /// Creates both tables (on-demand capacity), waits until they are ACTIVE and enables TTL on
-    /// `ttl`. Tables that already exist are left as they are. Returns one line per action taken.
+    /// Creates the three tables (on-demand capacity), waits until they are ACTIVE and enables TTL
+    /// on `ttl`. Tables that already exist are left as they are. Returns one line per action taken.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         let mut report = Vec::new();
         let key = |name: &str, key_type| {
@@ -102,9 +105,20 @@ impl DynamoDbStore {
             .key_schema(key("group", KeyType::Hash))
             .key_schema(key("connectionId", KeyType::Range))
             .global_secondary_indexes(index);
+        // No index: every read is by connection, and frames are read in key order.
+        let sessions = self
+            .client
+            .create_table()
+            .table_name(&self.tables.sessions)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("connectionId"))
+            .attribute_definitions(attr("item"))
+            .key_schema(key("connectionId", KeyType::Hash))
+            .key_schema(key("item", KeyType::Range));
         for (table, request) in [
             (&self.tables.connections, connections),
             (&self.tables.groups, groups),
+            (&self.tables.sessions, sessions),
         ] {
             match request.send().await {
                 Ok(_) => report.push(format!("created table {table}")),
@@ -114,7 +128,11 @@ impl DynamoDbStore {
                 Err(e) => return Err(unavailable(&format!("CreateTable {table}"), e)),
             }
         }
-        for table in [&self.tables.connections, &self.tables.groups] {
+        for table in [
+            &self.tables.connections,
+            &self.tables.groups,
+            &self.tables.sessions,
+        ] {
             self.wait_active(table).await?;
             report.push(self.enable_ttl(table).await?);
         }
@@ -190,17 +208,31 @@ impl DynamoDbStore {
         Ok(format!("enabled TTL on {table}.ttl"))
     }
 
-    /// Checks that both tables exist, the connections table has its `byOwner` index and the
-    /// groups table its `byConnection` index; the error names every missing piece and how to
-    /// create it.
+    /// Checks that the connections and groups tables exist, the connections table has its
+    /// `byOwner` index and the groups table its `byConnection` index; the error names every
+    /// missing piece and how to create it. The sessions table is left to
+    /// [`check_sessions_table`](Self::check_sessions_table): a host without reliable sessions
+    /// never touches it, so its absence must not stop one.
     pub async fn check_tables(&self) -> Result<(), StoreError> {
+        self.check(&[
+            (&self.tables.connections, Some(BY_OWNER_INDEX)),
+            (&self.tables.groups, Some(BY_CONNECTION_INDEX)),
+        ])
+        .await
+    }
+
+    /// Checks that the sessions table exists (for a host that serves reliable sessions), with the
+    /// same kind of error as [`check_tables`](Self::check_tables).
+    pub async fn check_sessions_table(&self) -> Result<(), StoreError> {
+        self.check(&[(&self.tables.sessions, None)]).await
+    }
+
+    async fn check(&self, tables: &[(&String, Option<&str>)]) -> Result<(), StoreError> {
         let mut problems = Vec::new();
-        for (table, index) in [
-            (&self.tables.connections, BY_OWNER_INDEX),
-            (&self.tables.groups, BY_CONNECTION_INDEX),
-        ] {
+        for &(table, index) in tables {
             match self.client.describe_table().table_name(table).send().await {
                 Ok(out) => {
+                    let Some(index) = index else { continue };
                     let has_index = out
                         .table()
                         .map(|t| t.global_secondary_indexes())
