@@ -113,6 +113,12 @@ pub async fn run(
                 .check_tables()
                 .await
                 .map_err(|e| RunError::Store(e.to_string()))?;
+            if host.config().extensions.sessions.enabled {
+                store
+                    .check_sessions_table()
+                    .await
+                    .map_err(|e| RunError::Store(e.to_string()))?;
+            }
             tracing::info!(
                 connections = %store.tables().connections,
                 groups = %store.tables().groups,
