@@ -491,6 +491,26 @@ impl ConnectionHandle {
         ))
     }
 
+    /// Finishes installing a session taken over with no connection (adopted from a host that is
+    /// gone): it is ready for posts, and detached; returns the detach's number for the window
+    /// timer.
+    pub fn install_detached(&self, replay: Replay, now_ms: i64) -> u64 {
+        let (ready, detach) = {
+            let mut q = self.lock();
+            let session = q
+                .session
+                .as_deref_mut()
+                .expect("install_detached is only called on a session's handle");
+            session.replay = replay;
+            session.installing = false;
+            session.detached_at = now_ms;
+            session.detaches += 1;
+            (session.ready.clone(), session.detaches)
+        };
+        ready.notify_waiters();
+        detach
+    }
+
     /// Resolves when a session being installed is ready for posts (or after a spurious wakeup:
     /// the caller tries again, within its own deadline).
     pub async fn installed(&self) {
@@ -521,6 +541,17 @@ impl Registry {
     pub fn insert(&self, handle: Arc<ConnectionHandle>) {
         self.map
             .insert(handle.context.connection_id.clone(), handle);
+    }
+
+    /// Adds a connection unless one with its ID is registered already; true if added.
+    pub fn insert_new(&self, handle: Arc<ConnectionHandle>) -> bool {
+        match self.map.entry(handle.context.connection_id.clone()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(handle);
+                true
+            }
+        }
     }
 
     /// Looks a connection up.

@@ -228,7 +228,9 @@ async fn resume_from_elsewhere(
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     // Registered first, so posts that reach this host once the record names it wait for the
     // session instead of being answered 410.
-    host.registry.insert(handle.clone());
+    if !host.registry.insert_new(handle.clone()) {
+        return Err("unknown");
+    }
     let abandon = |host: &Host| {
         host.registry.remove(&resume.connection_id);
         handle.mark_closed();
@@ -285,6 +287,92 @@ async fn resume_from_elsewhere(
     let attachment = handle.attach_first(welcome);
     tracing::info!(from = %previous.host_id, "session resumed from another host");
     Ok(Resumed { handle, attachment })
+}
+
+/// With `durability = "store"`, takes over the session of `connection_id` when the host that
+/// held it is gone (unreachable, or dead by its heartbeat), so that posts keep being kept for the
+/// client, which resumes wherever it reconnects. The session stays detached here, its window
+/// running from now. `None` when it is not such a session, or another host took it first.
+pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<ConnectionHandle>> {
+    let sessions = &host.config.extensions.sessions;
+    if !sessions.enabled || sessions.durability != Durability::Store {
+        return None;
+    }
+    let record = host.store.get_connection(connection_id).await.ok()??;
+    let mut session = record.session.clone()?;
+    let window = i64::try_from(sessions.resume_window.as_millis()).unwrap_or(i64::MAX);
+    let now = ids::now_ms();
+    if session.detached_at != 0 && now - session.detached_at > window {
+        return None;
+    }
+    if record.owner_host == host.identity.host_id
+        && record.owner_incarnation == host.identity.incarnation
+    {
+        // Ours, and not in the registry: it ended here.
+        return None;
+    }
+    let context = Arc::new(ConnectionContext {
+        connection_id: record.connection_id.clone(),
+        connected_at: record.connected_at,
+        source_ip: record.source_ip.clone(),
+        user_agent: record.user_agent.clone(),
+        domain_name: host.config.api.domain_name.clone(),
+        host: String::new(),
+        stage: host.config.api.stage.as_str().into(),
+        api_id: host.config.api.api_id.as_str().into(),
+        authorizer: record.authorizer.clone(),
+    });
+    let mut installing = Session::new(
+        Replay::new(sessions.session_buffer_bytes),
+        session.token_hash.clone(),
+        session.principal.clone(),
+    );
+    installing.installing = true;
+    let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
+    if !host.registry.insert_new(handle.clone()) {
+        return None;
+    }
+    let abandon = || {
+        host.registry.remove_if_same(connection_id, &handle);
+        handle.mark_closed();
+    };
+    session.detached_at = now;
+    let taken = host.record(&context, Some(session));
+    if !matches!(
+        host.store
+            .take_over(&taken, &record.owner_host, &record.owner_incarnation)
+            .await,
+        Ok(true)
+    ) {
+        abandon();
+        return None;
+    }
+    // Every frame the store still keeps: the client's position is not known until it resumes.
+    let frames = match host.store.frames_after(connection_id, 0).await {
+        Ok(frames) => frames,
+        Err(e) => {
+            tracing::warn!(error = %e, "adopted session's frames not read; it ends");
+            abandon();
+            return None;
+        }
+    };
+    let acked = frames.first().map_or(0, |f| f.seq - 1);
+    let replay = Replay::resumed(sessions.session_buffer_bytes, acked, frames);
+    let detach = handle.install_detached(replay, now);
+    tracing::info!(from = %record.owner_host, "adopted a session whose host is gone");
+    let window = sessions.resume_window;
+    let (host, timer_handle) = (host.clone(), handle.clone());
+    let tasks = host.tasks.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(window) => {}
+            _ = host.shutdown.cancelled() => {}
+        }
+        if timer_handle.still_detached(detach) {
+            end(&host, &timer_handle, 1006, "Connection closed abnormally").await;
+        }
+    });
+    Some(handle)
 }
 
 /// The frames of a session after `last_seq`, from where its durability keeps them.
