@@ -5,7 +5,7 @@
 //! other host per page of members (`POST /{stage}/@internal/deliver`), so each member gets the
 //! message exactly once whichever host received the broadcast.
 
-use super::{Call, ManagementError, check_id, elsewhere, read_body};
+use super::{Call, Elsewhere, ManagementError, check_id, elsewhere, read_body};
 use crate::cluster::{Cluster, Owner};
 use crate::host::Host;
 use crate::registry::Outbound;
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::StatusCode;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Members listed per page when the caller gives no `limit`.
 const DEFAULT_PAGE: usize = 100;
@@ -34,7 +35,7 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, st
 
 /// `PUT /{stage}/@connections/{id}/groups/{group}`.
 pub(super) async fn join(
-    host: &Host,
+    host: &Arc<Host>,
     call: &Call,
     id: &str,
     group: &str,
@@ -45,7 +46,11 @@ pub(super) async fn join(
     }
     // The owner writes the membership: only it can tell whether the connection is still open.
     if host.registry.get(id).is_none() {
-        return elsewhere(host, call, id, Bytes::new()).await;
+        match elsewhere(host, call, id, Bytes::new()).await? {
+            Elsewhere::Answered(response) => return Ok(response),
+            // Taken in here: this host now writes its memberships.
+            Elsewhere::Adopted(_) => {}
+        }
     }
     host.store
         .add_to_group(group, id)

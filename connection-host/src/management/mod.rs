@@ -305,27 +305,70 @@ async fn authenticate_peer(host: &Host, request: Request) -> Result<Request, Res
 
 /// A call for a connection this host does not hold: forwarded to the owning host when clustered
 /// (unless it was itself forwarded), else 410 as on a single host.
+///
+/// A reliable session can move between hosts (PROTOCOL.md section 5): when the owner answers 410
+/// the owner is looked up again once, and a store-durable session whose owner is gone is taken in
+/// here ([`crate::sessions::adopt`]) and served as a local connection.
 pub(crate) async fn elsewhere(
-    host: &Host,
+    host: &Arc<Host>,
     call: &Call,
     id: &str,
     body: Bytes,
-) -> Result<Response, ManagementError> {
+) -> Result<Elsewhere, ManagementError> {
     let Some(cluster) = host.cluster.as_ref().filter(|_| !call.forwarded) else {
         return Err(ManagementError::Gone);
     };
-    let owner = cluster
-        .locate(host.store.as_ref(), id)
-        .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-    let Some(owner) = owner else {
-        return Err(ManagementError::Gone);
-    };
-    let answer = cluster
-        .forward(&owner, id, call.method.clone(), &call.target, body)
-        .await
-        .ok_or(ManagementError::Gone)?;
-    Ok((answer.status, answer.headers, answer.body).into_response())
+    let mut previous: Option<crate::cluster::Owner> = None;
+    for _ in 0..2 {
+        let owner = cluster
+            .locate(host.store.as_ref(), id)
+            .await
+            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        let Some(owner) = owner.filter(|o| previous.as_ref() != Some(o)) else {
+            break;
+        };
+        let answer = cluster
+            .forward(&owner, id, call.method.clone(), &call.target, body.clone())
+            .await;
+        match answer {
+            Some(answer) if answer.status == StatusCode::GONE => previous = Some(owner),
+            Some(answer) => {
+                return Ok(Elsewhere::Answered(
+                    (answer.status, answer.headers, answer.body).into_response(),
+                ));
+            }
+            // Unreachable: dead, or cut off from this host.
+            None => break,
+        }
+    }
+    match crate::sessions::adopt(host, id).await {
+        Some(handle) => Ok(Elsewhere::Adopted(handle)),
+        None => Err(ManagementError::Gone),
+    }
+}
+
+/// Where [`elsewhere`] found a connection.
+pub(crate) enum Elsewhere {
+    /// Another host answered the call.
+    Answered(Response),
+    /// A reliable session this host took in: serve the call here.
+    Adopted(Arc<crate::registry::ConnectionHandle>),
+}
+
+/// The connection `id` held here, or the answer of the host that holds it.
+async fn find(
+    host: &Arc<Host>,
+    call: &Call,
+    id: &str,
+    body: &Bytes,
+) -> Result<Result<Arc<crate::registry::ConnectionHandle>, Response>, ManagementError> {
+    if let Some(handle) = host.registry.get(id) {
+        return Ok(Ok(handle));
+    }
+    Ok(match elsewhere(host, call, id, body.clone()).await? {
+        Elsewhere::Answered(response) => Err(response),
+        Elsewhere::Adopted(handle) => Ok(handle),
+    })
 }
 
 /// Reads a request body of at most `limit` bytes.
@@ -352,15 +395,16 @@ fn check_id(id: &str) -> Result<(), ManagementError> {
 }
 
 async fn post_to_connection(
-    host: &Host,
+    host: &Arc<Host>,
     call: &Call,
     id: &str,
     body: Body,
 ) -> Result<Response, ManagementError> {
     check_id(id)?;
     let data = read_body(body, host.config.limits.post_size).await?;
-    let Some(handle) = host.registry.get(id) else {
-        return elsewhere(host, call, id, data).await;
+    let handle = match find(host, call, id, &data).await? {
+        Ok(handle) => handle,
+        Err(answered) => return Ok(answered),
     };
     let posted = if handle.is_session() {
         crate::sessions::post(host, &handle, &data).await
@@ -380,7 +424,16 @@ async fn post_to_connection(
             if let Some(cluster) = &host.cluster {
                 cluster.forget(id);
             }
-            elsewhere(host, call, id, data).await
+            match elsewhere(host, call, id, data.clone()).await? {
+                Elsewhere::Answered(response) => Ok(response),
+                Elsewhere::Adopted(handle) => {
+                    match crate::sessions::post(host, &handle, &data).await {
+                        Ok(()) => Ok(StatusCode::OK.into_response()),
+                        Err(PostError::Full) => Err(ManagementError::LimitExceeded),
+                        Err(_) => Err(ManagementError::Gone),
+                    }
+                }
+            }
         }
         Err(PostError::Unavailable) => Err(ManagementError::Unavailable(
             "the session's frame could not be written to the store".into(),
@@ -405,10 +458,15 @@ async fn hand_over(host: &Host, body: Body) -> Result<Response, ManagementError>
     Ok(axum::Json(handed).into_response())
 }
 
-async fn get_connection(host: &Host, call: &Call, id: &str) -> Result<Response, ManagementError> {
+async fn get_connection(
+    host: &Arc<Host>,
+    call: &Call,
+    id: &str,
+) -> Result<Response, ManagementError> {
     check_id(id)?;
-    let Some(handle) = host.registry.get(id) else {
-        return elsewhere(host, call, id, Bytes::new()).await;
+    let handle = match find(host, call, id, &Bytes::new()).await? {
+        Ok(handle) => handle,
+        Err(answered) => return Ok(answered),
     };
     let c = &handle.context;
     let mut identity = serde_json::json!({ "sourceIp": c.source_ip });
@@ -429,8 +487,9 @@ async fn delete_connection(
     id: &str,
 ) -> Result<Response, ManagementError> {
     check_id(id)?;
-    let Some(handle) = host.registry.get(id) else {
-        return elsewhere(host, call, id, Bytes::new()).await;
+    let handle = match find(host, call, id, &Bytes::new()).await? {
+        Ok(handle) => handle,
+        Err(answered) => return Ok(answered),
     };
     if !handle.close(1000, "Connection Closed Normally") {
         return Err(ManagementError::Gone);
