@@ -306,10 +306,10 @@ impl ConnectionHandle {
         self.lock().session.as_deref_mut().map(f)
     }
 
-    /// Numbers and keeps a posted message for the session: a `msg` frame of `data`. Returns the
-    /// frame, for `durability = "store"`. A post refused for a full buffer while the client is
+    /// Numbers and keeps a posted message for the session: a `msg` frame of `data`. Returns its
+    /// number and the frame, for `durability = "store"`. A post refused for a full buffer while the client is
     /// away marks the session overflowed.
-    pub fn post_session(&self, data: &[u8]) -> Result<StoredFrame, PostError> {
+    pub fn post_session(&self, data: &[u8]) -> Result<(u64, Utf8Bytes), PostError> {
         // Escaped outside the lock: the lock only numbers and links the frame.
         let payload = envelope::payload_member(data);
         self.push_sequenced(payload.len(), false, |seq| envelope::msg(seq, &payload))
@@ -318,7 +318,7 @@ impl ConnectionHandle {
     /// Numbers and keeps the `reply` with `answer` (PROTOCOL.md section 6). Replies are not held
     /// to the buffer's bound: each answers a message the client sent, which the connection's
     /// in-flight limit bounds already, and dropping one would leave the client waiting.
-    pub fn post_reply(&self, answer: &str) -> Result<StoredFrame, PostError> {
+    pub fn post_reply(&self, answer: &str) -> Result<(u64, Utf8Bytes), PostError> {
         self.push_sequenced(0, true, |seq| envelope::reply(seq, answer))
     }
 
@@ -327,7 +327,7 @@ impl ConnectionHandle {
         len: usize,
         unbounded: bool,
         build: impl FnOnce(u64) -> String,
-    ) -> Result<StoredFrame, PostError> {
+    ) -> Result<(u64, Utf8Bytes), PostError> {
         let frame = {
             let mut q = self.lock();
             if q.closing {
@@ -342,17 +342,8 @@ impl ConnectionHandle {
             if session.installing {
                 return Err(PostError::NotReady);
             }
-            let mut built = None;
-            let pushed = session.replay.push(if unbounded { 0 } else { len }, |seq| {
-                let frame = build(seq);
-                built = Some(frame.clone());
-                frame
-            });
-            match pushed {
-                Ok(seq) => StoredFrame {
-                    seq,
-                    frame: built.expect("push built the frame"),
-                },
+            match session.replay.push(if unbounded { 0 } else { len }, build) {
+                Ok(numbered) => numbered,
                 Err(_) => {
                     if session.attachment.is_none() {
                         session.overflowed = true;

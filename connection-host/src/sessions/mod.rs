@@ -27,6 +27,7 @@ use crate::store::{SessionRecord, StoredFrame};
 use replay::Replay;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How long a post waits for a session being taken over by this host to become ready.
 const INSTALL_WAIT: Duration = Duration::from_secs(10);
@@ -548,12 +549,16 @@ pub(crate) async fn post(
 pub(crate) async fn keep(
     host: &Host,
     handle: &ConnectionHandle,
-    frame: &StoredFrame,
+    (seq, frame): &(u64, Utf8Bytes),
 ) -> Result<(), PostError> {
     let sessions = &host.config.extensions.sessions;
     if sessions.durability != Durability::Store {
         return Ok(());
     }
+    let frame = StoredFrame {
+        seq: *seq,
+        frame: frame.as_str().to_string(),
+    };
     let lifetime = host.config.limits.max_connection_duration + sessions.resume_window;
     let expires = ids::now_ms() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
     match host
@@ -562,7 +567,7 @@ pub(crate) async fn keep(
             &handle.context.connection_id,
             &host.identity.host_id,
             &host.identity.incarnation,
-            frame,
+            &frame,
             expires,
         )
         .await

@@ -74,22 +74,22 @@ impl Replay {
         replay
     }
 
-    /// Numbers a frame built by `build(seq)` and keeps it; [`Full`] when it would take the kept
-    /// frames past the limit (nothing is numbered then).
+    /// Numbers a frame built by `build(seq)` and keeps it, returning its number and a shared
+    /// copy; [`Full`] when it would take the kept frames past the limit (nothing is numbered then).
     pub fn push(
         &mut self,
         len_hint: usize,
         build: impl FnOnce(u64) -> String,
-    ) -> Result<u64, Full> {
+    ) -> Result<(u64, Utf8Bytes), Full> {
         if self.bytes + len_hint > self.limit {
             return Err(Full);
         }
         let seq = self.next_seq;
-        let frame = build(seq);
+        let frame = Utf8Bytes::from(build(seq));
         self.bytes += frame.len();
-        self.frames.push_back((seq, Utf8Bytes::from(frame)));
+        self.frames.push_back((seq, frame.clone()));
         self.next_seq += 1;
-        Ok(seq)
+        Ok((seq, frame))
     }
 
     /// The next frame the current connection has not been given, if any.
