@@ -9,6 +9,7 @@
 
 mod cache;
 pub mod liveness;
+mod order;
 
 use crate::config::ClusterConfig;
 use crate::peer_auth::verify;
@@ -19,6 +20,7 @@ use crate::store::{ConnectionStore, HostRecord, StoreError};
 use bytes::Bytes;
 use cache::OwnerCache;
 use http::{HeaderMap, HeaderValue, Method};
+pub use order::Turn;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -85,6 +87,8 @@ pub struct Cluster {
     host_timeout_ms: i64,
     http: reqwest::Client,
     owners: OwnerCache,
+    /// Keeps the calls forwarded for one connection in their order of arrival.
+    lines: order::Lines,
     /// The last liveness record seen per host (refreshed every heartbeat, and on demand).
     hosts: RwLock<HashMap<String, HostRecord>>,
 }
@@ -107,6 +111,7 @@ impl Cluster {
             host_timeout_ms: i64::try_from(config.host_timeout.as_millis()).unwrap_or(i64::MAX),
             http,
             owners: OwnerCache::new(config.owner_cache_size),
+            lines: order::Lines::default(),
             hosts: RwLock::new(HashMap::new()),
         })
     }
@@ -166,6 +171,15 @@ impl Cluster {
         let mut request = build.timeout(FORWARD_TIMEOUT).body(body.clone()).build()?;
         self.sign(&mut request, &body);
         self.http.execute(request).await
+    }
+
+    /// Waits until the calls for `connection_id` that reached this host earlier have been
+    /// forwarded and answered; hold the turn over [`Cluster::locate`] and [`Cluster::forward`]
+    /// so that the owner receives the calls in the order this host did. Calls for other
+    /// connections never wait on it. Await it first thing on arrival: the place in line is taken
+    /// at the first poll.
+    pub async fn turn(&self, connection_id: &str) -> Turn<'_> {
+        self.lines.turn(connection_id).await
     }
 
     /// The owner of a connection that is not in the local registry: `None` when it does not

@@ -311,6 +311,9 @@ pub(crate) async fn elsewhere(
     let Some(cluster) = host.cluster.as_ref().filter(|_| !call.forwarded) else {
         return Err(ManagementError::Gone);
     };
+    // Nothing was awaited since the call was read, so the calls for `id` queue here in the order
+    // they arrived, and each leaves only once the owner has answered the one before.
+    let _turn = cluster.turn(id).await;
     let owner = cluster
         .locate(host.store.as_ref(), id)
         .await
