@@ -178,8 +178,13 @@ impl Cluster {
     /// so that the owner receives the calls in the order this host did. Calls for other
     /// connections never wait on it. Await it first thing on arrival: the place in line is taken
     /// at the first poll.
-    pub async fn turn(&self, connection_id: &str) -> Turn<'_> {
-        self.lines.turn(connection_id).await
+    ///
+    /// `None` when the calls ahead took longer than [`FORWARD_TIMEOUT`]: a stalled owner keeps
+    /// each of them up to that long, and a call is not left waiting behind all of them.
+    pub async fn turn(&self, connection_id: &str) -> Option<Turn<'_>> {
+        tokio::time::timeout(FORWARD_TIMEOUT, self.lines.turn(connection_id))
+            .await
+            .ok()
     }
 
     /// The owner of a connection that is not in the local registry: `None` when it does not
@@ -387,6 +392,26 @@ mod tests {
         assert_eq!((c.host_id.as_str(), d.host_id.as_str()), ("fixed", "fixed"));
         assert_ne!(c.incarnation, d.incarnation);
         assert_eq!(c.endpoint, "http://127.0.0.1:9080");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_its_turn_at_most_the_forward_timeout() {
+        let config = ClusterConfig {
+            advertise_url: "http://127.0.0.1:9".into(),
+            secret: "0123456789abcdef0123".into(),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::new(&config, &Identity::new(&config), reqwest::Client::new())
+            .expect("clustered");
+        let first = cluster.turn("c").await.expect("an idle connection's turn");
+        let started = tokio::time::Instant::now();
+        assert!(
+            cluster.turn("c").await.is_none(),
+            "the owner stalls the first"
+        );
+        assert_eq!(started.elapsed(), FORWARD_TIMEOUT);
+        drop(first);
+        assert!(cluster.turn("c").await.is_some());
     }
 
     #[test]

@@ -312,8 +312,13 @@ pub(crate) async fn elsewhere(
         return Err(ManagementError::Gone);
     };
     // Nothing was awaited since the call was read, so the calls for `id` queue here in the order
-    // they arrived, and each leaves only once the owner has answered the one before.
-    let _turn = cluster.turn(id).await;
+    // they arrived, and each leaves only once the owner has answered the one before. A call that
+    // waited too long is refused like one finding the connection's queue full: not delivered,
+    // so it changes no order.
+    let _turn = cluster
+        .turn(id)
+        .await
+        .ok_or(ManagementError::LimitExceeded)?;
     let owner = cluster
         .locate(host.store.as_ref(), id)
         .await
