@@ -55,6 +55,30 @@ impl ClusterHost {
         liveness: &str,
         routes: &str,
     ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self::launch(tables, endpoint, host_id, liveness, routes, Some(runtime))
+    }
+
+    /// Like [`ClusterHost::start`], on the calling test's runtime (current-thread, unlike the
+    /// others): tasks woken together run in the order they were woken, so the host takes
+    /// requests that arrive together in their order of arrival. Killing it does nothing.
+    fn start_here(tables: &TestTables, host_id: &str) -> Self {
+        Self::launch(tables, tables.endpoint(), host_id, "", "", None)
+    }
+
+    /// Starts a host on `runtime`, or on the calling one when `None`.
+    fn launch(
+        tables: &TestTables,
+        endpoint: &str,
+        host_id: &str,
+        liveness: &str,
+        routes: &str,
+        runtime: Option<tokio::runtime::Runtime>,
+    ) -> Self {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
@@ -85,15 +109,10 @@ secret = "{SECRET}"
             endpoint
         );
         let config = connection_host::Config::from_toml(&toml).expect("valid cluster config");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         // Everything (listeners, store client, tasks) is created inside the host's runtime, so
         // dropping that runtime takes all of it down.
-        let join = runtime.spawn(async move {
+        let serve = async move {
             let listeners = Listeners {
                 public: tokio::net::TcpListener::from_std(public)?,
                 management: Some(tokio::net::TcpListener::from_std(management)?),
@@ -102,13 +121,17 @@ secret = "{SECRET}"
                 let _ = rx.await;
             })
             .await
-        });
+        };
+        let join = match &runtime {
+            Some(runtime) => runtime.spawn(serve),
+            None => tokio::spawn(serve),
+        };
         Self {
             public: public_addr,
             management: management_addr,
             shutdown: Some(tx),
             join: Some(join),
-            runtime: Some(runtime),
+            runtime,
         }
     }
 
@@ -349,6 +372,94 @@ async fn management_calls_reach_a_connection_through_any_host() {
     // Drained hosts leave nothing behind: no records, no liveness records.
     let hosts = tables.store.hosts().await.unwrap();
     assert!(hosts.is_empty(), "{hosts:?}");
+    tables.delete().await;
+}
+
+/// Reads one HTTP/1.1 answer with a `content-length` from `stream`, leaving the connection open.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "answer cut short");
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8(answer.clone()).unwrap();
+    let length: usize = raw_header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    answer.extend(body);
+    String::from_utf8(answer).unwrap()
+}
+
+/// Posts for one connection that reach host B a moment apart, each on its own HTTP connection
+/// and all in flight at once, are forwarded to the owner in the order B received them. Without
+/// a line per connection on B the first posts race: each misses the owner cache and reads the
+/// record, and whichever read returns first is forwarded first; later ones may overtake each
+/// other on different pooled connections to A.
+#[tokio::test]
+async fn posts_through_another_host_arrive_in_the_order_it_received_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const POSTS: usize = 200;
+    // Between two requests: short enough that the first posts are still looking up the owner
+    // when the next ones arrive. B runs on this test's runtime, so it takes requests that reach
+    // it together in the order they were written (a multi-threaded runtime may run the last
+    // one woken first), and that order is the one the test knows.
+    const GAP: Duration = Duration::from_micros(500);
+    let Some(tables) = TestTables::create("posts_in_order_across_hosts").await else {
+        return;
+    };
+    let mut a = ClusterHost::start(&tables, "a", "");
+    let mut b = ClusterHost::start_here(&tables, "b");
+    let (mut ws, id) = client(&a).await;
+
+    // One connection per post, opened beforehand and served once (`/health`), so that B waits
+    // on each for its next request, each request goes out whole at once, and nothing orders them
+    // but the moment they are written.
+    let mut streams = Vec::with_capacity(POSTS);
+    for _ in 0..POSTS {
+        let mut stream = tokio::net::TcpStream::connect(b.management).await.unwrap();
+        let health = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", b.management);
+        stream.write_all(health.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        streams.push(stream);
+    }
+    let path = format!("/dev/@connections/{}", encode_id(&id));
+    let mut answers = Vec::with_capacity(POSTS);
+    for (n, mut stream) in streams.into_iter().enumerate() {
+        let body = n.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            b.management,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        answers.push(tokio::spawn(async move {
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        }));
+        tokio::time::sleep(GAP).await;
+    }
+    for (n, answer) in answers.into_iter().enumerate() {
+        let answer = within("an answer from b", answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "post {n}: {answer}");
+    }
+    let mut received = Vec::with_capacity(POSTS);
+    for _ in 0..POSTS {
+        received.push(next_text(&mut ws).await.parse::<usize>().unwrap());
+    }
+    let first_out_of_order = received.iter().enumerate().find(|(n, m)| n != *m);
+    assert_eq!(
+        first_out_of_order, None,
+        "posts delivered out of order: {received:?}"
+    );
+
+    drop(ws);
+    for host in [&mut a, &mut b] {
+        host.stop().await;
+    }
     tables.delete().await;
 }
 

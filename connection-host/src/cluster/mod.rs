@@ -9,6 +9,7 @@
 
 mod cache;
 pub mod liveness;
+mod order;
 
 use crate::config::ClusterConfig;
 use crate::peer_auth::verify;
@@ -19,6 +20,7 @@ use crate::store::{ConnectionStore, HostRecord, StoreError};
 use bytes::Bytes;
 use cache::OwnerCache;
 use http::{HeaderMap, HeaderValue, Method};
+pub use order::Turn;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -85,6 +87,8 @@ pub struct Cluster {
     host_timeout_ms: i64,
     http: reqwest::Client,
     owners: OwnerCache,
+    /// Keeps the calls forwarded for one connection in their order of arrival.
+    lines: order::Lines,
     /// The last liveness record seen per host (refreshed every heartbeat, and on demand).
     hosts: RwLock<HashMap<String, HostRecord>>,
 }
@@ -107,6 +111,7 @@ impl Cluster {
             host_timeout_ms: i64::try_from(config.host_timeout.as_millis()).unwrap_or(i64::MAX),
             http,
             owners: OwnerCache::new(config.owner_cache_size),
+            lines: order::Lines::default(),
             hosts: RwLock::new(HashMap::new()),
         })
     }
@@ -166,6 +171,20 @@ impl Cluster {
         let mut request = build.timeout(FORWARD_TIMEOUT).body(body.clone()).build()?;
         self.sign(&mut request, &body);
         self.http.execute(request).await
+    }
+
+    /// Waits until the calls for `connection_id` that reached this host earlier have been
+    /// forwarded and answered; hold the turn over [`Cluster::locate`] and [`Cluster::forward`]
+    /// so that the owner receives the calls in the order this host did. Calls for other
+    /// connections never wait on it. Await it first thing on arrival: the place in line is taken
+    /// at the first poll.
+    ///
+    /// `None` when the calls ahead took longer than [`FORWARD_TIMEOUT`]: a stalled owner keeps
+    /// each of them up to that long, and a call is not left waiting behind all of them.
+    pub async fn turn(&self, connection_id: &str) -> Option<Turn<'_>> {
+        tokio::time::timeout(FORWARD_TIMEOUT, self.lines.turn(connection_id))
+            .await
+            .ok()
     }
 
     /// The owner of a connection that is not in the local registry: `None` when it does not
@@ -428,6 +447,26 @@ mod tests {
         assert_eq!((c.host_id.as_str(), d.host_id.as_str()), ("fixed", "fixed"));
         assert_ne!(c.incarnation, d.incarnation);
         assert_eq!(c.endpoint, "http://127.0.0.1:9080");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_its_turn_at_most_the_forward_timeout() {
+        let config = ClusterConfig {
+            advertise_url: "http://127.0.0.1:9".into(),
+            secret: "0123456789abcdef0123".into(),
+            ..ClusterConfig::default()
+        };
+        let cluster = Cluster::new(&config, &Identity::new(&config), reqwest::Client::new())
+            .expect("clustered");
+        let first = cluster.turn("c").await.expect("an idle connection's turn");
+        let started = tokio::time::Instant::now();
+        assert!(
+            cluster.turn("c").await.is_none(),
+            "the owner stalls the first"
+        );
+        assert_eq!(started.elapsed(), FORWARD_TIMEOUT);
+        drop(first);
+        assert!(cluster.turn("c").await.is_some());
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub enum ManagementError {
     /// 413: the data exceeds the payload limit.
     #[error("PayloadTooLargeException")]
     PayloadTooLarge,
-    /// 429: the connection's outbound queue is full.
+    /// 429: the connection's outbound queue is full, or (in a cluster) the calls for it queued
+    /// ahead of this one on the forwarding host took longer than the forward timeout.
     #[error("LimitExceededException")]
     LimitExceeded,
     /// 429: more calls per second than `limits.management_requests_per_second` allows.

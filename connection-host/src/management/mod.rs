@@ -318,6 +318,14 @@ pub(crate) async fn elsewhere(
     let Some(cluster) = host.cluster.as_ref().filter(|_| !call.forwarded) else {
         return Err(ManagementError::Gone);
     };
+    // Nothing was awaited since the call was read, so the calls for `id` queue here in the order
+    // they arrived, and each leaves only once the owner has answered the one before. A call that
+    // waited too long is refused like one finding the connection's queue full: not delivered,
+    // so it changes no order.
+    let _turn = cluster
+        .turn(id)
+        .await
+        .ok_or(ManagementError::LimitExceeded)?;
     let mut previous: Option<crate::cluster::Owner> = None;
     for _ in 0..2 {
         let owner = cluster
