@@ -98,6 +98,7 @@ groups = true
 kind = "dynamodb"
 connections_table = "{}"
 groups_table = "{}"
+sessions_table = "{}"
 endpoint_url = "{}"
 [cluster]
 host_id = "{host_id}"
@@ -106,6 +107,7 @@ secret = "{SECRET}"
 {liveness}"#,
             tables.connections(),
             tables.groups(),
+            tables.sessions(),
             endpoint
         );
         let config = connection_host::Config::from_toml(&toml).expect("valid cluster config");
@@ -957,5 +959,138 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
 
     a.stop().await;
     b.stop().await;
+    tables.delete().await;
+}
+
+/// Reliable sessions with `durability`, and a two-way echo route for their messages.
+fn sessions(durability: &str) -> String {
+    format!(
+        r#"
+[extensions.sessions]
+enabled = true
+durability = "{durability}"
+[routes."$default"]
+integration = "echo"
+two_way = true
+[integrations.echo]
+type = "mock"
+response_template = 'echo:$input.body'
+"#
+    )
+}
+
+async fn get_status(via: &ClusterHost, id: &str) -> Result<(), Option<u16>> {
+    via.sdk()
+        .get_connection()
+        .connection_id(id)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| e.raw_response().map(|r| r.status().as_u16()))
+}
+
+#[tokio::test]
+async fn a_session_resumes_on_another_host_with_its_buffer_and_memberships() {
+    let Some(tables) = TestTables::create("sessions_move").await else {
+        return;
+    };
+    let routes = sessions("memory");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let member = b.url(&format!("/dev/@connections/{}/groups/room", encode_id(&id)));
+    let joined = reqwest::Client::new().put(&member).send().await.unwrap();
+    assert_eq!(joined.status(), 204);
+    // Posts through B reach the client on A, numbered.
+    post(&b, &id, "one").await.unwrap();
+    post(&b, &id, "two").await.unwrap();
+    assert_eq!(next_frame(&mut ws).await["s"], 1);
+    assert_eq!(next_frame(&mut ws).await["s"], 2);
+    send_frame(&mut ws, serde_json::json!({"t":"ack","s":1})).await;
+    drop(ws);
+    // While the client is away, A keeps posts for it.
+    post(&b, &id, "three").await.unwrap();
+    get_status(&b, &id).await.unwrap();
+    // The client comes back on B: same ID, frames 2 and 3 again, in order.
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 1))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["connectionId"], id.as_str());
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"t":"msg","s":2,"d":"two"})
+    );
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"t":"msg","s":3,"d":"three"})
+    );
+    // A let go: posts through A now reach the client on B, after the replayed ones.
+    post(&a, &id, "four").await.unwrap();
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"t":"msg","s":4,"d":"four"})
+    );
+    // The membership survived the move.
+    let delivered = broadcast(&a, "room", "to the room").await;
+    assert_eq!(delivered["delivered"], 1, "{delivered}");
+    assert_eq!(next_frame(&mut ws).await["d"], "to the room");
+    // Messages keep being answered, numbered in the same sequence.
+    send_frame(&mut ws, serde_json::json!({"t":"msg","id":"k","d":"hi"})).await;
+    assert_eq!(
+        next_frame(&mut ws).await,
+        serde_json::json!({"t":"reply","s":6,"id":"k","d":"echo:hi"})
+    );
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_store_durable_session_survives_its_host_being_killed() {
+    let Some(tables) = TestTables::create("sessions_kill").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let c = ClusterHost::start_with_routes(&tables, "c", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    post(&b, &id, "before").await.unwrap();
+    assert_eq!(next_frame(&mut ws).await["s"], 1);
+    // A dies with the frame unacknowledged; posts keep coming through B.
+    a.kill();
+    drop(ws);
+    for n in 0..3 {
+        post(&b, &id, &format!("after-{n}")).await.unwrap();
+    }
+    // The client resumes on C: everything after what it had, in order, none lost.
+    let (mut ws, resumed) = reliable_connect(c.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["connectionId"], id.as_str());
+    let mut frames = Vec::new();
+    for _ in 0..4 {
+        frames.push(next_frame(&mut ws).await);
+    }
+    let seqs: Vec<u64> = frames.iter().map(|f| f["s"].as_u64().unwrap()).collect();
+    let data: Vec<&str> = frames.iter().map(|f| f["d"].as_str().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(data, vec!["before", "after-0", "after-1", "after-2"]);
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_memory_session_whose_host_died_starts_afresh_and_says_why() {
+    let Some(tables) = TestTables::create("sessions_lost").await else {
+        return;
+    };
+    let routes = sessions("memory");
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (ws, welcome) = reliable_connect(a.public, None).await;
+    a.kill();
+    drop(ws);
+    let (_ws, fresh) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(fresh["recovered"], false);
+    assert_eq!(fresh["reason"], "lost");
+    assert_ne!(fresh["connectionId"], welcome["connectionId"]);
     tables.delete().await;
 }

@@ -54,42 +54,15 @@ two_way = true
 }
 
 async fn reliable(host: &TestHost, resume: Option<&str>) -> (Ws, Value) {
-    let mut offer = "ch-reliable.v1".to_string();
-    if let Some(r) = resume {
-        offer.push_str(", ");
-        offer.push_str(r);
-    }
-    let (mut ws, response) = try_connect(
-        host.addr,
-        "/dev",
-        &[("Sec-WebSocket-Protocol", &offer)],
-        None,
-    )
-    .await
-    .expect("reliable handshake");
-    assert_eq!(
-        response.headers().get("sec-websocket-protocol").unwrap(),
-        "ch-reliable.v1"
-    );
-    let welcome = frame(&mut ws).await;
-    assert_eq!(welcome["t"], "welcome", "the first frame is the welcome");
-    (ws, welcome)
+    reliable_connect(host.addr, resume).await
 }
 
 async fn frame(ws: &mut Ws) -> Value {
-    let text = next_text(ws).await;
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame {text:?} is not JSON: {e}"))
+    next_frame(ws).await
 }
 
 async fn send(ws: &mut Ws, frame: Value) {
-    send_text(ws, &frame.to_string()).await;
-}
-
-fn resume_offer(welcome: &Value, last_seq: u64) -> String {
-    format!(
-        "ch-resume.{last_seq}.{}",
-        welcome["resumeToken"].as_str().unwrap()
-    )
+    send_frame(ws, frame).await;
 }
 
 async fn post(host: &TestHost, id: &str, data: &str) -> Result<(), u16> {

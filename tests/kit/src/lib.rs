@@ -14,6 +14,8 @@
 //! - Clients: WebSocket ([`connect`], [`try_connect`], [`next_text`], [`expect_close`], …), raw
 //!   TCP for exact request heads and frames ([`raw_exchange`], [`raw_upgrade`], [`client_frame`]),
 //!   and the official SDK clients ([`mgmt_client`], [`lambda_client`]).
+//! - Reliable sessions: [`reliable_connect`], [`next_frame`], [`send_frame`], [`resume_offer`]
+//!   speak the `ch-reliable.v1` subprotocol with raw frames.
 //! - Network faults: [`chaos::ChaosProxy`], a loopback TCP proxy in front of one or more hosts
 //!   that adds latency, jitter and bandwidth caps and resets, black-holes or half-opens
 //!   connections, on demand or on a random schedule (the `fault-proxy` binary runs one by hand).
@@ -26,6 +28,7 @@ mod handler;
 mod host;
 mod process;
 pub mod proxy;
+mod reliable;
 mod sdk;
 mod wait;
 mod ws;
@@ -34,6 +37,7 @@ pub use dynamodb::*;
 pub use handler::*;
 pub use host::*;
 pub use process::*;
+pub use reliable::*;
 pub use sdk::*;
 pub use wait::*;
 pub use ws::*;
