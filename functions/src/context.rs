@@ -144,6 +144,14 @@ impl<'r> WebSocketEvent<'r> {
         self.context.request_id.as_deref()
     }
 
+    /// `requestContext.idempotencyKey`: the key a connection-host reliable client gave the message
+    /// (MESSAGE events from clients using the sessions extension; see connection-host/SESSIONS.md).
+    /// The host invokes a route at most once per key; use it to make the handler's own side
+    /// effects idempotent. `None` on API Gateway and for plain clients.
+    pub fn idempotency_key(&self) -> Option<&'r str> {
+        self.context.other.get("idempotencyKey")?.as_str()
+    }
+
     /// `requestContext.messageId` (MESSAGE events only).
     pub fn message_id(&self) -> Option<&'r str> {
         self.context.message_id.as_deref()
@@ -322,6 +330,16 @@ mod tests {
         assert!(!event.is_binary());
         assert_eq!(event.request_time_epoch(), 1731332746514);
         assert_eq!(event.header("host"), None);
+        assert_eq!(event.idempotency_key(), None, "API Gateway sends none");
+    }
+
+    #[test]
+    fn idempotency_key_of_a_reliable_clients_message() {
+        let request = edited("apiGatewayWebSocketApiMessage.json", |json| {
+            json["requestContext"]["idempotencyKey"] = "c1-42".into();
+        });
+        let event = WebSocketEvent::from_request(&request).unwrap();
+        assert_eq!(event.idempotency_key(), Some("c1-42"));
     }
 
     #[test]
