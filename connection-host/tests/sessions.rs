@@ -415,3 +415,123 @@ async fn ordered_routes_invoke_a_sessions_messages_one_at_a_time_in_order() {
         (json!("a"), json!("b"))
     );
 }
+
+#[tokio::test]
+async fn the_connect_routes_subprotocol_travels_in_the_welcome() {
+    // `$connect` selects `chat` (as lambda_http answers); the 101 can name only one protocol.
+    let handler = Handler::start(|e| match event_type(e) {
+        "CONNECT" => Reply::json(json!({
+            "statusCode": 200,
+            "headers": {"Sec-WebSocket-Protocol": "chat"}
+        })),
+        _ => Reply::proxy(200, None),
+    })
+    .await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (head, mut ws) = upgrade_offering(&host, "chat, ch-reliable.v1").await;
+    assert_eq!(
+        raw_header(&head, "sec-websocket-protocol"),
+        Some("ch-reliable.v1")
+    );
+    let welcome = frame(&mut ws).await;
+    assert_eq!(welcome["protocol"], "chat");
+    // A plain client offering `chat` gets `chat` in the 101, as on API Gateway.
+    let (head, _ws) = upgrade_offering(&host, "chat").await;
+    assert_eq!(raw_header(&head, "sec-websocket-protocol"), Some("chat"));
+}
+
+#[tokio::test]
+async fn a_resume_as_another_principal_starts_afresh() {
+    use jsonwebtoken::{EncodingKey, Header};
+    const SECRET: &str = "a-session-test-secret-0123456789";
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": sub, "exp": exp}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let handler = Handler::start(echo).await;
+    let jwt = format!(
+        r#"
+[authorizers.jwt]
+type = "jwt"
+token_source = "query"
+query_parameter = "token"
+[[authorizers.jwt.keys]]
+algorithm = "HS256"
+secret = "{SECRET}"
+"#
+    );
+    let toml = config(&handler, "").replace(
+        "[routes.\"$connect\"]\nintegration = \"h\"",
+        "[routes.\"$connect\"]\nintegration = \"h\"\nauthorizer = \"jwt\"",
+    ) + &jwt;
+    let host = TestHost::start(&toml).await;
+    let connect = |sub: &str, resume: Option<String>| {
+        let mut offer = "ch-reliable.v1".to_string();
+        if let Some(r) = resume {
+            offer = format!("{offer}, {r}");
+        }
+        let path = format!("/dev?token={}", token(sub));
+        let addr = host.addr;
+        async move {
+            let (mut ws, _) = try_connect(addr, &path, &[("Sec-WebSocket-Protocol", &offer)], None)
+                .await
+                .expect("authorized handshake");
+            let welcome = next_frame(&mut ws).await;
+            (ws, welcome)
+        }
+    };
+    let (ws, alice) = connect("alice", None).await;
+    drop(ws);
+    // Mallory holds alice's token (stolen), but the authorizer says she is someone else.
+    let (_ws, stolen) = connect("mallory", Some(resume_offer(&alice, 0))).await;
+    assert_eq!(stolen["recovered"], false);
+    assert_eq!(stolen["reason"], "principal");
+    // Alice herself resumes.
+    let (_ws, resumed) = connect("alice", Some(resume_offer(&alice, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["connectionId"], alice["connectionId"]);
+    // Without a token the authorizer refuses the resume like any connection.
+    let refused = try_connect(
+        host.addr,
+        "/dev",
+        &[(
+            "Sec-WebSocket-Protocol",
+            &format!("ch-reliable.v1, {}", resume_offer(&resumed, 0)),
+        )],
+        None,
+    )
+    .await;
+    assert_eq!(refused_status(refused), 401);
+}
+
+#[tokio::test]
+async fn the_maximum_duration_counts_from_the_sessions_start() {
+    let handler = Handler::start(echo).await;
+    let toml = config(&handler, "") + "\n[limits]\nmax_connection_duration = \"2s\"\n";
+    let host = TestHost::start(&toml).await;
+    let started = std::time::Instant::now();
+    let (ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(ws);
+    let (mut ws, resumed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true);
+    let (code, _) = expect_close(&mut ws).await;
+    assert_eq!(code, 1001);
+    let lasted = started.elapsed();
+    assert!(
+        lasted < Duration::from_millis(2900),
+        "the resumed connection closed {lasted:?} after the session started, not 2 s after the resume"
+    );
+    let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1001);
+}
