@@ -1094,3 +1094,56 @@ async fn a_memory_session_whose_host_died_starts_afresh_and_says_why() {
     assert_ne!(fresh["connectionId"], welcome["connectionId"]);
     tables.delete().await;
 }
+
+#[tokio::test]
+async fn a_message_sent_again_on_another_host_is_invoked_once() {
+    let Some(tables) = TestTables::create("sessions_dedup").await else {
+        return;
+    };
+    // Answers after 1.5 s, so the client drops and resends while the first attempt runs.
+    let handler =
+        Handler::start(|_| Reply::proxy(200, Some("done")).delayed(Duration::from_millis(1500)))
+            .await;
+    let routes = format!(
+        r#"
+[extensions.sessions]
+enabled = true
+[routes."$default"]
+integration = "slow"
+two_way = true
+[integrations.slow]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    );
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"once","d":"work"});
+    send_frame(&mut ws, message.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(ws);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    send_frame(&mut ws, message).await;
+    let reply = next_frame(&mut ws).await;
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("once"), Some("done"))
+    );
+    // The same key once more, after it completed: answered from the store, not invoked.
+    send_frame(
+        &mut ws,
+        serde_json::json!({"t":"msg","id":"once","d":"work"}),
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await["d"], "done");
+    let invoked = handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["idempotencyKey"] == "once")
+        .count();
+    assert_eq!(invoked, 1);
+    tables.delete().await;
+}
