@@ -558,11 +558,6 @@ impl Registry {
             .is_some()
     }
 
-    /// Removes a connection when it closes.
-    pub fn remove(&self, connection_id: &str) -> Option<Arc<ConnectionHandle>> {
-        self.map.remove(connection_id).map(|(_, h)| h)
-    }
-
     /// Number of open connections.
     pub fn len(&self) -> usize {
         self.map.len()

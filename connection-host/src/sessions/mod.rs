@@ -131,14 +131,7 @@ async fn resume_here(
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
     // finds it; the record must still be this host's.
-    let record = host.record(
-        &handle.context,
-        Some(SessionRecord {
-            token_hash: new_hash.clone(),
-            principal: principal.to_string(),
-            detached_at: 0,
-        }),
-    );
+    let record = attached_record(host, &handle.context, &new_hash, principal);
     match host
         .store
         .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
@@ -164,6 +157,23 @@ async fn resume_here(
         Ok(attachment) => Ok(Resumed { handle, attachment }),
         Err(e) => Err(attach_reason(e)),
     }
+}
+
+/// The record of a session this host holds with a connection attached, under token `token_hash`.
+fn attached_record(
+    host: &Host,
+    context: &ConnectionContext,
+    token_hash: &str,
+    principal: &str,
+) -> crate::store::ConnectionRecord {
+    host.record(
+        context,
+        Some(SessionRecord {
+            token_hash: token_hash.to_string(),
+            principal: principal.to_string(),
+            detached_at: 0,
+        }),
+    )
 }
 
 fn attach_reason(e: AttachError) -> &'static str {
@@ -233,17 +243,10 @@ async fn resume_from_elsewhere(
         return Err("unknown");
     }
     let abandon = |host: &Host| {
-        host.registry.remove(&resume.connection_id);
+        host.registry.remove_if_same(&resume.connection_id, &handle);
         handle.mark_closed();
     };
-    let taken = host.record(
-        &context,
-        Some(SessionRecord {
-            token_hash: new_hash.clone(),
-            principal: principal.to_string(),
-            detached_at: 0,
-        }),
-    );
+    let taken = attached_record(host, &context, &new_hash, principal);
     match host
         .store
         .take_over(&taken, &previous.host_id, &previous.incarnation)
