@@ -62,6 +62,9 @@ pub enum PostError {
     NotReady,
     /// The session moved to another host: look its owner up again.
     Moved,
+    /// The session already keeps this post (its forward to a host that was lost failed after
+    /// that host had kept it): answered 200, not kept twice.
+    AlreadyKept,
     /// The store could not keep the frame (`durability = "store"`); it is still delivered if
     /// this host lives.
     Unavailable,
@@ -98,6 +101,10 @@ pub struct Session {
     pub installing: bool,
     /// Handed over to another host; posts look its owner up again.
     moved: bool,
+    /// The post IDs of the frames a session taken in from a lost host already kept (see
+    /// `sessions::adopt`): a post whose forward to that host failed after it kept the frame is
+    /// not kept twice. Empty otherwise.
+    pub adopted_posts: std::collections::HashSet<String>,
     /// Woken when an installing session becomes ready (separate from the queue's wakeup, which
     /// only the connection's task may take).
     ready: Arc<Notify>,
@@ -117,6 +124,7 @@ impl Session {
             overflowed: false,
             installing: false,
             moved: false,
+            adopted_posts: std::collections::HashSet::new(),
             ready: Arc::new(Notify::new()),
         }
     }
@@ -190,8 +198,8 @@ impl ConnectionHandle {
     pub fn post(&self, message: Outbound, limit: usize) -> Result<(), PostError> {
         if self.is_session() {
             return match message {
-                Outbound::Text(text) => self.post_session(text.as_bytes()).map(drop),
-                Outbound::Binary(bytes) => self.post_session(&bytes).map(drop),
+                Outbound::Text(text) => self.post_session(text.as_bytes(), None).map(drop),
+                Outbound::Binary(bytes) => self.post_session(&bytes, None).map(drop),
                 Outbound::Close { code, reason } => {
                     if self.close(code, reason) {
                         Ok(())
@@ -309,10 +317,21 @@ impl ConnectionHandle {
     /// Numbers and keeps a posted message for the session: a `msg` frame of `data`. Returns its
     /// number and the frame, for `durability = "store"`. A post refused for a full buffer while the client is
     /// away marks the session overflowed.
-    pub fn post_session(&self, data: &[u8]) -> Result<(u64, Utf8Bytes), PostError> {
+    pub fn post_session(
+        &self,
+        data: &[u8],
+        post_id: Option<&str>,
+    ) -> Result<(u64, Utf8Bytes), PostError> {
+        if let Some(id) = post_id
+            && self.session(|s| s.adopted_posts.contains(id)) == Some(true)
+        {
+            return Err(PostError::AlreadyKept);
+        }
         // Escaped outside the lock: the lock only numbers and links the frame.
         let payload = envelope::payload_member(data);
-        self.push_sequenced(payload.len(), false, |seq| envelope::msg(seq, &payload))
+        self.push_sequenced(payload.len(), false, |seq| {
+            envelope::msg(seq, post_id, &payload)
+        })
     }
 
     /// Numbers and keeps the `reply` with `answer` (PROTOCOL.md section 6). Replies are not held
@@ -602,5 +621,19 @@ mod tests {
         );
         assert!(matches!(h.pop(), Some(Outbound::Text(_))));
         assert!(matches!(h.pop(), Some(Outbound::Close { code: 1000, .. })));
+    }
+
+    #[test]
+    fn an_adopted_session_does_not_keep_a_post_twice() {
+        let mut session = Session::new(Replay::new(1000), String::new(), String::new());
+        session.adopted_posts.insert("kept-before".into());
+        let h = ConnectionHandle::with_session(testing::connection(), session);
+        assert_eq!(
+            h.post_session(b"again", Some("kept-before")),
+            Err(PostError::AlreadyKept)
+        );
+        let (seq, frame) = h.post_session(b"new", Some("other")).unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(frame.as_str(), r#"{"t":"msg","s":1,"p":"other","d":"new"}"#);
     }
 }

@@ -962,6 +962,15 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
     tables.delete().await;
 }
 
+/// A `msg` frame's sequence number and text (a forwarded post's frame also carries its `p`).
+fn msg(frame: &Value) -> (u64, String) {
+    assert_eq!(frame["t"], "msg", "{frame}");
+    (
+        frame["s"].as_u64().unwrap(),
+        frame["d"].as_str().unwrap().into(),
+    )
+}
+
 /// Reliable sessions with `durability`, and a two-way echo route for their messages.
 fn sessions(durability: &str) -> String {
     format!(
@@ -1016,20 +1025,11 @@ async fn a_session_resumes_on_another_host_with_its_buffer_and_memberships() {
     let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 1))).await;
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["connectionId"], id.as_str());
-    assert_eq!(
-        next_frame(&mut ws).await,
-        serde_json::json!({"t":"msg","s":2,"d":"two"})
-    );
-    assert_eq!(
-        next_frame(&mut ws).await,
-        serde_json::json!({"t":"msg","s":3,"d":"three"})
-    );
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    assert_eq!(msg(&next_frame(&mut ws).await), (3, "three".into()));
     // A let go: posts through A now reach the client on B, after the replayed ones.
     post(&a, &id, "four").await.unwrap();
-    assert_eq!(
-        next_frame(&mut ws).await,
-        serde_json::json!({"t":"msg","s":4,"d":"four"})
-    );
+    assert_eq!(msg(&next_frame(&mut ws).await), (4, "four".into()));
     // The membership survived the move.
     let delivered = broadcast(&a, "room", "to the room").await;
     assert_eq!(delivered["delivered"], 1, "{delivered}");

@@ -25,7 +25,7 @@ const MAX_PAGE: usize = 1000;
 /// Other hosts a broadcast calls at once.
 const REMOTE_CONCURRENCY: usize = 8;
 
-fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+pub(super) fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
     query
         .split('&')
         .filter_map(|p| p.split_once('='))

@@ -126,7 +126,14 @@ pub(crate) struct Call {
     target: String,
     /// Sent by another host of the cluster (authenticated): served here, never forwarded again.
     forwarded: bool,
+    /// A PostToConnection's ID across the cluster: made by the host that received it and passed
+    /// on with a forward (`postId` in the signed query), so that a post whose forward failed
+    /// after the owner kept it is not kept twice by a host that takes the session in.
+    post_id: Option<String>,
 }
+
+/// The query parameter that carries a forwarded post's ID.
+const POST_ID: &str = "postId";
 
 async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     let request = match static_file(&host, request).await {
@@ -164,6 +171,16 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
             Err(response) => return response,
         }
     };
+    let post_id = match resource {
+        Resource::Connection(_) if method == Method::POST && host.cluster.is_some() => {
+            if forwarded {
+                groups::query_param(&query, POST_ID).map(|id| id.into_owned())
+            } else {
+                Some(uuid::Uuid::new_v4().simple().to_string())
+            }
+        }
+        _ => None,
+    };
     let call = Call {
         method: method.clone(),
         target: request.uri().path_and_query().map_or_else(
@@ -171,6 +188,7 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
             |p| p.as_str().to_string(),
         ),
         forwarded,
+        post_id,
     };
     if let Resource::Invocation(name) = resource
         && method == Method::POST
@@ -326,6 +344,13 @@ pub(crate) async fn elsewhere(
         .turn(id)
         .await
         .ok_or(ManagementError::LimitExceeded)?;
+    let target = match &call.post_id {
+        Some(post_id) => {
+            let separator = if call.target.contains('?') { '&' } else { '?' };
+            format!("{}{separator}{POST_ID}={post_id}", call.target)
+        }
+        None => call.target.clone(),
+    };
     let mut previous: Option<crate::cluster::Owner> = None;
     for _ in 0..2 {
         let owner = cluster
@@ -336,7 +361,7 @@ pub(crate) async fn elsewhere(
             break;
         };
         let answer = cluster
-            .forward(&owner, id, call.method.clone(), &call.target, body.clone())
+            .forward(&owner, id, call.method.clone(), &target, body.clone())
             .await;
         match answer {
             Some(answer) if answer.status == StatusCode::GONE => previous = Some(owner),
@@ -414,8 +439,9 @@ async fn post_to_connection(
         Ok(handle) => handle,
         Err(answered) => return Ok(answered),
     };
+    let post_id = call.post_id.as_deref();
     let posted = if handle.is_session() {
-        crate::sessions::post(host, &handle, &data).await
+        crate::sessions::post(host, &handle, &data, post_id).await
     } else {
         handle.post(
             Outbound::data(data.clone()),
@@ -423,7 +449,7 @@ async fn post_to_connection(
         )
     };
     match posted {
-        Ok(()) => Ok(StatusCode::OK.into_response()),
+        Ok(()) | Err(PostError::AlreadyKept) => Ok(StatusCode::OK.into_response()),
         Err(PostError::Gone) => Err(ManagementError::Gone),
         Err(PostError::Full) => Err(ManagementError::LimitExceeded),
         // The session moved to another host while the post was under way: the record names the
@@ -435,7 +461,7 @@ async fn post_to_connection(
             match elsewhere(host, call, id, data.clone()).await? {
                 Elsewhere::Answered(response) => Ok(response),
                 Elsewhere::Adopted(handle) => {
-                    match crate::sessions::post(host, &handle, &data).await {
+                    match crate::sessions::post(host, &handle, &data, post_id).await {
                         Ok(()) => Ok(StatusCode::OK.into_response()),
                         Err(PostError::Full) => Err(ManagementError::LimitExceeded),
                         Err(_) => Err(ManagementError::Gone),

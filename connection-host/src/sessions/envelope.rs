@@ -165,9 +165,29 @@ pub fn payload_member(data: &[u8]) -> String {
     }
 }
 
-/// A `msg` frame with sequence number `seq` around a [`payload_member`].
-pub fn msg(seq: u64, payload: &str) -> String {
-    sequenced("msg", seq, payload)
+/// A `msg` frame with sequence number `seq` around a [`payload_member`]; `post_id` (a forwarded
+/// post's ID, PROTOCOL.md section 2) goes in its `p`.
+pub fn msg(seq: u64, post_id: Option<&str>, payload: &str) -> String {
+    match post_id {
+        None => sequenced("msg", seq, payload),
+        Some(p) => sequenced(
+            "msg",
+            seq,
+            &format!(
+                "\"p\":{},{payload}",
+                serde_json::to_string(p).expect("strings serialize")
+            ),
+        ),
+    }
+}
+
+/// The `p` of a kept `msg` frame, if it has one.
+pub fn post_id_of(frame: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct P {
+        p: Option<String>,
+    }
+    serde_json::from_str::<P>(frame).ok()?.p
 }
 
 /// A `reply` frame with sequence number `seq` around an [`answer`].
@@ -348,11 +368,16 @@ mod tests {
     fn host_frames_are_valid_json_carrying_the_payload_unchanged() {
         let text = "quote \" backslash \\ newline \n é";
         let frame: serde_json::Value =
-            serde_json::from_str(&msg(3, &payload_member(text.as_bytes()))).unwrap();
+            serde_json::from_str(&msg(3, None, &payload_member(text.as_bytes()))).unwrap();
         assert_eq!(frame, serde_json::json!({"t":"msg","s":3,"d":text}));
         let frame: serde_json::Value =
-            serde_json::from_str(&msg(4, &payload_member(&[0xff, 0]))).unwrap();
+            serde_json::from_str(&msg(4, None, &payload_member(&[0xff, 0]))).unwrap();
         assert_eq!(frame, serde_json::json!({"t":"msg","s":4,"b":"/wA="}));
+        let forwarded = msg(5, Some("a1"), &payload_member(b"x"));
+        let frame: serde_json::Value = serde_json::from_str(&forwarded).unwrap();
+        assert_eq!(frame, serde_json::json!({"t":"msg","s":5,"p":"a1","d":"x"}));
+        assert_eq!(post_id_of(&forwarded).as_deref(), Some("a1"));
+        assert_eq!(post_id_of(&msg(6, None, "\"d\":\"x\"")), None);
         let r: serde_json::Value = serde_json::from_str(&reply(
             5,
             &answer(

@@ -361,6 +361,11 @@ pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<C
         }
     };
     let acked = frames.first().map_or(0, |f| f.seq - 1);
+    let posts = frames
+        .iter()
+        .filter_map(|f| envelope::post_id_of(&f.frame))
+        .collect();
+    handle.session(|s| s.adopted_posts = posts);
     let replay = Replay::resumed(sessions.session_buffer_bytes, acked, frames);
     let detach = handle.install_detached(replay, now);
     tracing::info!(from = %record.owner_host, "adopted a session whose host is gone");
@@ -529,10 +534,12 @@ pub(crate) async fn post(
     host: &Host,
     handle: &ConnectionHandle,
     data: &[u8],
+    post_id: Option<&str>,
 ) -> Result<(), PostError> {
     let deadline = tokio::time::Instant::now() + INSTALL_WAIT;
     let frame = loop {
-        match handle.post_session(data) {
+        match handle.post_session(data, post_id) {
+            Err(PostError::AlreadyKept) => return Ok(()),
             Err(PostError::NotReady) => {
                 if tokio::time::timeout_at(deadline, handle.installed())
                     .await
