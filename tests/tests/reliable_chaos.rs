@@ -313,13 +313,16 @@ struct ClientRecord {
     recovered: u64,
     /// Reliable: reconnects that got a new session, with the welcome's reason.
     new_sessions: Vec<String>,
+    /// Reliable: what happened to the session at each new session or terminal error, with the
+    /// wall-clock time, to find it in the hosts' logs.
+    session_events: Vec<String>,
     /// Errors the client reported, by kind.
     errors: BTreeMap<String, u64>,
     /// Posts: retries, errors by status, posts given up, posts answered 410 in reliable mode.
     post_retries: u64,
     post_errors: BTreeMap<u16, u64>,
     posts_given_up: Vec<u64>,
-    gone_for_live_session: Vec<(u64, String, f64)>,
+    gone_for_live_session: Vec<(u64, String, String)>,
 }
 
 fn error_kind(error: &ClientError) -> String {
@@ -341,6 +344,7 @@ async fn read_events(
     connection_id: watch::Sender<Option<String>>,
 ) {
     let whoami = client.sender();
+    let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now());
     while let Some(event) = client.recv().await {
         match event {
             Event::Message(Message::Text(text)) => {
@@ -369,9 +373,14 @@ async fn read_events(
                         if recovered {
                             record.recovered += 1;
                         } else if reliable {
-                            record
-                                .new_sessions
-                                .push(reason.unwrap_or_else(|| "(no reason)".into()));
+                            let reason = reason.unwrap_or_else(|| "(no reason)".into());
+                            let old = connection_id.borrow().clone().unwrap_or_default();
+                            let new = id.clone().unwrap_or_default();
+                            record.session_events.push(format!(
+                                "{}: client {index}: session {old} not resumed ({reason}); new session {new}",
+                                now()
+                            ));
+                            record.new_sessions.push(reason);
                         }
                     }
                 }
@@ -388,6 +397,13 @@ async fn read_events(
                 }
             }
             Event::Error(e) => {
+                if e.is_terminal() {
+                    let session = connection_id.borrow().clone().unwrap_or_default();
+                    record.lock().unwrap().session_events.push(format!(
+                        "{}: client {index}: stopped on session {session}: {e}",
+                        now()
+                    ));
+                }
                 *record
                     .lock()
                     .unwrap()
@@ -472,7 +488,6 @@ async fn post_messages(
     pace: Duration,
     record: Arc<Mutex<ClientRecord>>,
     progress: Arc<Progress>,
-    started: Instant,
 ) {
     let _ = connection_id.wait_for(Option::is_some).await;
     let give_up = if reliable {
@@ -499,7 +514,8 @@ async fn post_messages(
                         record.gone_for_live_session.push((
                             n,
                             id.clone(),
-                            started.elapsed().as_secs_f64(),
+                            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                                .to_string(),
                         ));
                     }
                     if first_try.elapsed() > give_up {
@@ -539,7 +555,7 @@ struct Figures {
     post_retries: u64,
     post_errors: BTreeMap<u16, u64>,
     posts_given_up: u64,
-    gone_for_live_session: Vec<(usize, u64, String, f64)>,
+    gone_for_live_session: Vec<(usize, u64, String, String)>,
     reconnects: u64,
     recovered: u64,
     new_sessions: BTreeMap<String, u64>,
@@ -548,6 +564,7 @@ struct Figures {
     refused_sends: u64,
     proxy: Stats,
     crashed_hosts: Vec<String>,
+    session_events: Vec<String>,
     examples: Vec<String>,
     /// The hosts' configurations and logs, printed and kept if the test fails.
     _logs: TempDir,
@@ -628,7 +645,10 @@ impl Figures {
             let _ = writeln!(s, "  HOST CRASHED: {crashed}");
         }
         for (client, n, id, at) in self.gone_for_live_session.iter().take(10) {
-            let _ = writeln!(s, "  410 at {at:.1}s: client {client} post {n} to {id}");
+            let _ = writeln!(s, "  {at}: 410 for client {client}'s post {n} to {id}");
+        }
+        for event in self.session_events.iter().take(12) {
+            let _ = writeln!(s, "  {event}");
         }
         for example in &self.examples {
             let _ = writeln!(s, "  e.g. {example}");
@@ -777,7 +797,6 @@ async fn run(
             pace,
             record.clone(),
             progress.clone(),
-            started,
         ));
         records.push(record);
         senders.push(sender);
@@ -893,6 +912,7 @@ async fn run(
         refused_sends: 0,
         proxy: proxy_stats,
         crashed_hosts,
+        session_events: Vec::new(),
         examples: Vec::new(),
         _logs: logs,
     };
@@ -954,10 +974,13 @@ async fn run(
             record
                 .gone_for_live_session
                 .iter()
-                .map(|(n, id, at)| (index, *n, id.clone(), *at)),
+                .map(|(n, id, at)| (index, *n, id.clone(), at.clone())),
         );
         figures.reconnects += record.reconnects;
         figures.recovered += record.recovered;
+        figures
+            .session_events
+            .extend(record.session_events.iter().cloned());
         for reason in &record.new_sessions {
             *figures.new_sessions.entry(reason.clone()).or_default() += 1;
         }
@@ -976,6 +999,8 @@ async fn run(
             "{twice} idempotency keys were invoked more than once"
         ));
     }
+    figures.session_events.sort();
+    figures.gone_for_live_session.sort_by(|a, b| a.3.cmp(&b.3));
     Some(figures)
 }
 
@@ -999,11 +1024,12 @@ async fn reliable_clients_lose_nothing_under_chaos_and_a_host_kill() {
     report(&format!("{test}:\n{}", reliable.text()));
 
     if env_number("CHAOS_PLAIN", 1) != 0 {
-        // As long as the reliable run took, so both live through as many faults.
+        // As long as the reliable run took (at most a minute), so both live through about as
+        // many faults.
         let pace = reliable
             .took
-            .div_f64(messages as f64)
-            .min(Duration::from_secs(1));
+            .min(Duration::from_secs(60))
+            .div_f64(messages as f64);
         let plain = run(test, false, clients, messages, pace, bound)
             .await
             .expect("the endpoint is set");
