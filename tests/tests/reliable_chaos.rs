@@ -321,6 +321,8 @@ struct ClientRecord {
     /// Posts: retries, errors by status, posts given up, posts answered 410 in reliable mode.
     post_retries: u64,
     post_errors: BTreeMap<u16, u64>,
+    /// The statuses of the failed attempts of each post that needed more than one.
+    post_failures: HashMap<u64, Vec<u16>>,
     posts_given_up: Vec<u64>,
     gone_for_live_session: Vec<(u64, String, String)>,
 }
@@ -510,6 +512,7 @@ async fn post_messages(
                 Err(status) => {
                     let mut record = record.lock().unwrap();
                     *record.post_errors.entry(status).or_default() += 1;
+                    record.post_failures.entry(n).or_default().push(status);
                     if reliable && status == 410 {
                         record.gone_for_live_session.push((
                             n,
@@ -647,7 +650,11 @@ impl Figures {
         for (client, n, id, at) in self.gone_for_live_session.iter().take(10) {
             let _ = writeln!(s, "  {at}: 410 for client {client}'s post {n} to {id}");
         }
-        for event in self.session_events.iter().take(12) {
+        let (stops, changes): (Vec<_>, Vec<_>) = self
+            .session_events
+            .iter()
+            .partition(|e| e.contains("stopped"));
+        for event in changes.iter().take(12).chain(&stops) {
             let _ = writeln!(s, "  {event}");
         }
         for example in &self.examples {
@@ -960,6 +967,20 @@ async fn run(
         // Host → client.
         let (received, lost, duplicated, ooo) =
             sequence_figures("host→client", index, &record.delivered, messages, examples);
+        if duplicated > 0 {
+            let mut seen = std::collections::HashSet::new();
+            for n in &record.delivered {
+                if !seen.insert(*n) {
+                    let failed = record.post_failures.get(n).cloned().unwrap_or_default();
+                    note(
+                        examples,
+                        format!(
+                            "duplicate post: client {index}'s post {n}, failed attempts before its 200: {failed:?}"
+                        ),
+                    );
+                }
+            }
+        }
         figures.h2c_received += received;
         figures.h2c_lost += lost;
         figures.h2c_duplicated += duplicated;
