@@ -17,7 +17,8 @@
 //!   messages. The 50 × 2,000 does not fit moto: its TransactWriteItems deep-copies every
 //!   table it touches, and `durability = "store"` writes each frame in a transaction, so the cost
 //!   of a frame grows with everything written before it (10 × 150 without any fault does not
-//!   finish in two minutes, with store timeouts). Against a real DynamoDB endpoint, raise them.
+//!   finish in two minutes, with store timeouts; concurrent transactions also make moto answer 500,
+//!   "dictionary changed size during iteration"). Against a real DynamoDB endpoint, raise them.
 //! - `CHAOS_RUN_SECS` (default 150) bounds each run; what has not arrived by then counts as lost.
 //! - `CHAOS_PLAIN=0` skips the plain run; `CHAOS_KILL=0` keeps host-c alive; `CHAOS_FAULTS`
 //!   (`reset=1,blackhole=1` by default, or `none`) picks the proxy's faults.
