@@ -85,6 +85,9 @@ pub struct Session {
     pub replay: Replay,
     /// Hash of the current resume token.
     pub token_hash: String,
+    /// Hash of the token the client last resumed with, accepted until it sends a frame on the
+    /// resumed connection (see [`crate::store::SessionRecord::previous_token_hash`]).
+    pub previous_token_hash: String,
     /// The authorizer's `principalId` at the start; empty without one.
     pub principal: String,
     /// The connection serving the session; `None` while detached.
@@ -116,6 +119,7 @@ impl Session {
         Self {
             replay,
             token_hash,
+            previous_token_hash: String::new(),
             principal,
             attachment: None,
             attachments: 0,
@@ -375,6 +379,15 @@ impl ConnectionHandle {
         Ok(frame)
     }
 
+    /// The client sent a frame on its resumed connection, so it has the current token: the one
+    /// it resumed with stops working. True if that changed anything (the record must follow).
+    pub fn confirm_token(&self) -> bool {
+        self.lock()
+            .session
+            .as_deref_mut()
+            .is_some_and(|s| !std::mem::take(&mut s.previous_token_hash).is_empty())
+    }
+
     /// Takes a client's cumulative acknowledgement; `false` when it acknowledges frames never sent.
     pub fn ack(&self, seq: u64) -> bool {
         self.lock()
@@ -391,6 +404,7 @@ impl ConnectionHandle {
         &self,
         last_seq: u64,
         token_hash: String,
+        previous_token_hash: String,
         welcome: String,
     ) -> Result<Attachment, AttachError> {
         let attachment;
@@ -414,6 +428,7 @@ impl ConnectionHandle {
                 .map_err(AttachError::Sequence)?;
             attachment = session.attach();
             session.token_hash = token_hash;
+            session.previous_token_hash = previous_token_hash;
             q.items.clear();
             q.bytes = welcome.len();
             q.items.push_back(Outbound::Text(welcome.into()));

@@ -182,7 +182,11 @@ async fn messages_are_numbered_answered_once_per_key_and_replayed_after_a_drop()
         0
     );
 
-    // The old token is spent: a replay of it starts a fresh session.
+    // Once the client has shown it has the new token (any frame), the old one is spent: a replay
+    // of it starts a fresh session.
+    send(&mut ws, json!({"t":"ack","s":5})).await;
+    send(&mut ws, json!({"t":"ping"})).await;
+    assert_eq!(frame(&mut ws).await["t"], "pong");
     let (_fresh, replayed) = reliable(&host, Some(&resume_offer(&welcome, 3))).await;
     assert_eq!(replayed["recovered"], false);
     assert_eq!(replayed["reason"], "unknown");
@@ -534,4 +538,32 @@ async fn the_maximum_duration_counts_from_the_sessions_start() {
     );
     let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
     assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1001);
+}
+
+#[tokio::test]
+async fn a_welcome_lost_in_a_drop_does_not_lose_the_session() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    drop(ws);
+    // The resume's welcome (with the new token) is lost: the connection drops before the client
+    // reads it, so the client still holds the first token.
+    let offer = format!("ch-reliable.v1, {}", resume_offer(&welcome, 0));
+    let (ws, _) = try_connect(
+        host.addr,
+        "/dev",
+        &[("Sec-WebSocket-Protocol", &offer)],
+        None,
+    )
+    .await
+    .unwrap();
+    drop(ws);
+    let (mut ws, again) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(again["recovered"], true, "{again}");
+    assert_eq!(again["connectionId"], welcome["connectionId"]);
+    // Confirmed now: the first token stops working.
+    send(&mut ws, json!({"t":"ping"})).await;
+    assert_eq!(frame(&mut ws).await["t"], "pong");
+    let (_ws, replayed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(replayed["recovered"], false);
 }

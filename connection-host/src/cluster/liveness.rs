@@ -220,6 +220,7 @@ async fn rejoin(host: &Host) -> bool {
     for handle in host.registry.all() {
         let session = handle.session(|s| crate::store::SessionRecord {
             token_hash: s.token_hash.clone(),
+            previous_token_hash: s.previous_token_hash.clone(),
             principal: s.principal.clone(),
             detached_at: s.detached_at,
         });

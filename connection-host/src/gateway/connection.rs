@@ -455,6 +455,7 @@ fn envelope_in(
     ordered: &mut Option<UnboundedSender<super::reliable::Job>>,
 ) -> Option<Ending> {
     handle.touch(ids::now_ms());
+    crate::sessions::confirm_token(host, handle);
     match envelope::parse(text.as_str(), host.config.extensions.binary_messages) {
         Ok(ClientFrame::Ack { seq }) => {
             if !handle.ack(seq) {

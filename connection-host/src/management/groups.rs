@@ -49,7 +49,7 @@ pub(super) async fn join(
         match elsewhere(host, call, id, Bytes::new()).await? {
             Elsewhere::Answered(response) => return Ok(response),
             // Taken in here: this host now writes its memberships.
-            Elsewhere::Adopted(_) => {}
+            Elsewhere::Here(_) => {}
         }
     }
     host.store

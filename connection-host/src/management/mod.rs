@@ -351,41 +351,55 @@ pub(crate) async fn elsewhere(
         }
         None => call.target.clone(),
     };
-    let mut previous: Option<crate::cluster::Owner> = None;
-    for _ in 0..2 {
+    // A session can move while the call is under way: an owner that answers 410, or a session
+    // another host took in first, sends the call to the owner the record names now.
+    let mut tried: Vec<crate::cluster::Owner> = Vec::new();
+    for _ in 0..3 {
         let owner = cluster
             .locate(host.store.as_ref(), id)
             .await
             .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-        let Some(owner) = owner.filter(|o| previous.as_ref() != Some(o)) else {
-            break;
-        };
-        let answer = cluster
-            .forward(&owner, id, call.method.clone(), &target, body.clone())
-            .await;
-        match answer {
-            Some(answer) if answer.status == StatusCode::GONE => previous = Some(owner),
-            Some(answer) => {
-                return Ok(Elsewhere::Answered(
-                    (answer.status, answer.headers, answer.body).into_response(),
-                ));
+        let owner = owner.filter(|o| !tried.contains(o));
+        if let Some(owner) = owner {
+            let answer = cluster
+                .forward(&owner, id, call.method.clone(), &target, body.clone())
+                .await;
+            match answer {
+                Some(answer) if answer.status == StatusCode::GONE => {
+                    tried.push(owner);
+                    continue;
+                }
+                Some(answer) => {
+                    return Ok(Elsewhere::Answered(
+                        (answer.status, answer.headers, answer.body).into_response(),
+                    ));
+                }
+                // Unreachable: dead, or cut off from this host.
+                None => tried.push(owner),
             }
-            // Unreachable: dead, or cut off from this host.
-            None => break,
         }
+        if let Some(handle) = crate::sessions::adopt(host, id).await {
+            return Ok(Elsewhere::Here(handle));
+        }
+        // Resumed or taken in here meanwhile.
+        if let Some(handle) = host.registry.get(id) {
+            return Ok(Elsewhere::Here(handle));
+        }
+        if tried.is_empty() {
+            break;
+        }
+        cluster.forget(id);
     }
-    match crate::sessions::adopt(host, id).await {
-        Some(handle) => Ok(Elsewhere::Adopted(handle)),
-        None => Err(ManagementError::Gone),
-    }
+    Err(ManagementError::Gone)
 }
 
 /// Where [`elsewhere`] found a connection.
 pub(crate) enum Elsewhere {
     /// Another host answered the call.
     Answered(Response),
-    /// A reliable session this host took in: serve the call here.
-    Adopted(Arc<crate::registry::ConnectionHandle>),
+    /// A reliable session this host took in (or that resumed here meanwhile): serve the call
+    /// here.
+    Here(Arc<crate::registry::ConnectionHandle>),
 }
 
 /// The connection `id` held here, or the answer of the host that holds it.
@@ -400,7 +414,7 @@ async fn find(
     }
     Ok(match elsewhere(host, call, id, body.clone()).await? {
         Elsewhere::Answered(response) => Err(response),
-        Elsewhere::Adopted(handle) => Ok(handle),
+        Elsewhere::Here(handle) => Ok(handle),
     })
 }
 
@@ -460,7 +474,7 @@ async fn post_to_connection(
             }
             match elsewhere(host, call, id, data.clone()).await? {
                 Elsewhere::Answered(response) => Ok(response),
-                Elsewhere::Adopted(handle) => {
+                Elsewhere::Here(handle) => {
                     match crate::sessions::post(host, &handle, &data, post_id).await {
                         Ok(()) => Ok(StatusCode::OK.into_response()),
                         Err(PostError::Full) => Err(ManagementError::LimitExceeded),

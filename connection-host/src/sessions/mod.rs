@@ -51,6 +51,7 @@ pub(crate) fn start(
     let principal = principal(context.authorizer.as_ref());
     let record = SessionRecord {
         token_hash: token_hash.clone(),
+        previous_token_hash: String::new(),
         principal: principal.clone(),
         detached_at: 0,
     };
@@ -119,7 +120,7 @@ async fn resume_here(
     protocol: Option<&str>,
 ) -> Result<Resumed, &'static str> {
     let checked = handle.session(|s| {
-        if !token::matches(&resume.token, &s.token_hash) {
+        if !token::accepted(&resume.token, &s.token_hash, &s.previous_token_hash) {
             Err("unknown")
         } else if s.principal != principal {
             Err("principal")
@@ -131,7 +132,8 @@ async fn resume_here(
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
     // finds it; the record must still be this host's.
-    let record = attached_record(host, &handle.context, &new_hash, principal);
+    let presented = token::hash(&resume.token);
+    let record = attached_record(host, &handle.context, &new_hash, &presented, principal);
     match host
         .store
         .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
@@ -153,7 +155,7 @@ async fn resume_here(
         protocol,
         None,
     );
-    match handle.attach(resume.last_seq, new_hash, welcome) {
+    match handle.attach(resume.last_seq, new_hash, presented, welcome) {
         Ok(attachment) => Ok(Resumed { handle, attachment }),
         Err(e) => Err(attach_reason(e)),
     }
@@ -164,12 +166,14 @@ fn attached_record(
     host: &Host,
     context: &ConnectionContext,
     token_hash: &str,
+    previous_token_hash: &str,
     principal: &str,
 ) -> crate::store::ConnectionRecord {
     host.record(
         context,
         Some(SessionRecord {
             token_hash: token_hash.to_string(),
+            previous_token_hash: previous_token_hash.to_string(),
             principal: principal.to_string(),
             detached_at: 0,
         }),
@@ -205,7 +209,11 @@ async fn resume_from_elsewhere(
     let Some(session) = record.session.clone() else {
         return Err("unknown");
     };
-    if !token::matches(&resume.token, &session.token_hash) {
+    if !token::accepted(
+        &resume.token,
+        &session.token_hash,
+        &session.previous_token_hash,
+    ) {
         return Err("unknown");
     }
     if session.principal != principal {
@@ -236,6 +244,8 @@ async fn resume_from_elsewhere(
         principal.to_string(),
     );
     installing.installing = true;
+    let presented = token::hash(&resume.token);
+    installing.previous_token_hash = presented.clone();
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     // Registered first, so posts that reach this host once the record names it wait for the
     // session instead of being answered 410.
@@ -246,7 +256,7 @@ async fn resume_from_elsewhere(
         host.registry.remove_if_same(&resume.connection_id, &handle);
         handle.mark_closed();
     };
-    let taken = attached_record(host, &context, &new_hash, principal);
+    let taken = attached_record(host, &context, &new_hash, &presented, principal);
     match host
         .store
         .take_over(&taken, &previous.host_id, &previous.incarnation)
@@ -429,7 +439,7 @@ async fn fetch(
             if handed.as_ref().is_some_and(|h| h.overflowed) {
                 return Err("overflow");
             }
-            let frames = host
+            let stored = host
                 .store
                 .frames_after(connection_id, last_seq)
                 .await
@@ -437,11 +447,23 @@ async fn fetch(
                     tracing::warn!(error = %e, "session frames not read");
                     "lost"
                 })?;
-            let next = frames.last().map_or(last_seq + 1, |f| f.seq + 1);
-            let next = handed.map_or(next, |h| h.next_seq.max(next));
+            // The previous owner's memory has every frame it numbered, including any whose write
+            // to the store this host's take-over refused; the store has the frames of a host
+            // that is gone.
+            let mut frames: std::collections::BTreeMap<u64, String> =
+                stored.into_iter().map(|f| (f.seq, f.frame)).collect();
+            let mut next = frames.last_key_value().map_or(last_seq + 1, |(s, _)| s + 1);
+            if let Some(handed) = handed {
+                next = next.max(handed.next_seq);
+                frames.extend(handed.frames.into_iter().map(|f| (f.s, f.f)));
+            }
             if last_seq >= next {
                 return Err("sequence");
             }
+            let frames = frames
+                .into_iter()
+                .map(|(seq, frame)| StoredFrame { seq, frame })
+                .collect();
             complete(limit, last_seq, frames, next)
         }
     }
@@ -466,6 +488,31 @@ fn complete(
         );
         Err("lost")
     }
+}
+
+/// The client sent its first frame on a resumed connection: the token it resumed with stops
+/// working, here and (written in the background) in the store.
+pub(crate) fn confirm_token(host: &Arc<Host>, handle: &Arc<ConnectionHandle>) {
+    if !handle.confirm_token() {
+        return;
+    }
+    let Some(session) = handle.session(|s| SessionRecord {
+        token_hash: s.token_hash.clone(),
+        previous_token_hash: String::new(),
+        principal: s.principal.clone(),
+        detached_at: s.detached_at,
+    }) else {
+        return;
+    };
+    let record = host.record(&handle.context, Some(session));
+    let host = host.clone();
+    let tasks = host.tasks.clone();
+    tasks.spawn(async move {
+        let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
+        if let Err(e) = host.store.take_over(&record, me, incarnation).await {
+            tracing::debug!(error = %e, "confirmed token not written; the previous one lasts until the next resume");
+        }
+    });
 }
 
 /// Keeps the session after its connection (holding `attachment`) was lost: it ends when
@@ -583,9 +630,10 @@ pub(crate) async fn keep(
         .await
     {
         Ok(true) => Ok(()),
-        // Another host took the session over before the frame was kept: it did not see this
-        // frame, so the post goes to the new owner instead.
-        Ok(false) => Err(PostError::Moved),
+        // Another host took the session over before the frame was written: it gets the frame
+        // from this host's memory when it asks for the session (a frame is numbered only while
+        // the session is still here), so the frame is not posted again.
+        Ok(false) => Ok(()),
         Err(e) => {
             tracing::warn!(error = %e, "session frame not written to the store");
             Err(PostError::Unavailable)

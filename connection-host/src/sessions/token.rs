@@ -39,6 +39,12 @@ pub fn matches(token: &str, stored: &str) -> bool {
             == 0
 }
 
+/// Whether `token` is the session's current token (`current` hash) or the one it last resumed
+/// with (`previous`, empty when none).
+pub fn accepted(token: &str, current: &str, previous: &str) -> bool {
+    matches(token, current) || (!previous.is_empty() && matches(token, previous))
+}
+
 /// A resume asked for in the subprotocol offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {

@@ -41,6 +41,10 @@ pub struct ConnectionRecord {
 pub struct SessionRecord {
     /// SHA-256 (hex) of the session's current resume token; the token itself is never stored.
     pub token_hash: String,
+    /// SHA-256 of the token the client resumed with last, still accepted until the client shows
+    /// it has the current one (it sends a frame on the resumed connection): a welcome lost in a
+    /// drop does not lose the session. Empty when none.
+    pub previous_token_hash: String,
     /// The authorizer's `principalId` when the session started; empty without one.
     pub principal: String,
     /// Epoch milliseconds since when the session has had no connection (0 while one is open):

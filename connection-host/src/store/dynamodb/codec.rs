@@ -40,6 +40,7 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
         session: get_s(item, "sessionTokenHash").map(|token_hash| SessionRecord {
             token_hash,
             principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
+            previous_token_hash: get_s(item, "sessionPreviousTokenHash").unwrap_or_default(),
             detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
         }),
     })
@@ -82,6 +83,12 @@ pub(super) fn connection_item(
     if let Some(session) = &record.session {
         item.insert("sessionTokenHash".into(), s(&session.token_hash));
         item.insert("sessionDetachedAt".into(), n(session.detached_at));
+        if !session.previous_token_hash.is_empty() {
+            item.insert(
+                "sessionPreviousTokenHash".into(),
+                s(&session.previous_token_hash),
+            );
+        }
         if !session.principal.is_empty() {
             item.insert("sessionPrincipal".into(), s(&session.principal));
         }
