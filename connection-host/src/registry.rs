@@ -379,6 +379,15 @@ impl ConnectionHandle {
         Ok(frame)
     }
 
+    /// Takes back the session's frame `seq` if nothing was numbered after it and no connection was
+    /// given it (see [`Replay::retract`]).
+    pub fn retract(&self, seq: u64) -> bool {
+        self.lock()
+            .session
+            .as_deref_mut()
+            .is_some_and(|s| s.replay.retract(seq))
+    }
+
     /// The client sent a frame on its resumed connection, so it has the current token: the one
     /// it resumed with stops working. True if that changed anything (the record must follow).
     pub fn confirm_token(&self) -> bool {

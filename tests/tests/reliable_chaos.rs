@@ -49,7 +49,7 @@ use tokio::sync::watch;
 const SECRET: &str = "chaos-cluster-secret-0123456789";
 /// Fast liveness, so the killed host's sessions are taken over within seconds.
 const HEARTBEAT_INTERVAL: &str = "500ms";
-const HOST_TIMEOUT: &str = "2s";
+const HOST_TIMEOUT: &str = "6s";
 /// Messages a reliable client has in flight (sent, not yet answered).
 const WINDOW: usize = 8;
 /// How long a reliable request may wait for its reply (drops and a host's death included).

@@ -598,7 +598,14 @@ pub(crate) async fn post(
             other => break other?,
         }
     };
-    keep(host, handle, &frame).await
+    match keep(host, handle, &frame).await {
+        // Not kept by the store: refused (503) if it can still be taken back; a frame already on
+        // its way to the client (or with others numbered after it) stays, answered 200, kept in
+        // this host's memory only.
+        Err(PostError::Unavailable) if handle.retract(frame.0) => Err(PostError::Unavailable),
+        Err(PostError::Unavailable) => Ok(()),
+        other => other,
+    }
 }
 
 /// With `durability = "store"`, writes a numbered frame to the store (conditional on this host

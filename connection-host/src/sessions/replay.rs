@@ -92,6 +92,20 @@ impl Replay {
         Ok((seq, frame))
     }
 
+    /// Takes back frame `seq` if it is the last one numbered and no connection was given it yet
+    /// (its post failed after all); true if taken back, and then the number is free again.
+    pub fn retract(&mut self, seq: u64) -> bool {
+        match self.frames.back() {
+            Some((last, frame)) if *last == seq && seq > self.sent => {
+                self.bytes -= frame.len();
+                self.frames.pop_back();
+                self.next_seq -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The next frame the current connection has not been given, if any.
     pub fn next_unsent(&mut self) -> Option<Utf8Bytes> {
         let first = self.frames.front()?.0;
@@ -195,6 +209,12 @@ mod tests {
         assert_eq!(drain(&mut r), vec![5, 6]);
         assert_eq!(r.after(4).len(), 2);
         assert_eq!(r.rewind(9), Err(ResumeError::Ahead));
+        // Frame 6 was sent: it cannot be taken back; an unsent last one can.
+        assert!(!r.retract(6));
+        let (seven, _) = r.push(30, frame).unwrap();
+        assert!(!r.retract(6), "only the last one");
+        assert!(r.retract(seven));
+        assert_eq!(r.next_seq(), 7);
         assert_eq!(r.rewind(1), Err(ResumeError::Missing));
     }
 

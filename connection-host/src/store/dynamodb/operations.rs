@@ -576,6 +576,9 @@ impl ConnectionStore for DynamoDbStore {
         // A key is held while its ttl (whole seconds, rounded up) is after `now_ms`; TTL deletion
         // is late, so an item past its ttl is free although still there.
         let now = n(now_ms.div_euclid(1000));
+        // Marks this call's claim: if the SDK retries a put that had landed (its answer was lost),
+        // the retry's conditional failure reads back our own claim, not another attempt's.
+        let claim_token = uuid::Uuid::new_v4().simple().to_string();
         for _ in 0..CLAIM_ATTEMPTS {
             let result = self
                 .client
@@ -585,6 +588,7 @@ impl ConnectionStore for DynamoDbStore {
                 .item("item", key_item(key))
                 .item("state", s("pending"))
                 .item("claimedAt", n(now_ms))
+                .item("claimToken", s(&claim_token))
                 .item("ttl", n(ttl_from_ms(expires_at_ms)))
                 .condition_expression("attribute_not_exists(connectionId) OR #ttl <= :now")
                 .expression_attribute_names("#ttl", "ttl")
@@ -612,6 +616,11 @@ impl ConnectionStore for DynamoDbStore {
                 .filter(|item| get_n(item, "ttl").is_some_and(|ttl| ttl > now_ms.div_euclid(1000)));
             // Gone or expired between the two calls: claim again.
             let Some(item) = held else { continue };
+            if get_s(&item, "state").as_deref() == Some("pending")
+                && get_s(&item, "claimToken").as_deref() == Some(claim_token.as_str())
+            {
+                return Ok(KeyClaim::Claimed);
+            }
             return Ok(
                 match (get_s(&item, "state").as_deref(), get_s(&item, "answer")) {
                     (Some("done"), Some(answer)) => KeyClaim::Done(answer),
