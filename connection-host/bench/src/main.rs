@@ -4,7 +4,8 @@
 //! cargo build --release -p connection-host
 //! cargo run --release -p connection-host-bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
-//!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] [baseline]
+//!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
+//!     [reliable] [reliable-store] [baseline]
 //! ```
 //!
 //! Starts the real host binary as a child process (one per scenario, two for `post-cross-host`,
@@ -15,7 +16,10 @@
 //! `echo-lambda` runs the `echo` example function (`cargo build --release -p ws-handler --bin
 //! echo`, found beside the host binary) under the host's local Lambda runtime.
 //!
-//! The `*-dynamodb` and `post-cross-host` scenarios use `[store] kind = "dynamodb"` with freshly
+//! `reliable` and `reliable-store` post to clients speaking the `ch-reliable.v1` subprotocol
+//! (PROTOCOL.md) beside plain clients on the same host, and time a session's resume.
+//!
+//! The `*-dynamodb`, `reliable-store` and `post-cross-host` scenarios use `[store] kind = "dynamodb"` with freshly
 //! named tables (`connection-host store init`). The endpoint is `--dynamodb-endpoint URL`; without
 //! it the bench starts moto from `.venv-test/bin/moto_server` (installed by
 //! `bash tests/run.sh --only tools`) on a free loopback port and stops it at exit. With neither,
@@ -54,11 +58,18 @@ const ALL: &[&str] = &[
     "echo-lambda",
     "connect-rate",
     "connect-rate-dynamodb",
+    "reliable",
+    "reliable-store",
     "baseline",
 ];
 
 /// The scenarios that need a DynamoDB endpoint.
-const NEED_DYNAMODB: &[&str] = &["post-dynamodb", "post-cross-host", "connect-rate-dynamodb"];
+const NEED_DYNAMODB: &[&str] = &[
+    "post-dynamodb",
+    "post-cross-host",
+    "connect-rate-dynamodb",
+    "reliable-store",
+];
 
 // ---------------------------------------------------------------------------------------------
 // The host child process
@@ -371,16 +382,21 @@ fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4096)
 }
 
-/// Opens a WebSocket to `127.0.0.1:port{path}` from the next 127.0.0.x source address.
-async fn ws_connect(port: u16, path: &str) -> Res<Ws> {
+/// A TCP connection to `127.0.0.1:port` from the next 127.0.0.x source address.
+async fn client_tcp(port: u16) -> Res<TcpStream> {
     let n = SOURCE.fetch_add(1, Ordering::Relaxed);
     let src = Ipv4Addr::new(127, 0, 0, 2 + (n % 60) as u8);
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(src.into(), 0))?;
     socket.set_nodelay(true)?;
-    let stream = socket
+    Ok(socket
         .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await?;
+        .await?)
+}
+
+/// Opens a WebSocket to `127.0.0.1:port{path}` from the next 127.0.0.x source address.
+async fn ws_connect(port: u16, path: &str) -> Res<Ws> {
+    let stream = client_tcp(port).await?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(
         format!("ws://127.0.0.1:{port}{path}"),
         stream,
@@ -865,6 +881,8 @@ fn main() {
                 "echo-lambda" => echo_lambda(&opts).await,
                 "connect-rate" => connect_rate(&opts).await,
                 "connect-rate-dynamodb" => connect_rate_dynamodb(&opts, endpoint).await,
+                "reliable" => reliable(&opts).await,
+                "reliable-store" => reliable_store(&opts, endpoint).await,
                 "baseline" => baseline(&opts).await,
                 _ => unreachable!("checked when parsing"),
             };

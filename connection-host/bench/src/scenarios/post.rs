@@ -5,7 +5,8 @@ use crate::*;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-const WHOAMI_CONFIG: &str = r#"
+/// A host with a two-way `whoami` route answering the connection's ID (a MOCK integration).
+pub(crate) const WHOAMI_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:{PORT}"
 
@@ -100,9 +101,14 @@ pub(crate) async fn post_cross_host(o: &Opts, endpoint: &str) -> Res<Vec<Row>> {
     result
 }
 
-const CLIENTS: usize = 100;
-const POSTERS: usize = 32;
-const TOTAL: u64 = 200_000;
+/// WebSocket clients posted to.
+pub(crate) const CLIENTS: usize = 100;
+/// Keep-alive HTTP clients posting.
+pub(crate) const POSTERS: usize = 32;
+/// Posts per run (unless `--duration` passes first).
+pub(crate) const TOTAL: u64 = 200_000;
+/// The body of every post.
+pub(crate) const POST_BODY: &str = "bench message 0123456789abcdef";
 
 /// Connects `CLIENTS` WebSockets to `ws_port`, learns their IDs (whoami route), then posts to
 /// them through `post_port` from `POSTERS` keep-alive HTTP clients (at most `TOTAL` posts, or
@@ -145,7 +151,7 @@ async fn post_run(
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         ids.iter()
             .map(|id| {
-                let body = "bench message 0123456789abcdef";
+                let body = POST_BODY;
                 format!(
                     "POST /dev/@connections/{id} HTTP/1.1\r\nHost: 127.0.0.1:{post_port}\r\n\
                      Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
@@ -175,41 +181,9 @@ async fn post_run(
             t.elapsed()
         );
     }
-    let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let deadline = start + o.duration;
-    let mut posters = Vec::with_capacity(POSTERS);
-    for _ in 0..POSTERS {
-        let requests = requests.clone();
-        let next = next.clone();
-        posters.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(TOTAL as usize / POSTERS + 1);
-            let mut errors: Vec<u16> = Vec::new();
-            let mut c = RawHttp::connect(post_port).await?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= TOTAL || Instant::now() >= deadline {
-                    break;
-                }
-                let t = Instant::now();
-                let (status, _) = c.request(&requests[i as usize % requests.len()]).await?;
-                if status == 200 {
-                    lat.push(t.elapsed().as_micros() as u64);
-                } else {
-                    errors.push(status);
-                }
-            }
-            Ok::<_, AnyError>((lat, errors))
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut errors = Vec::new();
-    for p in posters {
-        let (l, e) = p.await??;
-        lat.extend(l);
-        errors.extend(e);
-    }
-    let post_time = start.elapsed();
+    let (mut lat, errors, post_time) =
+        post_load(post_port, requests, POSTERS, TOTAL, o.duration).await?;
     let sent = lat.len() as u64;
     let wait_until = Instant::now() + Duration::from_secs(10);
     while delivered.load(Ordering::Relaxed) < sent + warm && Instant::now() < wait_until {
@@ -265,4 +239,51 @@ async fn post_run(
     };
     rows.push(row);
     Ok(rows)
+}
+
+/// Posts `requests` round-robin from `posters` keep-alive HTTP clients to `port` until `total`
+/// posts were made or `duration` passed. Returns the latencies (µs) of the posts answered 200,
+/// unsorted, the statuses of the others, and the time taken.
+pub(crate) async fn post_load(
+    port: u16,
+    requests: Arc<Vec<Vec<u8>>>,
+    posters: usize,
+    total: u64,
+    duration: Duration,
+) -> Res<(Vec<u64>, Vec<u16>, Duration)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(posters);
+    for _ in 0..posters {
+        let requests = requests.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total as usize / posters + 1);
+            let mut errors: Vec<u16> = Vec::new();
+            let mut c = RawHttp::connect(port).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let t = Instant::now();
+                let (status, _) = c.request(&requests[i as usize % requests.len()]).await?;
+                if status == 200 {
+                    lat.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors.push(status);
+                }
+            }
+            Ok::<_, AnyError>((lat, errors))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (l, e) = t.await??;
+        lat.extend(l);
+        errors.extend(e);
+    }
+    Ok((lat, errors, start.elapsed()))
 }
