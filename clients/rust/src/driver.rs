@@ -324,7 +324,10 @@ impl Driver {
         let code = frame.as_ref().map(|f| u16::from(f.code));
         tracing::info!(?code, "the host closed the connection");
         match code {
-            Some(CLOSE_REPLACED) if self.options.reliable => Outcome::Stop(Some(Error::Replaced)),
+            // Another connection resumed the session. This client holds one connection at a time,
+            // so that was one of its own attempts it had given up on that completed late (or
+            // someone holding its token): resume again with the latest token it has.
+            Some(CLOSE_REPLACED) if self.options.reliable => Outcome::Retry,
             Some(CLOSE_RESUME) => Outcome::Retry,
             _ => {
                 // Any other code from the host means the session ended (PROTOCOL.md section 7):

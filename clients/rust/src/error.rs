@@ -14,10 +14,6 @@ pub enum Error {
         /// The HTTP status of the refusal (401 or 403).
         status: u16,
     },
-    /// The host closed the connection with code 4001: another connection resumed the session.
-    /// Terminal: reconnecting from here would steal the session back.
-    #[error("another connection took the session over (close code 4001)")]
-    Replaced,
     /// Reliable delivery was asked for, but the host's 101 did not select `ch-reliable.v1` (the
     /// host does not have `[extensions.sessions]` enabled). Terminal.
     #[error("the host did not accept the ch-reliable.v1 subprotocol")]
@@ -76,7 +72,6 @@ impl Error {
         matches!(
             self,
             Error::Unauthorized { .. }
-                | Error::Replaced
                 | Error::ReliableNotSupported
                 | Error::InvalidOptions(_)
                 | Error::Closed

@@ -43,9 +43,8 @@
 //! Attempt `n` (counting from 0) waits `min(max, base · 2^n + random(0..jitter))`, by default
 //! base 1 s, max 30 s, jitter 1 s ([`Options::backoff`]). The count starts again from 0 after a
 //! connection stayed up for [`Options::stable_after`] (10 s). The client does **not** reconnect
-//! after [`Sender::close`], after a 401 or 403 at the handshake ([`Error::Unauthorized`]), after
-//! close code 4001 ([`Error::Replaced`]), or when reliable mode was asked for and the host does
-//! not offer it ([`Error::ReliableNotSupported`]); each is reported as the last [`Event::Error`].
+//! after [`Sender::close`], after a 401 or 403 at the handshake ([`Error::Unauthorized`]), or
+//! when reliable mode was asked for and the host does not offer it ([`Error::ReliableNotSupported`]); each is reported as the last [`Event::Error`].
 //!
 //! # Reliable mode
 //!

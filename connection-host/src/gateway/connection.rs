@@ -315,6 +315,12 @@ where
                         // The Close reply tungstenite queued; the client is waiting for it.
                         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, ws.flush()).await;
                         return match frame {
+                            // A reliable client closing with 4000 is about to resume (PROTOCOL.md
+                            // section 5): the session outlives this connection.
+                            Some(f) if reliable && u16::from(f.code) == RESUME_CLOSE.0 => Ending {
+                                lost: true,
+                                ..Ending::client(RESUME_CLOSE.0, f.reason.to_string())
+                            },
                             Some(f) => Ending::client(f.code.into(), f.reason.to_string()),
                             None => Ending::client(1005, "Client-side close frame status not set".into()),
                         };

@@ -128,7 +128,14 @@ async fn resume_here(
             Ok(())
         }
     });
-    checked.unwrap_or(Err("unknown"))?;
+    if let Err(reason) = checked.unwrap_or(Err("unknown")) {
+        tracing::info!(
+            reason,
+            cause = "token or principal of the session held here",
+            "session not resumed"
+        );
+        return Err(reason);
+    }
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
     // finds it; the record must still be this host's.
@@ -140,7 +147,13 @@ async fn resume_here(
         .await
     {
         Ok(true) => {}
-        Ok(false) => return Err("unknown"),
+        Ok(false) => {
+            tracing::info!(
+                cause = "record no longer this host's",
+                "session not resumed"
+            );
+            return Err("unknown");
+        }
         Err(e) => {
             tracing::warn!(error = %e, "session token not stored; resume refused");
             return Err("unknown");
@@ -207,6 +220,7 @@ async fn resume_from_elsewhere(
         }
     };
     let Some(session) = record.session.clone() else {
+        tracing::info!(cause = "record has no session", "session not resumed");
         return Err("unknown");
     };
     if !token::accepted(
@@ -214,6 +228,10 @@ async fn resume_from_elsewhere(
         &session.token_hash,
         &session.previous_token_hash,
     ) {
+        tracing::info!(
+            cause = "token does not match the record",
+            "session not resumed"
+        );
         return Err("unknown");
     }
     if session.principal != principal {
@@ -250,6 +268,7 @@ async fn resume_from_elsewhere(
     // Registered first, so posts that reach this host once the record names it wait for the
     // session instead of being answered 410.
     if !host.registry.insert_new(handle.clone()) {
+        tracing::info!(cause = "taken in here meanwhile", "session not resumed");
         return Err("unknown");
     }
     let abandon = |host: &Host| {
@@ -265,6 +284,10 @@ async fn resume_from_elsewhere(
         Ok(true) => {}
         Ok(false) => {
             abandon(host);
+            tracing::info!(
+                cause = "record changed before the take-over",
+                "session not resumed"
+            );
             return Err("unknown");
         }
         Err(e) => {
