@@ -162,8 +162,10 @@ impl Session {
 /// Why a connection could not take its session over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachError {
-    /// The session ended, moved, or was never one.
+    /// The session ended, or was never one.
     Gone,
+    /// The session just moved to another host.
+    Moved,
     /// The client's sequence number cannot continue the session's.
     Sequence(ResumeError),
     /// Posts were refused while it was away.
@@ -426,7 +428,7 @@ impl ConnectionHandle {
                 return Err(AttachError::Gone);
             };
             if session.moved {
-                return Err(AttachError::Gone);
+                return Err(AttachError::Moved);
             }
             if session.overflowed {
                 return Err(AttachError::Overflowed);

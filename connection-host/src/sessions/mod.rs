@@ -104,11 +104,35 @@ pub(crate) async fn resume(
     context: &ConnectionContext,
     protocol: Option<&str>,
 ) -> Result<Resumed, &'static str> {
-    if let Some(handle) = host.registry.get(&resume.connection_id) {
-        return resume_here(host, handle, resume, principal, protocol).await;
+    // A client that gave up on an attempt (its handshake stalled) may already be trying again,
+    // here or on another host, while the first attempt still runs: the attempts race for the
+    // session's record. The loser looks again once the winner is through (the session then is
+    // where the winner put it) instead of giving the client a fresh session.
+    for attempt in 1..=RESUME_ATTEMPTS {
+        let result = match host.registry.get(&resume.connection_id) {
+            Some(handle) => {
+                if handle.session(|s| s.installing) == Some(true) {
+                    let _ = tokio::time::timeout(INSTALL_WAIT, handle.installed()).await;
+                }
+                resume_here(host, handle, resume, principal, protocol).await
+            }
+            None => resume_from_elsewhere(host, resume, principal, context, protocol).await,
+        };
+        match result {
+            Err(RACE) if attempt < RESUME_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(RACE) => return Err("unknown"),
+            other => return other,
+        }
     }
-    resume_from_elsewhere(host, resume, principal, context, protocol).await
+    Err("unknown")
 }
+
+/// How many times a resume that lost a race for its session's record looks again.
+const RESUME_ATTEMPTS: u32 = 4;
+/// A resume that lost a race to another attempt for the same session (internal; see [`resume`]).
+const RACE: &str = "race";
 
 /// Resumes a session this host holds (detached, or still attached to a connection that has not
 /// noticed it is gone).
@@ -152,7 +176,7 @@ async fn resume_here(
                 cause = "record no longer this host's",
                 "session not resumed"
             );
-            return Err("unknown");
+            return Err(RACE);
         }
         Err(e) => {
             tracing::warn!(error = %e, "session token not stored; resume refused");
@@ -196,6 +220,7 @@ fn attached_record(
 fn attach_reason(e: AttachError) -> &'static str {
     match e {
         AttachError::Gone => "expired",
+        AttachError::Moved => RACE,
         AttachError::Overflowed => "overflow",
         AttachError::Sequence(_) => "sequence",
     }
@@ -269,7 +294,7 @@ async fn resume_from_elsewhere(
     // session instead of being answered 410.
     if !host.registry.insert_new(handle.clone()) {
         tracing::info!(cause = "taken in here meanwhile", "session not resumed");
-        return Err("unknown");
+        return Err(RACE);
     }
     let abandon = |host: &Host| {
         host.registry.remove_if_same(&resume.connection_id, &handle);
@@ -288,7 +313,7 @@ async fn resume_from_elsewhere(
                 cause = "record changed before the take-over",
                 "session not resumed"
             );
-            return Err("unknown");
+            return Err(RACE);
         }
         Err(e) => {
             tracing::warn!(error = %e, "session not taken over; resume refused");
