@@ -108,15 +108,25 @@ pub(crate) async fn resume(
     // here or on another host, while the first attempt still runs: the attempts race for the
     // session's record. The loser looks again once the winner is through (the session then is
     // where the winner put it) instead of giving the client a fresh session.
+    let mut kept = None;
     for attempt in 1..=RESUME_ATTEMPTS {
-        let result = match host.registry.get(&resume.connection_id) {
+        let held = host.registry.get(&resume.connection_id);
+        // Still held here after two lost races: another host took the record but never asked for
+        // the session (it died in between). This host's frames go with the resume, as a
+        // handover would have brought them.
+        if held.is_some() && attempt > 2 {
+            kept = hand_over(host, &resume.connection_id, resume.last_seq);
+        }
+        let result = match held.filter(|_| kept.is_none()) {
             Some(handle) => {
                 if handle.session(|s| s.installing) == Some(true) {
                     let _ = tokio::time::timeout(INSTALL_WAIT, handle.installed()).await;
                 }
                 resume_here(host, handle, resume, principal, protocol).await
             }
-            None => resume_from_elsewhere(host, resume, principal, context, protocol).await,
+            None => {
+                resume_from_elsewhere(host, resume, principal, context, protocol, kept.take()).await
+            }
         };
         match result {
             Err(RACE) if attempt < RESUME_ATTEMPTS => {
@@ -234,6 +244,7 @@ async fn resume_from_elsewhere(
     principal: &str,
     context: &ConnectionContext,
     protocol: Option<&str>,
+    kept: Option<HandOver>,
 ) -> Result<Resumed, &'static str> {
     let sessions = &host.config.extensions.sessions;
     let record = match host.store.get_connection(&resume.connection_id).await {
@@ -321,7 +332,14 @@ async fn resume_from_elsewhere(
             return Err("unknown");
         }
     }
-    let fetched = fetch(host, &previous, &resume.connection_id, resume.last_seq).await;
+    let fetched = fetch(
+        host,
+        &previous,
+        &resume.connection_id,
+        resume.last_seq,
+        kept,
+    )
+    .await;
     let replay = match fetched {
         Ok(replay) => replay,
         Err(reason) => {
@@ -448,6 +466,7 @@ async fn fetch(
     previous: &Owner,
     connection_id: &str,
     last_seq: u64,
+    kept: Option<HandOver>,
 ) -> Result<Replay, &'static str> {
     let sessions = &host.config.extensions.sessions;
     let limit = sessions.session_buffer_bytes;
@@ -461,7 +480,8 @@ async fn fetch(
                 .await
         }
         _ => None,
-    };
+    }
+    .or(kept);
     match sessions.durability {
         Durability::Memory => {
             let Some(handed) = handed else {
