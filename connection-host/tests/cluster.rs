@@ -1056,10 +1056,21 @@ async fn a_store_durable_session_survives_its_host_being_killed() {
     let id = welcome["connectionId"].as_str().unwrap().to_string();
     post(&b, &id, "before").await.unwrap();
     assert_eq!(next_frame(&mut ws).await["s"], 1);
-    // A dies with the frame unacknowledged; posts keep coming through B.
+    // A dies with the frame unacknowledged; posts keep coming through B. Until the cluster judges
+    // A dead (host_timeout), B answers 503 (try again), never 410: the session lives on.
     a.kill();
     drop(ws);
-    for n in 0..3 {
+    eventually_some(
+        "B takes the session in",
+        Duration::from_secs(10),
+        async || match post(&b, &id, "after-0").await {
+            Ok(()) => Some(()),
+            Err(Some(503)) => None,
+            Err(other) => panic!("a post for a session whose host died answered {other:?}"),
+        },
+    )
+    .await;
+    for n in 1..3 {
         post(&b, &id, &format!("after-{n}")).await.unwrap();
     }
     // The client resumes on C: everything after what it had, in order, none lost.

@@ -114,7 +114,7 @@ async fn process(
     }
     let now = ids::now_ms();
     let expires = now + millis(host.config.extensions.sessions.dedup_window);
-    match host.store.claim_key(connection_id, &id, now, expires).await {
+    match claim(host, connection_id, &id, now, expires).await {
         Ok(KeyClaim::Claimed) => {}
         Ok(KeyClaim::Done(answer)) => {
             tracing::debug!("message sent again; answered without invoking");
@@ -164,6 +164,30 @@ async fn process(
     }
     reply(host, handle, &answer).await;
 }
+
+/// Claims `key`, trying again briefly while the store fails: a message answered
+/// `Internal server error` for a store hiccup would not be invoked at all.
+async fn claim(
+    host: &Host,
+    connection_id: &str,
+    key: &str,
+    now: i64,
+    expires: i64,
+) -> Result<KeyClaim, crate::store::StoreError> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 1..CLAIM_TRIES {
+        match host.store.claim_key(connection_id, key, now, expires).await {
+            Err(e) => tracing::debug!(error = %e, "idempotency key not claimed; trying again"),
+            done => return done,
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    host.store.claim_key(connection_id, key, now, expires).await
+}
+
+/// How many times [`claim`] tries.
+const CLAIM_TRIES: u32 = 3;
 
 /// A key another attempt claimed (before a reconnect, perhaps on another host): waits for its
 /// answer and sends it; if the attempt seems lost (its host died), answers `Outcome unknown`.

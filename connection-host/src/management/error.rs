@@ -64,7 +64,7 @@ impl IntoResponse for ManagementError {
                 r#"{"message":"Forbidden"}"#.into(),
             ),
             ManagementError::Unavailable(detail) => {
-                tracing::error!(%detail, "management call failed: store unavailable");
+                tracing::error!(%detail, "management call failed: service unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("ServiceUnavailableException"),

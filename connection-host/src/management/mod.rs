@@ -378,8 +378,15 @@ pub(crate) async fn elsewhere(
                 None => tried.push(owner),
             }
         }
-        if let Some(handle) = crate::sessions::adopt(host, id).await {
-            return Ok(Elsewhere::Here(handle));
+        match crate::sessions::adopt(host, id).await {
+            crate::sessions::Adoption::Adopted(handle) => return Ok(Elsewhere::Here(handle)),
+            // Not 410: the session can still be resumed, and the call can be made again.
+            crate::sessions::Adoption::NotYet => {
+                return Err(ManagementError::Unavailable(
+                    "the host holding the session is not answering".into(),
+                ));
+            }
+            crate::sessions::Adoption::No => {}
         }
         // Resumed or taken in here meanwhile.
         if let Some(handle) = host.registry.get(id) {

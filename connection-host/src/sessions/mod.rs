@@ -373,23 +373,66 @@ async fn resume_from_elsewhere(
 /// held it is gone (unreachable, or dead by its heartbeat), so that posts keep being kept for the
 /// client, which resumes wherever it reconnects. The session stays detached here, its window
 /// running from now. `None` when it is not such a session, or another host took it first.
-pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<ConnectionHandle>> {
+pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Adoption {
+    match adopt_if_gone(host, connection_id).await {
+        Ok(handle) => Adoption::Adopted(handle),
+        Err(adoption) => adoption,
+    }
+}
+
+/// What [`adopt`] did.
+pub(crate) enum Adoption {
+    /// The session is served here now.
+    Adopted(Arc<ConnectionHandle>),
+    /// A store-durable session whose host is not answering but not known dead yet: try again
+    /// once the cluster has judged it (`cluster.host_timeout`).
+    NotYet,
+    /// Not a session this host can take in.
+    No,
+}
+
+async fn adopt_if_gone(
+    host: &Arc<Host>,
+    connection_id: &str,
+) -> Result<Arc<ConnectionHandle>, Adoption> {
+    let no = || Adoption::No;
     let sessions = &host.config.extensions.sessions;
     if !sessions.enabled || sessions.durability != Durability::Store {
-        return None;
+        return Err(no());
     }
-    let record = host.store.get_connection(connection_id).await.ok()??;
-    let mut session = record.session.clone()?;
+    let record = host
+        .store
+        .get_connection(connection_id)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(no)?;
+    let mut session = record.session.clone().ok_or_else(no)?;
     let window = i64::try_from(sessions.resume_window.as_millis()).unwrap_or(i64::MAX);
     let now = ids::now_ms();
     if session.detached_at != 0 && now - session.detached_at > window {
-        return None;
+        return Err(no());
     }
     if record.owner_host == host.identity.host_id
         && record.owner_incarnation == host.identity.incarnation
     {
         // Ours, and not in the registry: it ended here.
-        return None;
+        return Err(no());
+    }
+    // Only from a host that is gone: one that is alive but slow or cut off from this host still
+    // holds the session, and taking it from under it would split it in two.
+    let owner = Owner {
+        host_id: record.owner_host.clone(),
+        incarnation: record.owner_incarnation.clone(),
+        endpoint: record.owner_endpoint.clone(),
+    };
+    let cluster = host.cluster.as_ref().ok_or_else(no)?;
+    if cluster
+        .is_live(host.store.as_ref(), &owner)
+        .await
+        .unwrap_or(true)
+    {
+        return Err(Adoption::NotYet);
     }
     let context = Arc::new(ConnectionContext {
         connection_id: record.connection_id.clone(),
@@ -410,7 +453,7 @@ pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<C
     installing.installing = true;
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     if !host.registry.insert_new(handle.clone()) {
-        return None;
+        return Err(no());
     }
     let abandon = || {
         host.registry.remove_if_same(connection_id, &handle);
@@ -425,7 +468,7 @@ pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<C
         Ok(true)
     ) {
         abandon();
-        return None;
+        return Err(no());
     }
     // Every frame the store still keeps: the client's position is not known until it resumes.
     let frames = match host.store.frames_after(connection_id, 0).await {
@@ -433,7 +476,7 @@ pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<C
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
             abandon();
-            return None;
+            return Err(no());
         }
     };
     let acked = frames.first().map_or(0, |f| f.seq - 1);
@@ -457,7 +500,7 @@ pub(crate) async fn adopt(host: &Arc<Host>, connection_id: &str) -> Option<Arc<C
             end(&host, &timer_handle, 1006, "Connection closed abnormally").await;
         }
     });
-    Some(handle)
+    Ok(handle)
 }
 
 /// The frames of a session after `last_seq`, from where its durability keeps them.
