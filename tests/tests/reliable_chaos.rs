@@ -1031,10 +1031,9 @@ async fn run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reliable delivery does not reach zero loss and duplication under this chaos yet: \
-            overlapping reconnect attempts, store errors under moto's load and a host killed mid-takeover \
-            still lose or repeat a few messages (connection-host/SESSIONS.md, Known gaps); run it with \
-            --ignored"]
+#[ignore = "not yet zero: a host killed between claiming a message's key and invoking it, and \
+            overlapping reconnect attempts, still lose or repeat a few client messages \
+            (connection-host/SESSIONS.md, Known gaps); run it with --ignored"]
 async fn reliable_clients_lose_nothing_under_chaos_and_a_host_kill() {
     let test = "reliable_clients_lose_nothing_under_chaos_and_a_host_kill";
     if dynamodb_test_endpoint(test).is_none() {
