@@ -205,14 +205,7 @@ async fn await_other_attempt(
         let now = ids::now_ms();
         if now > give_up_at {
             tracing::warn!("message's earlier attempt did not complete; outcome unknown");
-            let answer = envelope::answer(
-                id,
-                Outcome::Error {
-                    message: "Outcome unknown",
-                    request_id: &ids::new_id(),
-                },
-            );
-            return reply(host, handle, &answer).await;
+            return reply(host, handle, &outcome_unknown(id)).await;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
@@ -226,17 +219,21 @@ async fn await_other_attempt(
             Ok(KeyClaim::Pending { .. }) | Err(_) => {}
             // The claim expired meanwhile, and this call claimed the key: nothing will answer it.
             Ok(KeyClaim::Claimed) => {
-                let answer = envelope::answer(
-                    id,
-                    Outcome::Error {
-                        message: "Outcome unknown",
-                        request_id: &ids::new_id(),
-                    },
-                );
-                return reply(host, handle, &answer).await;
+                return reply(host, handle, &outcome_unknown(id)).await;
             }
         }
     }
+}
+
+/// The answer to a key whose earlier attempt may or may not have invoked the route.
+fn outcome_unknown(id: &str) -> String {
+    envelope::answer(
+        id,
+        Outcome::Error {
+            message: "Outcome unknown",
+            request_id: &ids::new_id(),
+        },
+    )
 }
 
 /// Sends a `reply` (numbered, kept until acknowledged, and written to the store with
