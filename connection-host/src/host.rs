@@ -207,7 +207,7 @@ impl Host {
             owner_incarnation: self.identity.incarnation.clone(),
             owner_endpoint: self.identity.endpoint.clone(),
             authorizer: context.authorizer.clone(),
-            session,
+            session: session.map(Box::new),
         }
     }
 }

@@ -361,12 +361,12 @@ async fn suite_host_liveness(store: &dyn ConnectionStore) {
 /// A record of a reliable session held by `host`/`incarnation`.
 fn session_record(id: &str, host: &str, incarnation: &str, token_hash: &str) -> ConnectionRecord {
     ConnectionRecord {
-        session: Some(SessionRecord {
+        session: Some(Box::new(SessionRecord {
             previous_token_hash: String::new(),
             token_hash: token_hash.into(),
             principal: "user-7".into(),
             detached_at: 0,
-        }),
+        })),
         ..owned(id, host, incarnation)
     }
 }
@@ -391,12 +391,12 @@ async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
     );
     // A detached session without a principal: both survive as written.
     let detached = ConnectionRecord {
-        session: Some(SessionRecord {
+        session: Some(Box::new(SessionRecord {
             previous_token_hash: String::new(),
             token_hash: "cd34".into(),
             principal: String::new(),
             detached_at: 1_700_000_000_123,
-        }),
+        })),
         ..owned("sess-b", "host-1", "inc-1")
     };
     store.put_connection(detached.clone()).await.unwrap();
@@ -465,11 +465,11 @@ async fn suite_take_over(store: &dyn ConnectionStore) {
     };
     store.put_connection(solo.clone()).await.unwrap();
     let renewed_solo = ConnectionRecord {
-        session: Some(SessionRecord {
+        session: Some(Box::new(SessionRecord {
             previous_token_hash: String::new(),
             token_hash: "token-2".into(),
-            ..solo.session.clone().unwrap()
-        }),
+            ..*solo.session.clone().unwrap()
+        })),
         ..solo.clone()
     };
     assert!(

@@ -460,7 +460,7 @@ async fn adopt_if_gone(
         handle.mark_closed();
     };
     session.detached_at = now;
-    let taken = host.record(&context, Some(session));
+    let taken = host.record(&context, Some(*session));
     if !matches!(
         host.store
             .take_over(&taken, &record.owner_host, &record.owner_incarnation)

@@ -32,8 +32,9 @@ pub struct ConnectionRecord {
     /// other hosts reading the table can tell who a connection belongs to.
     pub authorizer: Option<serde_json::Map<String, serde_json::Value>>,
     /// The reliable-delivery session the connection belongs to (`[extensions.sessions]`, see
-    /// PROTOCOL.md); `None` for a plain connection.
-    pub session: Option<SessionRecord>,
+    /// PROTOCOL.md); `None` for a plain connection. Boxed: a plain connection's record (which
+    /// the memory store keeps for every open connection) stays as small as before.
+    pub session: Option<Box<SessionRecord>>,
 }
 
 /// What a host needs to resume a reliable session it did not hold: kept on the connection record.

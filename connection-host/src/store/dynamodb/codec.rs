@@ -37,11 +37,13 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
         // Written by `put_connection` from a JSON object, so text that is not one was not ours.
         authorizer: get_s(item, "authorizer").and_then(|text| serde_json::from_str(&text).ok()),
         // `sessionTokenHash` marks a session: every session has a token.
-        session: get_s(item, "sessionTokenHash").map(|token_hash| SessionRecord {
-            token_hash,
-            principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
-            previous_token_hash: get_s(item, "sessionPreviousTokenHash").unwrap_or_default(),
-            detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
+        session: get_s(item, "sessionTokenHash").map(|token_hash| {
+            Box::new(SessionRecord {
+                token_hash,
+                principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
+                previous_token_hash: get_s(item, "sessionPreviousTokenHash").unwrap_or_default(),
+                detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
+            })
         }),
     })
 }
