@@ -115,20 +115,16 @@ impl HostProc {
             .replace("{MPORT}", &mport.to_string());
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("host.log"))?;
-        let child = Command::new(bin)
+        let mut child = Command::new(bin);
+        child
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "warn")
             // The rate limits (API Gateway's quotas by default) would cap the very figures measured
             // here; they are off so the bench shows the host's capacity.
             .envs(UNLIMITED.iter().map(|k| (k, "0")))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        CHILDREN.lock().unwrap().push(child.id());
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let child = spawn_logged(child, bin, log)?;
         let mut host = HostProc {
             child,
             port,
@@ -229,14 +225,9 @@ impl MotoProc {
         let dir = std::env::temp_dir().join(format!("ch-bench-{}-moto", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("moto.log"))?;
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        CHILDREN.lock().unwrap().push(child.id());
+        let mut child = Command::new(bin);
+        child.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = spawn_logged(child, bin, log)?;
         let mut moto = MotoProc {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -917,4 +908,17 @@ fn main() {
     {
         eprintln!("could not write {}: {e}", path.display());
     }
+}
+
+/// Spawns `command` (the program `bin`) with its output going to `log` and no input, and
+/// registers it so that it is killed when the bench exits.
+fn spawn_logged(mut command: Command, bin: &Path, log: std::fs::File) -> Res<Child> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    CHILDREN.lock().unwrap().push(child.id());
+    Ok(child)
 }
