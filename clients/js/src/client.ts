@@ -383,7 +383,6 @@ export class Client {
     };
     this.link = link;
     let opened = false;
-    let status: number | undefined;
     this.timer(link, "connect", this.o.connectTimeout, () => this.drop(link, "the handshake timed out"));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
@@ -403,15 +402,18 @@ export class Client {
       this.clearTimer(link, "dead");
       this.receive(link, ev.data);
     };
+    // An error ends the connection. Browsers follow it with a close, but Node's own WebSocket (undici)
+    // does not after a refused handshake, so the error alone must be enough.
     ws.onerror = (ev) => {
       if (link !== this.link) return;
-      status ??= handshakeStatus(ev);
-    };
-    ws.onclose = (ev) => {
-      if (link !== this.link) return;
+      const status = handshakeStatus(ev);
       if (!opened && (status === 401 || status === 403)) {
         return this.stop(new UnauthorizedError(`the handshake was refused with HTTP ${status}`, status));
       }
+      this.drop(link, opened ? "the connection failed" : status ? `the handshake was refused with HTTP ${status}` : "the connection attempt failed");
+    };
+    ws.onclose = (ev) => {
+      if (link !== this.link) return;
       if (CLOSE_UNAUTHORIZED.has(ev.code)) {
         return this.stop(new UnauthorizedError(`the host closed the connection with ${ev.code} ${ev.reason}`, ev.code));
       }
@@ -420,7 +422,7 @@ export class Client {
       if (this.o.reliable && link.welcomed && ![CLOSE_ABNORMAL, CLOSE_RESUME, CLOSE_REPLACED].includes(ev.code)) {
         this.resumeToken = undefined;
       }
-      this.drop(link, opened ? `closed with ${ev.code}` : status ? `the handshake was refused with HTTP ${status}` : "the connection failed");
+      this.drop(link, opened ? `closed with ${ev.code}` : "the connection attempt failed");
     };
   }
 

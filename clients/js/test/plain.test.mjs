@@ -238,6 +238,19 @@ describe("plain mode", () => {
     assert.equal(FakeWebSocket.instances.length, 1);
   });
 
+  test("an error without a close (Node's own WebSocket after a refused handshake) is a failed attempt", async () => {
+    const c = client({ backoff: { jitter: 0 } });
+    const r = record(c);
+    c.connect();
+    await settle();
+    last().onerror({ message: "Received network error or non-101 status code." });
+    assert.equal(r.of("error").at(-1).code, "Connect");
+    assert.deepEqual(r.of("retry"), [{ attempt: 1, delay: 1000 }]);
+    await tick(1000);
+    assert.equal(FakeWebSocket.instances.length, 2);
+    c.close();
+  });
+
   test("a handshake that hangs is given up after connectTimeout", async () => {
     const c = client({ connectTimeout: 3000, backoff: { jitter: 0 } });
     c.connect();
