@@ -31,9 +31,16 @@
 #                  paths), built with coverage instrumentation on the stable toolchain (and clippy), and run FUZZ_SECONDS
 #                  each from the seeds in connection-host/fuzz/seeds; a crash fails the step and leaves its
 #                  input in .test-run/fuzz/TARGET/
+#     js           the client library clients/js: npm ci, tsc build (dist/ and the demo page's copy in
+#                  functions/web/lib/), its unit tests (node --test, fake timers), and an `npm pack` tarball
+#                  that installs and imports in a scratch project
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
-#                  functions/demo.toml (tests/browser/chat.test.mjs); installs Debian's chromium (apt-get) and
-#                  playwright-core (npm ci in tests/browser/) when missing, and builds the host and ws-handler
+#                  functions/demo.toml (tests/browser/chat.test.mjs); the client library in Chromium against
+#                  the host running tests/browser/client-host.toml through a fault proxy (client.test.mjs:
+#                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); the reconnect
+#                  storm of 1,000 Node clients across a host restart (storm.test.mjs, prints the histogram);
+#                  installs Debian's chromium (apt-get) and playwright-core (npm ci in tests/browser/) when
+#                  missing, and builds the host and ws-handler (and, without the js step, the library)
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
@@ -41,14 +48,15 @@
 # to cargo and turns off incremental builds. KOSOKU_PARALLELISM (default 4).
 # FUZZ_SECONDS (default 20): how long each fuzz target runs.
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
-# The browser step needs Node.js 20+ (node, npm) and root or sudo when chromium is not installed yet.
+# The js and browser steps need Node.js 20+ (node, npm); browser also root or sudo when chromium is not installed
+# yet, and a file descriptor limit (ulimit -n) of at least 2,100 for the storm.
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test infra conformance fuzz browser)
+ALL_STEPS=(tools fmt build clippy test infra conformance fuzz js browser)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
 # The infra step's tools (aws-sam-cli brings aws-sam-translator; pinned too, since the transform uses it).
@@ -464,8 +472,45 @@ browser_tools() {
     echo "$(/usr/bin/chromium --version 2>/dev/null || echo chromium), playwright-core $want in tests/browser/node_modules/"
 }
 
+need_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+        || { echo "tests/run.sh: the $CURRENT_STEP step needs Node.js 20+ (node and npm)" >&2; return 1; }
+}
+
+# Installs the library's build tools (npm ci) when its lockfile changed, and builds it: dist/ and the demo's copy.
+js_build() {
+    need_node
+    local dir="$ROOT/clients/js"
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json"; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+    fi
+    (cd "$dir" && npm run --silent build && npm run --silent build:demo) </dev/null
+}
+
+step_js() {
+    js_build
+    local dir="$ROOT/clients/js" rc=0 scratch
+    mkdir -p "$RUN_DIR"
+    (cd "$dir" && node --test --test-reporter=spec test/) </dev/null 2>&1 | tee "$RUN_DIR/js-test.log" || rc=$?
+    read -r p f < <(sed -n 's/^ℹ \(pass\|fail\) \([0-9]*\)$/\1 \2/p' "$RUN_DIR/js-test.log" \
+        | awk '$1 == "pass" {p = $2} $1 == "fail" {f = $2} END {print p + 0, f + 0}')
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+    [[ $rc -eq 0 ]] || return "$rc"
+    # The tarball users install: it must hold the module and its types, and import by its name.
+    scratch="$(mktemp -d)"
+    (cd "$dir" && npm pack --silent --pack-destination "$scratch" </dev/null >/dev/null)
+    (cd "$scratch" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error ./connection-host-client-*.tgz </dev/null \
+        && test -f node_modules/connection-host-client/dist/index.d.ts \
+        && node --input-type=module -e 'import { Client, backoffDelay } from "connection-host-client"; if (typeof Client !== "function" || backoffDelay(0, {}, () => 0) !== 1000) process.exit(1);') \
+        || rc=$?
+    rm -rf "$scratch"
+    if [[ $rc -ne 0 ]]; then echo "js: the npm pack tarball does not install and import" >&2; return "$rc"; fi
+    echo "js: npm pack tarball installs and imports"
+}
+
 step_browser() {
     browser_tools
+    selected js || js_build
     # The host and the chat and authorizer functions, as the build step made them (a no-op after
     # it). The demo's `build` commands (`cargo build -p ws-handler --bins`) would compile the
     # functions again with a different feature set, so the test runs functions/demo.toml without
@@ -482,9 +527,22 @@ step_browser() {
     BROWSER_TEST_PID=$!
     wait "$BROWSER_TEST_PID" || rc=$?
     BROWSER_TEST_PID=""
-    # One end-to-end test, counted as one in the totals.
-    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
-    return "$rc"
+    # Each end-to-end test counts as one in the totals.
+    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); return "$rc"; fi
+    # The client library's tests run their host with tests/browser/client-host.toml, whose function
+    # commands name ${CARGO_TARGET_DIR:-target}: point it at the build's target directory.
+    local test flags=()
+    # Node 20 has its WebSocket behind a flag; 22 and later have it on.
+    node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || flags+=(--experimental-websocket --no-warnings)
+    for test in "client.test.mjs" "storm.test.mjs"; do
+        rc=0
+        CARGO_TARGET_DIR="$(target_dir)" BROWSER_TEST_HOST_BIN="$bin" \
+            node "${flags[@]}" "$ROOT/tests/browser/$test" </dev/null &
+        BROWSER_TEST_PID=$!
+        wait "$BROWSER_TEST_PID" || rc=$?
+        BROWSER_TEST_PID=""
+        if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); return "$rc"; fi
+    done
 }
 
 run_step tools step_tools
@@ -495,5 +553,6 @@ run_step test step_test
 run_step infra step_infra
 run_step conformance step_conformance
 run_step fuzz step_fuzz
+run_step js step_js
 run_step browser step_browser
 CURRENT_STEP="done"
