@@ -755,36 +755,43 @@ export class Client {
       for (const out of this.outbox) {
         if (out.writtenOn === link.gen) continue;
         out.writtenOn = link.gen;
-        this.write(link, msgFrame(out.id, out.data));
+        if (!this.write(link, msgFrame(out.id, out.data))) return;
       }
       return;
     }
     if (this.outbox.length === 0) return;
-    const held = this.outbox;
-    this.outbox = [];
-    this.outboxBytes = 0;
-    for (const out of held) {
+    let sent = 0;
+    // Stops at a failed write: the connection is gone, and what is left waits for the next one.
+    while (sent < this.outbox.length && this.write(link, this.outbox[sent].data)) {
+      const out = this.outbox[sent++];
       if (out.request) this.awaiting.set(out.id, out.request);
-      this.write(link, out.data);
+      this.outboxBytes -= out.size;
     }
-    this.emit("queue", 0);
+    this.outbox.splice(0, sent);
+    this.emit("queue", this.outbox.length);
   }
 
   /** `onConnect`'s sends: straight to the connection, before the queue. */
   private sendNow(link: Link, data: Payload): void {
     if (link !== this.link) return;
-    if (!this.o.reliable) return this.write(link, data);
+    if (!this.o.reliable) {
+      this.write(link, data);
+      return;
+    }
     const out = this.enqueue(data, undefined);
     out.writtenOn = link.gen;
     this.write(link, msgFrame(out.id, out.data));
   }
 
-  private write(link: Link, data: Payload): void {
+  /** Whether the write was accepted; a failed one drops the connection. */
+  private write(link: Link, data: Payload): boolean {
     link.lastSent = Date.now();
     try {
       link.ws.send(data);
+      return true;
     } catch (e) {
       this.drop(link, `send failed: ${errorText(e)}`);
+      return false;
     }
   }
 

@@ -120,6 +120,31 @@ describe("plain mode", () => {
     c.close();
   });
 
+  test("a write that fails keeps what was not written for the next connection", async () => {
+    const c = client({ backoff: { jitter: 0 } });
+    c.send("a");
+    c.send("b");
+    c.send("c");
+    c.connect();
+    await settle();
+    const ws = last();
+    const send = ws.send.bind(ws);
+    ws.send = (d) => {
+      if (d === "b") throw new Error("broken pipe");
+      send(d);
+    };
+    ws.accept();
+    await settle();
+    assert.deepEqual(ws.sent, ["a"]);
+    assert.equal(c.state, "reconnecting");
+    assert.equal(c.queued, 2);
+    await tick(1000);
+    last().accept();
+    await settle();
+    assert.deepEqual(last().sent, ["b", "c"]);
+    c.close();
+  });
+
   test("the byte bound admits one large message into an empty queue only", () => {
     const c = client({ maxQueuedBytes: 10 });
     c.send("x".repeat(50));
