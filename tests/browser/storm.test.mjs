@@ -41,12 +41,14 @@ async function run(ctx) {
   const clients = [];
   for (let i = 0; i < CLIENTS; i++) {
     const c = new Client({ url: `ws://127.0.0.1:${port}/dev`, heartbeat: false });
-    const rec = { c, droppedAt: 0, backAt: 0, retries: 0 };
+    const rec = { c, droppedAt: 0, backAt: 0, retries: 0, firstDelay: 0 };
     c.on("state", (s) => {
       if (s === "reconnecting" && !rec.droppedAt) rec.droppedAt = performance.now();
       if (s === "connected" && rec.droppedAt && !rec.backAt) rec.backAt = performance.now();
     });
-    c.on("retry", () => rec.retries++);
+    c.on("retry", ({ delay }) => {
+      if (rec.droppedAt && !rec.retries++) rec.firstDelay = delay;
+    });
     clients.push(rec);
     ctx.clients = clients;
     c.connect();
@@ -70,6 +72,8 @@ async function run(ctx) {
   const times = clients.map((r) => r.backAt - r.droppedAt).sort((a, b) => a - b);
   const pct = (p) => Math.round(times[Math.min(times.length - 1, Math.floor((p / 100) * times.length))]);
   console.log(`reconnect time after the close (ms): min ${Math.round(times[0])}, p50 ${pct(50)}, p90 ${pct(90)}, p99 ${pct(99)}, max ${Math.round(times.at(-1))}`);
+  const delays = clients.map((r) => r.firstDelay).sort((a, b) => a - b);
+  console.log(`first retry's backoff delay drawn (ms): min ${Math.round(delays[0])}, max ${Math.round(delays.at(-1))}; the rest of a reconnect time is the handshake under the storm`);
   console.log(`retries per client: ${JSON.stringify(countBy(clients.map((r) => r.retries)))}`);
   const buckets = countBy(times.map((t) => Math.floor(t / BUCKET_MS) * BUCKET_MS));
   const widest = Math.max(...Object.values(buckets));

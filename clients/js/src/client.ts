@@ -78,7 +78,9 @@ export interface ConnectedInfo {
 
 /** What the `retry` event tells: attempt `attempt` (1 for the first retry) starts in `delay` ms. */
 export interface RetryInfo {
+  /** 1 for the first retry after a drop or a failed first attempt. */
   attempt: number;
+  /** Milliseconds until the attempt. */
   delay: number;
 }
 
@@ -141,11 +143,17 @@ export interface ClientOptions {
 
 /** The events of a {@link Client} and their listeners' arguments. */
 export interface ClientEvents {
+  /** The state changed. */
   state: [state: State];
+  /** A connection is ready (reliable mode: its `welcome` arrived); sent before `onConnect` and the queue. */
   connected: [info: ConnectedInfo];
+  /** A message from the host: a string, or a `Uint8Array` for a binary one. */
   message: [data: Payload];
+  /** Something failed: an attempt (retried), an error reply to a `send`, or the terminal error before `disconnected`. */
   error: [error: ClientError];
+  /** A reconnect attempt is scheduled. */
   retry: [info: RetryInfo];
+  /** The number of messages held changed. */
   queue: [size: number];
 }
 
