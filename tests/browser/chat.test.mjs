@@ -16,103 +16,18 @@
 // host is stopped and started again on the same port, both pages reconnect by themselves, re-join the
 // room, and chat again both ways.
 
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { HostProcess, ROOT, TestFailure, fail, freePort, progressFor, sleep } from "./harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const TARGET = path.resolve(ROOT, process.env.CARGO_TARGET_DIR || "target");
-const HOST_BIN = path.resolve(ROOT, process.env.BROWSER_TEST_HOST_BIN || path.join(TARGET, "debug/connection-host"));
 const CONFIG = process.env.BROWSER_TEST_CONFIG || "functions/demo.toml";
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const OVERALL_S = Number(process.env.BROWSER_TEST_TIMEOUT || 120);
 const LOG_PATH = path.join(ROOT, ".test-run", "browser-host.log");
 
 const MARKUP = "<b>hi</b> & <img src=x onerror=alert(1)>";
-const T0 = Date.now();
-const progress = (msg) => console.log(`[browser ${((Date.now() - T0) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
-
-class TestFailure extends Error {}
-const fail = (msg) => { throw new TestFailure(msg); };
-
-// ---- the host process ---------------------------------------------------------------------------
-let host = null; // { child, exited: Promise<{code, signal}> }
-let logFd = null;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function hostEnv() {
-  return { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" };
-}
-
-function startHost(port) {
-  if (!fs.existsSync(HOST_BIN)) fail(`host binary not found: ${HOST_BIN} (build it, or set BROWSER_TEST_HOST_BIN)`);
-  if (!fs.existsSync(path.resolve(ROOT, CONFIG))) fail(`host configuration not found: ${CONFIG}`);
-  fs.writeSync(logFd, `\n===== ${new Date().toISOString()} start: ${HOST_BIN} --config ${CONFIG} --listen 127.0.0.1:${port}\n`);
-  // Its own process group, so that a hard kill also reaches the function processes it started.
-  const child = spawn(HOST_BIN, ["--config", CONFIG, "--listen", `127.0.0.1:${port}`], {
-    cwd: ROOT,
-    stdio: ["ignore", logFd, logFd],
-    detached: true,
-    env: hostEnv(),
-  });
-  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
-  child.once("error", (e) => fs.writeSync(logFd, `spawn error: ${e.message}\n`));
-  host = { child, exited, pid: child.pid };
-  return host;
-}
-
-async function waitHealthy(port, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  let exitedWith = null;
-  host.exited.then((r) => { exitedWith = r; });
-  while (Date.now() < deadline) {
-    if (exitedWith) fail(`host exited before becoming healthy (${JSON.stringify(exitedWith)}); see ${LOG_PATH}`);
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
-      if (res.status === 200) return;
-    } catch { /* not listening yet */ }
-    await sleep(100);
-  }
-  fail(`host did not answer GET /health with 200 within ${timeoutMs / 1000} s; see ${LOG_PATH}`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const killGroup = (pid, sig) => { try { process.kill(-pid, sig); } catch { /* gone */ } };
-
-// SIGTERM (the host drains: closes every connection with 1001 and runs the $disconnects), then
-// waits for the exit; a host that does not exit within timeoutMs is killed and the test fails.
-async function stopHost(timeoutMs = 20_000) {
-  if (!host) return;
-  const h = host;
-  host = null;
-  try { h.child.kill("SIGTERM"); } catch { /* gone */ }
-  const r = await Promise.race([h.exited, sleep(timeoutMs).then(() => null)]);
-  killGroup(h.pid, "SIGKILL"); // whatever it left behind
-  if (r === null) {
-    await h.exited;
-    fail(`host did not exit within ${timeoutMs / 1000} s of SIGTERM`);
-  }
-  return r;
-}
-
-function killHostNow() {
-  if (!host) return;
-  killGroup(host.pid, "SIGKILL");
-  host = null;
-}
+const progress = progressFor("browser");
 
 // ---- pages --------------------------------------------------------------------------------------
 const pageProblems = [];
@@ -189,14 +104,13 @@ async function chat(pages, round) {
 
 // ---- the test -----------------------------------------------------------------------------------
 async function run(ctx) {
-  fs.mkdirSync(path.dirname(LOG_PATH), { recursive: true });
-  logFd = fs.openSync(LOG_PATH, "a");
   if (!fs.existsSync(CHROMIUM)) fail(`Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
+  if (!fs.existsSync(path.resolve(ROOT, CONFIG))) fail(`host configuration not found: ${CONFIG}`);
 
   const port = Number(process.env.BROWSER_TEST_PORT) || (await freePort());
-  startHost(port);
-  await waitHealthy(port, 60_000);
-  progress(`host pid ${host.pid} healthy on 127.0.0.1:${port} (config ${CONFIG}, log ${path.relative(ROOT, LOG_PATH)})`);
+  const host = (ctx.host = new HostProcess({ config: CONFIG, port, logPath: LOG_PATH }));
+  await host.start();
+  progress(`host pid ${host.child.pid} healthy on 127.0.0.1:${port} (config ${CONFIG}, log ${path.relative(ROOT, LOG_PATH)})`);
 
   // playwright-core never downloads a browser: it drives Debian's Chromium. launch() gives it a fresh,
   // temporary --user-data-dir of its own (passing one in args is refused by Playwright).
@@ -242,7 +156,7 @@ async function run(ctx) {
   await chat([alice, bob], "before restart");
 
   // Stop the host: both pages must notice and start reconnecting.
-  const r = await stopHost();
+  const r = await host.stop();
   progress(`host stopped (${r.signal ? `signal ${r.signal}` : `exit ${r.code}`})`);
   if (r.code !== 0) fail(`host exited with ${JSON.stringify(r)} after SIGTERM; expected status 0`);
   await waitState(alice, "alice", "reconnecting", 10_000);
@@ -260,9 +174,8 @@ async function run(ctx) {
   if (queueText !== "1 message waiting to be sent") fail(`alice: the queue indicator says ${JSON.stringify(queueText)}, expected 1 message waiting`);
   progress("alice queued a message while disconnected");
 
-  startHost(port);
-  await waitHealthy(port, 60_000);
-  progress(`host pid ${host.pid} started again on 127.0.0.1:${port}`);
+  await host.start();
+  progress(`host pid ${host.child.pid} started again on 127.0.0.1:${port}`);
   await waitState(alice, "alice", "connected", 60_000);
   await waitState(bob, "bob", "connected", 60_000);
   progress("both pages reconnected by themselves");
@@ -310,14 +223,13 @@ async function cleanup(ctx) {
     await Promise.race([ctx.browser.close().catch(() => {}), sleep(5_000)]);
     ctx.browser = null;
   }
-  if (host) {
-    const h = host;
-    await Promise.race([stopHost(4_000).catch(() => {}), sleep(5_000)]);
-    killGroup(h.pid, "SIGKILL");
+  if (ctx.host) {
+    await Promise.race([ctx.host.stop(4_000).catch(() => {}), sleep(5_000)]);
+    ctx.host.killNow();
   }
 }
 
-const ctx = { browser: null };
+const ctx = { browser: null, host: null };
 let finishing = false;
 
 async function finish(code, message) {
@@ -325,18 +237,15 @@ async function finish(code, message) {
   finishing = true;
   if (message) console.error(message);
   await cleanup(ctx).catch(() => {});
-  killHostNow();
-  if (code !== 0 && fs.existsSync(LOG_PATH)) {
-    const tail = fs.readFileSync(LOG_PATH, "utf8").split("\n").slice(-25).join("\n");
-    console.error(`--- last lines of ${path.relative(ROOT, LOG_PATH)} ---\n${tail}`);
-  }
+  ctx.host?.killNow();
+  if (code !== 0 && ctx.host) console.error(`--- last lines of ${path.relative(ROOT, LOG_PATH)} ---\n${ctx.host.tail()}`);
   process.exit(code);
 }
 
 for (const [sig, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]) {
   process.on(sig, () => finish(code, `browser test: interrupted by ${sig}`));
 }
-process.on("exit", () => killHostNow()); // last resort: never leave the host behind
+process.on("exit", () => ctx.host?.killNow()); // last resort: never leave the host behind
 
 const overall = setTimeout(() => finish(1, `browser test FAILED: did not finish within ${OVERALL_S} s`), OVERALL_S * 1000);
 
