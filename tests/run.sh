@@ -37,8 +37,10 @@
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
 #                  functions/demo.toml (tests/browser/chat.test.mjs); the client library in Chromium against
 #                  the host running tests/browser/client-host.toml through a fault proxy (client.test.mjs:
-#                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); the reconnect
-#                  storm of 1,000 Node clients across a host restart (storm.test.mjs, prints the histogram);
+#                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); its token
+#                  placements against the host's JWT authorizer with an expired token refreshed (auth.test.mjs);
+#                  the reconnect storm of 1,000 Node clients across a host restart (storm.test.mjs, prints the
+#                  histogram);
 #                  installs Debian's chromium (apt-get) and playwright-core (npm ci in tests/browser/) when
 #                  missing, and builds the host and ws-handler (and, without the js step, the library)
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
@@ -534,7 +536,7 @@ step_browser() {
     local test flags=()
     # Node 20 has its WebSocket behind a flag; 22 and later have it on.
     node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || flags+=(--experimental-websocket --no-warnings)
-    for test in "client.test.mjs" "storm.test.mjs"; do
+    for test in "client.test.mjs" "auth.test.mjs" "storm.test.mjs"; do
         rc=0
         CARGO_TARGET_DIR="$(target_dir)" BROWSER_TEST_HOST_BIN="$bin" \
             node "${flags[@]}" "$ROOT/tests/browser/$test" </dev/null &
