@@ -483,8 +483,9 @@ need_node() {
 js_build() {
     need_node
     local dir="$ROOT/clients/js"
-    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json"; then
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+        cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
     fi
     (cd "$dir" && npm run --silent build && npm run --silent build:demo) </dev/null
 }
