@@ -241,6 +241,7 @@ export class Client {
   private lastSeq = 0;
   private resumeToken: string | undefined;
   private unwatch: (() => void) | undefined;
+  private readonly ctor: WebSocketConstructor | undefined;
 
   /** Makes a client; it connects when {@link connect} is called. */
   constructor(options: ClientOptions) {
@@ -266,8 +267,6 @@ export class Client {
     };
     this.ctor = options.WebSocket;
   }
-
-  private readonly ctor: WebSocketConstructor | undefined;
 
   /** The current state. */
   get state(): State {
@@ -361,7 +360,8 @@ export class Client {
     let token: string | undefined;
     if (this.o.token) {
       try {
-        token = await this.o.token();
+        // A provider that never answers must not stall the client: it counts against the connect timeout.
+        token = await withTimeout(Promise.resolve().then(this.o.token), this.o.connectTimeout, "the token provider did not answer in time");
       } catch (e) {
         if (gen !== this.gen) return;
         if (e instanceof UnauthorizedError) return this.stop(e);
@@ -850,6 +850,12 @@ export class Client {
       }
     }
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)));
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer));
 }
 
 function settle(p: Pending, error: ClientError | undefined, payload?: Payload): void {

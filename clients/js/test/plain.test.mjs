@@ -249,6 +249,21 @@ describe("plain mode", () => {
     assert.equal(calls, 3);
   });
 
+  test("a token provider that never answers counts as a failed attempt after connectTimeout", async () => {
+    let calls = 0;
+    const c = client({ connectTimeout: 5000, backoff: { jitter: 0 }, token: () => (++calls === 1 ? new Promise(() => {}) : "t") });
+    const r = record(c);
+    c.connect();
+    await tick(4999);
+    assert.equal(FakeWebSocket.instances.length, 0);
+    await tick(1);
+    assert.match(r.of("error")[0].message, /did not answer in time/);
+    await tick(1000);
+    assert.equal(calls, 2);
+    assert.equal(last().url, "ws://host.test/dev?token=t");
+    c.close();
+  });
+
   test("a 401 at the handshake, where the platform shows it, is terminal", async () => {
     const c = client();
     const r = record(c);
