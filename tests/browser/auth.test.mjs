@@ -1,7 +1,8 @@
 // The client library's token placements against the host's own JWT authorizer, one host per
 // `token_source` (header, query, subprotocol): the token provider's first token has expired, so the
 // handshake is refused; the client calls the provider again before its next attempt and connects with
-// the fresh token. Node clients (the header placement is Node only). Loopback only.
+// the fresh token; then a reliable client (ch-reliable.v1 offered beside the token) gets its session. Node
+// clients (the header placement is Node only). Loopback only.
 //
 //   node --experimental-websocket tests/browser/auth.test.mjs      (Node 20; Node 22+ needs no flag)
 
@@ -36,6 +37,8 @@ type = "mock"
 [routes."$connect"]
 integration = "ok"
 authorizer = "jwt"
+[extensions.sessions]
+enabled = true
 `;
 }
 
@@ -72,10 +75,24 @@ async function run() {
     if (calls !== errors.length + 1) fail(`${placement}: ${calls} token provider calls for ${errors.length} failed attempts and one that connected`);
     if (errors.length < 1 || errors.some((e) => e !== "Connect")) fail(`${placement}: the refused attempt reported ${JSON.stringify(errors)}`);
     client.close();
+
+    // Reliable mode offers its own subprotocols beside the token's; the authorizer still finds it.
+    const reliable = (ctx.client = new Client({
+      url: `ws://127.0.0.1:${port}/dev`,
+      reliable: true,
+      heartbeat: false,
+      tokenPlacement: { type: placement },
+      token: () => tokens[1],
+    }));
+    const welcomed = new Promise((resolve) => reliable.on("connected", resolve));
+    reliable.connect();
+    const info = await Promise.race([welcomed, sleep(10_000).then(() => fail(`${placement}: no reliable session within 10 s`))]);
+    if (info.recovered || !info.connectionId) fail(`${placement}: reliable connection reported ${JSON.stringify(info)}`);
+    reliable.close();
     ctx.client = null;
     await ctx.host.stop();
     ctx.host = null;
-    progress(`${placement}: the expired token was refused, the provider was called before each of ${calls} attempts, the fresh token connected`);
+    progress(`${placement}: the expired token was refused, the provider was called before each of ${calls} attempts, the fresh token connected; a reliable session too`);
   }
 }
 
