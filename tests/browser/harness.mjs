@@ -3,6 +3,7 @@
 
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -77,12 +78,7 @@ export class HostProcess {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (exited) fail(`host exited before becoming healthy (${JSON.stringify(exited)}); see ${this.logPath}`);
-      try {
-        const res = await fetch(`http://127.0.0.1:${this.port}/health`, { signal: AbortSignal.timeout(1000) });
-        if (res.status === 200) return;
-      } catch {
-        // not listening yet
-      }
+      if ((await healthStatus(this.port)) === 200) return;
       await sleep(50);
     }
     fail(`host did not answer GET /health within ${timeoutMs / 1000} s; see ${this.logPath}`);
@@ -122,6 +118,21 @@ export class HostProcess {
   tail(lines = 25) {
     return fs.readFileSync(this.logPath, "utf8").split("\n").slice(-lines).join("\n");
   }
+}
+
+/**
+ * GET /health on a connection of its own, closed after the answer. Not fetch(): Node's WebSocket shares
+ * fetch's connection pool, and a kept-alive health check could carry a client's next handshake.
+ */
+function healthStatus(port) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: "127.0.0.1", port, path: "/health", agent: false, timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("timeout", () => req.destroy());
+    req.on("error", () => resolve(0));
+  });
 }
 
 const killGroup = (pid, sig) => {
