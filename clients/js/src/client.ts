@@ -200,7 +200,8 @@ interface Link {
   timers: Map<string, ReturnType<typeof setTimeout>>;
 }
 
-type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => void;
+/** A listener of the event `K`. */
+export type Listener<K extends keyof ClientEvents> = (...args: ClientEvents[K]) => void;
 type AnyListener = (...args: unknown[]) => void;
 
 /**

@@ -9,6 +9,7 @@ export type {
   ClientOptions,
   ConnectedInfo,
   HeartbeatOptions,
+  Listener,
   Payload,
   RetryInfo,
   State,
