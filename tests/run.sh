@@ -487,7 +487,18 @@ js_build() {
         (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
         cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
     fi
-    (cd "$dir" && npm run --silent build && npm run --silent build:demo) </dev/null
+    (cd "$dir" && npm run --silent build) </dev/null
+    # functions/web/lib is committed (the README's run command needs no Node.js): it must be what the
+    # library's source compiles to.
+    local scratch
+    scratch="$(mktemp -d)"
+    (cd "$dir" && npx --no-install tsc -p tsconfig.json --outDir "$scratch" --declaration false) </dev/null
+    if ! diff -r "$scratch" "$ROOT/functions/web/lib" >/dev/null; then
+        rm -rf "$scratch"
+        echo "functions/web/lib differs from what clients/js compiles to: run (cd clients/js && npm run build:demo) and commit it" >&2
+        return 1
+    fi
+    rm -rf "$scratch"
 }
 
 step_js() {
