@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::events::ConnectionContext;
 use crate::limits::{HostLimits, RouteThrottle};
 use crate::local_lambda::LocalFunctions;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::routing::table::{Route, RouteTable};
 use crate::store::{ConnectionRecord, ConnectionStore, SessionRecord};
@@ -71,6 +72,8 @@ pub struct Host {
     pub(crate) tls: Option<TlsAcceptor>,
     /// `server.management_tls`, loaded.
     pub(crate) management_tls: Option<TlsAcceptor>,
+    /// The host's Prometheus series (`GET /metrics`).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Host {
@@ -93,6 +96,9 @@ impl Host {
     ) -> Result<Self, BuildError> {
         let (config, definition) = crate::template::apply(config)?;
         config.validate()?;
+        let metrics = Arc::new(Metrics::new(&config.api.api_id, &config.api.stage));
+        let store: Arc<dyn ConnectionStore> =
+            Arc::new(crate::store::Instrumented::new(store, metrics.clone()));
         let tls = load_tls(&config.server.tls, "server.tls")?;
         let management_tls = load_tls(&config.server.management_tls, "server.management_tls")?;
         let limits = HostLimits::from_config(&config.limits).map_err(|e| ConfigError::Invalid {
@@ -131,6 +137,7 @@ impl Host {
         }
         let routes = config.routes.iter().map(|(key, route)| Route {
             key: key.clone(),
+            metrics: metrics.route(key),
             integration: integrations[&route.integration].clone(),
             two_way: route.two_way,
             timeout: route.timeout,
@@ -178,7 +185,36 @@ impl Host {
             limits,
             tls,
             management_tls,
+            metrics,
         })
+    }
+
+    /// The host's metrics in Prometheus text format, as `GET /metrics` serves them: the gauges
+    /// that mirror the host's state (open connections, queued bytes) are read first.
+    pub fn metrics_text(&self) -> String {
+        self.sample_gauges();
+        self.metrics.render()
+    }
+
+    /// The headline figures (connections, messages, errors, integration latency) for a status
+    /// page or a periodic writer; see [`crate::metrics::Snapshot`].
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        self.sample_gauges();
+        self.metrics.snapshot()
+    }
+
+    /// Sets the gauges read from the registry rather than kept on every change: a scrape pays for
+    /// them once instead of every message.
+    fn sample_gauges(&self) {
+        let (mut open, mut queued) = (0usize, 0usize);
+        for handle in self.registry.all() {
+            let (bytes, attached) = handle.queue_state();
+            // A reliable session waiting for its client to resume holds no WebSocket.
+            open += usize::from(attached);
+            queued += bytes;
+        }
+        self.metrics.connections.set(open as f64);
+        self.metrics.outbound_queue_bytes.set(queued as f64);
     }
 
     /// The configuration the host runs with, its template applied.

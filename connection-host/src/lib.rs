@@ -10,7 +10,8 @@
 //! ([`Host::build`]), [`server`] ([`run`], [`run_with_store`], [`Listeners`]), [`store`] (the
 //! [`store::ConnectionStore`] trait and its in-memory and DynamoDB implementations), the wire
 //! formats ([`events`], [`ids`], [`routing`]'s route selection expressions, [`sigv4`]), the
-//! [`integration::Integration`] trait, and [`management::path`]. Everything else (gateway,
+//! [`integration::Integration`] trait, [`management::path`], and [`metrics`] (the Prometheus
+//! series and their read-back). Everything else (gateway,
 //! cluster, authorizers, the local Lambda runtime, limits, TLS, the template loader) is private
 //! to the crate, so it can change without breaking anyone.
 //!
@@ -29,7 +30,7 @@
 //!                                                 |   connection ends, reliable sessions
 //! 2      store integration local_lambda           | adapters: each has from_config and its own error
 //!        authorizer limits tls registry           |   type
-//!        cluster template access_keys             |
+//!        cluster template access_keys metrics     |
 //! 1      config                                   | plain data: serde types, defaults, doc comments
 //! 0      ids events routing authorizer::identity  | formats and parsers, no I/O (routing: the route
 //!        sigv4 peer_auth sessions::envelope       |   expressions; the reliable subprotocol's
@@ -60,6 +61,7 @@ pub mod integration;
 pub(crate) mod limits;
 pub(crate) mod local_lambda;
 pub mod management;
+pub mod metrics;
 pub mod peer_auth;
 pub(crate) mod registry;
 pub mod routing;

@@ -499,6 +499,14 @@ impl ConnectionHandle {
             .is_some_and(|s| s.attachment.is_none() && s.detaches == detach && !s.moved)
     }
 
+    /// Bytes waiting in the outbound queue (a session's numbered frames not counted), and
+    /// whether a connection serves it right now: what a metrics scrape reads.
+    pub fn queue_state(&self) -> (usize, bool) {
+        let q = self.lock();
+        let attached = q.session.as_deref().is_none_or(|s| s.attachment.is_some());
+        (q.bytes, attached)
+    }
+
     /// Whether a connection serves the session right now.
     pub fn is_attached(&self) -> bool {
         self.lock()

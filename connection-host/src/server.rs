@@ -197,6 +197,7 @@ async fn serve(
         tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
     }
     let host = Arc::new(host);
+    host.tasks.spawn(metrics_upkeep(host.clone()));
     let separate_management = listeners.management.is_some();
     if host.cluster.is_some() {
         // Registered before the first connection, so no record ever names an unknown host.
@@ -269,6 +270,18 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Folds histogram samples into their buckets every [`crate::metrics::UPKEEP_INTERVAL`] until
+/// the host shuts down, so an unscraped host's samples do not pile up.
+async fn metrics_upkeep(host: Arc<Host>) {
+    let mut interval = tokio::time::interval(crate::metrics::UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => host.metrics.upkeep(),
+            _ = host.shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Serves a connection to the separate management listener, over TLS when

@@ -86,6 +86,7 @@ async fn start_with(config: Config, pipe_buffer: usize) -> (Server, WebSocketStr
             timeout: Duration::from_secs(29),
             ordered: false,
             throttle: crate::limits::RouteThrottle::Unlimited,
+            metrics: Default::default(),
         }],
     );
     let host = Arc::new(host);

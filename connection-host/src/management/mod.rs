@@ -37,6 +37,7 @@ pub fn router(host: Arc<Host>, management: bool) -> Router {
     let router = if management {
         Router::new()
             .route("/health", axum::routing::get(health))
+            .route("/metrics", axum::routing::get(metrics))
             .fallback(dispatch)
     } else {
         Router::new().fallback(public_only)
@@ -85,6 +86,18 @@ async fn health(State(host): State<Arc<Host>>) -> Response {
     .into_response()
 }
 
+/// `GET /metrics`: every series in Prometheus text format (METRICS.md).
+async fn metrics(State(host): State<Arc<Host>>) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        host.metrics_text(),
+    )
+        .into_response()
+}
+
 /// Serves `request` from `server.static_dir` when it is a `GET` outside the stage's and the
 /// APIs' paths; otherwise hands it back.
 async fn static_file(host: &Host, request: Request) -> Result<Response, Request> {
@@ -93,7 +106,10 @@ async fn static_file(host: &Host, request: Request) -> Result<Response, Request>
     };
     let path = request.uri().path();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let reserved = first == host.config.api.stage || first == "health" || first == "2015-03-31";
+    let reserved = first == host.config.api.stage
+        || first == "health"
+        || first == "metrics"
+        || first == "2015-03-31";
     if reserved || !matches!(*request.method(), Method::GET | Method::HEAD) {
         return Err(request);
     }

@@ -45,6 +45,8 @@ pub struct Route {
     /// The stage's throttling of this route, one bucket for every connection (the table shares
     /// each route behind an `Arc`).
     pub throttle: RouteThrottle,
+    /// The route's `MessageCount`, errors and `IntegrationLatency`.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -54,10 +56,18 @@ impl Route {
         self.throttle.try_acquire()
     }
 
-    /// Delivers `event` to the route's integration within the route's timeout, logging a failure:
-    /// the one invocation policy for `$connect`, routed messages and `$disconnect`.
+    /// Delivers `event` to the route's integration within the route's timeout, logging a failure
+    /// and recording the call on the route's metrics: the one invocation policy for `$connect`,
+    /// routed messages and `$disconnect`.
     pub async fn invoke(&self, event: &Event) -> Result<ProxyResponse, InvokeFailure> {
-        match tokio::time::timeout(self.timeout, self.integration.invoke(event)).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.integration.invoke(event)).await;
+        let status = match &result {
+            Ok(Ok(response)) => Some(response.status_code.unwrap_or(200)),
+            _ => None,
+        };
+        self.metrics.integration_call(started.elapsed(), status);
+        match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 tracing::warn!(route = %self.key, error = %e, "integration failed");
@@ -138,6 +148,7 @@ mod tests {
             timeout: Duration::from_secs(29),
             ordered: false,
             throttle: RouteThrottle::Unlimited,
+            metrics: Default::default(),
         }
     }
 

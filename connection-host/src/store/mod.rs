@@ -4,9 +4,11 @@
 //! same trait for hosts that share connections (`[store] kind = "dynamodb"`).
 
 pub mod dynamodb;
+mod instrumented;
 mod memory;
 
 pub use dynamodb::{DynamoDbStore, DynamoDbTables};
+pub use instrumented::Instrumented;
 pub use memory::MemoryStore;
 
 /// A connection's durable record, written before the 101 and deleted when it closes.
