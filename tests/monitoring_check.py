@@ -4,10 +4,12 @@ alert rules query must be one the host exports.
     python tests/monitoring_check.py
 
 The catalogue is the table of metric names in connection-host/METRICS.md (its first column, in backticks),
-or, while that file does not exist, the copy in infra/monitoring/README.md (rows whose type is counter, gauge or histogram);
-histograms may also be queried as NAME_bucket, NAME_sum and NAME_count. `up` (Prometheus's own) is allowed.
-The dashboard must parse as JSON, query a Prometheus data source through its `datasource` variable, and have
-unique panel IDs. Prints each failed check and a summary line; exits 1 when a check failed. Needs PyYAML (in .venv-test/).
+or, while that file does not exist, the copy in infra/monitoring/README.md (rows whose type is counter,
+gauge or histogram); histograms may also be queried as NAME_bucket, NAME_sum and NAME_count. `up`
+(Prometheus's own) is allowed. The dashboard must parse as JSON, query a Prometheus data source through its
+`datasource` variable, and have unique panel IDs. Every alert must fire in at least one test of
+alerts.test.yml. Prints each failed check and a summary line; exits 1 when a check failed. Needs PyYAML
+(in .venv-test/).
 """
 
 import json
@@ -108,6 +110,16 @@ def main():
             names = metric_names(rule["expr"])
             bad = unknown(names, known)
             check(f"alert {rule['alert']} queries catalogue metrics", not bad and bool(names), f"unknown: {bad}")
+
+    # promtool passes a rule file whose alerts have no test at all: each must fire in one.
+    tests = yaml.safe_load((MONITORING / "alerts.test.yml").read_text())
+    fired = {
+        case["alertname"] for test in tests["tests"] for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            check(f"alert {rule['alert']} fires in a test of alerts.test.yml", rule["alert"] in fired)
 
     bases = {next((n[: -len(s)] for s in HISTOGRAM_SUFFIXES if n.endswith(s)), n) for n in shown}
     missing = sorted(set(known) - bases)
