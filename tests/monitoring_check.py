@@ -3,13 +3,12 @@ alert rules query must be one the host exports.
 
     python tests/monitoring_check.py
 
-The catalogue is the table of metric names in connection-host/METRICS.md (its first column, in backticks),
-or, while that file does not exist, the copy in infra/monitoring/README.md (rows whose type is counter,
-gauge or histogram); histograms may also be queried as NAME_bucket, NAME_sum and NAME_count. `up`
-(Prometheus's own) is allowed. The dashboard must parse as JSON, query a Prometheus data source through its
-`datasource` variable, and have unique panel IDs. Every alert must fire in at least one test of
-alerts.test.yml. Prints each failed check and a summary line; exits 1 when a check failed. Needs PyYAML
-(in .venv-test/).
+The catalogue is the tables of connection-host/METRICS.md: the rows whose type (second column) is counter,
+gauge or histogram, named in their first column (in backticks); histograms may also be queried as
+NAME_bucket, NAME_sum and NAME_count. `up` (Prometheus's own) is allowed. The dashboard must parse as JSON,
+query a Prometheus data source through its `datasource` variable, and have unique panel IDs. Every alert must
+fire in at least one test of alerts.test.yml. Prints each failed check and a summary line; exits 1 when a
+check failed. Needs PyYAML (in .venv-test/).
 """
 
 import json
@@ -22,8 +21,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "infra" / "monitoring"
 CATALOGUE = ROOT / "connection-host" / "METRICS.md"
-if not CATALOGUE.exists():
-    CATALOGUE = MONITORING / "README.md"
 PROMETHEUS_OWN = {"up"}
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "Inf", "NaN", "inf", "nan"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
