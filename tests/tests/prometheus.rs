@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's `prometheus`, which tests/run.sh installs) scraping a host's
 //! management listener every second, with infra/monitoring/alerts.yml loaded: after a known load
-//! (connects, messages, posts through the official SDK client, one failing integration) the values
+//! (connects, messages, posts through the official SDK client, an integration answering 500 and one
+//! that cannot be reached) the values
 //! it answers on its HTTP API equal what the test did; every expression of the Grafana dashboard
 //! evaluates, and every alert rule evaluates without error.
 
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use test_kit::{
-    Handler, Reply, TempDir, WAIT, Ws, conn_id, eventually, eventually_some, free_loopback_addrs,
-    mgmt_client, route, send_text, start_host, try_connect,
+    Handler, Reply, TempDir, WAIT, Ws, closed_port_url, conn_id, eventually, eventually_some,
+    free_loopback_addrs, mgmt_client, route, send_text, start_host, try_connect,
 };
 
 /// Connections opened (and kept open until the values are checked).
@@ -199,12 +200,14 @@ async fn prometheus_scrapes_what_the_host_did() {
     };
     let dir = TempDir::new("prometheus-e2e");
 
-    // The integration: `fail` answers HTTP 500 (an IntegrationError), everything else 200.
+    // The integration: `fail` answers statusCode 500 (an IntegrationError), everything else 200;
+    // `down`'s integration is a closed port (an ExecutionError).
     let handler = Handler::start(|e| match route(e) {
-        "fail" => Reply::raw(500, r#"{"message":"failed on purpose"}"#),
+        "fail" => Reply::proxy(500, Some("failed on purpose")),
         _ => Reply::proxy(200, None),
     })
     .await;
+    let down = closed_port_url().await;
     // The host as a process of the workspace's binary, as operators run it.
     let [public, management] = free_loopback_addrs(2)[..] else {
         unreachable!("two addresses")
@@ -226,9 +229,14 @@ integration = "h"
 integration = "h"
 [routes.fail]
 integration = "h"
+[routes.down]
+integration = "down"
 [integrations.h]
 type = "http"
 url = "{url}"
+[integrations.down]
+type = "http"
+url = "{down}"
 "#,
             url = handler.url
         ),
@@ -264,6 +272,7 @@ url = "{url}"
         send_text(&mut clients[i % CONNECTS], &format!("message {i}")).await;
     }
     send_text(&mut clients[0], r#"{"action":"fail"}"#).await;
+    send_text(&mut clients[1], r#"{"action":"down"}"#).await;
     let sdk = mgmt_client(management);
     for i in 0..POSTS {
         sdk.post_to_connection()
@@ -305,14 +314,24 @@ url = "{url}"
             format!(r#"MessageCount{{{labels}, route="@connections"}}"#),
             POSTS as f64,
         ),
+        (format!(r#"MessageCount{{{labels}, route="down"}}"#), 1.0),
         (
             format!(r#"IntegrationError{{{labels}, route="fail"}}"#),
             1.0,
         ),
         (format!(r#"sum(IntegrationError{{{labels}}})"#), 1.0),
+        (format!(r#"ExecutionError{{{labels}, route="down"}}"#), 1.0),
+        (format!(r#"sum(ExecutionError{{{labels}}})"#), 1.0),
+        (format!(r#"sum(ClientError{{{labels}}})"#), 0.0),
         (
             format!(r#"connection_host_messages{{{labels}, direction="in"}}"#),
-            (MESSAGES + 1) as f64,
+            (MESSAGES + 2) as f64,
+        ),
+        // The posts, and the `Internal server error` frame of the unreachable integration (a one-way
+        // route's statusCode 500 sends nothing).
+        (
+            format!(r#"connection_host_messages{{{labels}, direction="out"}}"#),
+            (POSTS + 1) as f64,
         ),
         (
             format!(
@@ -326,7 +345,7 @@ url = "{url}"
         ),
         (
             format!(r#"sum(IntegrationLatency_count{{{labels}}})"#),
-            (CONNECTS + MESSAGES + 1) as f64,
+            (CONNECTS + MESSAGES + 2) as f64,
         ),
     ];
     let mut last = Vec::new();
