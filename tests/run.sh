@@ -482,7 +482,7 @@ prometheus_tools() {
         echo "installing prometheus (apt-get)"
         apt_install prometheus
     fi
-    echo "$(prometheus --version 2>&1 | head -n1)"
+    prometheus --version 2>&1 | head -n1
 }
 
 # Installs Debian packages; a fresh machine may have no package lists (or stale ones): update, then try again.
