@@ -9,15 +9,16 @@ CloudFormation; it gets a VPC, subnets and an ACM certificate made in moto first
 reach CREATE_COMPLETE, then the resources moto really creates are compared with what the templates
 mean: DynamoDB keys and indexes (STORE.md's schema for the host's tables), IAM roles and their
 policies (least privilege), Lambda functions and their invoke permissions, log group retention,
-ECS, load balancers and security groups.
+ECS, load balancers and security groups; the CloudWatch dashboard (its body, as deployed, parses and
+shows the mode's metrics and the stack's alarms) and alarms (their metrics, dimensions and statistics).
 
 What moto 5.2 does not do, and how this copes (each is listed in the output as "note"):
 - it creates no AWS::ApiGatewayV2::* resource and no AWS::SecretsManager::Secret, and leaves a
   reference to them inside Fn::Sub as the literal text (`${WebSocketApi}`): the API resources are
   checked in the transformed template, and ARNs that contain the API ID are compared with the
   literal placeholder in it;
-- it does not apply TimeToLiveSpecification, nor a Lambda function's Architectures: both are
-  checked in the template;
+- it does not apply TimeToLiveSpecification, nor a Lambda function's Architectures, and creates no
+  AWS::CloudWatch::Alarm: these are checked in the template;
 - its AWS::Logs::LogGroup Arn lacks the ":*" that AWS appends; the comparison ignores it;
 - its CloudFormation makes every load balancer an application load balancer: tests/infra_moto.py
   (the moto server this step runs) passes the Type through.
@@ -446,6 +447,10 @@ def check_managed(checks, aws, out):
         )
     check_invoke_permissions(checks, aws, name, resources, outputs)
     check_log_groups(checks, aws, name, [f"/aws/lambda/{name}-{fn}" for fn in FUNCTIONS], 14)
+    check_monitoring(
+        checks, aws, name, template, resources, "AWS/ApiGateway", API_PLACEHOLDER, {"Ref": "WebSocketApi"},
+        API_METRICS, {"AWS/ApiGateway", "AWS/Lambda"},
+    )
     checks.equal(
         f"{name}: outputs WebSocketUrl and ManagementEndpoint",
         (outputs.get("WebSocketUrl"), outputs.get("ManagementEndpoint")),
@@ -706,6 +711,11 @@ def check_self_hosted(checks, aws, out, host_bin):
     if config_toml is not None:
         (out / "self-hosted.connection-host.toml").write_text(config_toml)
         check_host_config(checks, name, config_toml, host_bin)
+    check_monitoring(
+        checks, aws, name, template, resources, "ConnectionHost", template["Parameters"]["ApiId"]["Default"],
+        {"Ref": "ApiId"}, API_METRICS | {"Connections", "StoreErrors", "ClusterHosts"},
+        {"ConnectionHost", "AWS/ECS", "AWS/Lambda"},
+    )
 
     public_dns = balancers.get("PublicLoadBalancer", {}).get("DNSName")
     checks.equal(
@@ -919,8 +929,9 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
     # The host refuses unknown CONNECTION_HOST_* variables (they name configuration fields).
     checks.equal(
         f"{name}: container environment",
-        sorted(env), ["ENTRYPOINT_ADVERTISE_PORT", "ENTRYPOINT_CONFIG_TOML", "RUST_LOG"],
+        sorted(env), ["CONNECTION_HOST_METRICS__EMF", "ENTRYPOINT_ADVERTISE_PORT", "ENTRYPOINT_CONFIG_TOML", "RUST_LOG"],
     )
+    checks.equal(f"{name}: the hosts write EMF metrics (metrics.emf)", env.get("CONNECTION_HOST_METRICS__EMF"), "true")
     text = env.get("ENTRYPOINT_CONFIG_TOML", "")
     try:
         config = tomllib.loads(text)
@@ -964,6 +975,71 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
         'mode = "none"' not in SELF_HOSTED.read_text(),
     )
     return text
+
+
+# ---- monitoring: the CloudWatch dashboard and alarms of either mode -------------------------------
+
+# API Gateway's WebSocket metrics the alarms of both modes use (the error ratios and latency).
+API_METRICS = {"ClientError", "IntegrationError", "ExecutionError", "MessageCount", "IntegrationLatency"}
+
+
+def alarm_metrics(props):
+    """(namespace, metric, dimensions, statistic) of an alarm: its metric, or each metric of its math."""
+    stats = [(props, props.get("ExtendedStatistic") or props.get("Statistic"))] if "MetricName" in props else [
+        (q["MetricStat"]["Metric"], q["MetricStat"]["Stat"]) for q in props.get("Metrics", []) if "MetricStat" in q
+    ]
+    return [
+        (m["Namespace"], m["MetricName"], json.dumps(m.get("Dimensions"), sort_keys=True), stat) for m, stat in stats
+    ]
+
+
+def check_monitoring(checks, aws, name, template, resources, namespace, api_id, api_ref, metrics, namespaces):
+    """Alarms (in the template: moto creates none) on the mode's namespace by ApiId and Stage; the
+    dashboard as deployed: JSON, the mode's namespaces, this API and stage, every alarm shown."""
+    alarms = {k: r["Properties"] for k, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    used = [m for props in alarms.values() for m in alarm_metrics(props)]
+    dimensions = json.dumps([{"Name": "ApiId", "Value": api_ref}, {"Name": "Stage", "Value": {"Ref": "StageName"}}],
+                            sort_keys=True)
+    checks.equal(
+        f"{name}: alarms on {namespace} metrics by ApiId and Stage",
+        sorted({(ns, metric, dims) for ns, metric, dims, _ in used}),
+        sorted((namespace, metric, dimensions) for metric in metrics),
+    )
+    checks.equal(
+        f"{name}: the latency alarm is on p95 of IntegrationLatency",
+        [stat for _, metric, _, stat in used if metric == "IntegrationLatency"], ["p95"],
+    )
+    notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    checks.check(
+        f"{name}: every alarm notifies AlarmTopicArn (when given) of ALARM and OK",
+        all(props.get("AlarmActions") == notify and props.get("OKActions") == notify for props in alarms.values()),
+    )
+
+    try:
+        body = json.loads(
+            aws("cloudwatch").get_dashboard(DashboardName=physical(resources, "Dashboard"))["DashboardBody"]
+        )
+    except (ValueError, aws("cloudwatch").exceptions.ClientError) as e:
+        checks.check(f"{name}: dashboard body is JSON", False, str(e))
+        return
+    rows = [
+        row for w in body["widgets"] if w["type"] == "metric" for row in w["properties"]["metrics"]
+        if isinstance(row[0], str)
+    ]
+    checks.equal(f"{name}: dashboard metrics' namespaces", sorted({row[0] for row in rows}), sorted(namespaces))
+    checks.check(
+        f"{name}: dashboard shows the stack's API and stage",
+        all(row[2:6] == ["ApiId", api_id, "Stage", STAGE] for row in rows if row[0] == namespace),
+    )
+    shown = [arn for w in body["widgets"] if w["type"] == "alarm" for arn in w["properties"]["alarms"]]
+    checks.equal(
+        f"{name}: dashboard shows every alarm",
+        sorted(shown),
+        sorted(
+            f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:" + props["AlarmName"]["Fn::Sub"].replace("${AWS::StackName}", name)
+            for props in alarms.values()
+        ),
+    )
 
 
 # ---- localstack/ and the image's entrypoint ------------------------------------------------------

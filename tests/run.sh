@@ -17,7 +17,8 @@
 #                  which keeps connection-host's imports pointing down its layers), with a moto server (DynamoDB API)
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it;
 #                  a DYNAMODB_TEST_ENDPOINT given by the caller (e.g. LocalStack) is used instead, and moto is
-#                  not started
+#                  not started; installs Debian's prometheus (apt-get) when missing, for
+#                  tests/tests/prometheus.rs, which scrapes a host with a real Prometheus
 #     infra        the templates of infra/: cfn-lint on each, `sam validate --lint` on the SAM ones (offline),
 #                  then tests/infra_deploy.py transforms managed.yaml with aws-sam-translator and deploys it and
 #                  self-hosted.yaml to moto's CloudFormation (its own moto, tests/infra_moto.py, on a free
@@ -25,6 +26,11 @@
 #                  come up; also localstack/'s table definitions (created on moto), compose file and host
 #                  configuration, and the image's entrypoint; installs cfn-lint, aws-sam-cli and boto3 (pinned)
 #                  into the venv when missing
+#     monitoring   infra/monitoring/: `promtool check rules` on the alert rules, `promtool test rules` (each alert
+#                  fires on a synthetic series, normal values fire none), `promtool check config` on the example
+#                  scrape config, and tests/monitoring_check.py (the Grafana dashboard parses and it and the
+#                  alerts query only metrics of the catalogue); installs Debian's prometheus (apt-get, with
+#                  promtool) when missing, as the test step does for the end-to-end test that scrapes a host
 #     conformance  Autobahn cases 1-10 (kosoku, 12.* and 13.* = permessage-deflate excluded) against the
 #                  host binary started with tests/conformance.toml; fails on any FAILED / WRONG CODE / ERROR
 #     fuzz         the libFuzzer targets in connection-host/fuzz (route selection, proxy responses, management
@@ -51,14 +57,15 @@
 # FUZZ_SECONDS (default 20): how long each fuzz target runs.
 # PYTHON (default python3) creates the venv. Output of the conformance run and moto's log: .test-run/ (ignored by git).
 # The js and browser steps need Node.js 20+ (node, npm); browser also root or sudo when chromium is not installed
-# yet, and a file descriptor limit (ulimit -n) of at least 2,100 for the storm.
+# yet, and a file descriptor limit (ulimit -n) of at least 2,100 for the storm. The test and monitoring steps need
+# root or sudo when prometheus is not installed yet.
 # Exit status: 0 when every step passed; otherwise non-zero, with the failing step named on stderr.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test infra conformance fuzz js browser)
+ALL_STEPS=(tools fmt build clippy test infra monitoring conformance fuzz js browser)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
 # The infra step's tools (aws-sam-cli brings aws-sam-translator; pinned too, since the transform uses it).
@@ -233,6 +240,7 @@ start_moto() {
 }
 
 step_test() {
+    prometheus_tools
     local endpoint="${DYNAMODB_TEST_ENDPOINT:-}"
     if [[ -n "$endpoint" ]]; then
         echo "DynamoDB API for the tests: $endpoint (DYNAMODB_TEST_ENDPOINT; moto not started)"
@@ -327,6 +335,32 @@ step_infra() {
         return 1
     fi
     echo "infra: templates linted, validated and deployed to moto; transformed template: ${RUN_DIR#"$ROOT/"}/infra/managed.transformed.json"
+}
+
+# One check of the monitoring step, as infra_check: counted in the totals, its output shown when it fails.
+monitoring_check() {
+    local name="$1"; shift
+    if "$@" >"$RUN_DIR/monitoring/check.log" 2>&1; then
+        PASSED=$((PASSED + 1)); echo "ok      $name"
+    else
+        FAILED=$((FAILED + 1)); echo "FAILED  $name"; sed 's/^/        /' "$RUN_DIR/monitoring/check.log"
+        MONITORING_FAILED=1
+    fi
+}
+
+step_monitoring() {
+    prometheus_tools
+    [[ -x "$VENV/bin/python" ]] || step_tools
+    local dir="$ROOT/infra/monitoring"
+    mkdir -p "$RUN_DIR/monitoring"
+    MONITORING_FAILED=0
+    monitoring_check "promtool check rules alerts.yml" promtool check rules "$dir/alerts.yml"
+    # From the folder: the tests name their rule file relative to it.
+    monitoring_check "promtool test rules alerts.test.yml" env -C "$dir" promtool test rules alerts.test.yml
+    monitoring_check "promtool check config prometheus.yml" promtool check config "$dir/prometheus.yml"
+    monitoring_check "dashboard and alerts query catalogue metrics" \
+        "$VENV/bin/python" "$ROOT/tests/monitoring_check.py"
+    [[ $MONITORING_FAILED -eq 0 ]]
 }
 
 target_dir() {
@@ -452,16 +486,29 @@ as_root() {
     fi
 }
 
+# Debian's prometheus (the server, and promtool with it), for the monitoring step and the end-to-end test.
+prometheus_tools() {
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        echo "installing prometheus (apt-get)"
+        apt_install prometheus
+    fi
+    prometheus --version 2>&1 | head -n1
+}
+
+# Installs Debian packages; a fresh machine may have no package lists (or stale ones): update, then try again.
+apt_install() {
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0)
+    if ! as_root "${apt[@]}" install --no-install-recommends "$@" </dev/null; then
+        as_root "${apt[@]}" update </dev/null
+        as_root "${apt[@]}" install --no-install-recommends "$@" </dev/null
+    fi
+}
+
 # What the browser test needs: Debian's Chromium and playwright-core (which never downloads a browser).
 browser_tools() {
     if [[ ! -x /usr/bin/chromium ]]; then
         echo "installing chromium (apt-get)"
-        local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0)
-        # A fresh machine may have no package lists (or stale ones): update, then try again.
-        if ! as_root "${apt[@]}" install --no-install-recommends chromium </dev/null; then
-            as_root "${apt[@]}" update </dev/null
-            as_root "${apt[@]}" install --no-install-recommends chromium </dev/null
-        fi
+        apt_install chromium
     fi
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
         || { echo "tests/run.sh: the browser step needs Node.js 20+ (node and npm)" >&2; return 1; }
@@ -565,6 +612,7 @@ run_step build step_build
 run_step clippy step_clippy
 run_step test step_test
 run_step infra step_infra
+run_step monitoring step_monitoring
 run_step conformance step_conformance
 run_step fuzz step_fuzz
 run_step js step_js
