@@ -34,6 +34,8 @@
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
 #                  functions/demo.toml (tests/browser/chat.test.mjs); installs Debian's chromium (apt-get) and
 #                  playwright-core (npm ci in tests/browser/) when missing, and builds the host and ws-handler
+#                  Also the host's status page under load (tests/browser/status.test.mjs; its screenshot is
+#                  kept as .test-run/artifacts/status-page.png)
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
@@ -484,6 +486,23 @@ step_browser() {
     BROWSER_TEST_PID=""
     # One end-to-end test, counted as one in the totals.
     if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+    [[ $rc -eq 0 ]] || return "$rc"
+    browser_status_test
+}
+
+# The status page (tests/browser/status.test.mjs) under a load of WebSocket clients from Node,
+# which has a global WebSocket from Node 22 on and behind a flag in Node 20.
+browser_status_test() {
+    local rc=0 flags=() shot="$RUN_DIR/artifacts/status-page.png"
+    node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || flags=(--experimental-websocket)
+    rm -f "$shot"
+    BROWSER_TEST_HOST_BIN="$(target_dir)/debug/connection-host" STATUS_TEST_SCREENSHOT="$shot" \
+        node "${flags[@]}" "$ROOT/tests/browser/status.test.mjs" </dev/null &
+    BROWSER_TEST_PID=$!
+    wait "$BROWSER_TEST_PID" || rc=$?
+    BROWSER_TEST_PID=""
+    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+    [[ -f "$shot" ]] && echo "status page screenshot (test artefact): ${shot#"$ROOT"/}"
     return "$rc"
 }
 

@@ -1,5 +1,6 @@
 //! The `@connections` management API, wire-compatible with API Gateway's so the official SDK
-//! clients work unchanged, plus `/health`, `/metrics`, the status page (`/status`) and the opt-in groups extension.
+//! clients work unchanged, plus `/health`, `/metrics`, the status page (`/status`) and the opt-in
+//! groups extension.
 //!
 //! Paths: `POST|GET|DELETE /{stage}/@connections/{connectionId}`; `@` may arrive as `%40` and the
 //! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
