@@ -10,6 +10,8 @@ let rangeMs = HISTORY_MS; // what the charts show, up to the history kept
 const LATENCY_WINDOW_MS = 10 * 1000;
 const STALE_MS = 5000;
 const REGION = document.querySelector('meta[name="region"]').content;
+// "sigv4" when the host checks signatures on /status/data, "none" when it is open.
+const AUTH = document.querySelector('meta[name="auth"]').content;
 const KEY_STORE = "connection-host-status-key";
 
 // ---- readings ------------------------------------------------------------------------------
@@ -112,6 +114,7 @@ function tile(id, value, text, sub, alert = false) {
   el.dataset.alert = String(alert);
   el.querySelector(".value").textContent = text;
   el.querySelector(".sub").textContent = sub;
+  el.querySelector(".sub").title = sub;
 }
 
 function renderTiles() {
@@ -127,7 +130,7 @@ function renderTiles() {
   document.getElementById("tile-errors").title =
     `client ${t.clientErrors}, integration ${t.integrationErrors}, execution ${t.executionErrors} since the host started`;
   tile("tile-p50", p.p50, fmtMs(p.p50), `${fmtCount(data.integrationLatency.count)} calls in all`);
-  tile("tile-p95", p.p95, fmtMs(p.p95), `over ${fmtCount(p.latencyCalls)} calls in 10 s`);
+  tile("tile-p95", p.p95, fmtMs(p.p95), `${fmtCount(p.latencyCalls)} calls in 10 s`);
   tile("tile-queue", data.outboundQueueBytes, fmtBytes(data.outboundQueueBytes),
     `${fmtCount(t.slowConsumerCloses)} slow-consumer closes`);
 }
@@ -232,9 +235,10 @@ function drawChart(chart, now, css) {
   ctx.beginPath();
   ctx.rect(pad.left, 0, pw, h);
   ctx.clip();
-  ctx.lineWidth = 1.6;
   ctx.lineJoin = "round";
-  for (const [, key, color] of chart.series) {
+  // Each series a little thinner than the one before, so equal ones still show both colours.
+  for (const [i, [, key, color]] of chart.series.entries()) {
+    ctx.lineWidth = 2.4 - 0.6 * i;
     ctx.strokeStyle = css[color];
     ctx.beginPath();
     let drawing = false;
@@ -394,6 +398,10 @@ let timer = null;
 async function poll() {
   clearTimeout(timer);
   const key = storedKey();
+  if (AUTH === "sigv4" && !key) {
+    showSignIn("");
+    return; // until the operator signs in
+  }
   try {
     const headers = key ? signature(key, "/status/data") : {};
     const response = await fetch("/status/data", { headers, cache: "no-store", signal: AbortSignal.timeout(5000) });
