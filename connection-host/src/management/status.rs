@@ -40,15 +40,15 @@ pub(super) async fn page(State(host): State<Arc<Host>>) -> Response {
 
 /// `GET /status/status.js`.
 pub(super) async fn script() -> Response {
-    asset("text/javascript; charset=utf-8", SCRIPT.to_string())
+    asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /status/status.css`.
 pub(super) async fn style() -> Response {
-    asset("text/css; charset=utf-8", STYLE.to_string())
+    asset("text/css; charset=utf-8", STYLE)
 }
 
-fn asset(content_type: &'static str, body: String) -> Response {
+fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

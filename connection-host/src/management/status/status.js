@@ -39,10 +39,10 @@ function ingest(data) {
   point.errors = [point.clientErrors, point.integrationErrors, point.executionErrors]
     .reduce((a, b) => (a === null || b === null ? null : a + b), 0);
   const base = readings.find((r) => r.at >= data.at - LATENCY_WINDOW_MS && r !== data) || prev;
-  const window = base ? latencyDelta(base.integrationLatency, data.integrationLatency) : null;
-  point.p50 = window ? quantile(window, 0.5) : null;
-  point.p95 = window ? quantile(window, 0.95) : null;
-  point.latencyCalls = window ? window.total : 0;
+  const recent = base ? latencyDelta(base.integrationLatency, data.integrationLatency) : null;
+  point.p50 = recent ? quantile(recent, 0.5) : null;
+  point.p95 = recent ? quantile(recent, 0.95) : null;
+  point.latencyCalls = recent ? recent.total : 0;
   points.push(point);
   while (readings.length && readings[0].at < data.at - HISTORY_MS) readings.shift();
   while (points.length && points[0].t < data.at - HISTORY_MS) points.shift();
