@@ -46,7 +46,8 @@
 #                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); its token
 #                  placements against the host's JWT authorizer with an expired token refreshed (auth.test.mjs);
 #                  the reconnect storm of 1,000 Node clients across a host restart (storm.test.mjs, prints the
-#                  histogram);
+#                  histogram); the host's status page under load (tests/browser/status.test.mjs; its
+#                  screenshot is kept as .test-run/artifacts/status-page.png);
 #                  installs Debian's chromium (apt-get) and playwright-core (npm ci in tests/browser/) when
 #                  missing, and builds the host and ws-handler (and, without the js step, the library)
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
@@ -604,6 +605,23 @@ step_browser() {
         BROWSER_TEST_PID=""
         if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); return "$rc"; fi
     done
+    browser_status_test
+}
+
+# The status page (tests/browser/status.test.mjs) under a load of WebSocket clients from Node,
+# which has a global WebSocket from Node 22 on and behind a flag in Node 20.
+browser_status_test() {
+    local rc=0 flags=() shot="$RUN_DIR/artifacts/status-page.png"
+    node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || flags=(--experimental-websocket)
+    rm -f "$shot"
+    BROWSER_TEST_HOST_BIN="$(target_dir)/debug/connection-host" STATUS_TEST_SCREENSHOT="$shot" \
+        node "${flags[@]}" "$ROOT/tests/browser/status.test.mjs" </dev/null &
+    BROWSER_TEST_PID=$!
+    wait "$BROWSER_TEST_PID" || rc=$?
+    BROWSER_TEST_PID=""
+    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+    [[ -f "$shot" ]] && echo "status page screenshot (test artefact): ${shot#"$ROOT"/}"
+    return "$rc"
 }
 
 run_step tools step_tools

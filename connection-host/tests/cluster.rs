@@ -1158,3 +1158,63 @@ url = "{}"
     assert_eq!(invoked, 1);
     tables.delete().await;
 }
+
+/// The hosts `via`'s status page lists: `(host ID, endpoint, state, this host)`.
+async fn status_hosts(via: &ClusterHost) -> Vec<(String, String, String, bool)> {
+    let body = reqwest::get(via.url("/status/data"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let data: Value = serde_json::from_slice(&body).unwrap();
+    data["cluster"]["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cluster in {data}"))
+        .iter()
+        .map(|h| {
+            (
+                h["hostId"].as_str().unwrap().to_string(),
+                h["endpoint"].as_str().unwrap().to_string(),
+                h["state"].as_str().unwrap().to_string(),
+                h["thisHost"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_status_page_lists_the_cluster_hosts_and_a_lost_one() {
+    let Some(tables) =
+        TestTables::create("the_status_page_lists_the_cluster_hosts_and_a_lost_one").await
+    else {
+        return;
+    };
+    let a = ClusterHost::start(&tables, "a", FAST_LIVENESS);
+    let mut b = ClusterHost::start(&tables, "b", FAST_LIVENESS);
+    let both = vec![
+        ("a".into(), a.url(""), "live".into(), true),
+        ("b".into(), b.url(""), "live".into(), false),
+    ];
+    eventually(
+        "both hosts live on a's page",
+        Duration::from_secs(5),
+        || async { status_hosts(&a).await == both },
+    )
+    .await;
+    b.kill();
+    // Lapsed, then reaped and gone from the list.
+    eventually(
+        "b no longer live on a's page",
+        Duration::from_secs(10),
+        || async {
+            !status_hosts(&a)
+                .await
+                .iter()
+                .any(|(id, _, state, _)| id == "b" && state == "live")
+        },
+    )
+    .await;
+    assert_eq!(status_hosts(&a).await[0], both[0]);
+    tables.delete().await;
+}

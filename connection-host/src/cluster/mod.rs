@@ -279,6 +279,18 @@ impl Cluster {
         });
     }
 
+    /// The liveness view: every host's last record seen, ordered by host ID.
+    pub fn hosts(&self) -> Vec<HostRecord> {
+        let mut hosts: Vec<HostRecord> = self.view(|view| view.values().cloned().collect());
+        hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        hosts
+    }
+
+    /// `cluster.host_timeout` in milliseconds: a heartbeat older than this has lapsed.
+    pub fn host_timeout_ms(&self) -> i64 {
+        self.host_timeout_ms
+    }
+
     fn view<T>(&self, f: impl FnOnce(&HashMap<String, HostRecord>) -> T) -> T {
         f(&self.hosts.read().unwrap_or_else(|e| e.into_inner()))
     }

@@ -1,5 +1,6 @@
 //! The `@connections` management API, wire-compatible with API Gateway's so the official SDK
-//! clients work unchanged, plus `/health` and the opt-in groups extension.
+//! clients work unchanged, plus `/health`, `/metrics`, the status page (`/status`) and the opt-in
+//! groups extension.
 //!
 //! Paths: `POST|GET|DELETE /{stage}/@connections/{connectionId}`; `@` may arrive as `%40` and the
 //! ID percent-encoded (`=` as `%3D`), as the SDKs send it.
@@ -11,6 +12,7 @@
 mod error;
 mod groups;
 pub mod path;
+mod status;
 
 pub use error::ManagementError;
 
@@ -39,6 +41,10 @@ pub fn router(host: Arc<Host>, management: bool) -> Router {
         Router::new()
             .route("/health", axum::routing::get(health))
             .route("/metrics", axum::routing::get(metrics))
+            .route("/status", axum::routing::get(status::page))
+            .route("/status/status.js", axum::routing::get(status::script))
+            .route("/status/status.css", axum::routing::get(status::style))
+            .route("/status/data", axum::routing::get(status::data))
             .fallback(dispatch)
     } else {
         Router::new().fallback(public_only)
@@ -110,6 +116,7 @@ async fn static_file(host: &Host, request: Request) -> Result<Response, Request>
     let reserved = first == host.config.api.stage
         || first == "health"
         || first == "metrics"
+        || first == "status"
         || first == "2015-03-31";
     if reserved || !matches!(*request.method(), Method::GET | Method::HEAD) {
         return Err(request);
