@@ -120,6 +120,7 @@ impl Host {
             &config.functions,
             &config.api.region,
             &config.api.account_id,
+            &metrics,
         );
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)

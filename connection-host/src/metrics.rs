@@ -277,19 +277,13 @@ pub struct FunctionMetrics {
     pub crashes: Counter,
 }
 
-impl Default for FunctionMetrics {
-    /// Handles that record nothing, for a function built outside a host (unit tests).
-    fn default() -> Self {
-        Self {
-            invocations: std::array::from_fn(|_| Counter::noop()),
-            duration: Histogram::noop(),
-            cold_starts: Counter::noop(),
-            crashes: Counter::noop(),
-        }
-    }
-}
-
 impl FunctionMetrics {
+    /// Counts an invocation refused before any process took it (queue full, every process
+    /// failing to initialize): an error, with no duration.
+    pub fn refused(&self) {
+        self.invocations[FunctionOutcome::Error as usize].increment(1);
+    }
+
     /// Records one invocation that ended with `outcome` after `elapsed`.
     pub fn invoked(&self, outcome: FunctionOutcome, elapsed: Duration) {
         self.invocations[outcome as usize].increment(1);

@@ -7,8 +7,8 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 use test_kit::{
-    HostProcess, TempDir, Ws, eventually, free_loopback_addrs, lambda_client, next_text_within,
-    start_host, workspace_binary, ws_connect,
+    HostProcess, TempDir, Ws, eventually, free_loopback_addrs, lambda_client, metric,
+    next_text_within, scrape, start_host, workspace_binary, ws_connect,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -139,6 +139,17 @@ async fn crashes_and_panics_give_internal_server_error_and_the_function_recovers
     let frame = next_text_within(&mut ws, Duration::from_secs(5)).await;
     let new_pid = echo_pid(&frame);
     assert_ne!(new_pid, first_pid, "the crashed process was not replaced");
+    // Only the exit was a crash: the panics were answered as function errors.
+    let e = scrape(&format!("http://{}", local.addr)).await;
+    let crashed = [("function", "faulty"), ("outcome", "crash")];
+    assert_eq!(e.sum("connection_host_function_invocations", &crashed), 1.0);
+    assert_eq!(
+        e.sum(
+            "connection_host_function_crashes",
+            &[("function", "faulty")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -159,12 +170,14 @@ async fn a_hanging_handler_times_out_and_is_restarted_after_its_deadline() {
         "{:?}",
         started.elapsed()
     );
-    // The host kills the hung process at its deadline and logs it; the next message waits for
+    // The host kills the hung process at its deadline and counts it; the next message waits for
     // the replacement.
+    let base = format!("http://{}", local.addr);
+    let timed_out = [("function", "faulty"), ("outcome", "timeout")];
     eventually(
         "the hung process killed at its deadline",
         Duration::from_secs(10),
-        async || local.host.log_text().contains("invocation timed out"),
+        async || metric(&base, "connection_host_function_invocations", &timed_out).await >= 1.0,
     )
     .await;
     send(&mut ws, r#"{"action":"after-hang"}"#).await;
@@ -173,8 +186,14 @@ async fn a_hanging_handler_times_out_and_is_restarted_after_its_deadline() {
         pid, first_pid,
         "the hung process was not killed and replaced"
     );
-    let log = local.host.log_text();
-    assert!(log.contains("invocation timed out"), "{log}");
+    let e = scrape(&base).await;
+    assert_eq!(
+        e.sum("connection_host_function_invocations", &timed_out),
+        1.0
+    );
+    // The hung process was killed, not counted as a crash; its replacement started cold.
+    assert_eq!(e.sum("connection_host_function_crashes", &[]), 0.0);
+    assert_eq!(e.sum("connection_host_function_cold_starts", &[]), 2.0);
 }
 
 #[tokio::test]
@@ -293,20 +312,16 @@ async fn invoke_sleep(lambda: &aws_sdk_lambda::Client, ms: u64) -> Served {
     }
 }
 
-/// Waits until `count` processes of `faulty` have printed their start line, then a little longer
-/// for them to reach the Runtime API's `next`, so every one of them can take an invocation.
-async fn wait_for_processes(host: &HostProcess, count: usize) {
+/// Waits until `count` processes of `faulty` have reached the Runtime API's `next` (counted as
+/// cold starts), so every one of them can take an invocation.
+async fn wait_for_processes(local: &Local, count: usize) {
     let what = format!("{count} processes started");
+    let base = format!("http://{}", local.addr);
     eventually(&what, Duration::from_secs(10), async || {
-        let log = host.log_text();
-        log.lines()
-            .filter(|l| l.contains("faulty started pid="))
-            .count()
-            >= count
+        let started = metric(&base, "connection_host_function_cold_starts", &[]).await;
+        started >= count as f64
     })
     .await;
-    // The host does not say when a process has reached `next`; the start line comes just before.
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// Three simultaneous 500 ms invocations, their replies in the order they started, and the wall
@@ -327,7 +342,7 @@ async fn three_at_once(lambda: &aws_sdk_lambda::Client) -> (Vec<Served>, Duratio
 #[tokio::test]
 async fn concurrency_three_serves_three_invocations_at_once_in_three_processes() {
     let local = start("runtime-concurrency-3", "concurrency = 3").await;
-    wait_for_processes(&local.host, 3).await;
+    wait_for_processes(&local, 3).await;
     let lambda = lambda_client(local.addr).await;
     let (served, elapsed) = three_at_once(&lambda).await;
     let pids: std::collections::BTreeSet<u64> = served.iter().map(|s| s.pid).collect();
@@ -348,7 +363,7 @@ async fn concurrency_three_serves_three_invocations_at_once_in_three_processes()
 #[tokio::test]
 async fn concurrency_one_serves_simultaneous_invocations_one_after_another() {
     let local = start("runtime-concurrency-1", "concurrency = 1").await;
-    wait_for_processes(&local.host, 1).await;
+    wait_for_processes(&local, 1).await;
     let lambda = lambda_client(local.addr).await;
     let (served, elapsed) = three_at_once(&lambda).await;
     assert!(
@@ -367,12 +382,11 @@ async fn concurrency_one_serves_simultaneous_invocations_one_after_another() {
     );
 }
 
-/// Lines of the host's log that report a refused `Event` invocation.
-fn refused_events(host: &HostProcess) -> usize {
-    host.log_text()
-        .lines()
-        .filter(|l| l.contains("asynchronous invocation failed"))
-        .count()
+/// Invocations of `faulty` that failed: here, `Event` invocations refused with the queue full.
+async fn refused_events(local: &Local) -> f64 {
+    let base = format!("http://{}", local.addr);
+    let failed = [("function", "faulty"), ("outcome", "error")];
+    metric(&base, "connection_host_function_invocations", &failed).await
 }
 
 #[tokio::test]
@@ -383,7 +397,7 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
     // nothing leaves the queue while it is filled. A sleep rather than a `hang`: the host is killed
     // at the end, and a sleeping process notices its Runtime API is gone and exits by itself.
     let local = start_with_timeout("runtime-queue-full", "60s", "concurrency = 1").await;
-    wait_for_processes(&local.host, 1).await;
+    wait_for_processes(&local, 1).await;
     let lambda = lambda_client(local.addr).await;
     // Throttling is retried by the SDK by default; the test wants to see the first answer.
     let lambda = aws_sdk_lambda::Client::from_conf(
@@ -422,14 +436,14 @@ async fn a_busy_function_queues_1024_invocations_and_throttles_the_next() {
     eventually(
         "an Event invocation refused",
         Duration::from_secs(10),
-        async || refused_events(&local.host) > 0,
+        async || refused_events(&local).await > 0.0,
     )
     .await;
     // A window in which no second refusal may appear (nothing to wait for).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        refused_events(&local.host),
-        1,
+        refused_events(&local).await,
+        1.0,
         "the queue did not hold exactly 1024:\n{}",
         local.host.log_text()
     );

@@ -258,7 +258,13 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
     };
     let hosts = host.store.hosts().await?;
     cluster.refresh_view(&hosts);
-    for dead in watch.dead(&hosts, &host.identity.host_id, Instant::now(), now_ms()) {
+    let dead = watch.dead(&hosts, &host.identity.host_id, Instant::now(), now_ms());
+    let live = hosts
+        .iter()
+        .filter(|h| !h.reaping && !dead.iter().any(|d| d.host_id == h.host_id))
+        .count();
+    host.metrics.cluster_hosts.set(live as f64);
+    for dead in dead {
         if !host.store.begin_reap(dead).await? {
             // It heartbeated (or restarted) since it was listed: alive after all.
             continue;
@@ -274,6 +280,7 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
             .remove_host(&dead.host_id, &dead.incarnation)
             .await?;
         tracing::warn!(host_id = %dead.host_id, removed, "reaped a dead host's connections");
+        host.metrics.reaped_connections.increment(removed as u64);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
 use crate::limits::{MessageLimiter, MessageVerdict};
+use crate::metrics::Throttle;
 use crate::registry::{Attachment, ConnectionHandle, Outbound};
 use crate::sessions::envelope::{self, ClientFrame, FrameError};
 use base64::Engine;
@@ -133,6 +134,7 @@ pub(super) async fn run_registered<S, H>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut ending = serve(&host, &mut ws, &handle, attachment.as_ref()).await;
+    host.metrics.closed(ending.code);
     // A reliable session outlives a lost connection (unless the host is shutting down), and a
     // replaced connection leaves the session to its successor.
     let keep_session = attachment
@@ -252,7 +254,7 @@ where
                         Outbound::Binary(bytes) => Box::pin(send_data(host, ws, OpCode::Data(Data::Binary), bytes)).await,
                     };
                     if let Err(failed) = sent {
-                        return failed.ending();
+                        return failed.ending(host);
                     }
                     idle_deadline = Instant::now() + limits.idle_timeout;
                     handle.touch(ids::now_ms());
@@ -266,6 +268,7 @@ where
                 missed_pongs = 0;
                 match frame {
                     Some(Ok(Message::Text(text))) if reliable => {
+                        received(host, text.len());
                         if let Some(ending) = envelope_in(host, handle, text, &messages, &mut permit, &mut ordered) {
                             return ending;
                         }
@@ -276,6 +279,7 @@ where
                         control(host, handle, envelope::error(&e));
                     }
                     Some(Ok(Message::Text(text))) => {
+                        received(host, text.len());
                         idle_deadline = Instant::now() + limits.idle_timeout;
                         handle.touch(ids::now_ms());
                         match messages.check() {
@@ -288,6 +292,7 @@ where
                         }
                     }
                     Some(Ok(Message::Binary(data))) => {
+                        received(host, data.len());
                         if !host.config.extensions.binary_messages {
                             return Ending::host(1003, "Unsupported data");
                         }
@@ -307,7 +312,7 @@ where
                         // write. Bounded like any write: a client that pings but never reads must
                         // not pin this task past its timers or shutdown.
                         if let Err(failed) = write_bounded(host, ws.flush()).await {
-                            return failed.ending();
+                            return failed.ending(host);
                         }
                     }
                     Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
@@ -349,6 +354,9 @@ where
             _ = &mut wakeup => {
                 let now = Instant::now();
                 if now >= max_deadline || now >= idle_deadline {
+                    if now < max_deadline {
+                        host.metrics.heartbeat_closes.increment(1);
+                    }
                     return Ending::host(1001, "Going away");
                 }
                 if pinging && now >= next_ping {
@@ -356,11 +364,12 @@ where
                     if now.duration_since(last_heard) >= limits.ping_interval {
                         if missed_pongs >= limits.missed_pongs {
                             tracing::info!(missed_pongs, "peer stopped answering pings");
+                            host.metrics.heartbeat_closes.increment(1);
                             return Ending::dropped(1001, "Going away");
                         }
                         missed_pongs += 1;
                         if let Err(failed) = write_bounded(host, ws.send(Message::Ping(Bytes::new()))).await {
-                            return failed.ending();
+                            return failed.ending(host);
                         }
                     }
                 }
@@ -382,10 +391,11 @@ enum SendError {
 impl SendError {
     /// How the connection ends after the failed write. A stalled client still gets its Close
     /// frame if it reads within [`CLOSE_HANDSHAKE_TIMEOUT`] (after the bytes already queued).
-    fn ending(self) -> Ending {
+    fn ending(self, host: &Host) -> Ending {
         match self {
             SendError::Stalled => {
                 tracing::info!("client stopped reading; closing");
+                host.metrics.slow_consumer_closes.increment(1);
                 Ending::dropped(1008, "Client not reading")
             }
             SendError::ShuttingDown => Ending::host(1001, "Going away"),
@@ -424,6 +434,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame_size = host.config.limits.frame_size;
+    let payload_len = payload.len();
     let write = async {
         if payload.len() <= frame_size {
             let message = match opcode {
@@ -447,7 +458,11 @@ where
         }
         ws.flush().await
     };
-    write_bounded(host, write).await
+    let len = payload_len;
+    write_bounded(host, write).await?;
+    host.metrics.messages_out.increment(1);
+    host.metrics.bytes_out.increment(len as u64);
+    Ok(())
 }
 
 /// Handles one text frame of a reliable connection (PROTOCOL.md); `Some` when the connection
@@ -479,6 +494,7 @@ fn envelope_in(
                 super::reliable::spawn(host, handle, id, payload, permit.take(), ordered);
             }
             MessageVerdict::Throttle => {
+                host.metrics.throttled(Throttle::Connection);
                 super::reliable::refuse(host, handle, &id, "Too Many Requests");
             }
             MessageVerdict::Close => return Some(flooded()),
@@ -502,12 +518,19 @@ fn control(host: &Host, handle: &ConnectionHandle, frame: String) {
 /// client that does not read them fills its own queue and is dropped after `outbound_full_grace`.
 fn throttled(host: &Host, handle: &ConnectionHandle) {
     tracing::debug!("message over limits.messages_per_second dropped");
+    host.metrics.throttled(Throttle::Connection);
     let frame = error_frame(
         "Too Many Requests",
         &handle.context.connection_id,
         &ids::new_id(),
     );
     let _ = handle.post(frame, host.config.limits.outbound_queue_bytes);
+}
+
+/// Counts a data message received from the client.
+fn received(host: &Host, len: usize) {
+    host.metrics.messages_in.increment(1);
+    host.metrics.bytes_in.increment(len as u64);
 }
 
 /// The ending of a connection that kept flooding past `limits.max_throttled_messages`.
@@ -546,6 +569,9 @@ fn spawn_message(
             }
         };
         let Some(route) = host.routes.select(&body) else {
+            let unmatched = &host.metrics.unmatched;
+            unmatched.message_count.increment(1);
+            unmatched.client_error.increment(1);
             reply(error_frame(
                 "Forbidden",
                 &context.connection_id,
@@ -555,8 +581,11 @@ fn spawn_message(
         };
         // The route's throttling (`RouteSettings`) is shared with every client, so a message it
         // refuses is no strike against this connection, which kept its own rate.
+        route.metrics.message_count.increment(1);
         if !route.admit() {
             tracing::debug!(route = %route.key, "message over the route's throttling dropped");
+            route.metrics.client_error.increment(1);
+            host.metrics.throttled(Throttle::Route);
             reply(error_frame(
                 "Too Many Requests",
                 &context.connection_id,
@@ -599,6 +628,8 @@ fn spawn_message(
                     } else {
                         Outbound::Text(body.into())
                     };
+                    // API Gateway counts the route's answer to the client too.
+                    route.metrics.message_count.increment(1);
                     reply(frame);
                 }
                 return;

@@ -16,6 +16,7 @@ use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::host::Host;
 use crate::ids;
 use crate::limits::{ConnectionPermit, Slot};
+use crate::metrics::{Handshake, Throttle};
 use crate::routing::table::InvokeFailure;
 use crate::sessions::envelope::{RESUME_PREFIX, SUBPROTOCOL};
 use crate::sessions::{self, token};
@@ -56,6 +57,7 @@ pub(super) async fn accept<S>(
         Ok(admitted) => admitted,
         Err(rejection) => {
             tracing::info!(%peer, target = %head.target, status = rejection.status, reason = rejection.log, "upgrade refused");
+            refused(&host, rejection.outcome, rejection.status);
             let _ = write_response(
                 &mut stream,
                 rejection.status,
@@ -141,6 +143,8 @@ async fn establish<S>(
                                 principal,
                                 "connections_per_principal reached; connection refused"
                             );
+                            host.metrics.throttled(Throttle::Principal);
+                            refused(&host, Handshake::Throttled, 429);
                             let _ = write_response(&mut stream, 429, &[], TOO_MANY_REQUESTS).await;
                             return;
                         }
@@ -152,6 +156,12 @@ async fn establish<S>(
             Err(refusal) => {
                 let status = refusal.status();
                 let name = authorizer.name();
+                let outcome = match status {
+                    401 => Handshake::Unauthorized,
+                    403 => Handshake::Forbidden,
+                    _ => Handshake::AuthorizerError,
+                };
+                refused(&host, outcome, status);
                 if status >= 500 {
                     tracing::warn!(authorizer = name, status, error = %refusal,
                         "authorizer failed; connection refused");
@@ -192,6 +202,7 @@ async fn establish<S>(
         let protocol = api_protocol(None);
         match sessions::resume(&host, resume, &principal, &context, protocol.as_deref()).await {
             Ok(resumed) => {
+                host.metrics.resumes_recovered.increment(1);
                 let span = tracing::info_span!("session", connection_id = %resumed.handle.context.connection_id);
                 let upgrade = Upgrade {
                     key,
@@ -215,6 +226,7 @@ async fn establish<S>(
             }
             Err(reason) => {
                 tracing::info!(reason, "session not resumed; starting a fresh one");
+                host.metrics.resumes_lost.increment(1);
                 resume_failed = Some(reason);
             }
         }
@@ -234,6 +246,7 @@ async fn establish<S>(
     );
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");
+        refused(&host, Handshake::Unavailable, 503);
         let _ = write_response(
             &mut stream,
             503,
@@ -249,6 +262,7 @@ async fn establish<S>(
         return;
     }
 
+    host.metrics.connect_count.increment(1);
     let mut subprotocol = None;
     if let Some(route) = host.routes.get("$connect") {
         let event = Event::new(
@@ -284,6 +298,7 @@ async fn establish<S>(
         };
         if status != 101 {
             tracing::info!(status, "$connect rejected the connection");
+            host.metrics.handshake(Handshake::ConnectRefused);
             crate::ending::discard_record(&host, &context.connection_id).await;
             let _ = write_response(&mut stream, status, &[], body).await;
             return;
@@ -397,6 +412,7 @@ async fn open<S, H>(
         return;
     }
     tracing::debug!("connected");
+    host.metrics.handshake(Handshake::Accepted);
     // The request head is not needed for the rest of the connection's life.
     drop(head);
     let ws =
@@ -412,9 +428,20 @@ async fn open<S, H>(
 
 struct Rejection {
     status: u16,
+    /// How `connection_host_handshakes` counts it.
+    outcome: Handshake,
     headers: &'static [(&'static str, &'static str)],
     body: &'static [u8],
     log: &'static str,
+}
+
+/// Counts a handshake refused with `status` before any integration ran: a 4XX is also the
+/// `$connect` route's `ClientError`.
+fn refused(host: &Host, outcome: Handshake, status: u16) {
+    host.metrics.handshake(outcome);
+    if (400..500).contains(&status) {
+        host.metrics.connect_route.client_error.increment(1);
+    }
 }
 
 /// The body of a 429 refusal: API Gateway's throttling answer on REST APIs.
@@ -428,31 +455,42 @@ fn admit(host: &Host, head: &Head, peer: SocketAddr) -> Result<Slot<IpAddr>, Rej
     if !limits.origins.allows(head.header("origin")) {
         return Err(Rejection {
             status: 403,
+            outcome: Handshake::OriginRefused,
             headers: &[],
             body: b"{\"message\":\"Forbidden\"}",
             log: "origin not in limits.allowed_origins",
         });
     }
-    let too_many = |log| Rejection {
-        status: 429,
-        headers: &[],
-        body: TOO_MANY_REQUESTS,
-        log,
+    let too_many = |kind, log| {
+        host.metrics.throttled(kind);
+        Rejection {
+            status: 429,
+            outcome: Handshake::Throttled,
+            headers: &[],
+            body: TOO_MANY_REQUESTS,
+            log,
+        }
     };
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
     let slot = limits
         .per_ip
         .try_acquire(peer.ip().to_canonical())
-        .ok_or(too_many("limits.connections_per_ip reached"))?;
+        .ok_or_else(|| too_many(Throttle::Ip, "limits.connections_per_ip reached"))?;
     if !limits.new_connections.try_acquire() {
-        return Err(too_many("limits.connections_per_second reached"));
+        return Err(too_many(
+            Throttle::Account,
+            "limits.connections_per_second reached",
+        ));
     }
     if host
         .routes
         .get("$connect")
         .is_some_and(|route| !route.admit())
     {
-        return Err(too_many("the $connect route's throttling reached"));
+        return Err(too_many(
+            Throttle::Route,
+            "the $connect route's throttling reached",
+        ));
     }
     Ok(slot)
 }
@@ -461,6 +499,7 @@ fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Reje
     if head.target.len() > MAX_URL_LENGTH {
         return Err(Rejection {
             status: 414,
+            outcome: Handshake::BadRequest,
             headers: &[],
             body: b"{\"message\":\"Request-URI Too Long\"}",
             log: "URL longer than 4096 characters",
@@ -471,6 +510,7 @@ fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Reje
     if stage != host.config.api.stage {
         return Err(Rejection {
             status: 403,
+            outcome: Handshake::BadRequest,
             headers: &[],
             body: b"{\"message\":\"Forbidden\"}",
             log: "unknown stage",
@@ -478,6 +518,7 @@ fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Reje
     }
     let bad = |log| Rejection {
         status: 400,
+        outcome: Handshake::BadRequest,
         headers: &[],
         body: b"{\"message\":\"Bad Request\"}",
         log,
@@ -491,6 +532,7 @@ fn validate<'h>(host: &Host, head: &'h Head, path: &str) -> Result<&'h str, Reje
     if head.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(Rejection {
             status: 426,
+            outcome: Handshake::BadRequest,
             headers: &[("Sec-WebSocket-Version", "13")],
             body: b"{\"message\":\"Upgrade Required\"}",
             log: "unsupported Sec-WebSocket-Version",

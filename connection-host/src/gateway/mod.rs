@@ -57,6 +57,8 @@ pub async fn handle_tcp(
     // whatever its clients send (or do not).
     let Some(permit) = host.limits.try_admit_connection() else {
         tracing::debug!(%peer, "limits.max_connections reached; connection refused");
+        host.metrics
+            .handshake(crate::metrics::Handshake::Unavailable);
         refuse_over_capacity(stream, tls.is_some()).await;
         return;
     };

@@ -106,10 +106,16 @@ async fn process(
         )
     };
     let Some(route) = route else {
+        let unmatched = &host.metrics.unmatched;
+        unmatched.message_count.increment(1);
+        unmatched.client_error.increment(1);
         return reply(host, handle, &error("Forbidden", &request_id)).await;
     };
+    route.metrics.message_count.increment(1);
     if !route.admit() {
         tracing::debug!(route = %route.key, "message over the route's throttling refused");
+        route.metrics.client_error.increment(1);
+        host.metrics.throttled(crate::metrics::Throttle::Route);
         return reply(host, handle, &error("Too Many Requests", &request_id)).await;
     }
     let now = ids::now_ms();
@@ -118,9 +124,11 @@ async fn process(
         Ok(KeyClaim::Claimed) => {}
         Ok(KeyClaim::Done(answer)) => {
             tracing::debug!("message sent again; answered without invoking");
+            host.metrics.idempotency_completed.increment(1);
             return reply(host, handle, &answer).await;
         }
         Ok(KeyClaim::Pending { claimed_at }) => {
+            host.metrics.idempotency_pending.increment(1);
             return await_other_attempt(host, handle, &id, claimed_at, route.timeout).await;
         }
         Err(e) => {
@@ -155,6 +163,9 @@ async fn process(
             Some(body) => envelope::answer(&id, Outcome::Text(&body)),
         },
     };
+    if route.two_way {
+        route.metrics.message_count.increment(1);
+    }
     if let Err(e) = host
         .store
         .complete_key(connection_id, &id, &answer, expires)

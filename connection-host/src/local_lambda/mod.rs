@@ -14,6 +14,7 @@ mod runtime_api;
 
 use crate::config::FunctionConfig;
 use crate::integration::{IntegrationError, LambdaInvoker};
+use crate::metrics::{FunctionMetrics, Metrics};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -82,6 +83,8 @@ struct Function {
     /// while set and no process is ready, invocations fail at once rather than wait in the queue
     /// through the restart backoff.
     init_failure: std::sync::Mutex<Option<String>>,
+    /// Its invocations, durations, cold starts and crashes.
+    metrics: FunctionMetrics,
 }
 
 impl Function {
@@ -115,6 +118,7 @@ impl LambdaInvoker for LocalFunction {
                 .expect("function lock poisoned")
                 .clone()
         {
+            self.0.metrics.refused();
             return Err(IntegrationError::Function(error));
         }
         let (reply, result) = oneshot::channel();
@@ -124,6 +128,7 @@ impl LambdaInvoker for LocalFunction {
             reply,
         };
         self.0.queue.try_send(invocation).map_err(|_| {
+            self.0.metrics.refused();
             IntegrationError::Unavailable(format!(
                 "TooManyRequestsException: {QUEUE_CAPACITY} invocations of {} already waiting",
                 self.0.name
@@ -159,8 +164,14 @@ pub struct LocalFunctions {
 
 impl LocalFunctions {
     /// The functions `configs` declares, ready to take invocations but with no process yet:
-    /// [`Self::start`] runs them. `region` and `account_id` make their ARNs.
-    pub fn new(configs: &BTreeMap<String, FunctionConfig>, region: &str, account_id: &str) -> Self {
+    /// [`Self::start`] runs them. `region` and `account_id` make their ARNs; each function
+    /// records on `metrics`.
+    pub fn new(
+        configs: &BTreeMap<String, FunctionConfig>,
+        region: &str,
+        account_id: &str,
+        metrics: &Metrics,
+    ) -> Self {
         let functions = configs
             .iter()
             .map(|(name, config)| {
@@ -173,6 +184,7 @@ impl LocalFunctions {
                     pending,
                     ready: AtomicUsize::new(0),
                     init_failure: std::sync::Mutex::new(None),
+                    metrics: metrics.function(name),
                 });
                 (name.clone(), LocalFunction(function))
             })
@@ -311,7 +323,12 @@ mod tests {
             management_endpoint: "http://127.0.0.1:1/dev".into(),
             credentials: None,
         };
-        let functions = LocalFunctions::new(&configs, "us-east-1", "000000000000");
+        let functions = LocalFunctions::new(
+            &configs,
+            "us-east-1",
+            "000000000000",
+            &Metrics::new("a", "dev"),
+        );
         functions.start(&settings).await.unwrap();
         for name in [
             "chat",
@@ -346,10 +363,15 @@ mod tests {
             management_endpoint: String::new(),
             credentials: None,
         };
-        let err = LocalFunctions::new(&configs, "us-east-1", "000000000000")
-            .start(&settings)
-            .await
-            .unwrap_err();
+        let err = LocalFunctions::new(
+            &configs,
+            "us-east-1",
+            "000000000000",
+            &Metrics::new("a", "dev"),
+        )
+        .start(&settings)
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().starts_with("functions.chat.build:"),
             "{err}"

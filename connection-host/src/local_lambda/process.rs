@@ -8,6 +8,7 @@
 
 use super::{Function, RuntimeSettings, env, runtime_api};
 use crate::integration::IntegrationError;
+use crate::metrics::FunctionOutcome;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,8 +40,11 @@ pub(super) enum SlotEvent {
     Ready,
     /// The process took an invocation: its deadline runs from now.
     Started,
-    /// The process answered its invocation.
-    Finished,
+    /// The process answered its invocation, with a result or an error.
+    Finished {
+        /// It answered with a result.
+        ok: bool,
+    },
     /// The process reported an initialization error.
     InitError(String),
 }
@@ -278,6 +282,8 @@ async fn run_once(
     let function = &state.function;
     let timeout = function.config.timeout;
     let mut deadline: Option<Instant> = None;
+    let mut started = Instant::now();
+    let metrics = &function.metrics;
     let mut initialized = false;
     let mut answered = false;
     let mut init_error = None;
@@ -297,9 +303,13 @@ async fn run_once(
                     &format!("RequestId: {id} Error: Runtime exited with error: {status}"),
                 ));
                 drain(events);
+                if deadline.is_some() {
+                    metrics.invoked(FunctionOutcome::Crash, started.elapsed());
+                }
                 return if answered && deadline.is_none() {
                     Outcome::Healthy
                 } else {
+                    metrics.crashes.increment(1);
                     Outcome::Failed { initialized, init_error }
                 };
             }
@@ -310,6 +320,7 @@ async fn run_once(
                     "invocation timed out: killing and restarting the function's process"
                 );
                 let _ = child.kill().await;
+                metrics.invoked(FunctionOutcome::Timeout, started.elapsed());
                 state.process_ended(|id| error_payload(
                     "Sandbox.Timedout",
                     &format!("RequestId: {id} Error: Task timed out after {:.2} seconds", timeout.as_secs_f64()),
@@ -319,11 +330,19 @@ async fn run_once(
             }
             event = events.recv() => match event {
                 Some(SlotEvent::Ready) => {
+                    if !initialized {
+                        metrics.cold_starts.increment(1);
+                    }
                     initialized = true;
                     *function.init_failure.lock().expect("function lock poisoned") = None;
                 }
-                Some(SlotEvent::Started) => deadline = Some(Instant::now() + timeout),
-                Some(SlotEvent::Finished) => {
+                Some(SlotEvent::Started) => {
+                    started = Instant::now();
+                    deadline = Some(started + timeout);
+                }
+                Some(SlotEvent::Finished { ok }) => {
+                    let outcome = if ok { FunctionOutcome::Ok } else { FunctionOutcome::Error };
+                    metrics.invoked(outcome, started.elapsed());
                     deadline = None;
                     answered = true;
                 }

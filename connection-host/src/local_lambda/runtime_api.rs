@@ -144,7 +144,7 @@ fn complete(slot: &SlotState, id: &str, result: Result<Bytes, IntegrationError>)
         )
             .into_response();
     };
-    let _ = slot.events.send(SlotEvent::Finished);
+    let _ = slot.events.send(SlotEvent::Finished { ok: result.is_ok() });
     let _ = in_flight.reply.send(result);
     (
         StatusCode::ACCEPTED,

@@ -17,6 +17,7 @@ pub use error::ManagementError;
 use crate::cluster;
 use crate::host::Host;
 use crate::ids;
+use crate::metrics::Operation;
 use crate::registry::{Outbound, PostError};
 use axum::Router;
 use axum::body::Body;
@@ -152,7 +153,26 @@ pub(crate) struct Call {
 const POST_ID: &str = "postId";
 
 async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
-    let request = match static_file(&host, request).await {
+    let mut operation = None;
+    let response = serve_call(&host, request, &mut operation).await;
+    if let Some(operation) = operation {
+        let status = response.status().as_u16();
+        host.metrics.management_call(operation, status);
+        if operation == Operation::PostToConnection && status == 200 {
+            host.metrics.posts.message_count.increment(1);
+        }
+    }
+    response
+}
+
+/// Serves one call of the management listener; sets `operation` once the call is known to be
+/// a client's (not another host's) `@connections` call, for [`dispatch`] to count.
+async fn serve_call(
+    host: &Arc<Host>,
+    request: Request,
+    operation: &mut Option<Operation>,
+) -> Response {
+    let request = match static_file(host, request).await {
         Ok(response) => return response,
         Err(request) => request,
     };
@@ -170,11 +190,22 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     ]
     .iter()
     .any(|name| request.headers().contains_key(*name));
+    // Counted once, where the client called: not again on the host a call is forwarded to.
+    if let Resource::Connection(_) = resource
+        && !forwarded
+    {
+        *operation = match method {
+            Method::POST => Some(Operation::PostToConnection),
+            Method::GET => Some(Operation::GetConnection),
+            Method::DELETE => Some(Operation::DeleteConnection),
+            _ => None,
+        };
+    }
     // Host-to-host calls are authenticated by their signature; every other call must carry a
     // valid SigV4 signature when the host requires one (the plain GET on the stage is the
     // WebSocket URL's 426, not an API call).
     let request = if forwarded {
-        match authenticate_peer(&host, request).await {
+        match authenticate_peer(host, request).await {
             Ok(request) => request,
             Err(response) => return response,
         }
@@ -182,7 +213,7 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
         request
     } else {
         let invoke = matches!(resource, Resource::Invocation(_));
-        match authenticate(&host, request, invoke).await {
+        match authenticate(host, request, invoke).await {
             Ok(request) => request,
             Err(response) => return response,
         }
@@ -234,34 +265,35 @@ async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
     // counted there already.
     if !forwarded && resource.is_rate_limited() && !host.limits.management.try_acquire() {
         tracing::debug!("limits.management_requests_per_second reached");
+        host.metrics.throttled(crate::metrics::Throttle::Management);
         return ManagementError::Throttled.into_response();
     }
     let result = match resource {
         Resource::Stage if method == Method::GET => Err(ManagementError::UpgradeRequired),
         Resource::Connection(id) => match method {
-            Method::POST => post_to_connection(&host, &call, id, request.into_body()).await,
-            Method::GET => get_connection(&host, &call, id).await,
-            Method::DELETE => delete_connection(&host, &call, id).await,
+            Method::POST => post_to_connection(host, &call, id, request.into_body()).await,
+            Method::GET => get_connection(host, &call, id).await,
+            Method::DELETE => delete_connection(host, &call, id).await,
             _ => Err(ManagementError::Forbidden),
         },
         Resource::Membership {
             connection_id: id,
             group,
         } if groups => match method {
-            Method::PUT => groups::join(&host, &call, id, group).await,
-            Method::DELETE => groups::leave(&host, id, group).await,
+            Method::PUT => groups::join(host, &call, id, group).await,
+            Method::DELETE => groups::leave(host, id, group).await,
             _ => Err(ManagementError::Forbidden),
         },
         Resource::Group(group) if groups => match method {
-            Method::POST => groups::broadcast(&host, group, &query, request.into_body()).await,
-            Method::GET => groups::members(&host, group, &query).await,
+            Method::POST => groups::broadcast(host, group, &query, request.into_body()).await,
+            Method::GET => groups::members(host, group, &query).await,
             _ => Err(ManagementError::Forbidden),
         },
         Resource::Deliver if forwarded && method == Method::POST => {
-            groups::deliver(&host, request.into_body()).await
+            groups::deliver(host, request.into_body()).await
         }
         Resource::HandOver if forwarded && method == Method::POST => {
-            hand_over(&host, request.into_body()).await
+            hand_over(host, request.into_body()).await
         }
         _ => Err(ManagementError::Forbidden),
     };
@@ -380,6 +412,10 @@ pub(crate) async fn elsewhere(
             let answer = cluster
                 .forward(&owner, id, call.method.clone(), &target, body.clone())
                 .await;
+            match answer {
+                Some(_) => host.metrics.forwards_ok.increment(1),
+                None => host.metrics.forwards_error.increment(1),
+            }
             match answer {
                 Some(answer) if answer.status == StatusCode::GONE => {
                     tried.push(owner);

@@ -203,7 +203,13 @@ async fn resume_here(
         None,
     );
     match handle.attach(resume.last_seq, new_hash, presented, welcome) {
-        Ok(attachment) => Ok(Resumed { handle, attachment }),
+        Ok(attachment) => {
+            // The frames after the client's last one are sent again on the new connection.
+            let next = handle.session(|s| s.replay.next_seq()).unwrap_or(0);
+            let replayed = next.saturating_sub(resume.last_seq.saturating_add(1));
+            host.metrics.replayed_frames.increment(replayed);
+            Ok(Resumed { handle, attachment })
+        }
         Err(e) => Err(attach_reason(e)),
     }
 }

@@ -16,6 +16,7 @@
 //!   and the official SDK clients ([`mgmt_client`], [`lambda_client`]).
 //! - Reliable sessions: [`reliable_connect`], [`next_frame`], [`send_frame`], [`resume_offer`]
 //!   speak the `ch-reliable.v1` subprotocol with raw frames.
+//! - Metrics: [`scrape`] and [`metric`] read a host's `GET /metrics` ([`Exposition`]).
 //! - Network faults: [`chaos::ChaosProxy`], a loopback TCP proxy in front of one or more hosts
 //!   that adds latency, jitter and bandwidth caps and resets, black-holes or half-opens
 //!   connections, on demand or on a random schedule (the `fault-proxy` binary runs one by hand).
@@ -26,6 +27,7 @@ pub mod chaos;
 mod dynamodb;
 mod handler;
 mod host;
+mod metrics;
 mod process;
 pub mod proxy;
 mod reliable;
@@ -36,6 +38,7 @@ mod ws;
 pub use dynamodb::*;
 pub use handler::*;
 pub use host::*;
+pub use metrics::*;
 pub use process::*;
 pub use reliable::*;
 pub use sdk::*;
