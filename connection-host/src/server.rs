@@ -1,13 +1,17 @@
 //! `run(config, listeners, shutdown)`: the whole host as one function, so tests start it on port 0.
 
 use crate::config::{Config, StoreKind};
+use crate::emf::Emf;
 use crate::host::Host;
 use crate::local_lambda::RuntimeSettings;
+use crate::metrics::Exposition;
 use crate::store::{ConnectionStore, DynamoDbStore, MemoryStore};
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// The sockets the host serves.
 #[derive(Debug)]
@@ -214,6 +218,13 @@ async fn serve(
         host.tasks
             .spawn(crate::cluster::liveness::run(host.clone()));
     }
+    // Started last, so no early return above leaves it running; stopped after the drain, so
+    // its last lines count the `$disconnect`s.
+    let emf = host.config.metrics.emf.then(|| {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(emf_writer(host.clone(), stop.clone()));
+        (stop, task)
+    });
     tracing::info!(
         listen = %public_addr,
         tls = host.tls.is_some(),
@@ -269,6 +280,10 @@ async fn serve(
             tracing::warn!(error = %e, "liveness record not removed; other hosts will reap it");
         }
     }
+    if let Some((stop, task)) = emf {
+        stop.cancel();
+        let _ = task.await;
+    }
     Ok(())
 }
 
@@ -280,6 +295,47 @@ async fn metrics_upkeep(host: Arc<Host>) {
         tokio::select! {
             _ = interval.tick() => host.metrics.upkeep(),
             _ = host.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Writes the host's metrics to stdout as EMF lines (`metrics.emf`) every
+/// `metrics.emf_interval`, and once more when `stop` is cancelled: every interval's counts are
+/// written, the last one's included.
+async fn emf_writer(host: Arc<Host>, stop: CancellationToken) {
+    let api = &host.config.api;
+    let mut emf = Emf::new(
+        &host.config.metrics,
+        &api.api_id,
+        &api.stage,
+        &host.identity.host_id,
+    );
+    let period = host.config.metrics.emf_interval;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A late tick (a stalled runtime) starts the next interval then; a delta never gets lost.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = interval.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let lines = emf.lines(&Exposition::parse(&host.metrics_text()), timestamp_ms);
+        // Under stdout's lock, which the log lines take too: none can split an EMF line.
+        let mut stdout = std::io::stdout().lock();
+        for line in lines {
+            if let Err(e) = stdout
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                tracing::warn!(error = %e, "could not write the EMF metrics to stdout");
+                break;
+            }
+        }
+        if last {
+            return;
         }
     }
 }

@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -241,6 +242,8 @@ fn config_check_reads_connection_host_config() {
 struct Host {
     child: Child,
     addr: SocketAddr,
+    /// Every line the host wrote to stdout so far.
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Host {
@@ -263,13 +266,16 @@ impl Host {
             .expect("the binary starts");
         let (tx, rx) = std::sync::mpsc::channel();
         let out = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let kept = stdout.clone();
         // Keeps reading, so the pipe never fills and blocks the host's logging.
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 println!("host: {line}");
                 if line.contains("connection host listening") {
-                    let _ = tx.send(line);
+                    let _ = tx.send(line.clone());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let line = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
@@ -281,7 +287,11 @@ impl Host {
             .find_map(|w| w.strip_prefix("listen="))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line}"));
-        let host = Self { child, addr };
+        let host = Self {
+            child,
+            addr,
+            stdout,
+        };
         let health = eventually_some("/health", WAIT, async || {
             reqwest::get(format!("http://{addr}/health"))
                 .await
@@ -299,6 +309,17 @@ impl Host {
             .status()
             .expect("kill runs");
         assert!(status.success());
+    }
+
+    /// The CloudWatch Embedded Metric Format documents among the stdout lines so far.
+    fn emf_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.starts_with('{'))
+            .map(|line| serde_json::from_str(line).expect("a JSON line is one whole document"))
+            .collect()
     }
 
     /// Waits up to `WAIT` for the process to exit.
@@ -487,5 +508,289 @@ fn a_cluster_secret_that_is_not_a_header_value_is_refused() {
         assert_ne!(output.status.code(), Some(0), "{args:?}: {err}");
         assert!(err.contains("cluster.secret"), "{args:?}: {err}");
         assert!(err.contains("no control characters"), "{args:?}: {err}");
+    }
+}
+
+/// `metrics.emf` turned on as infra/self-hosted.yaml turns it on (the environment): under a known
+/// load, every JSON line on stdout is an Embedded Metric Format document that follows the
+/// specification, and the lines' counts add up to exactly what the clients did, the last interval
+/// (written after the drain) included.
+#[tokio::test]
+async fn emf_lines_on_stdout_add_up_to_what_the_clients_did() {
+    const CLIENTS: usize = 3;
+    const ECHOES: usize = 4;
+    let started_ms = now_ms();
+    let mut host = Host::start_with_env(
+        &["--config", "connection-host/local.toml"],
+        &[
+            ("CONNECTION_HOST_METRICS__EMF", "true"),
+            ("CONNECTION_HOST_METRICS__EMF_INTERVAL", "200ms"),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut ws = connect(host.addr).await;
+        for _ in 0..ECHOES {
+            send_text(&mut ws, r#"{"action":"echo"}"#).await;
+            next_text(&mut ws).await;
+        }
+        // No route matches: local.toml's $default answers.
+        send_text(&mut ws, "hi").await;
+        next_text(&mut ws).await;
+        clients.push(ws);
+    }
+    send_text(&mut clients[0], r#"{"action":"whoami"}"#).await;
+    let whoami: serde_json::Value =
+        serde_json::from_str(&next_text(&mut clients[0]).await).unwrap();
+    let id = whoami["connectionId"].as_str().unwrap().to_string();
+    let url = format!("http://{}/dev/@connections/{}", host.addr, encode_id(&id));
+    let posted = reqwest::Client::new()
+        .post(&url)
+        .body("posted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(next_text(&mut clients[0]).await, "posted");
+    // The gauge, as an interval read it while every client was connected.
+    eventually_some(
+        "an EMF line with every client connected",
+        WAIT,
+        async || {
+            host.emf_lines()
+                .iter()
+                .any(|l| l.get("Route").is_none() && l["Connections"] == CLIENTS)
+                .then_some(())
+        },
+    )
+    .await;
+
+    host.signal("INT");
+    for ws in &mut clients {
+        while within("the end of the stream", ws.next()).await.is_some() {}
+    }
+    assert!(host.exit_status().await.success());
+    let lines = host.emf_lines();
+    for line in &lines {
+        check_emf(line, started_ms..=now_ms());
+    }
+    let (totals, routes): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l.get("Route").is_none());
+    let total = |name: &str| -> u64 { totals.iter().map(|l| count(&l[name])).sum() };
+    let route = |key: &str, name: &str| -> u64 {
+        routes
+            .iter()
+            .filter(|l| l["Route"] == key)
+            .map(|l| count(&l[name]))
+            .sum()
+    };
+    println!("{} EMF lines over {} intervals", lines.len(), totals.len());
+    let (echoes, defaults) = ((CLIENTS * ECHOES) as u64, CLIENTS as u64);
+    assert_eq!(total("ConnectCount"), CLIENTS as u64);
+    // A message in and its reply out, on its route; the post on @connections.
+    assert_eq!(total("MessageCount"), 2 * (echoes + defaults + 1) + 1);
+    assert_eq!(route("echo", "MessageCount"), 2 * echoes);
+    assert_eq!(route("$default", "MessageCount"), 2 * defaults);
+    assert_eq!(route("whoami", "MessageCount"), 2);
+    assert_eq!(route("@connections", "MessageCount"), 1);
+    assert_eq!(total("MessagesIn"), echoes + defaults + 1);
+    assert_eq!(total("MessagesOut"), echoes + defaults + 1 + 1);
+    // Every routed message invoked its mock integration once (local.toml has no $connect).
+    assert_eq!(total("IntegrationLatency"), echoes + defaults + 1);
+    assert_eq!(route("echo", "IntegrationLatency"), echoes);
+    for error in [
+        "ClientError",
+        "IntegrationError",
+        "ExecutionError",
+        "StoreErrors",
+    ] {
+        assert_eq!(total(error), 0, "{error}");
+    }
+    // The drain's closes (1001) are in the last interval, with nobody left connected.
+    let last = totals.last().unwrap();
+    assert_eq!(last["Connections"], 0, "{last}");
+    assert!(totals.len() >= 2, "{totals:?}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// What an EMF value counts: a number, or a distribution's `Count`; 0 when absent.
+fn count(value: &serde_json::Value) -> u64 {
+    match value {
+        serde_json::Value::Null => 0,
+        serde_json::Value::Object(d) => d["Count"].as_u64().unwrap(),
+        v => v.as_u64().unwrap_or_else(|| panic!("{v} is not a count")),
+    }
+}
+
+/// Checks `line` against the rules of CloudWatch's Embedded Metric Format specification, and the
+/// host's namespace and dimensions; panics naming the rule broken.
+fn check_emf(line: &serde_json::Value, stamped: std::ops::RangeInclusive<u64>) {
+    use serde_json::Value;
+    const UNITS: [&str; 27] = [
+        "Seconds",
+        "Microseconds",
+        "Milliseconds",
+        "Bytes",
+        "Kilobytes",
+        "Megabytes",
+        "Gigabytes",
+        "Terabytes",
+        "Bits",
+        "Kilobits",
+        "Megabits",
+        "Gigabits",
+        "Terabits",
+        "Percent",
+        "Count",
+        "Bytes/Second",
+        "Kilobytes/Second",
+        "Megabytes/Second",
+        "Gigabytes/Second",
+        "Terabytes/Second",
+        "Bits/Second",
+        "Kilobits/Second",
+        "Megabits/Second",
+        "Gigabits/Second",
+        "Terabits/Second",
+        "Count/Second",
+        "None",
+    ];
+    let only = |object: &Value, allowed: &[&str]| {
+        let object = object
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object in {line}"));
+        for key in object.keys() {
+            assert!(
+                allowed.contains(&key.as_str()),
+                "member {key} not in the specification: {line}"
+            );
+        }
+    };
+    let root = line.as_object().expect("the root is an object");
+    let aws = &root["_aws"];
+    only(aws, &["Timestamp", "CloudWatchMetrics"]);
+    let timestamp = aws["Timestamp"]
+        .as_u64()
+        .expect("Timestamp: milliseconds since the epoch");
+    assert!(
+        stamped.contains(&timestamp),
+        "Timestamp {timestamp} outside {stamped:?}"
+    );
+    let directives = aws["CloudWatchMetrics"]
+        .as_array()
+        .expect("CloudWatchMetrics is an array");
+    assert!(!directives.is_empty(), "{line}");
+    for directive in directives {
+        only(directive, &["Namespace", "Dimensions", "Metrics"]);
+        assert_eq!(directive["Namespace"], "ConnectionHost");
+        let sets = directive["Dimensions"]
+            .as_array()
+            .expect("Dimensions is an array");
+        for set in sets {
+            let set = set.as_array().expect("a dimension set is an array");
+            assert!(
+                !set.is_empty() && set.len() <= 30,
+                "1 to 30 dimensions: {line}"
+            );
+            for key in set {
+                let key = key.as_str().expect("a dimension key is a string");
+                let value = root[key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("dimension {key} needs a string member: {line}"));
+                assert!(
+                    !value.trim().is_empty() && value.len() <= 1024 && value.is_ascii(),
+                    "dimension value {value:?}"
+                );
+            }
+        }
+        let names: Vec<_> = sets
+            .iter()
+            .map(|s| {
+                s.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            names == [vec!["ApiId", "Stage"]] || names == [vec!["ApiId", "Stage", "Route"]],
+            "{names:?}"
+        );
+        let metrics = directive["Metrics"]
+            .as_array()
+            .expect("Metrics is an array");
+        assert!(
+            !metrics.is_empty() && metrics.len() <= 100,
+            "1 to 100 metrics: {line}"
+        );
+        for definition in metrics {
+            only(definition, &["Name", "Unit", "StorageResolution"]);
+            let name = definition["Name"].as_str().expect("Name is a string");
+            let unit = definition["Unit"].as_str().expect("Unit is a string");
+            assert!(UNITS.contains(&unit), "{unit} is not a CloudWatch unit");
+            match &root[name] {
+                Value::Number(_) => {}
+                Value::Array(values) => {
+                    assert!(
+                        values.len() <= 100 && values.iter().all(Value::is_number),
+                        "{name}"
+                    )
+                }
+                Value::Object(d) => {
+                    only(
+                        &root[name],
+                        &["Values", "Counts", "Max", "Min", "Count", "Sum"],
+                    );
+                    let values: Vec<f64> = d["Values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect();
+                    let counts: Vec<u64> = d["Counts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_u64().unwrap())
+                        .collect();
+                    assert!(
+                        !values.is_empty() && values.len() == counts.len() && values.len() <= 100,
+                        "{name}"
+                    );
+                    let (min, max) = (d["Min"].as_f64().unwrap(), d["Max"].as_f64().unwrap());
+                    let (n, sum) = (d["Count"].as_u64().unwrap(), d["Sum"].as_f64().unwrap());
+                    assert_eq!(n, counts.iter().sum::<u64>(), "{name}: Count");
+                    assert!(
+                        values.iter().all(|v| (min..=max).contains(v)),
+                        "{name}: Min/Max"
+                    );
+                    assert!(
+                        values.contains(&min) && values.contains(&max),
+                        "{name}: Min/Max"
+                    );
+                    let expected: f64 =
+                        values.iter().zip(&counts).map(|(v, &c)| v * c as f64).sum();
+                    assert!(
+                        (sum - expected).abs() < 1e-6 * expected.max(1.0),
+                        "{name}: Sum"
+                    );
+                    // A statistic set some values could have.
+                    let nf = n as f64;
+                    assert!(
+                        max + min * (nf - 1.0) <= sum + 1e-9
+                            && sum <= min + max * (nf - 1.0) + 1e-9,
+                        "{name}: statistic set"
+                    );
+                }
+                other => panic!("{name} has no numeric member ({other}): {line}"),
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ mod api;
 mod functions;
 mod limits;
 mod management;
+mod metrics;
 mod routes;
 mod server;
 mod sessions;
@@ -20,6 +21,7 @@ pub use api::*;
 pub use functions::*;
 pub use limits::*;
 pub use management::*;
+pub use metrics::*;
 pub use routes::*;
 pub use server::*;
 pub use sessions::*;
@@ -73,6 +75,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The `@connections` management API (and the Lambda Invoke API beside it).
     pub management: ManagementConfig,
+    /// Metrics published besides `GET /metrics` (CloudWatch Embedded Metric Format lines).
+    pub metrics: MetricsConfig,
     /// Where the template-defined settings came from; not part of the file format.
     #[serde(skip)]
     pub provenance: Provenance,

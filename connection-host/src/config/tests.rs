@@ -203,6 +203,17 @@ fn errors_name_the_field() {
             "[store]\nkind = \"dynamodb\"\n[cluster]\nadvertise_url = \"http://127.0.0.1:9080\"\nsecret = \" 0123456789abcdef\"",
             "cluster.secret",
         ),
+        ("[metrics]\nemf_interval = \"10ms\"", "metrics.emf_interval"),
+        (
+            "[metrics]\nemf_namespace = \"AWS/ApiGateway\"",
+            "metrics.emf_namespace",
+        ),
+        ("[metrics]\nemf_namespace = \"  \"", "metrics.emf_namespace"),
+        // The route key is a dimension value: printable ASCII only, when EMF lines are written.
+        (
+            "[metrics]\nemf = true\n[routes.\"caf\u{e9}\"]\nintegration = \"m\"\n[integrations.m]\ntype = \"mock\"",
+            "routes.\"caf\u{e9}\"",
+        ),
     ];
     for (toml, field) in cases {
         let err = checked(toml).unwrap_err().to_string();
@@ -341,6 +352,9 @@ fn file_then_environment_then_flags() {
         jail.set_env("CONNECTION_HOST_LIMITS__IDLE_TIMEOUT", "7m");
         jail.set_env("CONNECTION_HOST_API__STAGE", "env");
         jail.set_env("CONNECTION_HOST_CLUSTER__SECRET", "from-the-environment");
+        // What infra/self-hosted.yaml sets to turn the EMF lines on.
+        jail.set_env("CONNECTION_HOST_METRICS__EMF", "true");
+        jail.set_env("CONNECTION_HOST_METRICS__EMF_INTERVAL", "10s");
         // The command line's own variable is not a configuration field.
         jail.set_env("CONNECTION_HOST_CONFIG", "host.toml");
         let flags = Overrides {
@@ -353,6 +367,9 @@ fn file_then_environment_then_flags() {
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(420));
         assert_eq!(c.api.stage, "flag");
         assert_eq!(c.cluster.secret, "from-the-environment");
+        assert!(c.metrics.emf);
+        assert_eq!(c.metrics.emf_interval, Duration::from_secs(10));
+        assert_eq!(c.metrics.emf_namespace, "ConnectionHost");
         assert!(!format!("{c:?}").contains("from-the-environment"));
         jail.set_env("CONNECTION_HOST_LIMITS__MISSED_PONGS", "many");
         let err = Config::load(Some(Path::new("host.toml")), &flags).unwrap_err();

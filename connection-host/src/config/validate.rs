@@ -100,6 +100,17 @@ impl Config {
             if key.is_empty() {
                 return invalid("routes".into(), "a route key must not be empty");
             }
+            // The key is the Route dimension's value, which CloudWatch takes only so.
+            if self.metrics.emf
+                && (key.len() > 1024
+                    || key.trim().is_empty()
+                    || !key.bytes().all(|c| c.is_ascii_graphic() || c == b' '))
+            {
+                return invalid(
+                    format!("routes.\"{key}\""),
+                    "with metrics.emf, a route key must be at most 1024 printable ASCII characters (CloudWatch's rule for dimension values)",
+                );
+            }
             if bad_rate(route.throttling_rate_limit) {
                 return invalid(
                     field("throttling_rate_limit"),
@@ -295,6 +306,23 @@ impl Config {
                     "set exactly one of secret_env, secret_file or secret",
                 );
             }
+        }
+        let metrics = &self.metrics;
+        if metrics.emf_interval < Duration::from_millis(100) {
+            return invalid("metrics.emf_interval".into(), "must be at least 100ms");
+        }
+        let namespace = &metrics.emf_namespace;
+        if namespace.trim().is_empty()
+            || namespace.len() > 255
+            || namespace.starts_with("AWS/")
+            || !namespace
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b".-_/#: ".contains(&c))
+        {
+            return invalid(
+                "metrics.emf_namespace".into(),
+                "must be 1 to 255 letters, digits or . - _ / # : and spaces, not starting with AWS/ (CloudWatch's rule)",
+            );
         }
         if cluster.owner_cache_size == 0 {
             return invalid("cluster.owner_cache_size".into(), "must be at least 1");
