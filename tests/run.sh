@@ -233,7 +233,8 @@ start_moto() {
     local port log="$RUN_DIR/moto.log"
     port="$(free_port)"
     mkdir -p "$RUN_DIR"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
+    # One request at a time, so conditional writes are atomic as on DynamoDB (tests/moto_dynamodb.py).
+    "$VENV/bin/python" "$ROOT/tests/moto_dynamodb.py" -H 127.0.0.1 -p "$port" </dev/null >"$log" 2>&1 &
     MOTO_PID=$!
     wait_ready "http://127.0.0.1:$port/moto-api/" "$MOTO_PID" "$log" moto 300 || return 1
     MOTO_ENDPOINT="http://127.0.0.1:$port"

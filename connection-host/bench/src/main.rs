@@ -21,7 +21,7 @@
 //!
 //! The `*-dynamodb`, `reliable-store` and `post-cross-host` scenarios use `[store] kind = "dynamodb"` with freshly
 //! named tables (`connection-host store init`). The endpoint is `--dynamodb-endpoint URL`; without
-//! it the bench starts moto from `.venv-test/bin/moto_server` (installed by
+//! it the bench starts moto through `tests/moto_dynamodb.py` with `.venv-test`'s Python (installed by
 //! `bash tests/run.sh --only tools`) on a free loopback port and stops it at exit. With neither,
 //! those scenarios print a "skipped" row.
 
@@ -210,22 +210,23 @@ struct MotoProc {
 }
 
 impl MotoProc {
-    /// `.venv-test/bin/moto_server` in the current directory or the workspace root, if any.
-    fn find() -> Option<PathBuf> {
-        let rel = Path::new(".venv-test/bin/moto_server");
-        let in_workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join(rel);
-        [rel.to_path_buf(), in_workspace]
-            .into_iter()
-            .find(|p| p.is_file())
+    /// The workspace's `.venv-test/bin/python` and `tests/moto_dynamodb.py` (moto answering one
+    /// request at a time, so conditional writes are atomic as on DynamoDB), if the venv exists.
+    fn find() -> Option<(PathBuf, PathBuf)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.parent()?;
+        let python = root.join(".venv-test/bin/python");
+        let script = root.join("tests/moto_dynamodb.py");
+        (python.is_file() && script.is_file()).then_some((python, script))
     }
 
     /// Starts moto on a free loopback port and waits until it answers (at most 30 s).
-    async fn start(bin: &Path) -> Res<Self> {
+    async fn start((bin, script): &(PathBuf, PathBuf)) -> Res<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("ch-bench-{}-moto", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("moto.log"))?;
         let mut child = Command::new(bin);
+        child.arg(script);
         child.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let child = spawn_logged(child, bin, log)?;
         let mut moto = MotoProc {
@@ -845,9 +846,11 @@ fn main() {
                     }
                     Err(e) => Err(format!("moto did not start: {e}")),
                 },
-                (None, None) => Err("no --dynamodb-endpoint, and no .venv-test/bin/moto_server \
+                (None, None) => Err(
+                    "no --dynamodb-endpoint, and no .venv-test/bin/python with moto \
                                      (bash tests/run.sh --only tools installs it)"
-                    .into()),
+                        .into(),
+                ),
             };
         }
         let mut rows = Vec::new();
