@@ -1158,3 +1158,71 @@ url = "{}"
     assert_eq!(invoked, 1);
     tables.delete().await;
 }
+
+#[tokio::test]
+async fn a_message_whose_host_died_mid_invocation_is_invoked_again_where_it_is_resent() {
+    let Some(tables) = TestTables::create("sessions_reclaim").await else {
+        return;
+    };
+    // The first invocation never answers in time (its host dies during it); later ones at once.
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = calls.clone();
+    let handler = Handler::start(move |e| {
+        if e["requestContext"]["eventType"] != "MESSAGE" {
+            return Reply::proxy(200, None);
+        }
+        let reply = Reply::proxy(200, Some("done"));
+        if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            reply.delayed(Duration::from_secs(60))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let routes = format!(
+        r#"
+[extensions.sessions]
+enabled = true
+durability = "store"
+[routes."$default"]
+integration = "slow"
+two_way = true
+[integrations.slow]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    );
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"k1","d":"work"});
+    send_frame(&mut ws, message.clone()).await;
+    // A claimed the key and is invoking the route when it dies.
+    handler
+        .wait_for("the first invocation", |e| {
+            e["requestContext"]["idempotencyKey"] == "k1"
+        })
+        .await;
+    a.kill();
+    drop(ws);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    send_frame(&mut ws, message).await;
+    // Once the cluster judges A dead, B claims the key again and invokes it, with the same key.
+    let reply = next_message_within(&mut ws, Duration::from_secs(20)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("k1"), Some("done")),
+        "{reply}"
+    );
+    let keys: Vec<Value> = handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["eventType"] == "MESSAGE")
+        .map(|e| e["requestContext"]["idempotencyKey"].clone())
+        .collect();
+    assert_eq!(keys, vec![Value::from("k1"), Value::from("k1")]);
+    tables.delete().await;
+}
