@@ -1226,3 +1226,30 @@ url = "{}"
     assert_eq!(keys, vec![Value::from("k1"), Value::from("k1")]);
     tables.delete().await;
 }
+
+#[tokio::test]
+async fn a_message_whose_key_cannot_be_claimed_is_refused_for_a_resend_then_invoked() {
+    let Some(tables) = TestTables::create("sessions_unclaimed").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut a = ClusterHost::start_via(&tables, &proxy.url, "a", "", &sessions("memory"));
+    let (mut ws, _) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"k1","d":"hi"});
+    proxy.set(Mode::Refuse);
+    send_frame(&mut ws, message.clone()).await;
+    let reply = next_message_within(&mut ws, Duration::from_secs(20)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    // Not invoked, and said so in a way the client resends on (not a lost `Internal server error`).
+    assert_eq!(reply["error"]["message"], "Service Unavailable", "{reply}");
+    proxy.set(Mode::Pass);
+    send_frame(&mut ws, message).await;
+    let reply = next_frame(&mut ws).await;
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("k1"), Some("echo:hi")),
+        "{reply}"
+    );
+    a.stop().await;
+    tables.delete().await;
+}
