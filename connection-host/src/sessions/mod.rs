@@ -159,22 +159,24 @@ async fn resume_here(
         } else if s.principal != principal {
             Err("principal")
         } else {
-            Ok(())
+            Ok(token::unconfirmed(&s.token_hash, &s.previous_token_hash))
         }
     });
-    if let Err(reason) = checked.unwrap_or(Err("unknown")) {
-        tracing::info!(
-            reason,
-            cause = "token or principal of the session held here",
-            "session not resumed"
-        );
-        return Err(reason);
-    }
+    let unconfirmed = match checked.unwrap_or(Err("unknown")) {
+        Ok(unconfirmed) => unconfirmed,
+        Err(reason) => {
+            tracing::info!(
+                reason,
+                cause = "token or principal of the session held here",
+                "session not resumed"
+            );
+            return Err(reason);
+        }
+    };
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
     // finds it; the record must still be this host's.
-    let presented = token::hash(&resume.token);
-    let record = attached_record(host, &handle.context, &new_hash, &presented, principal);
+    let record = attached_record(host, &handle.context, &new_hash, &unconfirmed, principal);
     match host
         .store
         .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
@@ -202,7 +204,7 @@ async fn resume_here(
         protocol,
         None,
     );
-    match handle.attach(resume.last_seq, new_hash, presented, welcome) {
+    match handle.attach(resume.last_seq, new_hash, unconfirmed, welcome) {
         Ok(attachment) => Ok(Resumed { handle, attachment }),
         Err(e) => Err(attach_reason(e)),
     }
@@ -298,8 +300,8 @@ async fn resume_from_elsewhere(
         principal.to_string(),
     );
     installing.installing = true;
-    let presented = token::hash(&resume.token);
-    installing.previous_token_hash = presented.clone();
+    let unconfirmed = token::unconfirmed(&session.token_hash, &session.previous_token_hash);
+    installing.previous_token_hash = unconfirmed.clone();
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     // Registered first, so posts that reach this host once the record names it wait for the
     // session instead of being answered 410.
@@ -311,7 +313,7 @@ async fn resume_from_elsewhere(
         host.registry.remove_if_same(&resume.connection_id, &handle);
         handle.mark_closed();
     };
-    let taken = attached_record(host, &context, &new_hash, &presented, principal);
+    let taken = attached_record(host, &context, &new_hash, &unconfirmed, principal);
     match host
         .store
         .take_over(&taken, &previous.host_id, &previous.incarnation)
