@@ -411,6 +411,56 @@ async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
     assert_eq!(batch, vec![with, detached]);
 }
 
+/// A new resume token replaces only the token it was issued against.
+async fn suite_rotate_token(store: &dyn ConnectionStore) {
+    let first = session_record("rotate", "host-1", "inc-1", "token-1");
+    store.put_connection(first.clone()).await.unwrap();
+    let by_one = session_record("rotate", "host-1", "inc-1", "token-2");
+    let by_other = session_record("rotate", "host-1", "inc-1", "token-3");
+    // Two resumes read token-1; the first to write wins, the other's write is refused.
+    assert!(
+        store
+            .rotate_token(&by_one, "host-1", "inc-1", "token-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_token(&by_other, "host-1", "inc-1", "token-1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_connection("rotate").await.unwrap(),
+        Some(by_one.clone())
+    );
+    // The owner is checked too.
+    assert!(
+        !store
+            .rotate_token(&by_other, "host-2", "inc-1", "token-2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .rotate_token(&by_other, "host-1", "inc-1", "token-2")
+            .await
+            .unwrap()
+    );
+    // A plain connection has no token to replace.
+    store
+        .put_connection(owned("rotate-plain", "host-1", "inc-1"))
+        .await
+        .unwrap();
+    let with_session = session_record("rotate-plain", "host-1", "inc-1", "token-1");
+    assert!(
+        !store
+            .rotate_token(&with_session, "host-1", "inc-1", "")
+            .await
+            .unwrap()
+    );
+}
+
 async fn suite_take_over(store: &dyn ConnectionStore) {
     let first = session_record("take", "host-1", "inc-1", "token-1");
     store.put_connection(first.clone()).await.unwrap();
@@ -822,6 +872,7 @@ shared_suite! {
     suite_host_liveness => host_liveness,
     suite_session_fields_round_trip => session_fields_round_trip,
     suite_take_over => take_over_replaces_only_the_expected_owner,
+    suite_rotate_token => rotate_token_replaces_only_the_expected_token,
     suite_idempotency_keys => idempotency_keys_claim_complete_expire,
     suite_reclaim_key => a_lost_claim_is_reclaimed_once,
     suite_append_frame_needs_ownership => append_frame_needs_ownership,

@@ -159,11 +159,14 @@ async fn resume_here(
         } else if s.principal != principal {
             Err("principal")
         } else {
-            Ok(token::unconfirmed(&s.token_hash, &s.previous_token_hash))
+            Ok((
+                s.token_hash.clone(),
+                token::unconfirmed(&s.token_hash, &s.previous_token_hash),
+            ))
         }
     });
-    let unconfirmed = match checked.unwrap_or(Err("unknown")) {
-        Ok(unconfirmed) => unconfirmed,
+    let (current, unconfirmed) = match checked.unwrap_or(Err("unknown")) {
+        Ok(tokens) => tokens,
         Err(reason) => {
             tracing::info!(
                 reason,
@@ -175,17 +178,23 @@ async fn resume_here(
     };
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
-    // finds it; the record must still be this host's.
+    // finds it; the record must still be this host's, with the token this resume replaces
+    // (another resume of the session, here or elsewhere, may have replaced it meanwhile).
     let record = attached_record(host, &handle.context, &new_hash, &unconfirmed, principal);
     match host
         .store
-        .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
+        .rotate_token(
+            &record,
+            &host.identity.host_id,
+            &host.identity.incarnation,
+            &current,
+        )
         .await
     {
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(
-                cause = "record no longer this host's",
+                cause = "record no longer this host's, or its token replaced",
                 "session not resumed"
             );
             return Err(RACE);
@@ -316,7 +325,12 @@ async fn resume_from_elsewhere(
     let taken = attached_record(host, &context, &new_hash, &unconfirmed, principal);
     match host
         .store
-        .take_over(&taken, &previous.host_id, &previous.incarnation)
+        .rotate_token(
+            &taken,
+            &previous.host_id,
+            &previous.incarnation,
+            &session.token_hash,
+        )
         .await
     {
         Ok(true) => {}
@@ -622,7 +636,14 @@ pub(crate) fn confirm_token(host: &Arc<Host>, handle: &Arc<ConnectionHandle>) {
     let tasks = host.tasks.clone();
     tasks.spawn(async move {
         let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
-        if let Err(e) = host.store.take_over(&record, me, incarnation).await {
+        // Only over the token it confirms: a resume since then keeps the tokens it accepts.
+        let token_hash = record.session.as_ref().map(|s| s.token_hash.clone());
+        let token_hash = token_hash.unwrap_or_default();
+        if let Err(e) = host
+            .store
+            .rotate_token(&record, me, incarnation, &token_hash)
+            .await
+        {
             tracing::debug!(error = %e, "confirmed token not written; the previous one lasts until the next resume");
         }
     });

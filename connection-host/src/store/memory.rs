@@ -251,6 +251,30 @@ impl ConnectionStore for MemoryStore {
         }
     }
 
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.connections.get_mut(&record.connection_id) {
+            Some(existing)
+                if existing.owner_host == expected_host
+                    && existing.owner_incarnation == expected_incarnation
+                    && existing
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.token_hash == expected_token_hash) =>
+            {
+                *existing = record.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn claim_key(
         &self,
         connection_id: &str,

@@ -194,6 +194,17 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         expected_host: &str,
         expected_incarnation: &str,
     ) -> Result<bool, StoreError>;
+    /// Like [`ConnectionStore::take_over`], and only if the stored session's current token is
+    /// still `expected_token_hash`: a new resume token replaces only the one it was issued
+    /// against, so that of two resumes racing for a session, the token the client got from the
+    /// one that won is the one the record keeps.
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError>;
     /// Claims idempotency key `key` of a connection's session as `claim` says, unless it is
     /// already claimed (then says by whom and how far it got). The claim and its answer expire at
     /// `expires_at_ms` (epoch milliseconds), after which the key is free again.

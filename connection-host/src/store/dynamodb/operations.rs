@@ -542,28 +542,24 @@ impl ConnectionStore for DynamoDbStore {
         expected_host: &str,
         expected_incarnation: &str,
     ) -> Result<bool, StoreError> {
-        let (owned, values) = owner_condition(expected_host, expected_incarnation);
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.tables.connections)
-            .set_item(Some(connection_item(
-                record,
-                self.expiry(record.connected_at / 1000),
-            )))
-            // An expired record is gone, as `get_connection` sees it: nothing to take over.
-            .condition_expression(format!("{owned} AND #ttl >= :now"))
-            .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":now", n(now_secs()));
-        for (placeholder, value) in values {
-            put = put.expression_attribute_values(placeholder, value);
-        }
-        // Memberships live in the groups table under the same connection ID: untouched.
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable("PutItem take_over", e)),
-        }
+        self.put_if_owned(record, expected_host, expected_incarnation, None)
+            .await
+    }
+
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        self.put_if_owned(
+            record,
+            expected_host,
+            expected_incarnation,
+            Some(expected_token_hash),
+        )
+        .await
     }
 
     async fn claim_key(
@@ -809,5 +805,42 @@ impl DynamoDbStore {
             .await
             .map_err(|e| unavailable(operation, e))?;
         Ok(out.item)
+    }
+
+    /// `take_over`, and with `token_hash` `rotate_token` too: the put of `record` if the stored
+    /// one still names the expected owner (and session token).
+    async fn put_if_owned(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        token_hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (mut owned, mut values) = owner_condition(expected_host, expected_incarnation);
+        if let Some(token_hash) = token_hash {
+            owned.push_str(" AND sessionTokenHash = :token");
+            values.push((":token", s(token_hash)));
+        }
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.connections)
+            .set_item(Some(connection_item(
+                record,
+                self.expiry(record.connected_at / 1000),
+            )))
+            // An expired record is gone, as `get_connection` sees it: nothing to take over.
+            .condition_expression(format!("{owned} AND #ttl >= :now"))
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", n(now_secs()));
+        for (placeholder, value) in values {
+            put = put.expression_attribute_values(placeholder, value);
+        }
+        // Memberships live in the groups table under the same connection ID: untouched.
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem take_over", e)),
+        }
     }
 }
