@@ -113,13 +113,8 @@ async fn process(
         tracing::debug!(route = %route.key, "message over the route's throttling refused");
         return reply(host, handle, &error("Too Many Requests", &request_id)).await;
     }
-    let now = ids::now_ms();
-    let expires = now + millis(host.config.extensions.sessions.dedup_window);
-    let mine = Claim {
-        claimed_at: now,
-        host_id: host.identity.host_id.clone(),
-        incarnation: host.identity.incarnation.clone(),
-    };
+    let mine = claim_now(host);
+    let expires = mine.claimed_at + millis(host.config.extensions.sessions.dedup_window);
     match claim(host, connection_id, &id, &mine, expires).await {
         Ok(KeyClaim::Claimed) => {}
         Ok(KeyClaim::Done(answer)) => {
@@ -238,25 +233,17 @@ async fn await_other_attempt(
     loop {
         let now = ids::now_ms();
         if claimer_gone(host, &other).await {
-            let mine = Claim {
-                claimed_at: now,
-                host_id: host.identity.host_id.clone(),
-                incarnation: host.identity.incarnation.clone(),
-            };
-            match host
+            let reclaimed = host
                 .store
-                .reclaim_key(connection_id, id, &other, &mine, expires)
-                .await
-            {
-                Ok(true) => {
-                    tracing::warn!(
-                        lost_on = %other.host_id,
-                        "message's host died before completing it; invoking it again"
-                    );
-                    return Waited::Reclaimed;
-                }
-                // Completed or reclaimed meanwhile: the next read says which.
-                Ok(false) | Err(_) => {}
+                .reclaim_key(connection_id, id, &other, &claim_now(host), expires)
+                .await;
+            // Otherwise completed or reclaimed meanwhile (or a store error): the next read says.
+            if let Ok(true) = reclaimed {
+                tracing::warn!(
+                    lost_on = %other.host_id,
+                    "message's host died before completing it; invoking it again"
+                );
+                return Waited::Reclaimed;
             }
         } else if now > other.claimed_at + millis(timeout + judged + LOST_ATTEMPT_MARGIN) {
             tracing::warn!("message's earlier attempt did not complete; outcome unknown");
@@ -265,16 +252,11 @@ async fn await_other_attempt(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
-        let mine = Claim {
-            claimed_at: ids::now_ms(),
-            host_id: host.identity.host_id.clone(),
-            incarnation: host.identity.incarnation.clone(),
-        };
-        match host
+        let claimed = host
             .store
-            .claim_key(connection_id, id, &mine, expires)
-            .await
-        {
+            .claim_key(connection_id, id, &claim_now(host), expires)
+            .await;
+        match claimed {
             Ok(KeyClaim::Done(answer)) => {
                 reply(host, handle, &answer).await;
                 return Waited::Answered;
@@ -284,6 +266,15 @@ async fn await_other_attempt(
             Ok(KeyClaim::Claimed) => return Waited::Reclaimed,
             Err(_) => {}
         }
+    }
+}
+
+/// A claim of a key by this host, now.
+fn claim_now(host: &Host) -> Claim {
+    Claim {
+        claimed_at: ids::now_ms(),
+        host_id: host.identity.host_id.clone(),
+        incarnation: host.identity.incarnation.clone(),
     }
 }
 
