@@ -635,3 +635,19 @@ async fn a_ping_before_the_welcome_arrived_keeps_the_token_the_client_holds() {
     let (_ws, refused) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
     assert_eq!(refused["recovered"], false, "{refused}");
 }
+
+#[tokio::test]
+async fn many_lost_welcomes_in_a_row_do_not_lose_the_session() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    drop(ws);
+    // Resume after resume whose welcome never reaches the client (each connection drops first):
+    // the client keeps offering the token it holds.
+    for _ in 0..6 {
+        let (ws, _) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+        drop(ws);
+    }
+    let (_ws, again) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(again["recovered"], true, "{again}");
+}

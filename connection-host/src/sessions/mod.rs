@@ -161,7 +161,11 @@ async fn resume_here(
         } else {
             Ok((
                 s.token_hash.clone(),
-                token::unconfirmed(&s.token_hash, &s.previous_token_hash),
+                token::unconfirmed(
+                    &token::hash(&resume.token),
+                    &s.token_hash,
+                    &s.previous_token_hash,
+                ),
             ))
         }
     });
@@ -309,7 +313,11 @@ async fn resume_from_elsewhere(
         principal.to_string(),
     );
     installing.installing = true;
-    let unconfirmed = token::unconfirmed(&session.token_hash, &session.previous_token_hash);
+    let unconfirmed = token::unconfirmed(
+        &token::hash(&resume.token),
+        &session.token_hash,
+        &session.previous_token_hash,
+    );
     installing.previous_token_hash = unconfirmed.clone();
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     // Registered first, so posts that reach this host once the record names it wait for the

@@ -52,14 +52,16 @@ pub fn accepted(token: &str, current: &str, previous: &str) -> bool {
 const MAX_UNCONFIRMED: usize = 4;
 
 /// The tokens a session accepts besides the one a resume issues now (space-separated hashes):
-/// every token it accepted so far (the current one, `current`, first), because the client may
-/// hold any of them until it shows which (its first frame on a resumed connection). A client
-/// whose reconnect attempts overlap holds the token of the attempt it completed, while an attempt
-/// it gave up on can still resume the session after it, with the same older token: that
-/// must not cancel the token the client holds. At most [`MAX_UNCONFIRMED`], the newest.
-pub fn unconfirmed(current: &str, previous: &str) -> String {
+/// the one the resume presented (`presented`, a hash), then every token the session accepted so
+/// far (the current one, `current`, first), because the client may hold any of them until it
+/// shows which (an `ack` or `msg` on a resumed connection). A client whose reconnect attempts
+/// overlap holds the token of the attempt it completed, while an attempt it gave up on can still
+/// resume the session after it, with the same older token: that must not cancel the token the
+/// client holds. At most [`MAX_UNCONFIRMED`], the presented one always among them.
+pub fn unconfirmed(presented: &str, current: &str, previous: &str) -> String {
     let mut hashes: Vec<&str> = Vec::with_capacity(MAX_UNCONFIRMED);
-    for h in std::iter::once(current).chain(previous.split(' ')) {
+    let all = [presented, current].into_iter().chain(previous.split(' '));
+    for h in all {
         if !h.is_empty() && !hashes.contains(&h) && hashes.len() < MAX_UNCONFIRMED {
             hashes.push(h);
         }
@@ -162,7 +164,7 @@ mod tests {
         // Resumes with overlapping attempts: each one's token joins those still accepted.
         let mut previous = String::new();
         for current in &hashes[..5] {
-            previous = unconfirmed(current, &previous);
+            previous = unconfirmed(current, current, &previous);
         }
         let newest = &hashes[5];
         for (i, token) in ["t4", "t3", "t2", "t1"].into_iter().enumerate() {
@@ -175,7 +177,14 @@ mod tests {
         assert!(accepted("t5", newest, &previous));
         assert!(!accepted("t9", newest, &previous));
         // A token presented again is not kept twice.
-        assert_eq!(unconfirmed(&hashes[1], &hashes[1]), hashes[1]);
+        assert_eq!(unconfirmed(&hashes[1], &hashes[1], &hashes[1]), hashes[1]);
+        // The presented token stays, however many tokens were issued since (welcomes lost).
+        let presented = hash("held");
+        let mut previous = presented.clone();
+        for current in &hashes {
+            previous = unconfirmed(&presented, current, &previous);
+        }
+        assert!(accepted("held", newest, &previous));
     }
 
     #[test]
