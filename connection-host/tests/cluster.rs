@@ -1253,3 +1253,37 @@ async fn a_message_whose_key_cannot_be_claimed_is_refused_for_a_resend_then_invo
     a.stop().await;
     tables.delete().await;
 }
+
+#[tokio::test]
+async fn a_resume_during_a_store_outage_is_refused_for_a_retry_not_started_afresh() {
+    let Some(tables) = TestTables::create("sessions_outage").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut a = ClusterHost::start_via(&tables, &proxy.url, "a", "", &sessions("memory"));
+    let (ws, welcome) = reliable_connect(a.public, None).await;
+    drop(ws);
+    proxy.set(Mode::Refuse);
+    // The new token cannot be written: 503, so the client tries again with the token it holds,
+    // instead of a fresh session that would lose its connection ID and messages.
+    let offer = format!("ch-reliable.v1, {}", resume_offer(&welcome, 0));
+    let refused = try_connect(
+        a.public,
+        "/dev",
+        &[("Sec-WebSocket-Protocol", &offer)],
+        None,
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+        }
+        other => panic!("a resume during a store outage answered {other:?}"),
+    }
+    proxy.set(Mode::Pass);
+    let (_ws, resumed) = reliable_connect(a.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["connectionId"], welcome["connectionId"]);
+    a.stop().await;
+    tables.delete().await;
+}

@@ -132,12 +132,17 @@ pub(crate) async fn resume(
             Err(RACE) if attempt < RESUME_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
             }
-            Err(RACE) => return Err("unknown"),
+            // Still racing (attempts of the client's that keep overlapping): it tries again.
+            Err(RACE) => return Err(UNAVAILABLE),
             other => return other,
         }
     }
-    Err("unknown")
+    Err(UNAVAILABLE)
 }
+
+/// The `reason` of a resume refused for a store error (internal): the handshake answers 503 and
+/// the client tries again with the same token, rather than losing its session to a store hiccup.
+pub(crate) const UNAVAILABLE: &str = "unavailable";
 
 /// How many times a resume that lost a race for its session's record looks again.
 const RESUME_ATTEMPTS: u32 = 4;
@@ -205,7 +210,7 @@ async fn resume_here(
         }
         Err(e) => {
             tracing::warn!(error = %e, "session token not stored; resume refused");
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     }
     let welcome = welcome(
@@ -267,7 +272,7 @@ async fn resume_from_elsewhere(
         Ok(None) => return Err("expired"),
         Err(e) => {
             tracing::warn!(error = %e, "session record not read; resume refused");
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     };
     let Some(session) = record.session.clone() else {
@@ -353,7 +358,7 @@ async fn resume_from_elsewhere(
         Err(e) => {
             tracing::warn!(error = %e, "session not taken over; resume refused");
             abandon(host);
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     }
     let fetched = fetch(
