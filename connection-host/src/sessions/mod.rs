@@ -285,6 +285,8 @@ async fn resume_from_elsewhere(
         &session.previous_token_hash,
     ) {
         tracing::info!(
+            session = %resume.connection_id,
+            owner = %record.owner_host,
             cause = "token does not match the record",
             "session not resumed"
         );
