@@ -1216,5 +1216,133 @@ async fn the_status_page_lists_the_cluster_hosts_and_a_lost_one() {
     )
     .await;
     assert_eq!(status_hosts(&a).await[0], both[0]);
+}
+
+#[tokio::test]
+async fn a_message_whose_host_died_mid_invocation_is_invoked_again_where_it_is_resent() {
+    let Some(tables) = TestTables::create("sessions_reclaim").await else {
+        return;
+    };
+    // The first invocation never answers in time (its host dies during it); later ones at once.
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = calls.clone();
+    let handler = Handler::start(move |e| {
+        if e["requestContext"]["eventType"] != "MESSAGE" {
+            return Reply::proxy(200, None);
+        }
+        let reply = Reply::proxy(200, Some("done"));
+        if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            reply.delayed(Duration::from_secs(60))
+        } else {
+            reply
+        }
+    })
+    .await;
+    let routes = format!(
+        r#"
+[extensions.sessions]
+enabled = true
+durability = "store"
+[routes."$default"]
+integration = "slow"
+two_way = true
+[integrations.slow]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    );
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"k1","d":"work"});
+    send_frame(&mut ws, message.clone()).await;
+    // A claimed the key and is invoking the route when it dies.
+    handler
+        .wait_for("the first invocation", |e| {
+            e["requestContext"]["idempotencyKey"] == "k1"
+        })
+        .await;
+    a.kill();
+    drop(ws);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    send_frame(&mut ws, message).await;
+    // Once the cluster judges A dead, B claims the key again and invokes it, with the same key.
+    let reply = next_message_within(&mut ws, Duration::from_secs(20)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("k1"), Some("done")),
+        "{reply}"
+    );
+    let keys: Vec<Value> = handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["eventType"] == "MESSAGE")
+        .map(|e| e["requestContext"]["idempotencyKey"].clone())
+        .collect();
+    assert_eq!(keys, vec![Value::from("k1"), Value::from("k1")]);
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_message_whose_key_cannot_be_claimed_is_refused_for_a_resend_then_invoked() {
+    let Some(tables) = TestTables::create("sessions_unclaimed").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut a = ClusterHost::start_via(&tables, &proxy.url, "a", "", &sessions("memory"));
+    let (mut ws, _) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"k1","d":"hi"});
+    proxy.set(Mode::Refuse);
+    send_frame(&mut ws, message.clone()).await;
+    let reply = next_message_within(&mut ws, Duration::from_secs(20)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    // Not invoked, and said so in a way the client resends on (not a lost `Internal server error`).
+    assert_eq!(reply["error"]["message"], "Service Unavailable", "{reply}");
+    proxy.set(Mode::Pass);
+    send_frame(&mut ws, message).await;
+    let reply = next_frame(&mut ws).await;
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("k1"), Some("echo:hi")),
+        "{reply}"
+    );
+    a.stop().await;
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_resume_during_a_store_outage_is_refused_for_a_retry_not_started_afresh() {
+    let Some(tables) = TestTables::create("sessions_outage").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut a = ClusterHost::start_via(&tables, &proxy.url, "a", "", &sessions("memory"));
+    let (ws, welcome) = reliable_connect(a.public, None).await;
+    drop(ws);
+    proxy.set(Mode::Refuse);
+    // The new token cannot be written: 503, so the client tries again with the token it holds,
+    // instead of a fresh session that would lose its connection ID and messages.
+    let offer = format!("ch-reliable.v1, {}", resume_offer(&welcome, 0));
+    let refused = try_connect(
+        a.public,
+        "/dev",
+        &[("Sec-WebSocket-Protocol", &offer)],
+        None,
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+        }
+        other => panic!("a resume during a store outage answered {other:?}"),
+    }
+    proxy.set(Mode::Pass);
+    let (_ws, resumed) = reliable_connect(a.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["connectionId"], welcome["connectionId"]);
+    a.stop().await;
     tables.delete().await;
 }

@@ -2,8 +2,8 @@
 //! is killed before `run` returns, so a failed start leaves nothing running.
 
 use connection_host::store::{
-    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
-    StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
+    StoreError, StoredFrame,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -85,7 +85,26 @@ impl ConnectionStore for RegistrationFails {
     async fn take_over(&self, _: &ConnectionRecord, _: &str, _: &str) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
-    async fn claim_key(&self, _: &str, _: &str, _: i64, _: i64) -> Result<KeyClaim, StoreError> {
+    async fn rotate_token(
+        &self,
+        _: &ConnectionRecord,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<bool, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn claim_key(&self, _: &str, _: &str, _: &Claim, _: i64) -> Result<KeyClaim, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn reclaim_key(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Claim,
+        _: &Claim,
+        _: i64,
+    ) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
     async fn complete_key(&self, _: &str, _: &str, _: &str, _: i64) -> Result<(), StoreError> {

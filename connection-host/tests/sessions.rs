@@ -575,9 +575,93 @@ async fn a_welcome_lost_in_a_drop_does_not_lose_the_session() {
     let (mut ws, again) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
     assert_eq!(again["recovered"], true, "{again}");
     assert_eq!(again["connectionId"], welcome["connectionId"]);
-    // Confirmed now: the first token stops working.
+    // Confirmed now (an acknowledgement shows the client read the welcome): the first token
+    // stops working.
+    send(&mut ws, json!({"t":"ack","s":0})).await;
     send(&mut ws, json!({"t":"ping"})).await;
     assert_eq!(frame(&mut ws).await["t"], "pong");
     let (_ws, replayed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
     assert_eq!(replayed["recovered"], false);
+}
+
+#[tokio::test]
+async fn an_attempt_the_client_gave_up_on_that_wins_late_does_not_lose_the_session() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].clone();
+    drop(ws);
+    // The client's first reconnect attempt stalls on its way (a slow network); it gives up on
+    // it and tries again with the same token, and that second attempt resumes.
+    let (mut second, resumed) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    // Then the first attempt arrives after all, and takes the session over: the client's
+    // connection is replaced (4001).
+    let (late, _) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    let (code, _) = expect_close(&mut second).await;
+    assert_eq!(code, 4001);
+    drop(late);
+    // The client resumes with the latest token it holds, the second attempt's: still its session.
+    let (mut ws, again) = reliable(&host, Some(&resume_offer(&resumed, 0))).await;
+    assert_eq!(
+        (again["recovered"].clone(), again["connectionId"].clone()),
+        (json!(true), id),
+        "{again}"
+    );
+    // Once the client shows it holds the newest token, the others stop working.
+    send(&mut ws, json!({"t":"ack","s":0})).await;
+    send(&mut ws, json!({"t":"ping"})).await;
+    assert_eq!(frame(&mut ws).await["t"], "pong");
+    for stale in [&welcome, &resumed] {
+        let (_ws, refused) = reliable(&host, Some(&resume_offer(stale, 0))).await;
+        assert_eq!(refused["recovered"], false, "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn a_ping_before_the_welcome_arrived_keeps_the_token_the_client_holds() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    drop(ws);
+    // A resume whose welcome has not reached the client yet (a slow network); the client pings
+    // it meanwhile, then gives up on it and resumes again with the token it holds.
+    let offer = format!("ch-reliable.v1, {}", resume_offer(&welcome, 0));
+    let (mut ws, _) = try_connect(
+        host.addr,
+        "/dev",
+        &[("Sec-WebSocket-Protocol", &offer)],
+        None,
+    )
+    .await
+    .unwrap();
+    send(&mut ws, json!({"t":"ping","id":"before-welcome"})).await;
+    // The welcome, then the pong: the ping was read before the connection goes.
+    assert_eq!(frame(&mut ws).await["t"], "welcome");
+    assert_eq!(frame(&mut ws).await["t"], "pong");
+    drop(ws);
+    let (mut ws, again) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(again["recovered"], true, "{again}");
+    // An acknowledgement shows the client read the welcome: the older token stops working.
+    send(&mut ws, json!({"t":"ack","s":0})).await;
+    send(&mut ws, json!({"t":"ping"})).await;
+    assert_eq!(frame(&mut ws).await["t"], "pong");
+    let (_ws, refused) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(refused["recovered"], false, "{refused}");
+}
+
+#[tokio::test]
+async fn many_lost_welcomes_in_a_row_do_not_lose_the_session() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (ws, welcome) = reliable(&host, None).await;
+    drop(ws);
+    // Resume after resume whose welcome never reaches the client (each connection drops first):
+    // the client keeps offering the token it holds.
+    for _ in 0..6 {
+        let (ws, _) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+        drop(ws);
+    }
+    let (_ws, again) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(again["recovered"], true, "{again}");
 }

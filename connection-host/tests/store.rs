@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use common::*;
 use connection_host::server::RunError;
 use connection_host::store::{
-    ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, SessionRecord,
+    Claim, ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, SessionRecord,
     StoreError, StoredFrame,
 };
 use serde_json::Value;
@@ -411,6 +411,56 @@ async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
     assert_eq!(batch, vec![with, detached]);
 }
 
+/// A new resume token replaces only the token it was issued against.
+async fn suite_rotate_token(store: &dyn ConnectionStore) {
+    let first = session_record("rotate", "host-1", "inc-1", "token-1");
+    store.put_connection(first.clone()).await.unwrap();
+    let by_one = session_record("rotate", "host-1", "inc-1", "token-2");
+    let by_other = session_record("rotate", "host-1", "inc-1", "token-3");
+    // Two resumes read token-1; the first to write wins, the other's write is refused.
+    assert!(
+        store
+            .rotate_token(&by_one, "host-1", "inc-1", "token-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_token(&by_other, "host-1", "inc-1", "token-1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_connection("rotate").await.unwrap(),
+        Some(by_one.clone())
+    );
+    // The owner is checked too.
+    assert!(
+        !store
+            .rotate_token(&by_other, "host-2", "inc-1", "token-2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .rotate_token(&by_other, "host-1", "inc-1", "token-2")
+            .await
+            .unwrap()
+    );
+    // A plain connection has no token to replace.
+    store
+        .put_connection(owned("rotate-plain", "host-1", "inc-1"))
+        .await
+        .unwrap();
+    let with_session = session_record("rotate-plain", "host-1", "inc-1", "token-1");
+    assert!(
+        !store
+            .rotate_token(&with_session, "host-1", "inc-1", "")
+            .await
+            .unwrap()
+    );
+}
+
 async fn suite_take_over(store: &dyn ConnectionStore) {
     let first = session_record("take", "host-1", "inc-1", "token-1");
     store.put_connection(first.clone()).await.unwrap();
@@ -505,28 +555,47 @@ async fn suite_take_over(store: &dyn ConnectionStore) {
     assert_eq!(store.get_connection("ghost").await.unwrap(), None);
 }
 
+/// A claim of host `host`'s first incarnation at `at`.
+fn claim(host: &str, at: i64) -> Claim {
+    Claim {
+        claimed_at: at,
+        host_id: host.to_string(),
+        incarnation: "inc-1".to_string(),
+    }
+}
+
 async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
     let now = now_ms();
     let expires = now + 60_000;
-    assert_eq!(
-        store.claim_key("conn-k", "k1", now, expires).await.unwrap(),
-        KeyClaim::Claimed
-    );
-    // A second attempt sees the first one's claim, with its time.
+    let first = claim("host-1", now);
     assert_eq!(
         store
-            .claim_key("conn-k", "k1", now + 10, expires + 10)
+            .claim_key("conn-k", "k1", &first, expires)
             .await
             .unwrap(),
-        KeyClaim::Pending { claimed_at: now }
+        KeyClaim::Claimed
+    );
+    // A second attempt sees the first one's claim: its time and its host.
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", &claim("host-2", now + 10), expires + 10)
+            .await
+            .unwrap(),
+        KeyClaim::Pending(first.clone())
     );
     // Keys are per key and per connection.
     assert_eq!(
-        store.claim_key("conn-k", "k2", now, expires).await.unwrap(),
+        store
+            .claim_key("conn-k", "k2", &first, expires)
+            .await
+            .unwrap(),
         KeyClaim::Claimed
     );
     assert_eq!(
-        store.claim_key("conn-l", "k1", now, expires).await.unwrap(),
+        store
+            .claim_key("conn-l", "k1", &first, expires)
+            .await
+            .unwrap(),
         KeyClaim::Claimed
     );
     let answer = r#"{"t":"reply","key":"k1","status":200,"body":"done"}"#;
@@ -541,26 +610,34 @@ async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
         .unwrap();
     assert_eq!(
         store
-            .claim_key("conn-k", "k1", now + 20, expires + 20)
+            .claim_key("conn-k", "k1", &claim("host-2", now + 20), expires + 20)
             .await
             .unwrap(),
         KeyClaim::Done(answer.to_string())
     );
     assert_eq!(
         store
-            .claim_key("conn-k", "k2", now + 20, expires + 20)
+            .claim_key("conn-k", "k2", &claim("host-2", now + 20), expires + 20)
             .await
             .unwrap(),
-        KeyClaim::Pending { claimed_at: now },
+        KeyClaim::Pending(first.clone()),
         "completing k1 leaves k2 pending"
+    );
+    // A completed key cannot be reclaimed.
+    assert!(
+        !store
+            .reclaim_key("conn-k", "k1", &first, &claim("host-2", now + 30), expires)
+            .await
+            .unwrap()
     );
 
     // Once expired, a done key and a pending one are free again, and the new claim holds.
     let later = expires + 1_000;
     for key in ["k1", "k2"] {
+        let again = claim("host-1", later);
         assert_eq!(
             store
-                .claim_key("conn-k", key, later, later + 60_000)
+                .claim_key("conn-k", key, &again, later + 60_000)
                 .await
                 .unwrap(),
             KeyClaim::Claimed,
@@ -568,13 +645,54 @@ async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
         );
         assert_eq!(
             store
-                .claim_key("conn-k", key, later + 1, later + 60_001)
+                .claim_key("conn-k", key, &claim("host-2", later + 1), later + 60_001)
                 .await
                 .unwrap(),
-            KeyClaim::Pending { claimed_at: later },
+            KeyClaim::Pending(again),
             "{key} claimed again"
         );
     }
+}
+
+/// A pending claim whose host died is taken over by exactly one attempt.
+async fn suite_reclaim_key(store: &dyn ConnectionStore) {
+    let now = now_ms();
+    let expires = now + 60_000;
+    let lost = claim("host-dead", now);
+    store
+        .claim_key("conn-r", "k", &lost, expires)
+        .await
+        .unwrap();
+    let (b, c) = (claim("host-b", now + 5), claim("host-c", now + 5));
+    assert!(
+        store
+            .reclaim_key("conn-r", "k", &lost, &b, expires)
+            .await
+            .unwrap(),
+        "the first reclaim wins"
+    );
+    assert!(
+        !store
+            .reclaim_key("conn-r", "k", &lost, &c, expires)
+            .await
+            .unwrap(),
+        "a second reclaim of the same lost claim loses"
+    );
+    assert_eq!(
+        store
+            .claim_key("conn-r", "k", &claim("host-c", now + 10), expires)
+            .await
+            .unwrap(),
+        KeyClaim::Pending(b),
+        "the key is claimed by the winner"
+    );
+    // A key never claimed cannot be reclaimed.
+    assert!(
+        !store
+            .reclaim_key("conn-r", "other", &lost, &c, expires)
+            .await
+            .unwrap()
+    );
 }
 
 async fn suite_append_frame_needs_ownership(store: &dyn ConnectionStore) {
@@ -754,7 +872,9 @@ shared_suite! {
     suite_host_liveness => host_liveness,
     suite_session_fields_round_trip => session_fields_round_trip,
     suite_take_over => take_over_replaces_only_the_expected_owner,
+    suite_rotate_token => rotate_token_replaces_only_the_expected_token,
     suite_idempotency_keys => idempotency_keys_claim_complete_expire,
+    suite_reclaim_key => a_lost_claim_is_reclaimed_once,
     suite_append_frame_needs_ownership => append_frame_needs_ownership,
     suite_frames_after => frames_after_reads_every_page_in_order,
 }
@@ -1012,7 +1132,7 @@ async fn dynamodb_session_items_stored_with_schema() {
     let now = now_ms();
     let expires = now / 1000 * 1000 + 60_500;
     store
-        .claim_key("sess", "key-1", now, expires)
+        .claim_key("sess", "key-1", &claim("host-2", now), expires)
         .await
         .unwrap();
     let item = get(
@@ -1022,6 +1142,8 @@ async fn dynamodb_session_items_stored_with_schema() {
     .await;
     assert_eq!(item["state"].as_s().unwrap(), "pending");
     assert_eq!(num(&item, "claimedAt"), now);
+    assert_eq!(item["claimHost"].as_s().unwrap(), "host-2");
+    assert_eq!(item["claimIncarnation"].as_s().unwrap(), "inc-1");
     assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
     assert!(!item.contains_key("answer"), "{item:?}");
     store
@@ -1041,7 +1163,7 @@ async fn dynamodb_session_items_stored_with_schema() {
             .claim_key(
                 "sess",
                 "key-1",
-                expires / 1000 * 1000 + 1000,
+                &claim("host-2", expires / 1000 * 1000 + 1000),
                 expires + 60_000
             )
             .await

@@ -4,12 +4,16 @@
 //! 0.5–3 s after it opens, and one host SIGKILLed mid-run.
 //!
 //! Many reliable clients (`connection-host-client`, `reliable(true)`) each send numbered
-//! messages `c{client}-{n}` to a two-way `$default` route whose handler echoes the body and counts
-//! its invocations per idempotency key, while the test posts numbered messages `p{client}-{n}` to
-//! each client's connection ID with the official SDK, through a host that is not killed (a post
-//! answered with an error is posted again after a short delay). At the end every message must
-//! have arrived exactly once and in order, both ways: the test fails on any loss, duplicate or
-//! reordering. The same scenario with plain clients runs after it, paced to last as long, and
+//! messages `c{client}-{n}` to a two-way `$default` route whose handler echoes the body, while the
+//! test posts numbered messages `p{client}-{n}` to each client's connection ID with the official
+//! SDK, through a host that is not killed (a post answered with an error is posted again after a
+//! short delay). The handler deduplicates on `requestContext.idempotencyKey`, as PROTOCOL.md asks
+//! of a handler whose effects must happen once, and records every invocation with the host that
+//! made it (each host has its own `api.domain_name`). At the end every message must have arrived
+//! exactly once and in order, both ways: the test fails on any loss, duplicate (an effect twice,
+//! or a reply twice) or reordering, and on any key invoked again without its host's death to
+//! explain it. A key invoked again after the host invoking it was killed is how PROTOCOL.md
+//! section 6 keeps such a message from being lost: it is counted and printed, not a failure. The same scenario with plain clients runs after it, paced to last as long, and
 //! prints its losses for contrast (it does not fail on them).
 //!
 //! Scale and knobs (environment variables):
@@ -23,8 +27,9 @@
 //! - `CHAOS_PLAIN=0` skips the plain run; `CHAOS_KILL=0` keeps host-c alive; `CHAOS_FAULTS`
 //!   (`reset=1,blackhole=1` by default, or `none`) picks the proxy's faults.
 //!
-//! Not run by `tests/run.sh` yet (`#[ignore]`, with the reason): it still finds losses and
-//! duplicates (connection-host/SESSIONS.md, "Known gaps"). Run it by hand:
+//! Not run by `tests/run.sh` yet (`#[ignore]`, with the reason): it still finds resumes that are
+//! not recovered, and on this 2-core machine shared with other builds the run outgrows its bound
+//! (connection-host/SESSIONS.md, "Known gaps"). Run it by hand:
 //! `DYNAMODB_TEST_ENDPOINT=http://127.0.0.1:PORT cargo test -p e2e-tests --test reliable_chaos -- --ignored`.
 //!
 //! The figures are written to stderr past the test harness's capture, so they show without
@@ -92,10 +97,11 @@ fn parse_numbered(text: &str, prefix: char) -> Option<(usize, u64)> {
 /// What the handler saw of the clients' messages.
 #[derive(Default)]
 struct Invocations {
-    /// Invocations per message body.
+    /// Effects per message body: invocations with a key not seen before (the handler dedupes on
+    /// `idempotencyKey`, as PROTOCOL.md asks of a handler), or without a key.
     by_body: HashMap<String, u32>,
-    /// Invocations per idempotency key.
-    by_key: HashMap<String, u32>,
+    /// Every invocation per idempotency key: which host invoked it (its `domainName`), and when.
+    by_key: HashMap<String, Vec<(String, Instant)>>,
     /// Per client, the number of each message's first invocation, in the order they came.
     first_order: HashMap<usize, Vec<u64>>,
     /// Keys whose counter (`<prefix>-<k>`) is not the message's number: the client submitted the
@@ -103,7 +109,9 @@ struct Invocations {
     keys_out_of_submission_order: u64,
 }
 
-/// The echo handler: a MESSAGE's body comes back as the reply; every invocation is counted.
+/// The echo handler: a MESSAGE's body comes back as the reply. It dedupes on the idempotency key
+/// as a real handler would (a key seen before has no second effect), and records every
+/// invocation.
 async fn echo_handler() -> (Handler, Arc<Mutex<Invocations>>) {
     let seen = Arc::new(Mutex::new(Invocations::default()));
     let recorder = seen.clone();
@@ -113,7 +121,19 @@ async fn echo_handler() -> (Handler, Arc<Mutex<Invocations>>) {
         }
         let body = e["body"].as_str().unwrap_or_default().to_string();
         let key = e["requestContext"]["idempotencyKey"].as_str();
+        let host = e["requestContext"]["domainName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut seen = recorder.lock().unwrap();
+        let repeated = key.is_some_and(|key| {
+            let invocations = seen.by_key.entry(key.to_string()).or_default();
+            invocations.push((host, Instant::now()));
+            invocations.len() > 1
+        });
+        if repeated {
+            return Reply::proxy(200, Some(&body));
+        }
         let count = seen.by_body.entry(body.clone()).or_default();
         *count += 1;
         let first = *count == 1;
@@ -121,20 +141,53 @@ async fn echo_handler() -> (Handler, Arc<Mutex<Invocations>>) {
             if first {
                 seen.first_order.entry(client).or_default().push(n);
             }
-            if let Some(key) = key {
-                *seen.by_key.entry(key.to_string()).or_default() += 1;
-                let counter = key
-                    .rsplit_once('-')
-                    .and_then(|(_, k)| k.parse::<u64>().ok());
-                if first && counter != Some(n) {
-                    seen.keys_out_of_submission_order += 1;
-                }
+            let counter = key
+                .and_then(|key| key.rsplit_once('-'))
+                .and_then(|(_, k)| k.parse::<u64>().ok());
+            if first && key.is_some() && counter != Some(n) {
+                seen.keys_out_of_submission_order += 1;
             }
         }
         Reply::proxy(200, Some(&body))
     })
     .await;
     (handler, seen)
+}
+
+/// Keys invoked more than once: `(after_death, unexplained)`, where an invocation again is
+/// explained when the one before it was on `killed` and it came after the kill (the host died
+/// mid-invocation, and the key was claimed again: PROTOCOL.md section 6).
+fn repeated_invocations(
+    invocations: &Invocations,
+    killed: &str,
+    kill: Option<Instant>,
+    examples: &mut Vec<String>,
+) -> (u64, u64) {
+    let (mut after_death, mut unexplained) = (0, 0);
+    for (key, calls) in &invocations.by_key {
+        if calls.len() < 2 {
+            continue;
+        }
+        let explained = calls.windows(2).all(|pair| {
+            let ((before, _), (_, at)) = (&pair[0], &pair[1]);
+            before == killed && kill.is_some_and(|kill| *at >= kill)
+        });
+        let hosts: Vec<&str> = calls.iter().map(|(h, _)| h.as_str()).collect();
+        if explained {
+            after_death += 1;
+            note(
+                examples,
+                format!("invoked again after its host's death: {key} on {hosts:?}"),
+            );
+        } else {
+            unexplained += 1;
+            note(
+                examples,
+                format!("invoked again without a host's death: {key} on {hosts:?}"),
+            );
+        }
+    }
+    (after_death, unexplained)
 }
 
 /// One host process and its addresses.
@@ -175,6 +228,9 @@ impl Cluster {
                 r#"[server]
 listen = "{public}"
 management_listen = "{management}"
+[api]
+# Tells the handler which host invoked it.
+domain_name = "{id}"
 [store]
 kind = "dynamodb"
 connections_table = "{connections}"
@@ -555,6 +611,11 @@ struct Figures {
     c2h_duplicated: u64,
     c2h_out_of_order_handler: u64,
     c2h_out_of_order_replies: u64,
+    /// Keys invoked again because their host died mid-invocation (the handler's dedup absorbs
+    /// them; not a failure).
+    c2h_invoked_again_after_death: u64,
+    /// Keys invoked again with no host death to explain it (a failure).
+    c2h_invoked_again_unexplained: u64,
     keys_out_of_submission_order: u64,
     h2c_received: u64,
     h2c_lost: u64,
@@ -584,6 +645,7 @@ impl Figures {
             + self.c2h_duplicated
             + self.c2h_out_of_order_handler
             + self.c2h_out_of_order_replies
+            + self.c2h_invoked_again_unexplained
             + self.h2c_lost
             + self.h2c_duplicated
             + self.h2c_out_of_order
@@ -640,6 +702,11 @@ impl Figures {
             self.reconnects, self.recovered, self.new_sessions, self.client_errors,
         );
         if self.reliable {
+            let _ = writeln!(
+                s,
+                "  keys invoked again: after their host's death {} (deduped by the handler), without one {}",
+                self.c2h_invoked_again_after_death, self.c2h_invoked_again_unexplained,
+            );
             let _ = writeln!(
                 s,
                 "  requests failed {:?}; keys out of submission order {}",
@@ -907,6 +974,8 @@ async fn run(
         c2h_duplicated: 0,
         c2h_out_of_order_handler: 0,
         c2h_out_of_order_replies: 0,
+        c2h_invoked_again_after_death: 0,
+        c2h_invoked_again_unexplained: 0,
         keys_out_of_submission_order: invocations.keys_out_of_submission_order,
         h2c_received: 0,
         h2c_lost: 0,
@@ -943,7 +1012,7 @@ async fn run(
                 note(
                     examples,
                     format!(
-                        "client→host lost: {body} invoked {count}×, request {:?}",
+                        "client→host lost: {body} took effect {count}×, request {:?}",
                         record.failed_requests.get(&n)
                     ),
                 );
@@ -952,7 +1021,9 @@ async fn run(
                 figures.c2h_duplicated += 1;
                 note(
                     examples,
-                    format!("client→host duplicated: {body} invoked {count}×"),
+                    format!(
+                        "client→host duplicated: {body} took effect {count}× (under different keys)"
+                    ),
                 );
             }
         }
@@ -1018,21 +1089,22 @@ async fn run(
         }
         figures.refused_sends += record.refused_sends;
     }
-    // Any key invoked twice is a duplicate the host let through (counted once per message above).
-    let twice = invocations.by_key.values().filter(|c| **c > 1).count();
-    if twice > 0 {
-        figures.examples.push(format!(
-            "{twice} idempotency keys were invoked more than once"
-        ));
-    }
+    let (after_death, unexplained) = repeated_invocations(
+        &invocations,
+        killed_id,
+        killed_at.map(|at| started + at),
+        &mut figures.examples,
+    );
+    figures.c2h_invoked_again_after_death = after_death;
+    figures.c2h_invoked_again_unexplained = unexplained;
     figures.session_events.sort();
     figures.gone_for_live_session.sort_by(|a, b| a.3.cmp(&b.3));
     Some(figures)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet zero: a host killed between claiming a message's key and invoking it, and \
-            overlapping reconnect attempts, still lose or repeat a few client messages \
+#[ignore = "not yet zero: resumes that are not recovered under load still make a few client \
+            messages run again in a new session, and a loaded machine outgrows the run's bound \
             (connection-host/SESSIONS.md, Known gaps); run it with --ignored"]
 async fn reliable_clients_lose_nothing_under_chaos_and_a_host_kill() {
     let test = "reliable_clients_lose_nothing_under_chaos_and_a_host_kill";

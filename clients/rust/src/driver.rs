@@ -39,6 +39,9 @@ const CLOSE_RESUME: u16 = 4000;
 const CLOSE_REPLACED: u16 = 4001;
 /// Acknowledge at once after this many unacknowledged frames (PROTOCOL.md section 5.2).
 const ACK_EVERY: u32 = 64;
+/// The error of a `reply` whose message was not invoked because the host could not claim its key
+/// (PROTOCOL.md section 6): the message is sent again, with the same key, after a delay.
+const NOT_INVOKED: &str = "Service Unavailable";
 /// How long a deliberate close waits for the host's Close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -64,6 +67,10 @@ struct Outgoing {
     /// Written to some connection at least once: the host may have it, so it can no longer be
     /// withdrawn.
     written: bool,
+    /// When to send it again, after a `Service Unavailable` reply.
+    resend_at: Option<Instant>,
+    /// `Service Unavailable` replies so far: the exponent of the delay before the next resend.
+    refusals: u32,
 }
 
 /// How a phase ended.
@@ -253,6 +260,7 @@ impl Driver {
             }
             loop {
                 let welcome_by = (!link.welcomed).then_some(up_since + options.connect_timeout);
+                let resend_at = self.outbox.iter().filter_map(|o| o.resend_at).min();
                 let step = tokio::select! {
                     frame = stream.next() => {
                         link.heard(&options);
@@ -284,6 +292,9 @@ impl Driver {
                     }
                     () = sleep_until(welcome_by.unwrap_or_else(never)), if welcome_by.is_some() => {
                         Err(lost("no welcome frame"))
+                    }
+                    () = sleep_until(resend_at.unwrap_or_else(never)), if resend_at.is_some() => {
+                        self.resend_due(&mut link).await
                     }
                 };
                 if let Err(o) = step {
@@ -367,6 +378,11 @@ impl Driver {
             } => {
                 if !self.in_order(s, link).await? {
                     return Ok(());
+                }
+                if error.as_ref().is_some_and(|e| e.message == NOT_INVOKED)
+                    && self.resend_later(&id)
+                {
+                    return self.note_sequenced(link).await;
                 }
                 let result = match error {
                     Some(e) => Err(Error::Reply {
@@ -521,6 +537,7 @@ impl Driver {
                 let text = ClientFrame::msg(&out.id, &out.message).to_json();
                 link.sink.feed(WsMessage::text(text)).await.map_err(lost)?;
                 out.written = true;
+                out.resend_at = None;
                 wrote = true;
             }
             if wrote {
@@ -537,6 +554,38 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Schedules message `id` to be sent again (the host did not invoke it), after the reconnect
+    /// backoff's delay for its number of refusals; `false` when the message is no longer held.
+    fn resend_later(&mut self, id: &str) -> bool {
+        let Some(out) = self.outbox.iter_mut().find(|o| o.id == id) else {
+            return false;
+        };
+        let delay = self.options.backoff.delay(out.refusals);
+        out.refusals = out.refusals.saturating_add(1);
+        out.resend_at = Some(Instant::now() + delay);
+        tracing::debug!(
+            id,
+            ?delay,
+            "message not invoked by the host; sending it again later"
+        );
+        true
+    }
+
+    /// Sends again the messages whose resend time has come.
+    async fn resend_due(&mut self, link: &mut Link) -> Result<(), Outcome> {
+        let now = Instant::now();
+        for out in self
+            .outbox
+            .iter_mut()
+            .filter(|o| o.resend_at.is_some_and(|at| at <= now))
+        {
+            let text = ClientFrame::msg(&out.id, &out.message).to_json();
+            link.sink.feed(WsMessage::text(text)).await.map_err(lost)?;
+            out.resend_at = None;
+        }
+        link.sink.flush().await.map_err(lost)
     }
 
     async fn answer(&mut self, id: &str, result: Result<Option<Message>, Error>) {
@@ -580,6 +629,8 @@ impl Driver {
             message,
             reply,
             written: false,
+            resend_at: None,
+            refusals: 0,
         });
         Ok(id)
     }

@@ -37,7 +37,8 @@ pub enum Error {
     /// The host answered the message with an error `reply` (PROTOCOL.md section 6): the message
     /// API Gateway's error frame would carry, such as `Forbidden` (no route matched),
     /// `Internal server error`, `Endpoint request timed out`, `Too Many Requests` (not invoked:
-    /// sending it again later invokes it) or `Outcome unknown`.
+    /// sending it again later invokes it) or `Outcome unknown`. `Service Unavailable` (not
+    /// invoked, the host's store failed) never comes out: the client sends the message again.
     #[error("the host answered message {id} with an error: {message}")]
     Reply {
         /// The message's idempotency key.

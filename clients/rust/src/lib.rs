@@ -5,7 +5,7 @@
 //! detects dead connections with heartbeats. With [`Options::reliable`] it speaks the
 //! `ch-reliable.v1` subprotocol (connection-host's `PROTOCOL.md`): a session survives drops and
 //! host failures, every message from the host arrives exactly once and in order, and every
-//! message to the host is invoked at most once per session and answered with a reply.
+//! message to the host is invoked once per session and answered with a reply.
 //!
 //! ```no_run
 //! use connection_host_client::{Client, Event, Options};
@@ -58,7 +58,9 @@
 //!   [`Options::ack_delay`] (200 ms) after a frame and at once every 64 frames.
 //! - Outgoing messages get an idempotency key `<random per-client prefix>-<counter>`. The client
 //!   keeps each one until its `reply` and sends every unanswered one again, in order, after every
-//!   reconnect; the host invokes a key at most once per session.
+//!   reconnect; the host invokes a key once per session (again, with the same key, only if the
+//!   host invoking it died), and a `Service Unavailable` reply (not invoked) makes it send the
+//!   message again after a delay.
 //! - **After a new session** (`recovered: false` following a drop), the client also sends the
 //!   unanswered messages again, with their original keys. The host's deduplication is per
 //!   session, so one that reached the old session may be invoked a second time: delivery is

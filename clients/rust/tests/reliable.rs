@@ -523,3 +523,28 @@ async fn a_resume_token_that_cannot_be_offered_is_not_kept() {
     let conn = host.accept().await;
     assert_eq!(conn.protocols, ["ch-reliable.v1"]);
 }
+
+#[tokio::test]
+async fn a_message_the_host_could_not_invoke_is_sent_again_with_its_key() {
+    let mut host = FakeHost::start(true).await;
+    let client = Client::connect(fast(&host.url).reliable(true));
+    let sender = client.sender();
+    let mut conn = host.accept().await;
+    conn.welcome("c1", "t1", false, 0).await;
+
+    let request = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.request("x").await }
+    });
+    let first = conn.next_of("msg").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    // The host's store failed: not invoked, try again.
+    conn.send_json(json!({"t": "reply", "s": 1, "id": id,
+        "error": {"message": "Service Unavailable", "requestId": "r-1"}}))
+        .await;
+    let again = conn.next_of("msg").await;
+    assert_eq!(again, first, "the same message, with the same key");
+    conn.send_json(json!({"t": "reply", "s": 2, "id": id, "d": "done"}))
+        .await;
+    assert_eq!(request.await.unwrap(), Ok(Some(text("done"))));
+}

@@ -269,6 +269,11 @@ impl Cluster {
         Ok(live)
     }
 
+    /// `cluster.host_timeout`: how long after its last heartbeat a host is judged dead.
+    pub fn host_timeout(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.host_timeout_ms).unwrap_or(0))
+    }
+
     /// Replaces the liveness view with a fresh listing of every host.
     pub fn refresh_view(&self, hosts: &[HostRecord]) {
         self.write_view(|view| {

@@ -476,8 +476,14 @@ fn envelope_in(
     ordered: &mut Option<UnboundedSender<super::reliable::Job>>,
 ) -> Option<Ending> {
     handle.touch(ids::now_ms());
-    crate::sessions::confirm_token(host, handle);
-    match envelope::parse(text.as_str(), host.config.extensions.binary_messages) {
+    let frame = envelope::parse(text.as_str(), host.config.extensions.binary_messages);
+    // An ack or a message shows that the client read this connection's welcome (PROTOCOL.md
+    // section 4), so it holds the new token; a ping does not (a client may ping a connection
+    // whose welcome has not reached it, and then resume with the token it had).
+    if matches!(frame, Ok(ClientFrame::Ack { .. } | ClientFrame::Msg { .. })) {
+        crate::sessions::confirm_token(host, handle);
+    }
+    match frame {
         Ok(ClientFrame::Ack { seq }) => {
             if !handle.ack(seq) {
                 let e = FrameError {

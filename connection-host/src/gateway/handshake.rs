@@ -224,6 +224,17 @@ async fn establish<S>(
                 .await;
                 return;
             }
+            Err(sessions::UNAVAILABLE) => {
+                // The session may well be there: the client tries again with the same token.
+                let _ = write_response(
+                    &mut stream,
+                    503,
+                    &[],
+                    b"{\"message\":\"Service Unavailable\"}",
+                )
+                .await;
+                return;
+            }
             Err(reason) => {
                 tracing::info!(reason, "session not resumed; starting a fresh one");
                 host.metrics.resumes_lost.increment(1);

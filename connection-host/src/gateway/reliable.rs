@@ -2,13 +2,14 @@
 //! idempotency key (claimed in the store, so across hosts too), and answered with a numbered
 //! `reply` that carries the route's response or the error API Gateway's frame would.
 
+use crate::cluster::Owner;
 use crate::events::{Event, EventKind};
 use crate::host::Host;
 use crate::ids;
 use crate::registry::ConnectionHandle;
 use crate::routing::table::Route;
 use crate::sessions::envelope::{self, Outcome, Payload};
-use crate::store::KeyClaim;
+use crate::store::{Claim, KeyClaim};
 use base64::Engine;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use tokio::sync::mpsc::UnboundedSender;
 /// A message's processing, queued for a connection's ordered messages.
 pub(super) type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// How much longer than the route's timeout a claimed key may stay pending before the attempt
-/// that claimed it counts as lost (its host died mid-invocation).
+/// How much longer than the route's timeout (and the cluster's `host_timeout`) a key claimed by a
+/// host that still seems alive may stay pending before its attempt counts as lost.
 const LOST_ATTEMPT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Starts processing a client's `msg`: concurrently, or after the connection's earlier messages
@@ -118,22 +119,25 @@ async fn process(
         host.metrics.throttled(crate::metrics::Throttle::Route);
         return reply(host, handle, &error("Too Many Requests", &request_id)).await;
     }
-    let now = ids::now_ms();
-    let expires = now + millis(host.config.extensions.sessions.dedup_window);
-    match claim(host, connection_id, &id, now, expires).await {
+    let mine = claim_now(host);
+    let expires = mine.claimed_at + millis(host.config.extensions.sessions.dedup_window);
+    match claim(host, connection_id, &id, &mine, expires).await {
         Ok(KeyClaim::Claimed) => {}
         Ok(KeyClaim::Done(answer)) => {
             tracing::debug!("message sent again; answered without invoking");
             host.metrics.idempotency_completed.increment(1);
             return reply(host, handle, &answer).await;
         }
-        Ok(KeyClaim::Pending { claimed_at }) => {
+        Ok(KeyClaim::Pending(other)) => {
             host.metrics.idempotency_pending.increment(1);
-            return await_other_attempt(host, handle, &id, claimed_at, route.timeout).await;
+            match await_other_attempt(host, handle, &id, other, route.timeout, expires).await {
+                Waited::Answered => return,
+                Waited::Reclaimed => {}
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "idempotency key not claimed; message not invoked");
-            return reply(host, handle, &error("Internal server error", &request_id)).await;
+            return reply(host, handle, &error(NOT_CLAIMED, &request_id)).await;
         }
     }
     let event = Event::new(
@@ -176,64 +180,137 @@ async fn process(
     reply(host, handle, &answer).await;
 }
 
-/// Claims `key`, trying again briefly while the store fails: a message answered
-/// `Internal server error` for a store hiccup would not be invoked at all.
+/// Claims `key`, trying again briefly while the store fails.
 async fn claim(
     host: &Host,
     connection_id: &str,
     key: &str,
-    now: i64,
+    mine: &Claim,
     expires: i64,
 ) -> Result<KeyClaim, crate::store::StoreError> {
     let mut delay = Duration::from_millis(100);
     for _ in 1..CLAIM_TRIES {
-        match host.store.claim_key(connection_id, key, now, expires).await {
+        match host
+            .store
+            .claim_key(connection_id, key, mine, expires)
+            .await
+        {
             Err(e) => tracing::debug!(error = %e, "idempotency key not claimed; trying again"),
             done => return done,
         }
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    host.store.claim_key(connection_id, key, now, expires).await
+    host.store
+        .claim_key(connection_id, key, mine, expires)
+        .await
 }
 
 /// How many times [`claim`] tries.
 const CLAIM_TRIES: u32 = 3;
 
+/// The error of a message whose key could not be claimed (the store failed): it was not
+/// invoked, and the client sends it again (PROTOCOL.md section 6).
+const NOT_CLAIMED: &str = "Service Unavailable";
+
+/// How [`await_other_attempt`] ended.
+enum Waited {
+    /// The other attempt's answer (or `Outcome unknown`) was sent.
+    Answered,
+    /// The other attempt's host died before completing it, and the key is claimed for this
+    /// attempt now: invoke it.
+    Reclaimed,
+}
+
 /// A key another attempt claimed (before a reconnect, perhaps on another host): waits for its
-/// answer and sends it; if the attempt seems lost (its host died), answers `Outcome unknown`.
+/// answer and sends it. If the cluster judges the other attempt's host dead before it completed,
+/// claims the key again (only one attempt wins) for this attempt to invoke; if the attempt's host
+/// seems alive but the attempt never completes, answers `Outcome unknown`.
 async fn await_other_attempt(
     host: &Host,
     handle: &ConnectionHandle,
     id: &str,
-    claimed_at: i64,
+    mut other: Claim,
     timeout: Duration,
-) {
+    expires: i64,
+) -> Waited {
     let connection_id = &handle.context.connection_id;
-    let give_up_at = claimed_at + millis(timeout + LOST_ATTEMPT_MARGIN);
+    // A host killed at the last moment of the invocation is judged dead `host_timeout` later.
+    let judged = host
+        .cluster
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.host_timeout());
     let mut delay = Duration::from_millis(50);
     loop {
         let now = ids::now_ms();
-        if now > give_up_at {
+        if claimer_gone(host, &other).await {
+            let reclaimed = host
+                .store
+                .reclaim_key(connection_id, id, &other, &claim_now(host), expires)
+                .await;
+            // Otherwise completed or reclaimed meanwhile (or a store error): the next read says.
+            if let Ok(true) = reclaimed {
+                tracing::warn!(
+                    lost_on = %other.host_id,
+                    "message's host died before completing it; invoking it again"
+                );
+                return Waited::Reclaimed;
+            }
+        } else if now > other.claimed_at + millis(timeout + judged + LOST_ATTEMPT_MARGIN) {
             tracing::warn!("message's earlier attempt did not complete; outcome unknown");
-            return reply(host, handle, &outcome_unknown(id)).await;
+            reply(host, handle, &outcome_unknown(id)).await;
+            return Waited::Answered;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
-        // A claim that is still pending is left as it is; only a completed one has an answer.
-        match host
+        let claimed = host
             .store
-            .claim_key(connection_id, id, now, give_up_at)
-            .await
-        {
-            Ok(KeyClaim::Done(answer)) => return reply(host, handle, &answer).await,
-            Ok(KeyClaim::Pending { .. }) | Err(_) => {}
-            // The claim expired meanwhile, and this call claimed the key: nothing will answer it.
-            Ok(KeyClaim::Claimed) => {
-                return reply(host, handle, &outcome_unknown(id)).await;
+            .claim_key(connection_id, id, &claim_now(host), expires)
+            .await;
+        match claimed {
+            Ok(KeyClaim::Done(answer)) => {
+                reply(host, handle, &answer).await;
+                return Waited::Answered;
             }
+            Ok(KeyClaim::Pending(claim)) => other = claim,
+            // The claim expired meanwhile (past the dedup window), and this call claimed the key.
+            Ok(KeyClaim::Claimed) => return Waited::Reclaimed,
+            Err(_) => {}
         }
     }
+}
+
+/// A claim of a key by this host, now.
+fn claim_now(host: &Host) -> Claim {
+    Claim {
+        claimed_at: ids::now_ms(),
+        host_id: host.identity.host_id.clone(),
+        incarnation: host.identity.incarnation.clone(),
+    }
+}
+
+/// Whether the host that made `claim` is gone: this host's previous run, or a host the cluster
+/// has judged dead (as for adopting its sessions). A claim without a host (written by an earlier
+/// version) is never judged.
+async fn claimer_gone(host: &Host, claim: &Claim) -> bool {
+    if claim.host_id.is_empty() {
+        return false;
+    }
+    if claim.host_id == host.identity.host_id {
+        return claim.incarnation != host.identity.incarnation;
+    }
+    let Some(cluster) = &host.cluster else {
+        return false;
+    };
+    let owner = Owner {
+        host_id: claim.host_id.clone(),
+        incarnation: claim.incarnation.clone(),
+        endpoint: String::new(),
+    };
+    matches!(
+        cluster.is_live(host.store.as_ref(), &owner).await,
+        Ok(false)
+    )
 }
 
 /// The answer to a key whose earlier attempt may or may not have invoked the route.

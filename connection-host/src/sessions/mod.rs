@@ -132,12 +132,17 @@ pub(crate) async fn resume(
             Err(RACE) if attempt < RESUME_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
             }
-            Err(RACE) => return Err("unknown"),
+            // Still racing (attempts of the client's that keep overlapping): it tries again.
+            Err(RACE) => return Err(UNAVAILABLE),
             other => return other,
         }
     }
-    Err("unknown")
+    Err(UNAVAILABLE)
 }
+
+/// The `reason` of a resume refused for a store error (internal): the handshake answers 503 and
+/// the client tries again with the same token, rather than losing its session to a store hiccup.
+pub(crate) const UNAVAILABLE: &str = "unavailable";
 
 /// How many times a resume that lost a race for its session's record looks again.
 const RESUME_ATTEMPTS: u32 = 4;
@@ -159,38 +164,53 @@ async fn resume_here(
         } else if s.principal != principal {
             Err("principal")
         } else {
-            Ok(())
+            Ok((
+                s.token_hash.clone(),
+                token::unconfirmed(
+                    &token::hash(&resume.token),
+                    &s.token_hash,
+                    &s.previous_token_hash,
+                ),
+            ))
         }
     });
-    if let Err(reason) = checked.unwrap_or(Err("unknown")) {
-        tracing::info!(
-            reason,
-            cause = "token or principal of the session held here",
-            "session not resumed"
-        );
-        return Err(reason);
-    }
+    let (current, unconfirmed) = match checked.unwrap_or(Err("unknown")) {
+        Ok(tokens) => tokens,
+        Err(reason) => {
+            tracing::info!(
+                reason,
+                cause = "token or principal of the session held here",
+                "session not resumed"
+            );
+            return Err(reason);
+        }
+    };
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
-    // finds it; the record must still be this host's.
-    let presented = token::hash(&resume.token);
-    let record = attached_record(host, &handle.context, &new_hash, &presented, principal);
+    // finds it; the record must still be this host's, with the token this resume replaces
+    // (another resume of the session, here or elsewhere, may have replaced it meanwhile).
+    let record = attached_record(host, &handle.context, &new_hash, &unconfirmed, principal);
     match host
         .store
-        .take_over(&record, &host.identity.host_id, &host.identity.incarnation)
+        .rotate_token(
+            &record,
+            &host.identity.host_id,
+            &host.identity.incarnation,
+            &current,
+        )
         .await
     {
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(
-                cause = "record no longer this host's",
+                cause = "record no longer this host's, or its token replaced",
                 "session not resumed"
             );
             return Err(RACE);
         }
         Err(e) => {
             tracing::warn!(error = %e, "session token not stored; resume refused");
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     }
     let welcome = welcome(
@@ -202,7 +222,7 @@ async fn resume_here(
         protocol,
         None,
     );
-    match handle.attach(resume.last_seq, new_hash, presented, welcome) {
+    match handle.attach(resume.last_seq, new_hash, unconfirmed, welcome) {
         Ok(attachment) => {
             // The frames after the client's last one are sent again on the new connection.
             let next = handle.session(|s| s.replay.next_seq()).unwrap_or(0);
@@ -258,7 +278,7 @@ async fn resume_from_elsewhere(
         Ok(None) => return Err("expired"),
         Err(e) => {
             tracing::warn!(error = %e, "session record not read; resume refused");
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     };
     let Some(session) = record.session.clone() else {
@@ -271,6 +291,8 @@ async fn resume_from_elsewhere(
         &session.previous_token_hash,
     ) {
         tracing::info!(
+            session = %resume.connection_id,
+            owner = %record.owner_host,
             cause = "token does not match the record",
             "session not resumed"
         );
@@ -304,8 +326,12 @@ async fn resume_from_elsewhere(
         principal.to_string(),
     );
     installing.installing = true;
-    let presented = token::hash(&resume.token);
-    installing.previous_token_hash = presented.clone();
+    let unconfirmed = token::unconfirmed(
+        &token::hash(&resume.token),
+        &session.token_hash,
+        &session.previous_token_hash,
+    );
+    installing.previous_token_hash = unconfirmed.clone();
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     // Registered first, so posts that reach this host once the record names it wait for the
     // session instead of being answered 410.
@@ -317,10 +343,15 @@ async fn resume_from_elsewhere(
         host.registry.remove_if_same(&resume.connection_id, &handle);
         handle.mark_closed();
     };
-    let taken = attached_record(host, &context, &new_hash, &presented, principal);
+    let taken = attached_record(host, &context, &new_hash, &unconfirmed, principal);
     match host
         .store
-        .take_over(&taken, &previous.host_id, &previous.incarnation)
+        .rotate_token(
+            &taken,
+            &previous.host_id,
+            &previous.incarnation,
+            &session.token_hash,
+        )
         .await
     {
         Ok(true) => {}
@@ -335,7 +366,7 @@ async fn resume_from_elsewhere(
         Err(e) => {
             tracing::warn!(error = %e, "session not taken over; resume refused");
             abandon(host);
-            return Err("unknown");
+            return Err(UNAVAILABLE);
         }
     }
     let fetched = fetch(
@@ -626,7 +657,14 @@ pub(crate) fn confirm_token(host: &Arc<Host>, handle: &Arc<ConnectionHandle>) {
     let tasks = host.tasks.clone();
     tasks.spawn(async move {
         let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
-        if let Err(e) = host.store.take_over(&record, me, incarnation).await {
+        // Only over the token it confirms: a resume since then keeps the tokens it accepts.
+        let token_hash = record.session.as_ref().map(|s| s.token_hash.clone());
+        let token_hash = token_hash.unwrap_or_default();
+        if let Err(e) = host
+            .store
+            .rotate_token(&record, me, incarnation, &token_hash)
+            .await
+        {
             tracing::debug!(error = %e, "confirmed token not written; the previous one lasts until the next resume");
         }
     });

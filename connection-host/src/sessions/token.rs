@@ -39,10 +39,34 @@ pub fn matches(token: &str, stored: &str) -> bool {
             == 0
 }
 
-/// Whether `token` is the session's current token (`current` hash) or the one it last resumed
-/// with (`previous`, empty when none).
+/// Whether `token` is the session's current token (`current` hash) or one of the tokens it still
+/// accepts besides (`previous`: space-separated hashes, empty when none; see [`unconfirmed`]).
 pub fn accepted(token: &str, current: &str, previous: &str) -> bool {
-    matches(token, current) || (!previous.is_empty() && matches(token, previous))
+    matches(token, current)
+        || previous
+            .split(' ')
+            .any(|h| !h.is_empty() && matches(token, h))
+}
+
+/// Most tokens a session accepts besides its current one.
+const MAX_UNCONFIRMED: usize = 4;
+
+/// The tokens a session accepts besides the one a resume issues now (space-separated hashes):
+/// the one the resume presented (`presented`, a hash), then every token the session accepted so
+/// far (the current one, `current`, first), because the client may hold any of them until it
+/// shows which (an `ack` or `msg` on a resumed connection). A client whose reconnect attempts
+/// overlap holds the token of the attempt it completed, while an attempt it gave up on can still
+/// resume the session after it, with the same older token: that must not cancel the token the
+/// client holds. At most [`MAX_UNCONFIRMED`], the presented one always among them.
+pub fn unconfirmed(presented: &str, current: &str, previous: &str) -> String {
+    let mut hashes: Vec<&str> = Vec::with_capacity(MAX_UNCONFIRMED);
+    let all = [presented, current].into_iter().chain(previous.split(' '));
+    for h in all {
+        if !h.is_empty() && !hashes.contains(&h) && hashes.len() < MAX_UNCONFIRMED {
+            hashes.push(h);
+        }
+    }
+    hashes.join(" ")
 }
 
 /// A resume asked for in the subprotocol offer.
@@ -132,6 +156,35 @@ mod tests {
                 last_seq: 42
             })
         );
+    }
+
+    #[test]
+    fn every_unconfirmed_token_stays_accepted_up_to_a_bound() {
+        let hashes: Vec<String> = (0..6).map(|i| hash(&format!("t{i}"))).collect();
+        // Resumes with overlapping attempts: each one's token joins those still accepted.
+        let mut previous = String::new();
+        for current in &hashes[..5] {
+            previous = unconfirmed(current, current, &previous);
+        }
+        let newest = &hashes[5];
+        for (i, token) in ["t4", "t3", "t2", "t1"].into_iter().enumerate() {
+            assert!(accepted(token, newest, &previous), "{token} ({i})");
+        }
+        assert!(
+            !accepted("t0", newest, &previous),
+            "the oldest beyond the bound"
+        );
+        assert!(accepted("t5", newest, &previous));
+        assert!(!accepted("t9", newest, &previous));
+        // A token presented again is not kept twice.
+        assert_eq!(unconfirmed(&hashes[1], &hashes[1], &hashes[1]), hashes[1]);
+        // The presented token stays, however many tokens were issued since (welcomes lost).
+        let presented = hash("held");
+        let mut previous = presented.clone();
+        for current in &hashes {
+            previous = unconfirmed(&presented, current, &previous);
+        }
+        assert!(accepted("held", newest, &previous));
     }
 
     #[test]

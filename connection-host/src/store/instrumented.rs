@@ -3,8 +3,8 @@
 //! DynamoDB operation the call makes (the first, for a call that makes several).
 
 use super::{
-    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
-    StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
+    StoreError, StoredFrame,
 };
 use crate::metrics::{Metrics, StoreOperation};
 use std::sync::Arc;
@@ -142,16 +142,46 @@ impl ConnectionStore for Instrumented {
         self.call(StoreOperation::PutItem, call).await
     }
 
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let call = self.inner.rotate_token(
+            record,
+            expected_host,
+            expected_incarnation,
+            expected_token_hash,
+        );
+        self.call(StoreOperation::PutItem, call).await
+    }
+
     async fn claim_key(
         &self,
         connection_id: &str,
         key: &str,
-        now_ms: i64,
+        claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<KeyClaim, StoreError> {
         let call = self
             .inner
-            .claim_key(connection_id, key, now_ms, expires_at_ms);
+            .claim_key(connection_id, key, claim, expires_at_ms);
+        self.call(StoreOperation::PutItem, call).await
+    }
+
+    async fn reclaim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        lost: &Claim,
+        claim: &Claim,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let call = self
+            .inner
+            .reclaim_key(connection_id, key, lost, claim, expires_at_ms);
         self.call(StoreOperation::PutItem, call).await
     }
 

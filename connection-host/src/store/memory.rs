@@ -1,8 +1,8 @@
 //! The embedded, in-process store.
 
 use super::{
-    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
-    StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
+    StoreError, StoredFrame,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -251,29 +251,76 @@ impl ConnectionStore for MemoryStore {
         }
     }
 
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.connections.get_mut(&record.connection_id) {
+            Some(existing)
+                if existing.owner_host == expected_host
+                    && existing.owner_incarnation == expected_incarnation
+                    && existing
+                        .session
+                        .as_ref()
+                        .is_some_and(|s| s.token_hash == expected_token_hash) =>
+            {
+                *existing = record.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn claim_key(
         &self,
         connection_id: &str,
         key: &str,
-        now_ms: i64,
+        claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<KeyClaim, StoreError> {
+        let now_ms = claim.claimed_at;
         let mut inner = self.lock();
         let keys = inner.keys.entry(connection_id.to_string()).or_default();
-        if let Some((claim, expires)) = keys.get(key)
+        if let Some((held, expires)) = keys.get(key)
             && *expires > now_ms
         {
             // Stored states are only `Pending` and `Done`.
-            return Ok(claim.clone());
+            return Ok(held.clone());
         }
         keys.insert(
             key.to_string(),
-            (KeyClaim::Pending { claimed_at: now_ms }, expires_at_ms),
+            (KeyClaim::Pending(claim.clone()), expires_at_ms),
         );
         if keys.len().is_multiple_of(SWEEP_AT) {
             keys.retain(|_, (_, expires)| *expires > now_ms);
         }
         Ok(KeyClaim::Claimed)
+    }
+
+    async fn reclaim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        lost: &Claim,
+        claim: &Claim,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let held = inner
+            .keys
+            .get_mut(connection_id)
+            .and_then(|keys| keys.get_mut(key));
+        match held {
+            Some(held) if held.0 == KeyClaim::Pending(lost.clone()) => {
+                *held = (KeyClaim::Pending(claim.clone()), expires_at_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn complete_key(

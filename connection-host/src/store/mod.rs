@@ -64,13 +64,22 @@ pub enum KeyClaim {
     /// The key was free and is now claimed by the caller: invoke, then
     /// [`ConnectionStore::complete_key`].
     Claimed,
-    /// Another attempt claimed it at this epoch-millisecond time and has not completed.
-    Pending {
-        /// When the other attempt claimed it.
-        claimed_at: i64,
-    },
+    /// Another attempt claimed it and has not completed.
+    Pending(Claim),
     /// An attempt completed with this answer (the `reply` frame without its sequence number).
     Done(String),
+}
+
+/// Who claimed an idempotency key, and when: a claim whose host the cluster has judged dead can
+/// be taken over ([`ConnectionStore::reclaim_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Epoch milliseconds of the claim.
+    pub claimed_at: i64,
+    /// `cluster.host_id` of the claiming host.
+    pub host_id: String,
+    /// The claiming host's incarnation.
+    pub incarnation: String,
 }
 
 /// A host's liveness record, rewritten every `cluster.heartbeat_interval`.
@@ -187,16 +196,38 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         expected_host: &str,
         expected_incarnation: &str,
     ) -> Result<bool, StoreError>;
-    /// Claims idempotency key `key` of a connection's session at `now_ms`, unless it is already
-    /// claimed (then says by whom and how far it got). The claim and its answer expire at
+    /// Like [`ConnectionStore::take_over`], and only if the stored session's current token is
+    /// still `expected_token_hash`: a new resume token replaces only the one it was issued
+    /// against, so that of two resumes racing for a session, the token the client got from the
+    /// one that won is the one the record keeps.
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError>;
+    /// Claims idempotency key `key` of a connection's session as `claim` says, unless it is
+    /// already claimed (then says by whom and how far it got). The claim and its answer expire at
     /// `expires_at_ms` (epoch milliseconds), after which the key is free again.
     async fn claim_key(
         &self,
         connection_id: &str,
         key: &str,
-        now_ms: i64,
+        claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<KeyClaim, StoreError>;
+    /// Replaces the pending claim `lost` of `key` (its host died before completing it) with
+    /// `claim`, atomically: `false`, and nothing written, when the key is no longer claimed by
+    /// `lost` (completed, or reclaimed by another attempt first).
+    async fn reclaim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        lost: &Claim,
+        claim: &Claim,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Records the answer of a claimed key (idempotent), keeping it until `expires_at_ms`.
     async fn complete_key(
         &self,

@@ -7,8 +7,8 @@ use super::codec::{
 use super::schema::{BY_CONNECTION_INDEX, BY_OWNER_INDEX, HOSTS_PARTITION};
 use super::{DynamoDbStore, is_conditional_failure, unavailable};
 use crate::store::{
-    ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage, StoreError,
-    StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
+    StoreError, StoredFrame,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -542,37 +542,34 @@ impl ConnectionStore for DynamoDbStore {
         expected_host: &str,
         expected_incarnation: &str,
     ) -> Result<bool, StoreError> {
-        let (owned, values) = owner_condition(expected_host, expected_incarnation);
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.tables.connections)
-            .set_item(Some(connection_item(
-                record,
-                self.expiry(record.connected_at / 1000),
-            )))
-            // An expired record is gone, as `get_connection` sees it: nothing to take over.
-            .condition_expression(format!("{owned} AND #ttl >= :now"))
-            .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":now", n(now_secs()));
-        for (placeholder, value) in values {
-            put = put.expression_attribute_values(placeholder, value);
-        }
-        // Memberships live in the groups table under the same connection ID: untouched.
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(unavailable("PutItem take_over", e)),
-        }
+        self.put_if_owned(record, expected_host, expected_incarnation, None)
+            .await
+    }
+
+    async fn rotate_token(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        expected_token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        self.put_if_owned(
+            record,
+            expected_host,
+            expected_incarnation,
+            Some(expected_token_hash),
+        )
+        .await
     }
 
     async fn claim_key(
         &self,
         connection_id: &str,
         key: &str,
-        now_ms: i64,
+        claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<KeyClaim, StoreError> {
+        let now_ms = claim.claimed_at;
         // A key is held while its ttl (whole seconds, rounded up) is after `now_ms`; TTL deletion
         // is late, so an item past its ttl is free although still there.
         let now = n(now_ms.div_euclid(1000));
@@ -581,15 +578,7 @@ impl ConnectionStore for DynamoDbStore {
         let claim_token = uuid::Uuid::new_v4().simple().to_string();
         for _ in 0..CLAIM_ATTEMPTS {
             let result = self
-                .client
-                .put_item()
-                .table_name(&self.tables.sessions)
-                .item("connectionId", s(connection_id))
-                .item("item", key_item(key))
-                .item("state", s("pending"))
-                .item("claimedAt", n(now_ms))
-                .item("claimToken", s(&claim_token))
-                .item("ttl", n(ttl_from_ms(expires_at_ms)))
+                .put_claim(connection_id, key, claim, &claim_token, expires_at_ms)
                 .condition_expression("attribute_not_exists(connectionId) OR #ttl <= :now")
                 .expression_attribute_names("#ttl", "ttl")
                 .expression_attribute_values(":now", now.clone())
@@ -600,19 +589,10 @@ impl ConnectionStore for DynamoDbStore {
                 Err(e) if is_conditional_failure(&e) => {}
                 Err(e) => return Err(unavailable("PutItem claim_key", e)),
             }
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.tables.sessions)
-                .key("connectionId", s(connection_id))
-                .key("item", key_item(key))
-                // The claim that beat ours may be milliseconds old.
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| unavailable("GetItem claim_key", e))?;
-            let held = out
-                .item
+            let held = self
+                .read_key(connection_id, key, "GetItem claim_key")
+                .await?;
+            let held = held
                 .filter(|item| get_n(item, "ttl").is_some_and(|ttl| ttl > now_ms.div_euclid(1000)));
             // Gone or expired between the two calls: claim again.
             let Some(item) = held else { continue };
@@ -624,15 +604,52 @@ impl ConnectionStore for DynamoDbStore {
             return Ok(
                 match (get_s(&item, "state").as_deref(), get_s(&item, "answer")) {
                     (Some("done"), Some(answer)) => KeyClaim::Done(answer),
-                    _ => KeyClaim::Pending {
+                    _ => KeyClaim::Pending(Claim {
                         claimed_at: get_n(&item, "claimedAt").unwrap_or_default(),
-                    },
+                        host_id: get_s(&item, "claimHost").unwrap_or_default(),
+                        incarnation: get_s(&item, "claimIncarnation").unwrap_or_default(),
+                    }),
                 },
             );
         }
         Err(StoreError::Unavailable(format!(
             "idempotency key {key} of {connection_id} kept changing over {CLAIM_ATTEMPTS} claims"
         )))
+    }
+
+    async fn reclaim_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        lost: &Claim,
+        claim: &Claim,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let claim_token = uuid::Uuid::new_v4().simple().to_string();
+        let result = self
+            .put_claim(connection_id, key, claim, &claim_token, expires_at_ms)
+            .condition_expression(
+                "#state = :pending AND claimedAt = :at AND claimHost = :host \
+                 AND claimIncarnation = :incarnation",
+            )
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":at", n(lost.claimed_at))
+            .expression_attribute_values(":host", s(&lost.host_id))
+            .expression_attribute_values(":incarnation", s(&lost.incarnation))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Our own put, retried by the SDK after its answer was lost, fails the condition too.
+            Err(e) if is_conditional_failure(&e) => Ok(self
+                .read_key(connection_id, key, "GetItem reclaim_key")
+                .await?
+                .is_some_and(|item| {
+                    get_s(&item, "claimToken").as_deref() == Some(claim_token.as_str())
+                })),
+            Err(e) => Err(unavailable("PutItem reclaim_key", e)),
+        }
     }
 
     async fn complete_key(
@@ -742,6 +759,88 @@ impl ConnectionStore for DynamoDbStore {
             if start.is_none() {
                 return Ok(frames);
             }
+        }
+    }
+}
+
+impl DynamoDbStore {
+    /// A put of `k#{key}` as pending under `claim`, to which the caller adds its condition.
+    fn put_claim(
+        &self,
+        connection_id: &str,
+        key: &str,
+        claim: &Claim,
+        claim_token: &str,
+        expires_at_ms: i64,
+    ) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+        self.client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .item("connectionId", s(connection_id))
+            .item("item", key_item(key))
+            .item("state", s("pending"))
+            .item("claimedAt", n(claim.claimed_at))
+            .item("claimHost", s(&claim.host_id))
+            .item("claimIncarnation", s(&claim.incarnation))
+            .item("claimToken", s(claim_token))
+            .item("ttl", n(ttl_from_ms(expires_at_ms)))
+    }
+
+    /// The item of an idempotency key, read strongly consistent (a claim may be milliseconds
+    /// old).
+    async fn read_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        operation: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("connectionId", s(connection_id))
+            .key("item", key_item(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(operation, e))?;
+        Ok(out.item)
+    }
+
+    /// `take_over`, and with `token_hash` `rotate_token` too: the put of `record` if the stored
+    /// one still names the expected owner (and session token).
+    async fn put_if_owned(
+        &self,
+        record: &ConnectionRecord,
+        expected_host: &str,
+        expected_incarnation: &str,
+        token_hash: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (mut owned, mut values) = owner_condition(expected_host, expected_incarnation);
+        if let Some(token_hash) = token_hash {
+            owned.push_str(" AND sessionTokenHash = :token");
+            values.push((":token", s(token_hash)));
+        }
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.tables.connections)
+            .set_item(Some(connection_item(
+                record,
+                self.expiry(record.connected_at / 1000),
+            )))
+            // An expired record is gone, as `get_connection` sees it: nothing to take over.
+            .condition_expression(format!("{owned} AND #ttl >= :now"))
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", n(now_secs()));
+        for (placeholder, value) in values {
+            put = put.expression_attribute_values(placeholder, value);
+        }
+        // Memberships live in the groups table under the same connection ID: untouched.
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem take_over", e)),
         }
     }
 }
