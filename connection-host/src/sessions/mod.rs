@@ -484,7 +484,7 @@ async fn adopt_if_gone(
     }
     // Every frame the store still keeps: the client's position is not known until it resumes.
     let mut kept = std::collections::BTreeMap::new();
-    let next = match fence(host, connection_id, 0, 1, &mut kept).await {
+    let next = match fence(host, connection_id, 0, 1, &mut kept, true).await {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
@@ -582,11 +582,14 @@ async fn fetch(
             // written yet; the store has the frames of a host that is gone.
             let mut frames = std::collections::BTreeMap::new();
             let mut at_least = last_seq + 1;
+            // A previous owner that handed the session over numbers nothing more: every frame
+            // it will still write is below `nextSeq`, so it needs no fence.
+            let fenced = handed.is_none();
             if let Some(handed) = handed {
                 at_least = at_least.max(handed.next_seq);
                 frames.extend(handed.frames.into_iter().map(|f| (f.s, f.f)));
             }
-            let next = fence(host, connection_id, last_seq, at_least, &mut frames)
+            let next = fence(host, connection_id, last_seq, at_least, &mut frames, fenced)
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %e, "session frames not read");
@@ -608,10 +611,11 @@ async fn fetch(
 /// wrote the number it wanted to fence, before it gives up.
 const FENCE_ROUNDS: u32 = 16;
 
-/// Fences a session this host has just taken over (its record names this host) against the
-/// previous owner's later writes, and reads the store's frames after `after` into `frames`
-/// (where they do not replace frames already there). Returns the sequence number of this host's
-/// first frame: the fence's, at least `at_least` and above every frame read.
+/// Reads the store's frames after `after` into `frames` (where they do not replace frames
+/// already there) for a session this host has just taken over (its record names this host), and
+/// with `fenced` fences it against the previous owner's later writes. Returns the sequence
+/// number of this host's first frame (the fence's): at least `at_least` and above every frame
+/// read.
 ///
 /// The previous owner writes its frames one at a time in sequence order, so its next write, if
 /// any, is at the number right after the last one this host read: the fence's. If the fence
@@ -623,6 +627,7 @@ async fn fence(
     after: u64,
     at_least: u64,
     frames: &mut std::collections::BTreeMap<u64, String>,
+    fenced: bool,
 ) -> Result<u64, StoreError> {
     let expires = frame_expiry(host);
     let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
@@ -634,10 +639,11 @@ async fn fence(
         let next = frames
             .last_key_value()
             .map_or(at_least, |(seq, _)| (seq + 1).max(at_least));
-        if host
-            .store
-            .fence_frames(connection_id, next, me, incarnation, expires)
-            .await?
+        if !fenced
+            || host
+                .store
+                .fence_frames(connection_id, next, me, incarnation, expires)
+                .await?
         {
             return Ok(next);
         }
