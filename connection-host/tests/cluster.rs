@@ -1154,6 +1154,65 @@ async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
 }
 
 #[tokio::test]
+async fn an_owner_fenced_out_of_its_session_lets_go_and_its_post_is_not_lost() {
+    let Some(tables) = TestTables::create("sessions_fenced").await else {
+        return;
+    };
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &sessions("store"));
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    post(&a, &id, "one").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (1, "one".into()));
+    // Another owner ("ghost", out of A's reach) takes the session over without a hand-over, and
+    // fences the number of its first frame, as a host resuming it would.
+    let store = &tables.store;
+    let record = store.get_connection(&id).await.unwrap().unwrap();
+    let taken = connection_host::store::ConnectionRecord {
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        ..record.clone()
+    };
+    assert!(
+        store
+            .take_over(&taken, &record.owner_host, &record.owner_incarnation)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .fence_frames(&id, 2, "ghost", "ghost-1", now_ms() + 600_000)
+            .await
+            .unwrap()
+    );
+    // A's next frame meets the fence: A lets go (its connection is told to go) and does not
+    // answer the post from the frame it could not write. The post goes where the record points;
+    // the ghost has no liveness record, so A takes the session in again from the store, and the
+    // post is kept there, answered 200.
+    post(&a, &id, "two").await.unwrap();
+    loop {
+        match futures_util::StreamExt::next(&mut ws).await {
+            Some(Ok(Message::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4001));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a close 4001, got {other:?}"),
+        }
+    }
+    let kept = store.frames_after(&id, 1).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].frame.contains("two"), "{kept:?}");
+    // The client resumes and gets the post once, after what it had.
+    let (mut ws, resumed) = reliable_connect(a.public, Some(&resume_offer(&welcome, 1))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    post(&a, &id, "three").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (3, "three".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_memory_session_whose_host_died_starts_afresh_and_says_why() {
     let Some(tables) = TestTables::create("sessions_lost").await else {
         return;
