@@ -1190,16 +1190,17 @@ async fn an_owner_fenced_out_of_its_session_lets_go_and_its_post_is_not_lost() {
     // the ghost has no liveness record, so A takes the session in again from the store, and the
     // post is kept there, answered 200.
     post(&a, &id, "two").await.unwrap();
-    loop {
-        match futures_util::StreamExt::next(&mut ws).await {
-            Some(Ok(Message::Close(frame))) => {
-                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4001));
-                break;
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws).await {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close 4001, got {other:?}"),
             }
-            Some(Ok(_)) => {}
-            other => panic!("expected a close 4001, got {other:?}"),
         }
-    }
+    })
+    .await;
+    assert_eq!(closed.expect("A lets go of the session"), Some(4001));
     let kept = store.frames_after(&id, 1).await.unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].frame.contains("two"), "{kept:?}");
