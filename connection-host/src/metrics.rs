@@ -182,19 +182,16 @@ pub enum StoreOperation {
     Query,
     /// `BatchGetItem`.
     BatchGetItem,
-    /// `TransactWriteItems`.
-    TransactWriteItems,
 }
 
 impl StoreOperation {
-    const ALL: [StoreOperation; 7] = [
+    const ALL: [StoreOperation; 6] = [
         StoreOperation::PutItem,
         StoreOperation::GetItem,
         StoreOperation::DeleteItem,
         StoreOperation::UpdateItem,
         StoreOperation::Query,
         StoreOperation::BatchGetItem,
-        StoreOperation::TransactWriteItems,
     ];
 
     fn label(self) -> &'static str {
@@ -205,7 +202,6 @@ impl StoreOperation {
             StoreOperation::UpdateItem => "UpdateItem",
             StoreOperation::Query => "Query",
             StoreOperation::BatchGetItem => "BatchGetItem",
-            StoreOperation::TransactWriteItems => "TransactWriteItems",
         }
     }
 }
@@ -325,8 +321,8 @@ pub struct Metrics {
     /// `connection_host_heartbeat_closes`.
     pub heartbeat_closes: Counter,
     closes: [Counter; CLOSE_CODES.len() + 1],
-    store_calls: [[Counter; 2]; 7],
-    store_latency: [Histogram; 7],
+    store_calls: [[Counter; 2]; 6],
+    store_latency: [Histogram; 6],
     /// `connection_host_cluster_forwards{outcome="ok"}`.
     pub forwards_ok: Counter,
     /// `connection_host_cluster_forwards{outcome="error"}`.

@@ -111,6 +111,34 @@ pub struct Session {
     /// Woken when an installing session becomes ready (separate from the queue's wakeup, which
     /// only the connection's task may take).
     ready: Arc<Notify>,
+    /// Store writes (`durability = "store"`): every frame numbered here waits in `unstored` until
+    /// it is written, and they are written one at a time, in sequence order, under `writes`.
+    /// That order is what lets a host that takes the session over fence this one out with a
+    /// single item (STORE.md, "Frames and fences").
+    pub store: Option<StoreWrites>,
+}
+
+/// A store-durable session's frames on their way to the store (see [`Session::store`]).
+#[derive(Debug, Default)]
+pub struct StoreWrites {
+    /// Numbered frames not yet written, in sequence order.
+    unstored: VecDeque<(u64, Utf8Bytes)>,
+    /// Held by whoever is writing the session's frames.
+    writes: Arc<tokio::sync::Mutex<()>>,
+    /// A write found its number taken by another host: the session is no longer this host's.
+    fenced: bool,
+}
+
+/// The next frame a store-durable session must write, as [`ConnectionHandle::next_unstored`]
+/// finds it.
+#[derive(Debug, PartialEq)]
+pub enum Unstored {
+    /// Every frame up to the one asked about is written.
+    Done,
+    /// Write this one first.
+    Next(u64, Utf8Bytes),
+    /// Another host took the session over: nothing more is written from here.
+    Fenced,
 }
 
 impl Session {
@@ -130,6 +158,7 @@ impl Session {
             moved: false,
             adopted_posts: std::collections::HashSet::new(),
             ready: Arc::new(Notify::new()),
+            store: None,
         }
     }
 }
@@ -368,7 +397,12 @@ impl ConnectionHandle {
                 return Err(PostError::NotReady);
             }
             match session.replay.push(if unbounded { 0 } else { len }, build) {
-                Ok(numbered) => numbered,
+                Ok(numbered) => {
+                    if let Some(store) = &mut session.store {
+                        store.unstored.push_back(numbered.clone());
+                    }
+                    numbered
+                }
                 Err(_) => {
                     if session.attachment.is_none() {
                         session.overflowed = true;
@@ -384,10 +418,66 @@ impl ConnectionHandle {
     /// Takes back the session's frame `seq` if nothing was numbered after it and no connection was
     /// given it (see [`Replay::retract`]).
     pub fn retract(&self, seq: u64) -> bool {
+        let mut q = self.lock();
+        let Some(session) = q.session.as_deref_mut() else {
+            return false;
+        };
+        if !session.replay.retract(seq) {
+            return false;
+        }
+        if let Some(store) = &mut session.store
+            && store.unstored.back().is_some_and(|(last, _)| *last == seq)
+        {
+            store.unstored.pop_back();
+        }
+        true
+    }
+
+    /// The lock that orders a store-durable session's writes; `None` for any other connection.
+    pub fn store_writes(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
         self.lock()
             .session
-            .as_deref_mut()
-            .is_some_and(|s| s.replay.retract(seq))
+            .as_deref()
+            .and_then(|s| s.store.as_ref())
+            .map(|w| w.writes.clone())
+    }
+
+    /// What must be written before frame `seq` of a store-durable session counts as written
+    /// (call with [`store_writes`](Self::store_writes) held).
+    pub fn next_unstored(&self, seq: u64) -> Unstored {
+        let q = self.lock();
+        match q.session.as_deref().and_then(|s| s.store.as_ref()) {
+            Some(store) if store.fenced => Unstored::Fenced,
+            Some(store) => match store.unstored.front() {
+                Some((first, frame)) if *first <= seq => Unstored::Next(*first, frame.clone()),
+                _ => Unstored::Done,
+            },
+            None => Unstored::Done,
+        }
+    }
+
+    /// Frame `seq`, the first unstored one, is written.
+    pub fn stored(&self, seq: u64) {
+        let mut q = self.lock();
+        if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut())
+            && store
+                .unstored
+                .front()
+                .is_some_and(|(first, _)| *first == seq)
+        {
+            store.unstored.pop_front();
+        }
+    }
+
+    /// A write found its number taken: another host owns the session now. Nothing more is
+    /// written from here, and the frames not written are dropped (their posts are answered by
+    /// the new owner).
+    pub fn fenced(&self) {
+        let mut q = self.lock();
+        if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut()) {
+            store.fenced = true;
+            store.unstored.clear();
+        }
     }
 
     /// The client sent a frame on its resumed connection, so it has the current token: the one
@@ -605,9 +695,9 @@ impl Registry {
 
     /// Removes `handle` from the registry if it is still the one registered under
     /// `connection_id` (a session that moved here again has a new handle); true if removed.
-    pub fn remove_if_same(&self, connection_id: &str, handle: &Arc<ConnectionHandle>) -> bool {
+    pub fn remove_if_same(&self, connection_id: &str, handle: &ConnectionHandle) -> bool {
         self.map
-            .remove_if(connection_id, |_, h| Arc::ptr_eq(h, handle))
+            .remove_if(connection_id, |_, h| std::ptr::eq(h.as_ref(), handle))
             .is_some()
     }
 
@@ -655,6 +745,39 @@ mod tests {
         );
         assert!(matches!(h.pop(), Some(Outbound::Text(_))));
         assert!(matches!(h.pop(), Some(Outbound::Close { code: 1000, .. })));
+    }
+
+    #[test]
+    fn a_store_durable_session_writes_its_frames_in_order_until_fenced() {
+        let mut session = Session::new(Replay::new(1000), String::new(), String::new());
+        session.store = Some(StoreWrites::default());
+        let h = ConnectionHandle::with_session(testing::connection(), session);
+        let first = h.post_session(b"one", None).unwrap();
+        let second = h.post_reply("answer").unwrap();
+        let third = h.post_session(b"three", None).unwrap();
+        // Frame 2's post writes frame 1 first: the store never has a gap below a frame.
+        assert_eq!(h.next_unstored(2), Unstored::Next(1, first.1));
+        h.stored(1);
+        assert_eq!(h.next_unstored(2), Unstored::Next(2, second.1));
+        h.stored(2);
+        assert_eq!(h.next_unstored(2), Unstored::Done);
+        // A frame taken back is not written.
+        assert!(h.retract(3));
+        assert_eq!(h.next_unstored(3), Unstored::Done);
+        let again = h.post_session(b"three again", None).unwrap();
+        assert_eq!(again.0, third.0);
+        assert_eq!(h.next_unstored(3), Unstored::Next(3, again.1));
+        // Fenced out: nothing more is written, whatever was waiting.
+        h.fenced();
+        assert_eq!(h.next_unstored(3), Unstored::Fenced);
+        // A session with memory durability writes nothing.
+        let plain = ConnectionHandle::with_session(
+            testing::connection(),
+            Session::new(Replay::new(1000), String::new(), String::new()),
+        );
+        plain.post_session(b"x", None).unwrap();
+        assert!(plain.store_writes().is_none());
+        assert_eq!(plain.next_unstored(1), Unstored::Done);
     }
 
     #[test]

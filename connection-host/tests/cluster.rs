@@ -1089,6 +1089,131 @@ async fn a_store_durable_session_survives_its_host_being_killed() {
 }
 
 #[tokio::test]
+async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
+    let Some(tables) = TestTables::create("sessions_fence").await else {
+        return;
+    };
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &sessions("store"));
+    // A session whose owner, "ghost", is still writing frames but cannot be reached for a
+    // hand-over (its endpoint refuses connections).
+    let id = "Zm9yRmVuY2luZ3Q=";
+    // A token as the host issues them: the ID without its `=`, a dot, 43 characters of secret.
+    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let store = &tables.store;
+    let record = connection_host::store::ConnectionRecord {
+        connection_id: id.into(),
+        connected_at: now_ms(),
+        source_ip: "127.0.0.1".into(),
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        session: Some(Box::new(connection_host::store::SessionRecord {
+            token_hash,
+            detached_at: now_ms(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    store.put_connection(record).await.unwrap();
+    let frame = |seq: u64, data: &str| connection_host::store::StoredFrame {
+        seq,
+        frame: serde_json::json!({"t":"msg","s":seq,"d":data}).to_string(),
+    };
+    let expires = now_ms() + 600_000;
+    for (seq, data) in [(1, "one"), (2, "two")] {
+        assert!(
+            store
+                .append_frame(id, "ghost", "ghost-1", &frame(seq, data), expires)
+                .await
+                .unwrap()
+        );
+    }
+    // The client resumes on B: B takes the record, cannot reach the ghost, reads the frames from
+    // the store and fences the number of its own first frame.
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": token }), 0);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&offer)).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(msg(&next_frame(&mut ws).await), (1, "one".into()));
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    // The ghost's next frame comes after B's read: it is refused (the ghost learns it lost the
+    // session, and would not answer its post 200), and never reaches the store.
+    assert!(
+        !store
+            .append_frame(id, "ghost", "ghost-1", &frame(3, "late"), expires)
+            .await
+            .unwrap()
+    );
+    // B's own first frame takes that number.
+    post(&b, id, "three").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (3, "three".into()));
+    let kept = store.frames_after(id, 2).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].frame.contains("three"), "{kept:?}");
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn an_owner_fenced_out_of_its_session_lets_go_and_its_post_is_not_lost() {
+    let Some(tables) = TestTables::create("sessions_fenced").await else {
+        return;
+    };
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &sessions("store"));
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    post(&a, &id, "one").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (1, "one".into()));
+    // Another owner ("ghost", out of A's reach) takes the session over without a hand-over, and
+    // fences the number of its first frame, as a host resuming it would.
+    let store = &tables.store;
+    let record = store.get_connection(&id).await.unwrap().unwrap();
+    let taken = connection_host::store::ConnectionRecord {
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        ..record.clone()
+    };
+    assert!(
+        store
+            .take_over(&taken, &record.owner_host, &record.owner_incarnation)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .fence_frames(&id, 2, "ghost", "ghost-1", now_ms() + 600_000)
+            .await
+            .unwrap()
+    );
+    // A's next frame meets the fence: A lets go (its connection is told to go) and does not
+    // answer the post from the frame it could not write. The post goes where the record points;
+    // the ghost has no liveness record, so A takes the session in again from the store, and the
+    // post is kept there, answered 200.
+    post(&a, &id, "two").await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws).await {
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close 4001, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed.expect("A lets go of the session"), Some(4001));
+    let kept = store.frames_after(&id, 1).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].frame.contains("two"), "{kept:?}");
+    // The client resumes and gets the post once, after what it had.
+    let (mut ws, resumed) = reliable_connect(a.public, Some(&resume_offer(&welcome, 1))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    post(&a, &id, "three").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (3, "three".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_memory_session_whose_host_died_starts_afresh_and_says_why() {
     let Some(tables) = TestTables::create("sessions_lost").await else {
         return;

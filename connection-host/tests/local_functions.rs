@@ -120,6 +120,16 @@ impl ConnectionStore for RegistrationFails {
     ) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
+    async fn fence_frames(
+        &self,
+        _: &str,
+        _: u64,
+        _: &str,
+        _: &str,
+        _: i64,
+    ) -> Result<bool, StoreError> {
+        Err(unreachable_store())
+    }
     async fn frames_after(&self, _: &str, _: u64) -> Result<Vec<StoredFrame>, StoreError> {
         Err(unreachable_store())
     }

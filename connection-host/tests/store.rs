@@ -695,54 +695,94 @@ async fn suite_reclaim_key(store: &dyn ConnectionStore) {
     );
 }
 
-async fn suite_append_frame_needs_ownership(store: &dyn ConnectionStore) {
+async fn suite_frames_fence_the_previous_owner(store: &dyn ConnectionStore) {
     let expires = now_ms() + 60_000;
-    let frame = |seq: u64| StoredFrame {
+    let frame = |seq: u64, by: &str| StoredFrame {
         seq,
-        frame: format!(r#"{{"t":"msg","seq":{seq},"body":"f{seq}"}}"#),
+        frame: format!(r#"{{"t":"msg","s":{seq},"d":"{by}"}}"#),
     };
-    // No record: nobody owns the session.
-    assert!(
-        !store
-            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
+    let append = |seq: u64, host: &'static str, by: &'static str| {
+        let f = frame(seq, by);
+        async move {
+            store
+                .append_frame("fenced", host, "inc-1", &f, expires)
+                .await
+                .unwrap()
+        }
+    };
+    let fence = |seq: u64, host: &'static str| async move {
+        store
+            .fence_frames("fenced", seq, host, "inc-1", expires)
             .await
             .unwrap()
+    };
+    // host-1 holds the session; a retried write of its own frame succeeds.
+    assert!(append(1, "host-1", "a").await);
+    assert!(append(2, "host-1", "a").await);
+    assert!(append(2, "host-1", "a").await);
+    // host-2 takes it over and fences the number after the last frame it read.
+    assert!(fence(3, "host-2").await);
+    // The race fenced against: the old owner's next write comes after the new owner's read. Its
+    // number is the fence's, so it fails (the old owner learns it lost the session) and is not
+    // kept; the fence is not read as a frame.
+    assert!(!append(3, "host-1", "late").await);
+    assert_eq!(
+        store.frames_after("fenced", 0).await.unwrap(),
+        vec![frame(1, "a"), frame(2, "a")]
     );
+    // The new owner's first frame replaces its own fence (again when retried).
+    assert!(append(3, "host-2", "b").await);
+    assert!(append(3, "host-2", "b").await);
+    // The other order: the old owner's write lands before the fence, which then fails, so the new
+    // owner reads the frame (and delivers it) and fences the next number.
+    assert!(append(4, "host-1", "late").await);
+    assert!(!fence(4, "host-3").await);
+    assert_eq!(
+        store.frames_after("fenced", 3).await.unwrap(),
+        vec![frame(4, "late")]
+    );
+    assert!(fence(5, "host-3").await);
+    assert!(!append(5, "host-2", "late").await);
+    // A fence replaces an earlier owner's fence (a session taken over again before its owner
+    // wrote a frame), which then stops that owner too.
+    assert!(fence(5, "host-4").await);
+    assert!(!append(5, "host-3", "late").await);
+    assert!(append(5, "host-4", "d").await);
+    // A fence never replaces a frame, not even one of its own writer.
+    assert!(!fence(5, "host-4").await);
+    // The fence is one number: a writer that skipped it would not be stopped, which is why a host
+    // writes its frames one at a time, in order, without gaps.
+    assert!(append(7, "host-3", "skipped").await);
+    // An expired item takes no number.
     store
-        .put_connection(session_record("own", "host-1", "inc-1", "t1"))
+        .append_frame(
+            "fenced",
+            "host-1",
+            "inc-1",
+            &frame(8, "old"),
+            now_ms() - 2_000,
+        )
         .await
         .unwrap();
-    assert!(
-        store
-            .append_frame("own", "host-1", "inc-1", &frame(1), expires)
-            .await
-            .unwrap()
-    );
-    // A restarted incarnation of the same host is not the owner.
-    assert!(
-        !store
-            .append_frame("own", "host-1", "inc-2", &frame(2), expires)
-            .await
-            .unwrap()
-    );
-    let moved = session_record("own", "host-2", "inc-1", "t2");
-    assert!(store.take_over(&moved, "host-1", "inc-1").await.unwrap());
-    // The old owner's frame after the take-over is refused and not kept.
-    assert!(
-        !store
-            .append_frame("own", "host-1", "inc-1", &frame(2), expires)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .append_frame("own", "host-2", "inc-1", &frame(3), expires)
-            .await
-            .unwrap()
-    );
+    assert!(append(8, "host-4", "d").await);
     assert_eq!(
-        store.frames_after("own", 0).await.unwrap(),
-        vec![frame(1), frame(3)]
+        store
+            .frames_after("fenced", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| (f.seq, f.frame.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "a"),
+            (2, "a"),
+            (3, "b"),
+            (4, "late"),
+            (5, "d"),
+            (7, "skipped"),
+            (8, "d")
+        ]
+        .map(|(seq, by)| (seq, frame(seq, by).frame))
     );
 }
 
@@ -875,7 +915,7 @@ shared_suite! {
     suite_rotate_token => rotate_token_replaces_only_the_expected_token,
     suite_idempotency_keys => idempotency_keys_claim_complete_expire,
     suite_reclaim_key => a_lost_claim_is_reclaimed_once,
-    suite_append_frame_needs_ownership => append_frame_needs_ownership,
+    suite_frames_fence_the_previous_owner => frames_fence_the_previous_owner,
     suite_frames_after => frames_after_reads_every_page_in_order,
 }
 
@@ -1186,6 +1226,7 @@ async fn dynamodb_session_items_stored_with_schema() {
     )
     .await;
     assert_eq!(item["frame"].as_s().unwrap(), &big_frame(7).frame);
+    assert_eq!(item["writer"].as_s().unwrap(), "inc-2#host-2");
     assert_eq!(num(&item, "ttl"), expires / 1000 + 1);
     let first_page = client
         .query()

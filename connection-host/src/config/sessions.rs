@@ -46,6 +46,6 @@ pub enum Durability {
     /// The owning host's memory: one store write per session event, none per message.
     #[default]
     Memory,
-    /// The store too, before PostToConnection answers: a two-item transaction per message.
+    /// The store too, before PostToConnection answers: one conditional write per message.
     Store,
 }

@@ -329,8 +329,8 @@ fn outcome_unknown(id: &str) -> String {
 /// message again after its resume and gets the stored answer.
 async fn reply(host: &Host, handle: &ConnectionHandle, answer: &str) {
     match handle.post_reply(answer) {
-        Ok(frame) => {
-            let _ = crate::sessions::keep(host, handle, &frame).await;
+        Ok((seq, _)) => {
+            let _ = crate::sessions::keep(host, handle, seq).await;
         }
         Err(e) => tracing::debug!(error = ?e, "reply not queued"),
     }

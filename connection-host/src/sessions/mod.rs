@@ -22,12 +22,13 @@ use crate::config::Durability;
 use crate::events::ConnectionContext;
 use crate::host::Host;
 use crate::ids;
-use crate::registry::{AttachError, Attachment, ConnectionHandle, PostError, Session};
-use crate::store::{SessionRecord, StoredFrame};
+use crate::registry::{
+    AttachError, Attachment, ConnectionHandle, PostError, Session, StoreWrites, Unstored,
+};
+use crate::store::{SessionRecord, StoreError, StoredFrame};
 use replay::Replay;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How long a post waits for a session being taken over by this host to become ready.
 const INSTALL_WAIT: Duration = Duration::from_secs(10);
@@ -56,12 +57,21 @@ pub(crate) fn start(
         detached_at: 0,
     };
     let limit = host.config.extensions.sessions.session_buffer_bytes;
-    let session = Session::new(Replay::new(limit), token_hash, principal);
+    let session = new_session(host, Replay::new(limit), token_hash, principal);
     (
         ConnectionHandle::with_session(context, session),
         record,
         token,
     )
+}
+
+/// A session's state, with its frames' way to the store when `durability = "store"`.
+fn new_session(host: &Host, replay: Replay, token_hash: String, principal: String) -> Session {
+    let mut session = Session::new(replay, token_hash, principal);
+    if host.config.extensions.sessions.durability == Durability::Store {
+        session.store = Some(StoreWrites::default());
+    }
+    session
 }
 
 /// The `welcome` frame for a connection of the session `connection_id`.
@@ -320,7 +330,8 @@ async fn resume_from_elsewhere(
         ..context.clone()
     });
     let (new_token, new_hash) = token::issue(&resume.connection_id);
-    let mut installing = Session::new(
+    let mut installing = new_session(
+        host,
         Replay::new(sessions.session_buffer_bytes),
         new_hash.clone(),
         principal.to_string(),
@@ -482,7 +493,8 @@ async fn adopt_if_gone(
         api_id: host.config.api.api_id.as_str().into(),
         authorizer: record.authorizer.clone(),
     });
-    let mut installing = Session::new(
+    let mut installing = new_session(
+        host,
         Replay::new(sessions.session_buffer_bytes),
         session.token_hash.clone(),
         session.principal.clone(),
@@ -508,21 +520,37 @@ async fn adopt_if_gone(
         return Err(no());
     }
     // Every frame the store still keeps: the client's position is not known until it resumes.
-    let frames = match host.store.frames_after(connection_id, 0).await {
-        Ok(frames) => frames,
+    let mut kept = std::collections::BTreeMap::new();
+    let next = match fence(host, connection_id, 0, 1, &mut kept, true).await {
+        Ok(next) => next,
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
             abandon();
             return Err(no());
         }
     };
-    let acked = frames.first().map_or(0, |f| f.seq - 1);
+    let frames: Vec<StoredFrame> = kept
+        .into_iter()
+        .map(|(seq, frame)| StoredFrame { seq, frame })
+        .collect();
+    let acked = frames.first().map_or(next - 1, |f| f.seq - 1);
     let posts = frames
         .iter()
         .filter_map(|f| envelope::post_id_of(&f.frame))
         .collect();
     handle.session(|s| s.adopted_posts = posts);
     let replay = Replay::resumed(sessions.session_buffer_bytes, acked, frames);
+    if replay.next_seq() != next {
+        // A gap: the frames after it could not be replayed in order, and this host's own would
+        // collide with them.
+        tracing::warn!(
+            got = replay.next_seq(),
+            expected = next,
+            "adopted session's frames have a gap; it ends"
+        );
+        abandon();
+        return Err(no());
+    }
     let detach = handle.install_detached(replay, now);
     tracing::info!(from = %record.owner_host, "adopted a session whose host is gone");
     let window = sessions.resume_window;
@@ -587,24 +615,23 @@ async fn fetch(
             if handed.as_ref().is_some_and(|h| h.overflowed) {
                 return Err("overflow");
             }
-            let stored = host
-                .store
-                .frames_after(connection_id, last_seq)
+            // The previous owner's memory has every frame it numbered, including any it has not
+            // written yet; the store has the frames of a host that is gone.
+            let mut frames = std::collections::BTreeMap::new();
+            let mut at_least = last_seq + 1;
+            // A previous owner that handed the session over numbers nothing more: every frame
+            // it will still write is below `nextSeq`, so it needs no fence.
+            let fenced = handed.is_none();
+            if let Some(handed) = handed {
+                at_least = at_least.max(handed.next_seq);
+                frames.extend(handed.frames.into_iter().map(|f| (f.s, f.f)));
+            }
+            let next = fence(host, connection_id, last_seq, at_least, &mut frames, fenced)
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %e, "session frames not read");
                     "lost"
                 })?;
-            // The previous owner's memory has every frame it numbered, including any whose write
-            // to the store this host's take-over refused; the store has the frames of a host
-            // that is gone.
-            let mut frames: std::collections::BTreeMap<u64, String> =
-                stored.into_iter().map(|f| (f.seq, f.frame)).collect();
-            let mut next = frames.last_key_value().map_or(last_seq + 1, |(s, _)| s + 1);
-            if let Some(handed) = handed {
-                next = next.max(handed.next_seq);
-                frames.extend(handed.frames.into_iter().map(|f| (f.s, f.f)));
-            }
             if last_seq >= next {
                 return Err("sequence");
             }
@@ -615,6 +642,60 @@ async fn fetch(
             complete(limit, last_seq, frames, next)
         }
     }
+}
+
+/// How many times a host taking a session over reads the frames again when the previous owner
+/// wrote the number it wanted to fence, before it gives up.
+const FENCE_ROUNDS: u32 = 16;
+
+/// Reads the store's frames after `after` into `frames` (where they do not replace frames
+/// already there) for a session this host has just taken over (its record names this host), and
+/// with `fenced` fences it against the previous owner's later writes. Returns the sequence
+/// number of this host's first frame (the fence's): at least `at_least` and above every frame
+/// read.
+///
+/// The previous owner writes its frames one at a time in sequence order, so its next write, if
+/// any, is at the number right after the last one this host read: the fence's. If the fence
+/// lands first, that write fails and the previous owner knows it lost the session; if the write
+/// lands first, the fence fails, and this host reads again and fences the next number.
+async fn fence(
+    host: &Host,
+    connection_id: &str,
+    after: u64,
+    at_least: u64,
+    frames: &mut std::collections::BTreeMap<u64, String>,
+    fenced: bool,
+) -> Result<u64, StoreError> {
+    let expires = frame_expiry(host);
+    let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
+    let mut read_after = after;
+    for _ in 0..FENCE_ROUNDS {
+        for f in host.store.frames_after(connection_id, read_after).await? {
+            frames.entry(f.seq).or_insert(f.frame);
+        }
+        let next = frames
+            .last_key_value()
+            .map_or(at_least, |(seq, _)| (seq + 1).max(at_least));
+        if !fenced
+            || host
+                .store
+                .fence_frames(connection_id, next, me, incarnation, expires)
+                .await?
+        {
+            return Ok(next);
+        }
+        read_after = next - 1;
+    }
+    Err(StoreError::Unavailable(format!(
+        "the previous owner of {connection_id} kept writing over {FENCE_ROUNDS} fences"
+    )))
+}
+
+/// When a frame (or fence) written now expires: the longest a session can last, plus its window.
+fn frame_expiry(host: &Host) -> i64 {
+    let lifetime =
+        host.config.limits.max_connection_duration + host.config.extensions.sessions.resume_window;
+    ids::now_ms() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 /// The replay of a taken-over session, if `frames` are every frame from `last_seq + 1` to
@@ -753,52 +834,72 @@ pub(crate) async fn post(
             other => break other?,
         }
     };
-    match keep(host, handle, &frame).await {
+    match keep(host, handle, frame.0).await {
         // Not kept by the store: refused (503) if it can still be taken back; a frame already on
         // its way to the client (or with others numbered after it) stays, answered 200, kept in
-        // this host's memory only.
+        // this host's memory and written before the next frame.
         Err(PostError::Unavailable) if handle.retract(frame.0) => Err(PostError::Unavailable),
         Err(PostError::Unavailable) => Ok(()),
+        // Another host took the session over without a handover, and fenced this one out: the
+        // frame is not delivered from here; the post goes to the new owner.
         other => other,
     }
 }
 
-/// With `durability = "store"`, writes a numbered frame to the store (conditional on this host
-/// still owning the session); otherwise nothing to do.
+/// With `durability = "store"`, writes the session's frames up to `seq` to the store, one at a
+/// time in sequence order (earlier frames that are not written yet first); otherwise nothing to
+/// do. [`PostError::Moved`] when another host took the session over and fenced this one out
+/// (the session is let go of here); [`PostError::Unavailable`] when the store failed (the frames
+/// stay to be written by the next call).
 pub(crate) async fn keep(
     host: &Host,
     handle: &ConnectionHandle,
-    (seq, frame): &(u64, Utf8Bytes),
+    seq: u64,
 ) -> Result<(), PostError> {
-    let sessions = &host.config.extensions.sessions;
-    if sessions.durability != Durability::Store {
+    let Some(writes) = handle.store_writes() else {
         return Ok(());
-    }
-    let frame = StoredFrame {
-        seq: *seq,
-        frame: frame.as_str().to_string(),
     };
-    let lifetime = host.config.limits.max_connection_duration + sessions.resume_window;
-    let expires = ids::now_ms() + i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
-    match host
-        .store
-        .append_frame(
-            &handle.context.connection_id,
-            &host.identity.host_id,
-            &host.identity.incarnation,
-            &frame,
-            expires,
-        )
-        .await
-    {
-        Ok(true) => Ok(()),
-        // Another host took the session over before the frame was written: it gets the frame
-        // from this host's memory when it asks for the session (a frame is numbered only while
-        // the session is still here), so the frame is not posted again.
-        Ok(false) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, "session frame not written to the store");
-            Err(PostError::Unavailable)
+    let _writing = writes.lock().await;
+    let connection_id = &handle.context.connection_id;
+    loop {
+        let (next, frame) = match handle.next_unstored(seq) {
+            Unstored::Done => return Ok(()),
+            Unstored::Fenced => return Err(PostError::Moved),
+            Unstored::Next(next, frame) => (next, frame),
+        };
+        let frame = StoredFrame {
+            seq: next,
+            frame: frame.as_str().to_string(),
+        };
+        match host
+            .store
+            .append_frame(
+                connection_id,
+                &host.identity.host_id,
+                &host.identity.incarnation,
+                &frame,
+                frame_expiry(host),
+            )
+            .await
+        {
+            Ok(true) => handle.stored(next),
+            Ok(false) => {
+                tracing::info!(
+                    connection_id,
+                    seq = next,
+                    "session frame's number taken by the session's new owner; letting go"
+                );
+                handle.fenced();
+                // As if handed over: the connection still attached here (if any) is told to go,
+                // and later posts look the owner up again.
+                handle.hand_over(u64::MAX);
+                host.registry.remove_if_same(connection_id, handle);
+                return Err(PostError::Moved);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session frame not written to the store");
+                return Err(PostError::Unavailable);
+            }
         }
     }
 }

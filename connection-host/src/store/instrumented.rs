@@ -213,7 +213,25 @@ impl ConnectionStore for Instrumented {
             frame,
             expires_at_ms,
         );
-        self.call(StoreOperation::TransactWriteItems, call).await
+        self.call(StoreOperation::PutItem, call).await
+    }
+
+    async fn fence_frames(
+        &self,
+        connection_id: &str,
+        seq: u64,
+        owner_host: &str,
+        owner_incarnation: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let call = self.inner.fence_frames(
+            connection_id,
+            seq,
+            owner_host,
+            owner_incarnation,
+            expires_at_ms,
+        );
+        self.call(StoreOperation::PutItem, call).await
     }
 
     async fn frames_after(

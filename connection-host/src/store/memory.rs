@@ -21,8 +21,45 @@ struct Inner {
     hosts: HashMap<String, HostRecord>,
     /// Idempotency keys per connection: the key's state and when it expires.
     keys: HashMap<String, HashMap<String, (KeyClaim, i64)>>,
-    /// Kept frames per connection, by sequence number, with when they expire.
-    frames: HashMap<String, BTreeMap<u64, (String, i64)>>,
+    /// Kept frames and fences per connection, by sequence number.
+    frames: HashMap<String, BTreeMap<u64, FrameItem>>,
+}
+
+/// What a sequence number of a session holds.
+#[derive(Debug)]
+struct FrameItem {
+    /// The frame; `None` for a fence.
+    frame: Option<String>,
+    /// Who wrote it: host and incarnation.
+    writer: (String, String),
+    /// When it expires (epoch milliseconds).
+    expires: i64,
+}
+
+impl Inner {
+    /// Writes `item` under `seq` if `free` says the item there (if any, and not expired) may be
+    /// replaced.
+    fn put_frame_item(
+        &mut self,
+        connection_id: &str,
+        seq: u64,
+        item: FrameItem,
+        free: impl FnOnce(&FrameItem) -> bool,
+    ) -> bool {
+        let now = crate::ids::now_ms();
+        let frames = self.frames.entry(connection_id.to_string()).or_default();
+        if let Some(existing) = frames.get(&seq)
+            && existing.expires > now
+            && !free(existing)
+        {
+            return false;
+        }
+        frames.insert(seq, item);
+        if frames.len().is_multiple_of(SWEEP_AT) {
+            frames.retain(|_, item| item.expires > now);
+        }
+        true
+    }
 }
 
 /// Every time a connection's keys or frames reach a multiple of this many, the expired ones are
@@ -349,20 +386,38 @@ impl ConnectionStore for MemoryStore {
         frame: &StoredFrame,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let owned = inner.connections.get(connection_id).is_some_and(|r| {
-            r.owner_host == owner_host && r.owner_incarnation == owner_incarnation
-        });
-        if !owned {
-            return Ok(false);
-        }
-        let frames = inner.frames.entry(connection_id.to_string()).or_default();
-        frames.insert(frame.seq, (frame.frame.clone(), expires_at_ms));
-        if frames.len().is_multiple_of(SWEEP_AT) {
-            let now = crate::ids::now_ms();
-            frames.retain(|_, (_, expires)| *expires > now);
-        }
-        Ok(true)
+        let writer = (owner_host.to_string(), owner_incarnation.to_string());
+        let item = FrameItem {
+            frame: Some(frame.frame.clone()),
+            writer: writer.clone(),
+            expires: expires_at_ms,
+        };
+        // As on DynamoDB: only the writer's own item (frame or fence) may be replaced.
+        Ok(self
+            .lock()
+            .put_frame_item(connection_id, frame.seq, item, |existing| {
+                existing.writer == writer
+            }))
+    }
+
+    async fn fence_frames(
+        &self,
+        connection_id: &str,
+        seq: u64,
+        owner_host: &str,
+        owner_incarnation: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let item = FrameItem {
+            frame: None,
+            writer: (owner_host.to_string(), owner_incarnation.to_string()),
+            expires: expires_at_ms,
+        };
+        Ok(self
+            .lock()
+            .put_frame_item(connection_id, seq, item, |existing| {
+                existing.frame.is_none()
+            }))
     }
 
     async fn frames_after(
@@ -377,10 +432,12 @@ impl ConnectionStore for MemoryStore {
         };
         Ok(frames
             .range(after_seq.saturating_add(1)..)
-            .filter(|(_, (_, expires))| *expires > now)
-            .map(|(seq, (frame, _))| StoredFrame {
-                seq: *seq,
-                frame: frame.clone(),
+            .filter(|(_, item)| item.expires > now)
+            .filter_map(|(seq, item)| {
+                Some(StoredFrame {
+                    seq: *seq,
+                    frame: item.frame.clone()?,
+                })
             })
             .collect())
     }

@@ -236,15 +236,32 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         answer: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Keeps `frame` for replay, atomically with a check that the connection's record still
-    /// names `owner_host` and `owner_incarnation` (`durability = "store"`): `false`, and nothing
-    /// written, when another host has taken the session over. Expires at `expires_at_ms`.
+    /// Keeps `frame` for replay under its sequence number (`durability = "store"`), written by
+    /// `owner_host`/`owner_incarnation`, unless that number is taken by another writer: a frame
+    /// another host wrote, or a fence ([`fence_frames`](Self::fence_frames)) a new owner of the
+    /// session put there. `false`, and nothing written, in that case: the writer has lost the
+    /// session. Rewriting its own frame (a retried write) succeeds. Expires at `expires_at_ms`;
+    /// an expired item takes no number.
     async fn append_frame(
         &self,
         connection_id: &str,
         owner_host: &str,
         owner_incarnation: &str,
         frame: &StoredFrame,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Takes sequence number `seq` of a connection's session for `owner_host`/`owner_incarnation`
+    /// without a frame, so that nobody else's [`append_frame`](Self::append_frame) can write it:
+    /// a host taking a session over puts it at the number its first frame will have (see
+    /// SESSIONS.md, STORE.md). `false` when a frame already has that number; another fence there
+    /// is replaced. The fence itself is never read back as a frame; the owner's own frame
+    /// replaces it.
+    async fn fence_frames(
+        &self,
+        connection_id: &str,
+        seq: u64,
+        owner_host: &str,
+        owner_incarnation: &str,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError>;
     /// The kept frames of a connection with sequence numbers above `after_seq`, in order (read

@@ -10,12 +10,7 @@ use crate::store::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
     StoreError, StoredFrame,
 };
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, DeleteRequest, KeysAndAttributes, Put, TransactWriteItem,
-    WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,18 +50,10 @@ fn owner_condition(host: &str, incarnation: &str) -> (String, Vec<(&'static str,
     (clauses.join(" AND "), values)
 }
 
-/// Whether a `TransactWriteItems` call was cancelled because a condition failed (as opposed to a
-/// conflict with another transaction, throttling or a refused item).
-fn transaction_condition_failed(
-    e: &SdkError<TransactWriteItemsError, impl std::fmt::Debug>,
-) -> bool {
-    match e.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
-            .cancellation_reasons()
-            .iter()
-            .any(|r| r.code() == Some("ConditionalCheckFailed")),
-        _ => false,
-    }
+/// The `writer` attribute of a frame or fence: the writing host's incarnation and ID. An
+/// incarnation is a random ID without `#`, so the split is unambiguous.
+fn writer(host: &str, incarnation: &str) -> String {
+    format!("{incarnation}#{host}")
 }
 
 impl DynamoDbStore {
@@ -682,38 +669,61 @@ impl ConnectionStore for DynamoDbStore {
         frame: &StoredFrame,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (owned, values) = owner_condition(owner_host, owner_incarnation);
-        let mut check = ConditionCheck::builder()
-            .table_name(&self.tables.connections)
-            .key("connectionId", s(connection_id))
-            .condition_expression(owned);
-        for (placeholder, value) in values {
-            check = check.expression_attribute_values(placeholder, value);
-        }
-        let check = check
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("TransactWriteItems request: {e}")))?;
-        let put = Put::builder()
+        // One conditional put: the sequence number is the fence (STORE.md, "Frames and fences").
+        // The writer's own item may be replaced, so a retried put that had landed succeeds.
+        let result = self
+            .client
+            .put_item()
             .table_name(&self.tables.sessions)
             .item("connectionId", s(connection_id))
             .item("item", s(&frame_item(frame.seq)))
             .item("frame", s(&frame.frame))
+            .item("writer", s(&writer(owner_host, owner_incarnation)))
             .item("ttl", n(ttl_from_ms(expires_at_ms)))
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("TransactWriteItems request: {e}")))?;
-        // One transaction, so a host that lost the session to another cannot slip a frame in
-        // after the take-over (the new owner reads the frames right after it).
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(check).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
+            .condition_expression(
+                "attribute_not_exists(connectionId) OR writer = :writer OR #ttl <= :now",
+            )
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":writer", s(&writer(owner_host, owner_incarnation)))
+            .expression_attribute_values(":now", n(now_secs()))
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if transaction_condition_failed(&e) => Ok(false),
-            Err(e) => Err(unavailable("TransactWriteItems append_frame", e)),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem append_frame", e)),
+        }
+    }
+
+    async fn fence_frames(
+        &self,
+        connection_id: &str,
+        seq: u64,
+        owner_host: &str,
+        owner_incarnation: &str,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        // Anything but a frame may be replaced: nothing, an expired item, an earlier fence (this
+        // one, if the put is retried).
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .item("connectionId", s(connection_id))
+            .item("item", s(&frame_item(seq)))
+            .item("writer", s(&writer(owner_host, owner_incarnation)))
+            .item("ttl", n(ttl_from_ms(expires_at_ms)))
+            .condition_expression(
+                "attribute_not_exists(connectionId) OR attribute_not_exists(frame) OR #ttl <= :now",
+            )
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", n(now_secs()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem fence_frames", e)),
         }
     }
 
