@@ -29,7 +29,7 @@
 //!                                                 |   connection ends, reliable sessions
 //! 2      store integration local_lambda           | adapters: each has from_config and its own error
 //!        authorizer limits tls registry           |   type
-//!        cluster template access_keys             |
+//!        cluster template access_keys access_log  |
 //! 1      config                                   | plain data: serde types, defaults, doc comments
 //! 0      ids events routing authorizer::identity  | formats and parsers, no I/O (routing: the route
 //!        sigv4 peer_auth sessions::envelope       |   expressions; the reliable subprotocol's
@@ -48,6 +48,7 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod access_keys;
+pub(crate) mod access_log;
 pub(crate) mod authorizer;
 pub(crate) mod cluster;
 pub mod config;

@@ -4,6 +4,7 @@
 //! (`CONNECTION_HOST_` + the field path with `__` between levels, e.g.
 //! `CONNECTION_HOST_LIMITS__IDLE_TIMEOUT=5m`), then command-line flags.
 
+mod access_log;
 mod api;
 mod functions;
 mod limits;
@@ -16,6 +17,7 @@ mod store;
 mod tests;
 mod validate;
 
+pub use access_log::*;
 pub use api::*;
 pub use functions::*;
 pub use limits::*;
@@ -73,6 +75,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The `@connections` management API (and the Lambda Invoke API beside it).
     pub management: ManagementConfig,
+    /// Access log lines per connection event.
+    pub access_log: AccessLogConfig,
     /// Where the template-defined settings came from; not part of the file format.
     #[serde(skip)]
     pub provenance: Provenance,

@@ -131,6 +131,7 @@ async fn process(
     let event = Event::new(
         route.key.clone(),
         request_id,
+        handle.context.event_trace_id(),
         handle.context.clone(),
         EventKind::Message {
             message_id: ids::new_id(),
