@@ -314,3 +314,37 @@ args = ["-c", '''{TRACE_REPORTER}''']
     let generated = next_text_within(&mut other, std::time::Duration::from_secs(30)).await;
     assert!(is_generated_trace(&generated), "{generated}");
 }
+
+#[tokio::test]
+async fn the_lambda_invoke_api_receives_the_trace_header() {
+    let (url, seen) = recording_handler().await;
+    // The recording handler answers any path, the Invoke API's included.
+    let endpoint = url.trim_end_matches("/events");
+    let config = format!(
+        r#"
+[routes.hello]
+integration = "remote"
+two_way = true
+[integrations.remote]
+type = "lambda"
+function_name = "hello"
+endpoint_url = "{endpoint}"
+"#
+    );
+    let host = TestHost::start(&config).await;
+    let client_trace = "Root=1-6731ebfc-08e1e656421db73c5d2eef31;Parent=53995c3f42cd8ad8;Sampled=1";
+    let (mut ws, _) = try_connect(
+        host.addr,
+        "/dev",
+        &[("X-Amzn-Trace-Id", client_trace)],
+        None,
+    )
+    .await
+    .expect("accepted");
+    send_text(&mut ws, r#"{"action":"hello"}"#).await;
+    assert_eq!(next_text(&mut ws).await, "ok");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0.as_deref(), Some(client_trace));
+    assert_eq!(route(&seen[0].1), "hello");
+}

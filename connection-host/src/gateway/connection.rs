@@ -615,7 +615,7 @@ fn spawn_message(
                         Ok(bytes) => (Some(Outbound::Binary(bytes.into())), None),
                         Err(_) => {
                             tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
-                            (None, Some((500, "Internal server error")))
+                            (None, Some((502, "Internal server error")))
                         }
                     }
                 }
@@ -649,7 +649,7 @@ fn spawn_message(
 }
 
 /// The access log entry of a message delivered with a 200, before the details of its invocation.
-fn message_entry<'a>(
+pub(super) fn message_entry<'a>(
     connection: &'a crate::events::ConnectionContext,
     route_key: &'a str,
     request_id: &'a str,
