@@ -348,3 +348,53 @@ endpoint_url = "{endpoint}"
     assert_eq!(seen[0].0.as_deref(), Some(client_trace));
     assert_eq!(route(&seen[0].1), "hello");
 }
+
+#[tokio::test]
+async fn a_reliable_clients_message_has_its_line() {
+    let (url, seen) = recording_handler().await;
+    let log = temp_log();
+    let format = "$context.requestId $context.eventType $context.routeKey $context.status $context.connectionId";
+    let config = format!(
+        "{}\n[extensions.sessions]\nenabled = true\n",
+        config(&url, &log, Some(format))
+    );
+    let host = TestHost::start(&config).await;
+    let (mut ws, welcome) = reliable_connect(host.addr, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    send_frame(
+        &mut ws,
+        json!({"t":"msg","id":"k1","d":r#"{"action":"hello"}"#}),
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await["d"], "ok");
+    send_frame(
+        &mut ws,
+        json!({"t":"msg","id":"k2","d":r#"{"action":"nowhere"}"#}),
+    )
+    .await;
+    let refused = next_frame(&mut ws).await;
+    assert_eq!(refused["error"]["message"], "Forbidden", "{refused}");
+    drop(ws);
+    let text = lines_after_shutdown(host, &log).await;
+    let hello = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, e)| route(e) == "hello")
+        .map(|(_, e)| {
+            e["requestContext"]["requestId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .expect("hello invoked");
+    assert!(
+        text.contains(&format!("{hello} MESSAGE hello 200 {id}\n")),
+        "{text}"
+    );
+    let forbidden = refused["error"]["requestId"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("{forbidden} MESSAGE $default 403 {id}\n")),
+        "{text}"
+    );
+}
