@@ -2,11 +2,13 @@
 //! deleted, retrying while the store is unavailable, and `$disconnect` runs. The gateway calls it
 //! when a connection closes, and the sessions extension when a session ends without one.
 
+use crate::access_log::Entry;
 use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long `$disconnect` waits for the first attempt to delete the record: long enough that with
 /// a healthy store the record is gone before `$disconnect` runs, short enough that an unreachable
@@ -30,21 +32,65 @@ pub(crate) async fn finish(
     code: u16,
     reason: &str,
 ) {
-    discard_record(host, &context.connection_id).await;
-    let Some(route) = host.routes.get("$disconnect") else {
-        return;
-    };
-    let event = Event::new(
-        "$disconnect",
-        ids::new_id(),
-        context.clone(),
-        EventKind::Disconnect {
-            status_code: code,
-            reason: reason.to_string(),
-        },
+    let request_id = ids::new_id();
+    let trace_id = context.event_trace_id();
+    let span = tracing::info_span!(
+        "disconnect",
+        route_key = "$disconnect",
+        request_id = %request_id,
+        trace_id = %trace_id,
     );
-    // Its answer goes nowhere: the client is gone. A failure is logged by `invoke`.
-    let _ = route.invoke(&event).await;
+    async {
+        discard_record(host, &context.connection_id).await;
+        let mut entry = Entry {
+            connection: context,
+            event_type: "DISCONNECT",
+            route_key: "$disconnect",
+            request_id: &request_id,
+            request_time_epoch: ids::now_ms(),
+            trace_id: &trace_id,
+            message_id: None,
+            disconnect: Some((code, reason)),
+            status: 200,
+            error: None,
+            integration_latency: None,
+            integration_status: None,
+            integration_error: None,
+        };
+        let Some(route) = host.routes.get("$disconnect") else {
+            if let Some(log) = &host.access_log {
+                log.record(&entry);
+            }
+            return;
+        };
+        let event = Event::new(
+            "$disconnect",
+            request_id.clone(),
+            trace_id.clone(),
+            context.clone(),
+            EventKind::Disconnect {
+                status_code: code,
+                reason: reason.to_string(),
+            },
+        );
+        // Its answer goes nowhere: the client is gone. A failure is logged by `invoke`.
+        let started = tokio::time::Instant::now();
+        let invoked = route.invoke(&event).await;
+        if let Some(log) = &host.access_log {
+            let integration_error = invoked.as_ref().err().map(ToString::to_string);
+            entry.request_time_epoch = event.request_time_epoch;
+            entry.integration_latency = Some(started.elapsed());
+            if let Err(failure) = &invoked {
+                entry.status = failure.status();
+                entry.error = Some(failure.client_message());
+            }
+            entry.integration_status = invoked.as_ref().ok().and_then(|r| r.status_code);
+            entry.integration_error = integration_error.as_deref();
+            log.record(&entry);
+        }
+    }
+    .instrument(span)
+    .await;
 }
 
 /// Deletes the record of a connection that ended (or that `$connect` refused) without running

@@ -30,6 +30,19 @@ pub struct ConnectionContext {
     pub api_id: Arc<str>,
     /// `requestContext.authorizer`: the authorizer's `principalId` and context, when one allowed the connection.
     pub authorizer: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The valid `X-Amzn-Trace-Id` the client sent with its upgrade request: every event of the
+    /// connection carries it. Without one, each event gets a trace of its own.
+    pub trace: Option<Box<str>>,
+}
+
+impl ConnectionContext {
+    /// The `X-Amzn-Trace-Id` of a new event of this connection: the client's, or a new one.
+    pub fn event_trace_id(&self) -> String {
+        match &self.trace {
+            Some(trace) => trace.to_string(),
+            None => crate::ids::trace_id(crate::ids::now_ms()),
+        }
+    }
 }
 
 /// Request headers or query parameters as `(name, values)` in the order API Gateway presents them.
@@ -152,6 +165,8 @@ pub struct Event {
     pub request_id: String,
     /// `requestTimeEpoch`, epoch milliseconds.
     pub request_time_epoch: i64,
+    /// The `X-Amzn-Trace-Id` the event travels with to its integration (not part of its JSON).
+    pub trace_id: String,
     /// The connection.
     pub connection: Arc<ConnectionContext>,
     /// Type-specific parts.
@@ -164,6 +179,7 @@ impl Event {
     pub fn new(
         route_key: impl Into<String>,
         request_id: String,
+        trace_id: String,
         connection: Arc<ConnectionContext>,
         kind: EventKind,
     ) -> Self {
@@ -171,6 +187,7 @@ impl Event {
             route_key: route_key.into(),
             request_id,
             request_time_epoch: crate::ids::now_ms(),
+            trace_id,
             connection,
             kind,
         }
@@ -442,6 +459,7 @@ pub(crate) mod testing {
             stage: "dev".into(),
             api_id: "local00api".into(),
             authorizer: None,
+            trace: None,
         })
     }
 
@@ -451,6 +469,7 @@ pub(crate) mod testing {
             route_key: "$default".into(),
             request_id: "BFaVtH2HoAMFZEQ=".into(),
             request_time_epoch: 1731332746514,
+            trace_id: "Root=1-6731ebfc-08e1e656421db73c5d2eef31".into(),
             connection: connection(),
             kind: EventKind::Message {
                 message_id: "BFaVtfGSIAMCKug=".into(),
@@ -467,6 +486,7 @@ pub(crate) mod testing {
             route_key: "$connect".into(),
             request_id: "BFHPhFe3IAMF95g=".into(),
             request_time_epoch: 1731324924561,
+            trace_id: "Root=1-6731ebfc-08e1e656421db73c5d2eef31".into(),
             connection: connection(),
             kind: EventKind::Connect {
                 headers: Arc::new(MultiMap::from_headers(headers.iter().copied())),
@@ -532,6 +552,7 @@ mod tests {
             route_key: "$disconnect".into(),
             request_id: "BFbOeE87IAMF31w=".into(),
             request_time_epoch: 1731333109875,
+            trace_id: "Root=1-6731ebfc-08e1e656421db73c5d2eef31".into(),
             connection: connection(),
             kind: EventKind::Disconnect {
                 status_code,
@@ -783,6 +804,7 @@ mod tests {
                 stage: "prod".into(),
                 api_id: "asasasas".into(),
                 authorizer: None,
+                trace: None,
             })
         };
         let chat = captured_connection(
@@ -794,6 +816,7 @@ mod tests {
             route_key: "chat".into(),
             request_id: "BFaVtH2HoAMFZEQ=".into(),
             request_time_epoch: 1731332746514,
+            trace_id: "Root=1-6731ebfc-08e1e656421db73c5d2eef31".into(),
             connection: chat.clone(),
             kind: EventKind::Message {
                 message_id: "BFaVtfGSIAMCKug=".into(),

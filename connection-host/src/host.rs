@@ -7,6 +7,7 @@
 //! [`crate::server::run`] does that with the built host.
 
 use crate::access_keys::Verifier;
+use crate::access_log::AccessLog;
 use crate::authorizer::Authorizer;
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError};
@@ -74,6 +75,8 @@ pub struct Host {
     pub(crate) management_tls: Option<TlsAcceptor>,
     /// The host's Prometheus series (`GET /metrics`).
     pub(crate) metrics: Arc<Metrics>,
+    /// `[access_log]`, when enabled; its writer starts with the host.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl std::fmt::Debug for Host {
@@ -101,6 +104,7 @@ impl Host {
             Arc::new(crate::store::Instrumented::new(store, metrics.clone()));
         let tls = load_tls(&config.server.tls, "server.tls")?;
         let management_tls = load_tls(&config.server.management_tls, "server.management_tls")?;
+        let access_log = AccessLog::from_config(&config.access_log)?;
         let limits = HostLimits::from_config(&config.limits).map_err(|e| ConfigError::Invalid {
             field: "limits.allowed_origins".into(),
             reason: e.to_string(),
@@ -187,6 +191,7 @@ impl Host {
             tls,
             management_tls,
             metrics,
+            access_log,
         })
     }
 
@@ -287,6 +292,10 @@ mod tests {
             (
                 "[management.auth]\nmode = \"sigv4\"",
                 "management.auth.keys",
+            ),
+            (
+                "[access_log]\nformat = \"$context.requestId $context.bogus\"",
+                "access_log.format: unknown variable $context.bogus",
             ),
             (
                 "[management.auth]\nmode = \"sigv4\"\n[management.auth.keys.AKIDEXAMPLE]\nsecret_env = \"CONNECTION_HOST_TEST_UNSET_SECRET\"",

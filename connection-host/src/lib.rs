@@ -31,7 +31,7 @@
 //! 2      store integration local_lambda           | adapters: each has from_config and its own error
 //!        authorizer limits tls registry           |   type
 //!        cluster template access_keys metrics     |
-//!        emf                                      |
+//!        emf access_log                           |
 //! 1      config                                   | plain data: serde types, defaults, doc comments
 //! 0      ids events routing authorizer::identity  | formats and parsers, no I/O (routing: the route
 //!        sigv4 peer_auth sessions::envelope       |   expressions; the reliable subprotocol's
@@ -50,6 +50,7 @@
 #![deny(unsafe_code)]
 
 pub(crate) mod access_keys;
+pub(crate) mod access_log;
 pub(crate) mod authorizer;
 pub(crate) mod cluster;
 pub mod config;

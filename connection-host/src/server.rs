@@ -73,6 +73,9 @@ pub enum RunError {
     /// The local Lambda runtime could not start (e.g. a function's build failed).
     #[error(transparent)]
     Functions(#[from] crate::local_lambda::FunctionsError),
+    /// The access log's destination could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// Accepts connections until shutdown, serving each in its own tracked task.
@@ -186,6 +189,12 @@ async fn serve(
             .into(),
         ));
     }
+    let access_log = host
+        .access_log
+        .as_ref()
+        .map(crate::access_log::AccessLog::start)
+        .transpose()
+        .map_err(RunError::AccessLog)?;
     host.functions
         .start(&RuntimeSettings {
             region: host.config.api.region.clone(),
@@ -266,6 +275,10 @@ async fn serve(
             remaining = host.tasks.len(),
             "drain timeout reached; some $disconnect invocations did not finish"
         );
+    }
+    // After the drain: the `$disconnect`s of the closed connections have their lines.
+    if let Some(writer) = access_log {
+        writer.finish().await;
     }
     // After the drain, so the functions could still handle the `$disconnect`s.
     host.functions.shutdown().await;

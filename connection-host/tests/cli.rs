@@ -103,6 +103,11 @@ fn config_check_names_the_bad_field() {
             "[limitz]\nidle_timeout = \"5m\"\n",
             &["limitz"][..],
         ),
+        (
+            "bad-access-log.toml",
+            "[access_log]\nenabled = true\nformat = '{\"id\":\"$context.requestId\",\"s\":\"$context.stauts\"}'\n",
+            &["access_log.format", "unknown variable $context.stauts"][..],
+        ),
     ] {
         let file = TempFile::new(name, contents);
         let output = run(&["config", "check", file.path()], &[]);

@@ -48,6 +48,8 @@ pub struct ConnectRequest {
     pub connection: Arc<ConnectionContext>,
     /// `requestId`: the same as the `$connect` event's, as both belong to one upgrade request.
     pub request_id: String,
+    /// `X-Amzn-Trace-Id`: the same as the `$connect` event's, for the same reason.
+    pub trace_id: String,
     /// The request headers as the authorizer sees them: unlike `$connect`, with `Connection`,
     /// `Upgrade` and `content-length: 0` (spec §6.2).
     pub headers: MultiMap,
@@ -247,9 +249,12 @@ impl RequestAuthorizer {
             }
         }
         let payload = Bytes::from(self.event_json(&request));
-        let result = tokio::time::timeout(self.timeout, self.invoker.invoke(payload))
-            .await
-            .map_err(|_| Refusal::TimedOut(self.timeout))?;
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.invoker.invoke(payload, &request.trace_id),
+        )
+        .await
+        .map_err(|_| Refusal::TimedOut(self.timeout))?;
         match result {
             Ok(output) => claims(&output, &self.method_arn),
             Err(IntegrationError::Function(error)) if is_unauthorized(&error) => {
@@ -266,6 +271,7 @@ impl RequestAuthorizer {
         let connect = Event::new(
             "$connect",
             request.request_id.clone(),
+            request.trace_id.clone(),
             request.connection.clone(),
             EventKind::Connect {
                 headers: Arc::default(),
@@ -399,7 +405,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl LambdaInvoker for Fake {
-        async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError> {
+        async fn invoke(&self, payload: Bytes, _: &str) -> Result<Bytes, IntegrationError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.payloads
                 .lock()
@@ -433,6 +439,7 @@ mod tests {
         ConnectRequest {
             connection: crate::events::testing::connection(),
             request_id: "FDmBIG3EoAMEqYA=".into(),
+            trace_id: "Root=1-6731ebfc-08e1e656421db73c5d2eef31".into(),
             headers: MultiMap::from_headers(headers.iter().copied()),
             query: MultiMap::from_query(query),
         }

@@ -4,6 +4,7 @@
 //! (`CONNECTION_HOST_` + the field path with `__` between levels, e.g.
 //! `CONNECTION_HOST_LIMITS__IDLE_TIMEOUT=5m`), then command-line flags.
 
+mod access_log;
 mod api;
 mod functions;
 mod limits;
@@ -17,6 +18,7 @@ mod store;
 mod tests;
 mod validate;
 
+pub use access_log::*;
 pub use api::*;
 pub use functions::*;
 pub use limits::*;
@@ -77,6 +79,8 @@ pub struct Config {
     pub management: ManagementConfig,
     /// Metrics published besides `GET /metrics` (CloudWatch Embedded Metric Format lines).
     pub metrics: MetricsConfig,
+    /// Access log lines per connection event.
+    pub access_log: AccessLogConfig,
     /// Where the template-defined settings came from; not part of the file format.
     #[serde(skip)]
     pub provenance: Provenance,

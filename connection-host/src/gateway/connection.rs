@@ -5,6 +5,7 @@
 //! connection is not read further, so an abusive client is slowed by TCP backpressure instead of
 //! growing the host's memory.
 
+use crate::access_log::Entry;
 use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
@@ -562,11 +563,21 @@ fn spawn_message(
     let tasks = host.tasks.clone();
     let host = host.clone();
     let handle = handle.clone();
-    // A child of the connection's span, so the invocation's log lines carry the connection ID.
-    let span = tracing::debug_span!("message");
+    // A child of the connection's span, so every log line of the invocation carries the
+    // connection ID as well as the event's own IDs.
+    let span = tracing::info_span!(
+        "message",
+        route_key = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
     let task = async move {
         let _permit = permit;
         let request_id = ids::new_id();
+        let trace_id = handle.context.event_trace_id();
+        let span = tracing::Span::current();
+        span.record("request_id", request_id.as_str());
+        span.record("trace_id", trace_id.as_str());
         let limit = host.config.limits.outbound_queue_bytes;
         let context = &handle.context;
         let reply = |frame: Outbound| {
@@ -574,10 +585,22 @@ fn spawn_message(
                 tracing::debug!("reply dropped: outbound queue full or connection closed");
             }
         };
+        // The access log line of a message that was not invoked.
+        let refused = |route_key: &str, status: u16, error: &str| {
+            if let Some(log) = &host.access_log {
+                log.record(&Entry {
+                    status,
+                    error: Some(error),
+                    ..message_entry(context, route_key, &request_id, &trace_id)
+                });
+            }
+        };
         let Some(route) = host.routes.select(&body) else {
             let unmatched = &host.metrics.unmatched;
             unmatched.message_count.increment(1);
             unmatched.client_error.increment(1);
+            // No route and no `$default`: API Gateway logs the message under `$default`.
+            refused("$default", 403, "Forbidden");
             reply(error_frame(
                 "Forbidden",
                 &context.connection_id,
@@ -585,6 +608,7 @@ fn spawn_message(
             ));
             return;
         };
+        span.record("route_key", route.key.as_str());
         // The route's throttling (`RouteSettings`) is shared with every client, so a message it
         // refuses is no strike against this connection, which kept its own rate.
         route.metrics.message_count.increment(1);
@@ -592,6 +616,7 @@ fn spawn_message(
             tracing::debug!(route = %route.key, "message over the route's throttling dropped");
             route.metrics.client_error.increment(1);
             host.metrics.throttled(Throttle::Route);
+            refused(&route.key, 429, "Too Many Requests");
             reply(error_frame(
                 "Too Many Requests",
                 &context.connection_id,
@@ -601,7 +626,8 @@ fn spawn_message(
         }
         let event = Event::new(
             route.key.clone(),
-            request_id,
+            request_id.clone(),
+            trace_id.clone(),
             context.clone(),
             EventKind::Message {
                 message_id: ids::new_id(),
@@ -610,42 +636,75 @@ fn spawn_message(
                 idempotency_key: None,
             },
         );
-        let failure = match route.invoke(&event).await {
-            Err(failure) => failure.client_message(),
-            Ok(response) => {
-                // No body (absent or null) sends nothing; an empty-string body sends an empty
-                // message (so a `$input.body` echo answers an empty message with an empty one).
-                if route.two_way
-                    && let Some(body) = response.body
-                {
-                    let frame = if response.is_base64_encoded {
-                        match base64::engine::general_purpose::STANDARD.decode(&body) {
-                            Ok(bytes) => Outbound::Binary(bytes.into()),
-                            Err(_) => {
-                                tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
-                                reply(error_frame(
-                                    "Internal server error",
-                                    &context.connection_id,
-                                    &event.request_id,
-                                ));
-                                return;
-                            }
+        let started = Instant::now();
+        let invoked = route.invoke(&event).await;
+        let latency = started.elapsed();
+        // What the client gets back: a frame, nothing, or an error frame with its status.
+        let (frame, failure) = match &invoked {
+            Err(failure) => (None, Some((failure.status(), failure.client_message()))),
+            // No body (absent or null) sends nothing; an empty-string body sends an empty
+            // message (so a `$input.body` echo answers an empty message with an empty one).
+            Ok(response) => match (&response.body, route.two_way) {
+                (Some(body), true) if response.is_base64_encoded => {
+                    match base64::engine::general_purpose::STANDARD.decode(body) {
+                        Ok(bytes) => (Some(Outbound::Binary(bytes.into())), None),
+                        Err(_) => {
+                            tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
+                            (None, Some((502, "Internal server error")))
                         }
-                    } else {
-                        Outbound::Text(body.into())
-                    };
-                    // API Gateway counts the route's answer to the client too.
-                    route.metrics.message_count.increment(1);
-                    reply(frame);
+                    }
                 }
-                return;
-            }
+                (Some(body), true) => (Some(Outbound::Text(body.clone().into())), None),
+                _ => (None, None),
+            },
         };
-        reply(error_frame(
-            failure,
-            &context.connection_id,
-            &event.request_id,
-        ));
+        if let Some(log) = &host.access_log {
+            let integration_error = invoked.as_ref().err().map(ToString::to_string);
+            log.record(&Entry {
+                status: failure.map_or(200, |(status, _)| status),
+                error: failure.map(|(_, message)| message),
+                message_id: match &event.kind {
+                    EventKind::Message { message_id, .. } => Some(message_id),
+                    _ => None,
+                },
+                request_time_epoch: event.request_time_epoch,
+                integration_latency: Some(latency),
+                integration_status: invoked.as_ref().ok().and_then(|r| r.status_code),
+                integration_error: integration_error.as_deref(),
+                ..message_entry(context, &route.key, &request_id, &trace_id)
+            });
+        }
+        if let Some(frame) = frame {
+            // API Gateway counts the route's answer to the client too.
+            route.metrics.message_count.increment(1);
+            reply(frame);
+        } else if let Some((_, message)) = failure {
+            reply(error_frame(message, &context.connection_id, &request_id));
+        }
     };
     tasks.spawn(tracing::Instrument::instrument(task, span));
+}
+
+/// The access log entry of a message delivered with a 200, before the details of its invocation.
+pub(super) fn message_entry<'a>(
+    connection: &'a crate::events::ConnectionContext,
+    route_key: &'a str,
+    request_id: &'a str,
+    trace_id: &'a str,
+) -> Entry<'a> {
+    Entry {
+        connection,
+        event_type: "MESSAGE",
+        route_key,
+        request_id,
+        request_time_epoch: ids::now_ms(),
+        trace_id,
+        message_id: None,
+        disconnect: None,
+        status: 200,
+        error: None,
+        integration_latency: None,
+        integration_status: None,
+        integration_error: None,
+    }
 }

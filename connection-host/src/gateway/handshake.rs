@@ -11,6 +11,7 @@ use super::Origin;
 use super::connection;
 use super::head::Head;
 use super::write_response;
+use crate::access_log::Entry;
 use crate::authorizer::ConnectRequest;
 use crate::events::{ConnectionContext, Event, EventKind, MultiMap};
 use crate::host::Host;
@@ -86,13 +87,87 @@ pub(super) async fn accept<S>(
         stage: host.config.api.stage.as_str().into(),
         api_id: host.config.api.api_id.as_str().into(),
         authorizer: None,
+        // A malformed header is not passed on: the events get traces of their own instead.
+        trace: head
+            .header("x-amzn-trace-id")
+            .map(str::trim)
+            .filter(|t| ids::is_valid_trace_header(t))
+            .map(Box::from),
     });
-    let span = tracing::info_span!("connection", connection_id = %context.connection_id);
+    // The authorizer and `$connect` handle one upgrade request: they see the same request ID and
+    // the same trace ID, which the `connect` span gives every log line of the handshake.
+    let attempt = Attempt {
+        request_id: ids::new_id(),
+        trace: context.event_trace_id(),
+        span: tracing::info_span!("connection", connection_id = %context.connection_id),
+    };
+    let connect_span = tracing::info_span!(
+        parent: &attempt.span,
+        "connect",
+        route_key = "$connect",
+        request_id = %attempt.request_id,
+        trace_id = %attempt.trace,
+    );
     establish(
-        host, stream, origin, head, query, key, leftover, context, ip_slot, permit,
+        host, stream, origin, head, query, key, leftover, context, ip_slot, permit, attempt,
     )
-    .instrument(span)
+    .instrument(connect_span)
     .await;
+}
+
+/// What identifies one upgrade request in logs.
+struct Attempt {
+    /// The `requestId` of its authorizer and `$connect` events.
+    request_id: String,
+    /// Their `X-Amzn-Trace-Id`.
+    trace: String,
+    /// The span of the connection it opens, which its task runs in.
+    span: tracing::Span,
+}
+
+impl Attempt {
+    /// Writes the access log line of the attempt, if the access log is on.
+    fn log(&self, host: &Host, context: &ConnectionContext, outcome: ConnectOutcome<'_>) {
+        let Some(log) = &host.access_log else {
+            return;
+        };
+        log.record(&Entry {
+            connection: context,
+            event_type: "CONNECT",
+            route_key: "$connect",
+            request_id: &self.request_id,
+            request_time_epoch: context.connected_at,
+            trace_id: &self.trace,
+            message_id: None,
+            disconnect: None,
+            status: outcome.status,
+            error: outcome.error,
+            integration_latency: outcome.latency,
+            integration_status: outcome.integration_status,
+            integration_error: outcome.integration_error,
+        });
+    }
+}
+
+/// How a connection attempt ended, for its access log line.
+#[derive(Default)]
+struct ConnectOutcome<'a> {
+    /// 200 for an accepted connection (its client got the 101), or the refusal's status.
+    status: u16,
+    error: Option<&'a str>,
+    latency: Option<std::time::Duration>,
+    integration_status: Option<u16>,
+    integration_error: Option<&'a str>,
+}
+
+impl<'a> ConnectOutcome<'a> {
+    fn refused(status: u16, error: &'a str) -> Self {
+        Self {
+            status,
+            error: Some(error),
+            ..Self::default()
+        }
+    }
 }
 
 /// Runs the authorizer, writes the record, runs `$connect`, registers the connection, writes the
@@ -110,17 +185,12 @@ async fn establish<S>(
     mut context: Arc<ConnectionContext>,
     ip_slot: Slot<IpAddr>,
     permit: ConnectionPermit,
+    attempt: Attempt,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connected_at = context.connected_at;
-    // The authorizer and `$connect` handle one upgrade request: they see the same request ID and
-    // the same trace ID.
-    let request_id = ids::new_id();
-    let trace = head
-        .header("x-amzn-trace-id")
-        .map(str::to_string)
-        .unwrap_or_else(|| ids::trace_id(connected_at));
+    let (request_id, trace) = (&attempt.request_id, &attempt.trace);
     let query = query
         .filter(|q| !q.is_empty())
         .map(|q| MultiMap::from_query(&q));
@@ -130,7 +200,8 @@ async fn establish<S>(
         let request = ConnectRequest {
             connection: context.clone(),
             request_id: request_id.clone(),
-            headers: request_headers(&head, origin, &trace, Audience::Authorizer),
+            trace_id: trace.clone(),
+            headers: request_headers(&head, origin, trace, Audience::Authorizer),
             query: query.clone().unwrap_or_default(),
         };
         match authorizer.authorize(request).await {
@@ -145,6 +216,11 @@ async fn establish<S>(
                             );
                             host.metrics.throttled(Throttle::Principal);
                             refused(&host, Handshake::Throttled, 429);
+                            attempt.log(
+                                &host,
+                                &context,
+                                ConnectOutcome::refused(429, "Too Many Requests"),
+                            );
                             let _ = write_response(&mut stream, 429, &[], TOO_MANY_REQUESTS).await;
                             return;
                         }
@@ -169,6 +245,12 @@ async fn establish<S>(
                     tracing::info!(authorizer = name, status, reason = %refusal,
                         "authorizer refused the connection");
                 }
+                let error = match status {
+                    401 => "Unauthorized",
+                    403 => "Forbidden",
+                    _ => "Internal server error",
+                };
+                attempt.log(&host, &context, ConnectOutcome::refused(status, error));
                 let _ = write_response(&mut stream, status, &[], refusal.body()).await;
                 return;
             }
@@ -203,11 +285,13 @@ async fn establish<S>(
         match sessions::resume(&host, resume, &principal, &context, protocol.as_deref()).await {
             Ok(resumed) => {
                 host.metrics.resumes_recovered.increment(1);
-                let span = tracing::info_span!("session", connection_id = %resumed.handle.context.connection_id);
+                // The resumed connection's own span: its messages belong to the session.
+                let span = tracing::info_span!(parent: None, "session", connection_id = %resumed.handle.context.connection_id);
                 let upgrade = Upgrade {
                     key,
                     connected_at,
                     subprotocol: Some(SUBPROTOCOL.to_string()),
+                    span: span.clone(),
                 };
                 let held = (ip_slot, _principal_slot, permit);
                 open(
@@ -258,6 +342,11 @@ async fn establish<S>(
     if let Err(e) = host.store.put_connection(record).await {
         tracing::error!(error = %e, "connection record not written; refusing the connection");
         refused(&host, Handshake::Unavailable, 503);
+        attempt.log(
+            &host,
+            &context,
+            ConnectOutcome::refused(503, "Service Unavailable"),
+        );
         let _ = write_response(
             &mut stream,
             503,
@@ -278,19 +367,18 @@ async fn establish<S>(
     if let Some(route) = host.routes.get("$connect") {
         let event = Event::new(
             "$connect",
-            request_id,
+            request_id.clone(),
+            trace.clone(),
             context.clone(),
             EventKind::Connect {
-                headers: Arc::new(request_headers(
-                    &head,
-                    origin,
-                    &trace,
-                    Audience::Integration,
-                )),
+                headers: Arc::new(request_headers(&head, origin, trace, Audience::Integration)),
                 query: query.map(Arc::new),
             },
         );
-        let (status, body): (u16, &[u8]) = match route.invoke(&event).await {
+        let started = tokio::time::Instant::now();
+        let invoked = route.invoke(&event).await;
+        let latency = started.elapsed();
+        let (status, body): (u16, &[u8]) = match &invoked {
             Err(InvokeFailure::TimedOut) => (504, b"{\"message\": \"Endpoint request timed out\"}"),
             Err(InvokeFailure::Failed(_)) => (502, b"{\"message\": \"Internal server error\"}"),
             Ok(response) => match response.status_code {
@@ -307,6 +395,23 @@ async fn establish<S>(
                 Some(code) => (code, b""),
             },
         };
+        if host.access_log.is_some() {
+            let integration_error = invoked.as_ref().err().map(ToString::to_string);
+            let error = match &invoked {
+                Err(failure) => Some(failure.client_message()),
+                Ok(_) if status == 502 => Some("Internal server error"),
+                Ok(_) => None,
+            };
+            let outcome = ConnectOutcome {
+                // The client of an accepted connection gets its 101; API Gateway logs a 200.
+                status: if status == 101 { 200 } else { status },
+                error,
+                latency: Some(latency),
+                integration_status: invoked.as_ref().ok().and_then(|r| r.status_code),
+                integration_error: integration_error.as_deref(),
+            };
+            attempt.log(&host, &context, outcome);
+        }
         if status != 101 {
             tracing::info!(status, "$connect rejected the connection");
             host.metrics.handshake(Handshake::ConnectRefused);
@@ -316,6 +421,13 @@ async fn establish<S>(
         }
     }
     let subprotocol = api_protocol(subprotocol);
+    if host.routes.get("$connect").is_none() {
+        let accepted = ConnectOutcome {
+            status: 200,
+            ..ConnectOutcome::default()
+        };
+        attempt.log(&host, &context, accepted);
+    }
 
     let held = (ip_slot, _principal_slot, permit);
     let Some((handle, _, token)) = session else {
@@ -323,6 +435,7 @@ async fn establish<S>(
             key,
             connected_at,
             subprotocol,
+            span: attempt.span,
         };
         let handle = connection::register(&host, context);
         open(host, stream, head, leftover, upgrade, handle, None, held).await;
@@ -346,6 +459,7 @@ async fn establish<S>(
         key,
         connected_at,
         subprotocol: Some(SUBPROTOCOL.to_string()),
+        span: attempt.span,
     };
     open(
         host,
@@ -368,6 +482,8 @@ struct Upgrade {
     connected_at: i64,
     /// The subprotocol selected, if any.
     subprotocol: Option<String>,
+    /// The span the connection's task runs in.
+    span: tracing::Span,
 }
 
 /// Writes the 101 for a connection already in the registry, then hands it to a task of its own;
@@ -434,7 +550,9 @@ async fn open<S, H>(
     // many times larger than an open connection needs, so the connection moves to a task sized
     // for serving it alone, and this one ends (see BENCHMARKS.md, idle memory).
     let tasks = host.tasks.clone();
-    tasks.spawn(connection::run_registered(host, ws, handle, held, attachment).in_current_span());
+    tasks.spawn(
+        connection::run_registered(host, ws, handle, held, attachment).instrument(upgrade.span),
+    );
 }
 
 struct Rejection {

@@ -46,7 +46,13 @@ pub(super) fn spawn(
     let in_order = route.as_ref().is_some_and(|r| r.ordered);
     let job = {
         let (host, handle) = (host.clone(), handle.clone());
-        let span = tracing::debug_span!("message", key = %id);
+        let span = tracing::info_span!(
+            "message",
+            key = %id,
+            route_key = route.as_ref().map(|r| r.key.as_str()),
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         tracing::Instrument::instrument(
             async move {
                 let _permit = permit;
@@ -97,6 +103,24 @@ async fn process(
 ) {
     let connection_id = &handle.context.connection_id;
     let request_id = ids::new_id();
+    let trace_id = handle.context.event_trace_id();
+    let span = tracing::Span::current();
+    span.record("request_id", request_id.as_str());
+    span.record("trace_id", trace_id.as_str());
+    let refused = |route_key: &str, status: u16, error: &str| {
+        if let Some(log) = &host.access_log {
+            log.record(&crate::access_log::Entry {
+                status,
+                error: Some(error),
+                ..super::connection::message_entry(
+                    &handle.context,
+                    route_key,
+                    &request_id,
+                    &trace_id,
+                )
+            });
+        }
+    };
     let error = |message: &str, request_id: &str| {
         envelope::answer(
             &id,
@@ -110,6 +134,7 @@ async fn process(
         let unmatched = &host.metrics.unmatched;
         unmatched.message_count.increment(1);
         unmatched.client_error.increment(1);
+        refused("$default", 403, "Forbidden");
         return reply(host, handle, &error("Forbidden", &request_id)).await;
     };
     route.metrics.message_count.increment(1);
@@ -117,6 +142,7 @@ async fn process(
         tracing::debug!(route = %route.key, "message over the route's throttling refused");
         route.metrics.client_error.increment(1);
         host.metrics.throttled(crate::metrics::Throttle::Route);
+        refused(&route.key, 429, "Too Many Requests");
         return reply(host, handle, &error("Too Many Requests", &request_id)).await;
     }
     let mine = claim_now(host);
@@ -142,7 +168,8 @@ async fn process(
     }
     let event = Event::new(
         route.key.clone(),
-        request_id,
+        request_id.clone(),
+        trace_id.clone(),
         handle.context.clone(),
         EventKind::Message {
             message_id: ids::new_id(),
@@ -151,24 +178,48 @@ async fn process(
             idempotency_key: Some(id.clone()),
         },
     );
-    let answer = match route.invoke(&event).await {
+    let started = tokio::time::Instant::now();
+    let invoked = route.invoke(&event).await;
+    let latency = started.elapsed();
+    let mut failure = invoked
+        .as_ref()
+        .err()
+        .map(|f| (f.status(), f.client_message()));
+    let answer = match &invoked {
         Err(failure) => error(failure.client_message(), &event.request_id),
-        Ok(response) => match response.body.filter(|_| route.two_way) {
+        Ok(response) => match response.body.as_ref().filter(|_| route.two_way) {
             None => envelope::answer(&id, Outcome::Accepted),
             Some(body) if response.is_base64_encoded => {
-                match base64::engine::general_purpose::STANDARD.decode(&body) {
+                match base64::engine::general_purpose::STANDARD.decode(body) {
                     Ok(bytes) => envelope::answer(&id, Outcome::Binary(&bytes)),
                     Err(_) => {
                         tracing::warn!(route = %route.key, "route response isBase64Encoded but body is not base64");
+                        failure = Some((502, "Internal server error"));
                         error("Internal server error", &event.request_id)
                     }
                 }
             }
-            Some(body) => envelope::answer(&id, Outcome::Text(&body)),
+            Some(body) => envelope::answer(&id, Outcome::Text(body)),
         },
     };
     if route.two_way {
         route.metrics.message_count.increment(1);
+    }
+    if let Some(log) = &host.access_log {
+        let integration_error = invoked.as_ref().err().map(ToString::to_string);
+        log.record(&crate::access_log::Entry {
+            status: failure.map_or(200, |(status, _)| status),
+            error: failure.map(|(_, message)| message),
+            message_id: match &event.kind {
+                EventKind::Message { message_id, .. } => Some(message_id),
+                _ => None,
+            },
+            request_time_epoch: event.request_time_epoch,
+            integration_latency: Some(latency),
+            integration_status: invoked.as_ref().ok().and_then(|r| r.status_code),
+            integration_error: integration_error.as_deref(),
+            ..super::connection::message_entry(&handle.context, &route.key, &request_id, &trace_id)
+        });
     }
     if let Err(e) = host
         .store

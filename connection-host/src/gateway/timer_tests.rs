@@ -100,6 +100,7 @@ async fn start_with(config: Config, pipe_buffer: usize) -> (Server, WebSocketStr
         stage: "dev".into(),
         api_id: "local00api".into(),
         authorizer: None,
+        trace: None,
     });
     let (server_io, client_io) = tokio::io::duplex(pipe_buffer);
     let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(host.ws_config)).await;

@@ -28,6 +28,7 @@ impl Integration for HttpIntegration {
             .client
             .post(&self.url)
             .header(http::header::CONTENT_TYPE, "application/json")
+            .header(super::TRACE_HEADER, &event.trace_id)
             .body(event.to_json())
             .send()
             .await

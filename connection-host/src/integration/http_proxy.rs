@@ -114,7 +114,11 @@ impl HttpProxyIntegration {
 #[async_trait::async_trait]
 impl Integration for HttpProxyIntegration {
     async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError> {
-        let mut request = self.client.request(self.method.clone(), &self.url);
+        // API Gateway's HTTP integrations pass the trace on; a mapped header may still set it.
+        let mut request = self
+            .client
+            .request(self.method.clone(), &self.url)
+            .header(super::TRACE_HEADER, &event.trace_id);
         let mut query = Vec::new();
         for (target, source) in &self.parameters {
             let Some(value) = Self::resolve(source, event) else {

@@ -16,8 +16,9 @@ use std::sync::Arc;
 /// callers such as the authorizer can read `errorMessage`.
 #[async_trait::async_trait]
 pub trait LambdaInvoker: Send + Sync + std::fmt::Debug {
-    /// Invokes the function once with `payload`.
-    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError>;
+    /// Invokes the function once with `payload`, as part of the X-Ray trace `trace_id` (an
+    /// `X-Amzn-Trace-Id` value, which the function sees as `_X_AMZN_TRACE_ID`).
+    async fn invoke(&self, payload: Bytes, trace_id: &str) -> Result<Bytes, IntegrationError>;
 }
 
 /// Finds a function the host runs itself by name (or ARN): how the host's local runtime is
@@ -74,12 +75,22 @@ fn excerpt(payload: &[u8]) -> String {
 
 #[async_trait::async_trait]
 impl LambdaInvoker for SdkInvoker {
-    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError> {
+    async fn invoke(&self, payload: Bytes, trace_id: &str) -> Result<Bytes, IntegrationError> {
+        // The SDK sets this header itself only inside a Lambda function (from
+        // `_X_AMZN_TRACE_ID`), and leaves one already set alone. Trace IDs are the host's own or
+        // validated client headers, so always valid header values.
+        let trace = trace_id.to_string();
         let result = self
             .client
             .invoke()
             .function_name(&self.function_name)
             .payload(Blob::new(payload))
+            .customize()
+            .mutate_request(move |request| {
+                request
+                    .headers_mut()
+                    .insert(super::TRACE_HEADER, trace.clone());
+            })
             .send()
             .await;
         match result {
@@ -117,7 +128,10 @@ impl LambdaIntegration {
 #[async_trait::async_trait]
 impl Integration for LambdaIntegration {
     async fn invoke(&self, event: &Event) -> Result<ProxyResponse, IntegrationError> {
-        let payload = self.invoker.invoke(Bytes::from(event.to_json())).await?;
+        let payload = self
+            .invoker
+            .invoke(Bytes::from(event.to_json()), &event.trace_id)
+            .await?;
         Ok(ProxyResponse::parse(&payload)?)
     }
 }

@@ -14,6 +14,9 @@ pub use http_proxy::HttpProxyIntegration;
 pub use lambda::{LambdaIntegration, LambdaInvoker, LocalLookup, SdkInvoker, lambda_invoker};
 pub use mock::MockIntegration;
 
+/// The header carrying an event's X-Ray trace to an HTTP integration or the Lambda Invoke API.
+pub const TRACE_HEADER: &str = "X-Amzn-Trace-Id";
+
 /// Why an invocation produced no usable response.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrationError {

@@ -61,6 +61,16 @@ pub async fn invoke(
     } else {
         body
     };
+    // A caller's trace is passed on, as Lambda does; a call without one starts a trace.
+    let trace_id = headers
+        .get(crate::integration::TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| crate::ids::is_valid_trace_header(t))
+        .map_or_else(
+            || crate::ids::trace_id(crate::ids::now_ms()),
+            str::to_string,
+        );
     let invocation_type = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
@@ -70,7 +80,7 @@ pub async fn invoke(
         "Event" => {
             let function = function.clone();
             tasks.spawn(async move {
-                if let Err(e) = function.invoke(payload).await {
+                if let Err(e) = function.invoke(payload, &trace_id).await {
                     tracing::warn!(function = %function.name(), error = %e, "asynchronous invocation failed");
                 }
             });
@@ -89,7 +99,7 @@ pub async fn invoke(
         ("X-Amz-Executed-Version", "$LATEST"),
         ("Content-Type", "application/json"),
     ];
-    match function.invoke(payload).await {
+    match function.invoke(payload, &trace_id).await {
         Ok(result) => (StatusCode::OK, executed, result).into_response(),
         Err(IntegrationError::Function(payload)) => (
             StatusCode::OK,

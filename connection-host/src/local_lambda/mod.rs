@@ -65,6 +65,8 @@ pub enum FunctionsError {
 struct Invocation {
     /// `Lambda-Runtime-Aws-Request-Id`.
     request_id: String,
+    /// `Lambda-Runtime-Trace-Id`, which the runtime client exposes as `_X_AMZN_TRACE_ID`.
+    trace_id: String,
     payload: Bytes,
     reply: oneshot::Sender<Result<Bytes, IntegrationError>>,
 }
@@ -109,7 +111,7 @@ pub struct LocalFunction(Arc<Function>);
 
 #[async_trait::async_trait]
 impl LambdaInvoker for LocalFunction {
-    async fn invoke(&self, payload: Bytes) -> Result<Bytes, IntegrationError> {
+    async fn invoke(&self, payload: Bytes, trace_id: &str) -> Result<Bytes, IntegrationError> {
         if self.0.ready.load(Ordering::Acquire) == 0
             && let Some(error) = self
                 .0
@@ -124,6 +126,7 @@ impl LambdaInvoker for LocalFunction {
         let (reply, result) = oneshot::channel();
         let invocation = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
+            trace_id: trace_id.to_string(),
             payload,
             reply,
         };

@@ -71,6 +71,7 @@ async fn next(State(slot): State<Arc<SlotState>>) -> Response {
     drop(ready);
     let Invocation {
         request_id,
+        trace_id,
         payload,
         reply,
     } = invocation;
@@ -82,6 +83,7 @@ async fn next(State(slot): State<Arc<SlotState>>) -> Response {
             drop(current);
             let requeued = Invocation {
                 request_id,
+                trace_id,
                 payload,
                 reply,
             };
@@ -110,14 +112,7 @@ async fn next(State(slot): State<Arc<SlotState>>) -> Response {
                 "Lambda-Runtime-Invoked-Function-Arn",
                 slot.function.arn.clone(),
             ),
-            (
-                "Lambda-Runtime-Trace-Id",
-                format!(
-                    "Root=1-{:08x}-{}",
-                    deadline_ms / 1000,
-                    &uuid::Uuid::new_v4().simple().to_string()[..24]
-                ),
-            ),
+            ("Lambda-Runtime-Trace-Id", trace_id),
             ("Content-Type", "application/json".into()),
         ],
         payload,

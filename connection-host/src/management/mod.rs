@@ -79,11 +79,17 @@ where
 }
 
 async fn add_request_id(mut response: Response) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        response.headers_mut().insert("x-amzn-RequestId", v);
+    // A management call has its ID already: the one its span logged.
+    if !response.headers().contains_key(REQUEST_ID_HEADER)
+        && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     response
 }
+
+/// The header naming a response's request ID, as API Gateway's management API sends it.
+const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
 
 async fn health(State(host): State<Arc<Host>>) -> Response {
     axum::Json(serde_json::json!({
@@ -159,15 +165,48 @@ pub(crate) struct Call {
 /// The query parameter that carries a forwarded post's ID.
 const POST_ID: &str = "postId";
 
+/// Serves one call in a span carrying its request ID (the `x-amzn-RequestId` it answers with),
+/// its trace (the caller's valid `X-Amzn-Trace-Id`, or a new one) and the connection it names, so
+/// every log line of the call carries them.
 async fn dispatch(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let trace_id = request
+        .headers()
+        .get(crate::integration::TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| crate::ids::is_valid_trace_header(t))
+        .map_or_else(
+            || crate::ids::trace_id(crate::ids::now_ms()),
+            str::to_string,
+        );
+    let segs = path::segments(request.uri().path());
+    let connection_id = match path::resource(&host.config.api.stage, &segs) {
+        Resource::Connection(id)
+        | Resource::Membership {
+            connection_id: id, ..
+        } => Some(id),
+        _ => None,
+    };
+    let span = tracing::info_span!(
+        "management",
+        method = %request.method(),
+        connection_id = connection_id,
+        request_id = %request_id,
+        trace_id = %trace_id,
+    );
     let mut operation = None;
-    let response = serve_call(&host, request, &mut operation).await;
+    let mut response =
+        tracing::Instrument::instrument(serve_call(&host, request, &mut operation), span).await;
     if let Some(operation) = operation {
         let status = response.status().as_u16();
         host.metrics.management_call(operation, status);
         if operation == Operation::PostToConnection && status == 200 {
             host.metrics.posts.message_count.increment(1);
         }
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     response
 }

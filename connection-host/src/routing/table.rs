@@ -27,6 +27,15 @@ impl InvokeFailure {
             InvokeFailure::Failed(_) => "Internal server error",
         }
     }
+
+    /// The HTTP status API Gateway gives the failure: a `$connect`'s answer, or a message's
+    /// `$context.status` in the access log.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeFailure::TimedOut => 504,
+            InvokeFailure::Failed(_) => 502,
+        }
+    }
 }
 
 /// A configured route: where its events go and how.

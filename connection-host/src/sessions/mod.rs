@@ -492,6 +492,7 @@ async fn adopt_if_gone(
         stage: host.config.api.stage.as_str().into(),
         api_id: host.config.api.api_id.as_str().into(),
         authorizer: record.authorizer.clone(),
+        trace: None,
     });
     let mut installing = new_session(
         host,
