@@ -1189,6 +1189,8 @@ def check_host_config(checks, name, text, host_bin, cluster=True):
             # ... and the functions' secret access keys, from the task's Secrets.
             env["MANAGEMENT_KEY_CHAT"] = "a-test-key-of-40-characters-0123456789ab"
             env["MANAGEMENT_KEY_ECHO"] = "another-test-key-of-40-characters-012345"
+            # ... and the EMF switch the template sets (its EmfMetrics parameter).
+            env["CONNECTION_HOST_METRICS__EMF"] = "true"
         result = subprocess.run(
             [host_bin, "config", "check", str(path)], env=env, capture_output=True, text=True, timeout=30
         )
