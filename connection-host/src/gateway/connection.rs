@@ -459,10 +459,9 @@ where
         }
         ws.flush().await
     };
-    let len = payload_len;
     write_bounded(host, write).await?;
     host.metrics.messages_out.increment(1);
-    host.metrics.bytes_out.increment(len as u64);
+    host.metrics.bytes_out.increment(payload_len as u64);
     Ok(())
 }
 
