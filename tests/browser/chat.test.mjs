@@ -191,7 +191,11 @@ async function run(ctx) {
   // Keep-alive: with nothing sent for 5 minutes (on a fake clock), the page sends {"action":"ping"}.
   const carol = await openPage(ctx.browser, url, "carol", { fakeClock: true });
   const pings = [];
-  carol.on("websocket", (ws) => ws.on("framesent", (f) => { if (f.payload === '{"action":"ping"}') pings.push(Date.now()); }));
+  const pongs = [];
+  carol.on("websocket", (ws) => {
+    ws.on("framesent", (f) => { if (f.payload === '{"action":"ping"}') pings.push(Date.now()); });
+    ws.on("framereceived", (f) => { if (String(f.payload).includes('"pong"')) pongs.push(Date.now()); });
+  });
   await login(carol, "carol");
   await waitState(carol, "carol", "connected", 15_000);
   await waitJoined(carol, "carol", "lobby", 10_000);
@@ -201,6 +205,9 @@ async function run(ctx) {
   await carol.clock.fastForward("00:15");
   for (let i = 0; i < 50 && pings.length === 0; i++) await sleep(100);
   if (pings.length !== 1) fail(`carol: expected one ping after 5 minutes without messages, saw ${pings.length}`);
+  // The pong first: jumping 5 minutes ahead before it arrives would also pass the ping's answer timeout.
+  for (let i = 0; i < 100 && pongs.length === 0; i++) await sleep(100);
+  if (pongs.length !== 1) fail(`carol: expected a pong for the ping, saw ${pongs.length}`);
   await carol.clock.fastForward("05:00");
   for (let i = 0; i < 50 && pings.length < 2; i++) await sleep(100);
   if (pings.length !== 2) fail(`carol: expected a second ping 5 minutes after the first, saw ${pings.length} in all`);
