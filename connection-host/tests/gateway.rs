@@ -1120,6 +1120,9 @@ async fn a_slow_consumer_dropped_after_its_grace_gets_a_1008_close_frame() {
     assert_eq!((code, reason.as_str()), (1008, "Client not reading"));
     let d = disconnect_of(&handler, &id).await;
     assert_eq!(d["requestContext"]["disconnectStatusCode"], 1008, "{d:#}");
+    let e = scrape(&host.http("")).await;
+    assert_eq!(e.sum("connection_host_slow_consumer_closes", &[]), 1.0);
+    assert_eq!(e.sum("connection_host_closes", &[("code", "1008")]), 1.0);
     assert_eq!(
         d["requestContext"]["disconnectReason"],
         "Client not reading"

@@ -202,6 +202,20 @@ async fn messages_are_numbered_answered_once_per_key_and_replayed_after_a_drop()
     let disconnect = handler.wait_route("$disconnect", Some(&id)).await;
     assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 4321);
     assert_eq!(post(&host, &id, "late").await, Err(410));
+
+    // One resume recovered with the two posts replayed, one refused; one message answered
+    // from its key.
+    let e = scrape(&host.http("")).await;
+    let resumes = |recovered| {
+        e.sum(
+            "connection_host_session_resumes",
+            &[("recovered", recovered)],
+        )
+    };
+    assert_eq!((resumes("true"), resumes("false")), (1.0, 1.0));
+    assert_eq!(e.sum("connection_host_session_replayed_frames", &[]), 2.0);
+    let hits = |kind| e.sum("connection_host_idempotency_hits", &[("kind", kind)]);
+    assert_eq!((hits("completed"), hits("pending")), (1.0, 0.0));
 }
 
 #[tokio::test]

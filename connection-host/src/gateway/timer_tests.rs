@@ -182,6 +182,12 @@ async fn assert_disconnected(server: Server, code: u16, reason: &str) {
     assert!(server.host.registry.get(CONNECTION_ID).is_none());
 }
 
+/// `connection_host_heartbeat_closes` of the server's host.
+fn heartbeat_closes(server: &Server) -> f64 {
+    crate::metrics::Exposition::parse(&server.host.metrics_text())
+        .sum("connection_host_heartbeat_closes", &[])
+}
+
 fn assert_between(elapsed: Duration, from: Duration, to: Duration) {
     assert!(
         (from..=to).contains(&elapsed),
@@ -205,6 +211,7 @@ async fn idle_connection_closes_after_ten_minutes() {
     );
     // The host heartbeat ran meanwhile (and the answered pings did not keep the connection open).
     assert!(pings >= 20, "only {pings} pings in 10 minutes");
+    assert_eq!(heartbeat_closes(&server), 1.0);
     assert_disconnected(server, 1001, "Going away").await;
 }
 
@@ -288,6 +295,8 @@ async fn busy_connection_closes_after_two_hours() {
         120 * MIN + Duration::from_secs(1),
     );
     chatter.abort();
+    // The duration cap is no heartbeat's doing.
+    assert_eq!(heartbeat_closes(&server), 0.0);
     assert_disconnected(server, 1001, "Going away").await;
 }
 
@@ -321,6 +330,7 @@ async fn peer_that_never_answers_pings_is_closed_after_three_intervals() {
         matches!(first, Ok(Some(Ok(Message::Ping(_))))),
         "expected the host's Ping, got {first:?}"
     );
+    assert_eq!(heartbeat_closes(&server), 1.0);
     assert_disconnected(server, 1001, "Going away").await;
 }
 
