@@ -121,8 +121,8 @@ pub(crate) async fn reliable_store(o: &Opts, endpoint: &str) -> Res<Vec<Row>> {
         let posted = reliable_posts + concurrent.sent;
         let mut row = Row::new(
             scenario,
-            "store writes per post to a reliable client: one TransactWriteItems (ConditionCheck on \
-             the connection record + Put of the frame)",
+            "store writes per post to a reliable client: one conditional PutItem of the frame, \
+             fenced by its sequence number",
         );
         row.count = format!("{written} frame items for {posted} posts");
         row.rate = format!("{:.2} items/post", written as f64 / posted.max(1) as f64);
