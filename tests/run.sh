@@ -50,6 +50,11 @@
 #                  screenshot is kept as .test-run/artifacts/status-page.png);
 #                  installs Debian's chromium (apt-get) and playwright-core (npm ci in tests/browser/) when
 #                  missing, and builds the host and ws-handler (and, without the js step, the library)
+#     containers   the host's container image (connection-host/Dockerfile, target `prebuilt`, around the build
+#                  step's binary) as a cluster of three containers with podman, against moto: cross-container
+#                  delivery, a SIGKILL, a rolling restart (tests/containers.sh, tests/tests/containers.rs);
+#                  installs podman, buildah, runc and debootstrap (apt-get) when missing, and makes a Debian
+#                  base image with debootstrap once; says "containers: skipped" and passes without podman
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
@@ -66,7 +71,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_STEPS=(tools fmt build clippy test infra monitoring conformance fuzz js browser)
+ALL_STEPS=(tools fmt build clippy test infra monitoring conformance fuzz js browser containers)
 KOSOKU_VERSION="0.1.0"
 MOTO_VERSION="5.2.5"
 # The infra step's tools (aws-sam-cli brings aws-sam-translator; pinned too, since the transform uses it).
@@ -625,6 +630,18 @@ browser_status_test() {
     return "$rc"
 }
 
+step_containers() {
+    [[ -x "$VENV/bin/python" ]] || step_tools
+    # The build step's binary (a no-op build after it), as the conformance step uses it.
+    selected build || step_build
+    local rc=0
+    CONTAINERS_HOST_BIN="$(target_dir)/debug/connection-host" "$ROOT/tests/containers.sh" </dev/null \
+        2>&1 | tee "$RUN_DIR/containers.log" || rc=$?
+    if grep -q '^containers: skipped' "$RUN_DIR/containers.log"; then return 0; fi
+    if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+    return "$rc"
+}
+
 run_step tools step_tools
 run_step fmt step_fmt
 run_step build step_build
@@ -636,4 +653,5 @@ run_step conformance step_conformance
 run_step fuzz step_fuzz
 run_step js step_js
 run_step browser step_browser
+run_step containers step_containers
 CURRENT_STEP="done"
