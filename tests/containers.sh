@@ -10,8 +10,9 @@
 # sudo); without them, or without a way to install them, it prints "containers: skipped — podman not
 # available (reason)" and exits 0. No registry is needed: the Debian base image is made with debootstrap and
 # `podman import` (localhost/debian:bookworm-slim, kept in podman's image store, so the next run reuses it; the
-# slow part, about 1.5 min, happens once). The host's binary: CONTAINERS_HOST_BIN (tests/run.sh passes its build
+# slow part, 1.5 to 3 min, happens once). The host's binary: CONTAINERS_HOST_BIN (tests/run.sh passes its build
 # step's), else `cargo build --workspace --bin connection-host`; it must run on Debian bookworm's glibc.
+# It is copied to .image/ (ignored by git), the build context path the Dockerfile's `prebuilt` target reads.
 #
 # Environment: CARGO_TARGET_DIR is honoured; CI=true adds --locked to cargo. CONTAINERS_CONF, when set, is
 # podman's configuration; otherwise one is written to .test-run/containers/ with runc and explicit ulimits,
@@ -73,6 +74,7 @@ tools() {
         skip "${missing[*]} missing, and neither root nor sudo to install them"
     fi
     echo "installing ${missing[*]} (apt-get)"
+    mkdir -p "$DIR"
     local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0)
     if ! as_root "${apt[@]}" install podman buildah runc debootstrap </dev/null >"$DIR/apt.log" 2>&1; then
         as_root "${apt[@]}" update </dev/null >>"$DIR/apt.log" 2>&1 || true
@@ -99,12 +101,12 @@ base_image() {
     as_root debootstrap --variant=minbase bookworm "$DIR/rootfs" "$m" >"$DIR/debootstrap.log" 2>&1 \
         || { tail -n 20 "$DIR/debootstrap.log" >&2; return 1; }
     as_root rm -rf "$DIR/rootfs"/var/cache/apt/archives/*.deb "$DIR/rootfs"/var/lib/apt/lists/*
-    as_root tar -C "$DIR/rootfs" -c . | podman import - "$BASE_IMAGE" >/dev/null
+    as_root tar -C "$DIR/rootfs" -c . | podman import - "$BASE_IMAGE" >>"$DIR/debootstrap.log" 2>&1
     as_root rm -rf "$DIR/rootfs"
 }
 
-mkdir -p "$DIR"
 tools
+mkdir -p "$DIR"
 if [[ -z "${CONTAINERS_CONF:-}" ]]; then
     # crun fails on some kernels' cgroup setups, and podman's default ulimits exceed what a sandbox may set.
     cat >"$DIR/containers.conf" <<'CONF'
@@ -131,9 +133,13 @@ fi
 mkdir -p "$ROOT/.image"
 cp "$bin" "$ROOT/.image/connection-host"
 start=$SECONDS
+# The previous image, removed once replaced: each new binary would otherwise leave one behind.
+old="$(podman image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 podman build --pull=never --target prebuilt --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg BINARY=.image/connection-host -f connection-host/Dockerfile -t "$IMAGE" . \
     </dev/null >"$DIR/build.log" 2>&1 || { tail -n 30 "$DIR/build.log" >&2; exit 1; }
+new="$(podman image inspect -f '{{.Id}}' "$IMAGE")"
+[[ -n "$old" && "$old" != "$new" ]] && podman rmi "$old" >/dev/null 2>&1 || true
 echo "image $IMAGE built ($((SECONDS - start))s, log: ${DIR#"$ROOT/"}/build.log)"
 
 # moto (DynamoDB API) on a free loopback port, as the test step starts it.
