@@ -34,6 +34,7 @@ if [[ "${CI:-}" == "true" ]]; then
     export CARGO_INCREMENTAL=0
 fi
 MOTO_PID=""
+TEST_PID=""
 
 skip() {
     echo "containers: skipped — podman not available ($1)"
@@ -43,6 +44,11 @@ skip() {
 cleanup() {
     local rc=$?
     set +e
+    # timeout passes the signal on to its process group: cargo and the test binary.
+    if [[ -n "$TEST_PID" ]] && kill -0 "$TEST_PID" 2>/dev/null; then
+        kill -TERM "$TEST_PID"
+        wait "$TEST_PID" 2>/dev/null
+    fi
     if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
         kill -TERM "$MOTO_PID"
         wait "$MOTO_PID" 2>/dev/null
@@ -153,6 +159,9 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 
-# --workspace, as the test step runs the tests: the same features, so nothing is built again after it.
+# --workspace, as the test step runs the tests: the same features, so nothing is built again after it. In the
+# background and waited for, so that the INT/TERM traps run at once and cleanup stops it.
 CONTAINERS_TEST_IMAGE="$IMAGE" DYNAMODB_TEST_ENDPOINT="http://127.0.0.1:$port" \
-    timeout 600 cargo test "${CARGO_FLAGS[@]}" --workspace --test containers -- --nocapture </dev/null
+    timeout 600 cargo test "${CARGO_FLAGS[@]}" --workspace --test containers -- --nocapture </dev/null &
+TEST_PID=$!
+wait "$TEST_PID"
