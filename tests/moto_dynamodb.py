@@ -21,6 +21,7 @@ WSGI application unchanged, one at a time too. `python tests/moto_load.py` measu
 
 import argparse
 import asyncio
+import functools
 import io
 import os
 import sys
@@ -29,7 +30,9 @@ import traceback
 from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
+from moto.core import responses as moto_responses
 from moto.core.request import Request
+from moto.core.serialize import DEFAULT_ALIAS_PROVIDERS, XFormedAttributePicker
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_api import recorder
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -41,6 +44,33 @@ DYNAMODB_TARGET = "dynamodb_20120810."
 MAX_HEAD = 64 * 1024
 
 moto_server_app = DomainDispatcherApplication(create_backend_app)
+
+# Two of moto's steps recompute, on every request, what depends only on code and on the API's model;
+# each is remembered here, which changes no answer. Every request listed the handler's methods
+# (inspect.getmembers) to find its action's.
+moto_responses.method_names_from_class = functools.cache(moto_responses.method_names_from_class)
+# And the response serializer asked five alias providers, for every member of every structure it
+# wrote (ten per attribute value), under which names to look for that member in the handler's result.
+# For a dict result, the providers' answer depends only on the member's shape, its parent structure's
+# shape and the member's name: remembered by those (the shapes, kept alive here, are those of moto's
+# cached service model, so their ids stay theirs).
+_possible_keys = XFormedAttributePicker.get_possible_keys
+_possible_keys_of = {}
+
+
+def possible_keys(picker, context):
+    if type(context.obj) is not dict or picker.alias_providers is not DEFAULT_ALIAS_PROVIDERS:
+        return _possible_keys(picker, context)
+    shape = context.shape
+    parent = getattr(shape, "parent", None)
+    key = (id(shape), id(parent), context.key)
+    known = _possible_keys_of.get(key)
+    if known is None:
+        known = _possible_keys_of[key] = (shape, parent, tuple(_possible_keys(picker, context)))
+    return known[2]
+
+
+XFormedAttributePicker.get_possible_keys = possible_keys
 
 
 class ServerRequest(Request):
