@@ -6,25 +6,26 @@ One request at a time: moto_server handles each request on its own thread, and i
 write's condition and then writes without a lock, so two conditional writes racing on one item can both
 succeed (seen with eight concurrent `SET owner = :new IF owner = :old` updates: two winners for 4 keys in
 300). DynamoDB never lets both succeed, and the host's session take-over, key claims and frame fencing
-rely on that. Here one asyncio loop runs every request to its end before it reads the next, which gives
-moto DynamoDB's atomicity.
+rely on that. Here every request is answered under one lock, which gives moto DynamoDB's atomicity.
 
 Faster than moto_server: most of moto_server's time per request went to its HTTP layer (werkzeug's
-development server, a new connection and thread per request, its access log, Flask's dispatch), not to
-DynamoDB. This server keeps connections alive and hands a DynamoDB request (`POST /` with an
-`X-Amz-Target: DynamoDB_20120810.*` header) straight to moto's DynamoDB handler, the one moto_server's
-Flask route calls, and writes its status, headers and body as moto_server would (only werkzeug's own
-`Server` header and its access log are gone). Every other request (`/moto-api/`, other services, a
-request with an `Origin` header, which moto_server answers with CORS headers) goes to moto_server's own
-WSGI application unchanged, one at a time too. `python tests/moto_load.py` measures both (requests/s).
+development server: a new connection and thread per request, an access-log line, Flask's dispatch), not
+to DynamoDB. This server keeps connections alive (a thread each) and hands a DynamoDB request (`POST /`
+with an `X-Amz-Target: DynamoDB_20120810.*` header) straight to moto's DynamoDB handler, the one
+moto_server's Flask route calls, and writes the status, headers and body moto_server would (only
+werkzeug's own `Server` header and the access log are gone). Every other request (`/moto-api/`, other
+services, a request with an `Origin` header, which moto_server answers with CORS headers) goes to
+moto_server's own WSGI application, under the same lock. `python tests/moto_load.py` measures it
+(requests/s per operation) and checks the atomicity.
 """
 
 import argparse
-import asyncio
 import functools
 import io
 import os
+import socketserver
 import sys
+import threading
 import time
 import traceback
 from urllib.parse import unquote
@@ -44,12 +45,13 @@ DYNAMODB_TARGET = "dynamodb_20120810."
 MAX_HEAD = 64 * 1024
 
 moto_server_app = DomainDispatcherApplication(create_backend_app)
+one_at_a_time = threading.Lock()
 
 # Two of moto's steps recompute, on every request, what depends only on code and on the API's model;
 # each is remembered here, which changes no answer. Every request listed the handler's methods
 # (inspect.getmembers) to find its action's.
 moto_responses.method_names_from_class = functools.cache(moto_responses.method_names_from_class)
-# And the response serializer asked five alias providers, for every member of every structure it
+# And the response serializer asked six alias providers, for every member of every structure it
 # wrote (ten per attribute value), under which names to look for that member in the handler's result.
 # For a dict result, the providers' answer depends only on the member's shape, its parent structure's
 # shape and the member's name: remembered by those (the shapes, kept alive here, are those of moto's
@@ -177,58 +179,50 @@ def respond(method, target, version, headers, body, server, peer, close):
     return "".join(head).encode("latin1") + (b"" if method == "HEAD" else payload)
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: HTTP/1.1 with keep-alive, requests answered in order, one at a time."""
+class Connection(socketserver.StreamRequestHandler):
+    """One client connection on its own thread: HTTP/1.1 with keep-alive, its requests answered in order."""
 
-    def connection_made(self, transport):
-        self.transport = transport
-        self.server = transport.get_extra_info("sockname")
-        self.peer = transport.get_extra_info("peername")
-        self.buffer = bytearray()
-
-    def data_received(self, data):
-        self.buffer += data
-        while not self.transport.is_closing():
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    self.refuse(431)
+    def handle(self):
+        server = self.connection.getsockname()
+        while True:
+            line = self.rfile.readline(MAX_HEAD)
+            if not line:
                 return
-            lines = self.buffer[:end].decode("latin1").split("\r\n")
             try:
-                method, target, version = lines[0].split(" ")
+                method, target, version = line.decode("latin1").rstrip("\r\n").split(" ")
                 headers = {}
-                for line in lines[1:]:
+                while (line := self.rfile.readline(MAX_HEAD).decode("latin1").rstrip("\r\n")) != "":
                     name, value = line.split(":", 1)
                     name = name.strip().lower()
                     value = value.strip()
                     headers[name] = f"{headers[name]},{value}" if name in headers else value
                 length = int(headers.get("content-length", "0"))
             except ValueError:
-                self.refuse(400)
-                return
+                return self.refuse(400)
             if "transfer-encoding" in headers:
-                self.refuse(501)  # AWS SDKs send DynamoDB requests with a Content-Length
-                return
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = bytes(self.buffer[end + 4 : end + 4 + length])
-            del self.buffer[: end + 4 + length]
+                return self.refuse(501)  # AWS SDKs send DynamoDB requests with a Content-Length
+            body = self.rfile.read(length)
             close = version != "HTTP/1.1" or headers.get("connection", "").lower() == "close"
-            self.transport.write(respond(method, target, version, headers, body, self.server, self.peer, close))
+            with one_at_a_time:
+                response = respond(method, target, version, headers, body, server, self.client_address, close)
+            self.wfile.write(response)
             if close:
-                self.transport.close()
+                return
 
     def refuse(self, status):
-        self.transport.write(f"{status_line(status)}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
-        self.transport.close()
+        self.wfile.write(f"{status_line(status)}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
 
 
-async def serve(host, port):
-    server = await asyncio.get_running_loop().create_server(Connection, host, port, reuse_address=True)
-    print(f" * Running on http://{host}:{port}", file=sys.stderr, flush=True)
-    async with server:
-        await server.serve_forever()
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    # The hosts of a cluster test open many connections at once; socketserver's default backlog is 5.
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A client that goes away mid-request (a host the test kills) is not an error of the server's.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def main():
@@ -238,10 +232,12 @@ def main():
     args = parser.parse_args()
     # As moto_server: some of moto's answers name the server's own URL.
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    try:
-        asyncio.run(serve(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+    with Server((args.host, args.port), Connection) as server:
+        print(f" * Running on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -90,7 +90,10 @@ def run_clients(endpoint, table, operation, clients, deadline, out):
         n = 0
         while time.time() < deadline:
             start = time.perf_counter()
-            status, answer = dynamo.call(operation, request_body(operation, table, number, n))
+            try:
+                status, answer = dynamo.call(operation, request_body(operation, table, number, n))
+            except (OSError, http.client.HTTPException) as e:
+                status, answer = "no answer", repr(e)
             mine.append(time.perf_counter() - start)
             if status != 200:
                 with lock:
