@@ -18,12 +18,12 @@
 //!
 //! Scale and knobs (environment variables):
 //! - `CHAOS_CLIENTS` (default 5) clients, each sending and receiving `CHAOS_MESSAGES` (default 100)
-//!   messages. The 50 × 2,000 does not fit moto in the time the suite has: moto serves
-//!   about 100 requests/s on two busy cores (most of each one's time goes to its HTTP layer, not
-//!   to DynamoDB's work), and a message pair cost about 15 in a 10 × 200 run (the key's claim and
-//!   answer, the reply's frame and the post's frame, plus the resumes' and heartbeats' share), so
-//!   50 × 2,000 would take hours. Figures: connection-host/SESSIONS.md, "Known gaps". Against a real DynamoDB
-//!   endpoint, raise them.
+//!   messages. The 50 × 2,000 does not fit moto in the time the suite has: a message pair
+//!   cost about 15 requests in a 10 × 200 run (the key's claim and answer, the reply's frame and
+//!   the post's frame, plus the resumes' and heartbeats' share), 1.5 million for 50 × 2,000, and
+//!   tests/moto_dynamodb.py serves a few hundred to about a thousand requests/s on two busy cores
+//!   (tests/moto_load.py), so it would take most of an hour. Figures: connection-host/SESSIONS.md,
+//!   "Known gaps". Against a real DynamoDB endpoint, raise them.
 //! - `CHAOS_RUN_SECS` (default 150) bounds each run; what has not arrived by then counts as lost.
 //! - `CHAOS_PLAIN=0` skips the plain run; `CHAOS_KILL=0` keeps host-c alive; `CHAOS_FAULTS`
 //!   (`reset=1,blackhole=1` by default, or `none`) picks the proxy's faults.
