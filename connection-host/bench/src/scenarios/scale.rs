@@ -64,7 +64,8 @@ const POSTERS_PER_HOST: usize = 8;
 /// A host's configuration: the `whoami` route, a management listener, the cluster on the shared
 /// tables. The host timeout is long because the machine is saturated while the connections are
 /// opened, and a late heartbeat must not get a host reaped; the idle timeout is longer than the
-/// run.
+/// run. No pings (API Gateway's behaviour): a loader reads nothing until all its connections are
+/// open, so it would not answer them in time.
 fn host_config(tables: &Tables, id: &str, groups: bool) -> String {
     let server = post::WHOAMI_CONFIG.replacen(
         "listen = \"127.0.0.1:{PORT}\"\n",
@@ -72,7 +73,7 @@ fn host_config(tables: &Tables, id: &str, groups: bool) -> String {
         1,
     );
     format!(
-        "{server}\n[limits]\nidle_timeout = \"1h\"\n\n[extensions]\ngroups = {groups}\n\n{}\n\
+        "{server}\n[limits]\nidle_timeout = \"1h\"\nping_interval = \"0s\"\n\n[extensions]\ngroups = {groups}\n\n{}\n\
          [cluster]\nhost_id = \"{id}\"\nadvertise_url = \"http://127.0.0.1:{{MPORT}}\"\n\
          host_timeout = \"120s\"\n",
         tables.store_section()
@@ -516,6 +517,8 @@ struct Dynalite {
 }
 
 impl Dynalite {
+    /// Starts dynalite on a free loopback port; a port taken between the check and dynalite's
+    /// bind makes it exit, and another port is tried (three in all).
     async fn start(bin: &Path) -> Res<Self> {
         if !bin.exists() {
             return Err(format!(
@@ -525,13 +528,25 @@ impl Dynalite {
             )
             .into());
         }
-        let port = free_port()?;
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("ch-bench-{}-dynalite.log", std::process::id())),
-        )?;
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_on(bin, free_port()?).await {
+                Ok(d) => return Ok(d),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last.into())
+    }
+
+    async fn start_on(bin: &Path, port: u16) -> Res<Self> {
+        let log_path =
+            std::env::temp_dir().join(format!("ch-bench-{}-dynalite.log", std::process::id()));
+        let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(bin);
         // Tables are ACTIVE at once instead of after dynalite's default half second.
         command.args([
+            "--host",
+            "127.0.0.1",
             "--port",
             &port.to_string(),
             "--createTableMs",
@@ -542,14 +557,18 @@ impl Dynalite {
             "0",
         ]);
         let child = spawn_logged(command, bin, log)?;
-        let d = Dynalite {
+        let mut d = Dynalite {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Some(status) = d.child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("dynalite exited at start ({status}): {log}").into());
+            }
             if Instant::now() > deadline {
-                return Err("dynalite did not listen within 30 s".into());
+                return Err("dynalite did not listen within 60 s".into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
