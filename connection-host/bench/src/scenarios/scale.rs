@@ -394,7 +394,7 @@ async fn join_and_broadcast(
                 if n == 1 {
                     " (reads every member's owner)"
                 } else {
-                    " (owners cached)"
+                    " (again: owners the host's cache kept are not read)"
                 }
             ),
         );
