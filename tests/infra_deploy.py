@@ -826,10 +826,10 @@ def check_load_balancers(checks, aws, name, resources, balancers, certificate, m
         for g in groups
     }
     checks.equal(
-        f"{name}: target groups (IP targets; health check HTTP /health on 9080)",
+        f"{name}: target groups (IP targets; health checks on 9080: /health/ready, /health)",
         got,
         {
-            public_tg: ("TCP", 8080, "ip", "HTTP", "9080", "/health"),
+            public_tg: ("TCP", 8080, "ip", "HTTP", "9080", "/health/ready"),
             management_tg: ("TCP", 9080, "ip", "HTTP", "9080", "/health"),
         },
     )

@@ -382,6 +382,8 @@ pub struct HostLimits {
     /// `limits.max_connections`: one permit per TCP connection on the public listener; `None`
     /// when unlimited.
     connections: Option<Arc<Semaphore>>,
+    /// `limits.max_connections` as configured (0 = unlimited), for `/health`.
+    max_connections: usize,
 }
 
 impl HostLimits {
@@ -404,7 +406,19 @@ impl HostLimits {
                     config.max_connections.min(Semaphore::MAX_PERMITS),
                 ))
             }),
+            max_connections: config.max_connections,
         })
+    }
+
+    /// `limits.max_connections` (0 = unlimited) and how many of its places are taken now (0 when
+    /// unlimited: nothing is counted then).
+    pub fn connection_places(&self) -> (usize, usize) {
+        let taken = self.connections.as_ref().map_or(0, |cap| {
+            self.max_connections
+                .min(Semaphore::MAX_PERMITS)
+                .saturating_sub(cap.available_permits())
+        });
+        (self.max_connections, taken)
     }
 
     /// A place for one more TCP connection under `limits.max_connections`, held until the

@@ -804,6 +804,73 @@ async fn max_connections_refuses_with_503_before_the_head_and_admits_again_after
     assert_eq!(connects(&handler), 2);
 }
 
+/// `GET {path}` on `addr`: the status and the JSON body.
+async fn health_of(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn health_reports_a_full_host_and_ready_answers_503_until_a_place_frees() {
+    init_env();
+    let config =
+        connection_host::Config::from_toml(&format!("[limits]\nmax_connections = 2\n{WHOAMI}"))
+            .unwrap();
+    let public = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let internal = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let (public_addr, internal_addr) =
+        (public.local_addr().unwrap(), internal.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(connection_host::run(
+        config,
+        connection_host::Listeners {
+            public,
+            management: Some(internal),
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let (status, body) = health_of(internal_addr, "/health/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ok", "accepting": true, "connections": 0,
+               "heldConnections": 0, "maxConnections": 2})
+    );
+
+    let _ws = connect(public_addr).await;
+    // A TCP connection that has sent nothing takes a place too.
+    let silent = TcpStream::connect(public_addr).await.unwrap();
+    let full = json!({"status": "full", "accepting": false, "connections": 1,
+                      "heldConnections": 2, "maxConnections": 2});
+    let (status, body) = eventually_some("the host to count both", WAIT, async || {
+        let (status, body) = health_of(internal_addr, "/health/ready").await;
+        (body["heldConnections"] == 2).then_some((status, body))
+    })
+    .await;
+    assert_eq!((status, &body), (503, &full));
+    // `/health` itself stays 200: the process is alive, and a container health check must not
+    // replace a host only because it is full.
+    assert_eq!(health_of(internal_addr, "/health").await, (200, full));
+
+    drop(silent);
+    let (_, body) = eventually_some("a place after a close", WAIT, async || {
+        let (status, body) = health_of(internal_addr, "/health/ready").await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(body["accepting"], true, "{body}");
+    assert_eq!(body["heldConnections"], 1, "{body}");
+
+    let _ = tx.send(());
+    within("run to return", run).await.unwrap().unwrap();
+}
+
 /// API Gateway's frame for a throttled message.
 fn is_throttle_frame(text: &str) -> bool {
     regex_lite::Regex::new(

@@ -923,6 +923,116 @@ shared_suite! {
 // DynamoDB only.
 // ---------------------------------------------------------------------------------------------
 
+/// An endpoint in front of `moto` that does not know the TTL operations, answering them as
+/// dynalite does (`UnknownOperationException`); everything else goes through.
+async fn endpoint_without_ttl(moto: &str) -> String {
+    let moto = moto.trim_end_matches('/').to_string();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let moto = moto.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let target = parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if target.ends_with("TimeToLive") {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    [(http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                    r#"{"__type":"com.amazon.coral.service#UnknownOperationException"}"#
+                        .to_string(),
+                );
+            }
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let mut forward = reqwest::Client::new().post(format!("{moto}{}", parts.uri));
+            for (name, value) in &parts.headers {
+                if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
+                    forward = forward.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let answer = forward.body(body).send().await.unwrap();
+            let status = http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            (
+                status,
+                [(http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                answer.text().await.unwrap(),
+            )
+        }
+    });
+    serve(app).await
+}
+
+#[tokio::test]
+async fn dynamodb_init_on_a_server_without_ttl_says_so_and_creates_the_tables() {
+    let Some(endpoint) = dynamodb_test_endpoint(
+        "dynamodb_init_on_a_server_without_ttl_says_so_and_creates_the_tables",
+    ) else {
+        return;
+    };
+    init_env();
+    let proxy = endpoint_without_ttl(&endpoint).await;
+    let config = TestTables::config(&proxy);
+    let store = DynamoDbStore::from_env(&config).await;
+    let report = store
+        .create_tables()
+        .await
+        .expect("a server without TTL is reported, not fatal");
+    let (connections, groups) = (&config.store.connections_table, &config.store.groups_table);
+    let sessions = &config.store.sessions_table;
+    assert!(
+        report.contains(&format!("created table {connections}")),
+        "{report:?}"
+    );
+    let unsupported: Vec<&String> = report
+        .iter()
+        .filter(|l| l.starts_with("TTL not supported by this endpoint"))
+        .collect();
+    assert_eq!(unsupported.len(), 3, "one line per table: {report:?}");
+    for (table, fate) in [
+        (connections, "deleted on disconnect and by the reaper"),
+        (groups, "deleted on leave, on disconnect and by the reaper"),
+        (sessions, "they accumulate"),
+    ] {
+        let line = unsupported
+            .iter()
+            .find(|l| l.contains(&format!("{table}.ttl is not enabled")))
+            .unwrap_or_else(|| panic!("no line for {table}: {report:?}"));
+        assert!(line.contains(fate), "{line}");
+    }
+    store.check_tables().await.expect("the tables exist");
+    store
+        .check_sessions_table()
+        .await
+        .expect("the sessions table exists");
+    // Nothing enabled TTL behind the report's back.
+    let ttl = dynamodb_client(&endpoint)
+        .describe_time_to_live()
+        .table_name(connections)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.time_to_live_status()),
+        Some(&TimeToLiveStatus::Enabled)
+    );
+    // The store works on these tables all the same.
+    store
+        .put_connection(record("ttl-less", None))
+        .await
+        .unwrap();
+    assert!(store.get_connection("ttl-less").await.unwrap().is_some());
+    for table in [connections, groups, sessions] {
+        let _ = dynamodb_client(&endpoint)
+            .delete_table()
+            .table_name(table)
+            .send()
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn dynamodb_check_tables_names_missing_tables_and_init_is_idempotent() {
     let Some(endpoint) =

@@ -6,6 +6,8 @@
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
 //!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
 //!     [reliable] [reliable-store] [baseline]
+//! cargo run --release -p connection-host-bench -- [--connections N] [--hosts H] [--loaders L] \
+//!     [--dynalite PATH] [--dynamodb-endpoint URL] scale|scale-broadcast
 //! ```
 //!
 //! Starts the real host binary as a child process (one per scenario, two for `post-cross-host`,
@@ -15,6 +17,10 @@
 //!
 //! `echo-lambda` runs the `echo` example function (`cargo build --release -p ws-handler --bin
 //! echo`, found beside the host binary) under the host's local Lambda runtime.
+//!
+//! `scale` and `scale-broadcast` (run only when named) hold 100,000 connections over a local cluster
+//! of host processes and loader processes (this binary again, `bench --loader …`) on dynalite: see
+//! `scenarios/scale.rs` and BENCHMARKS.md.
 //!
 //! `reliable` and `reliable-store` post to clients speaking the `ch-reliable.v1` subprotocol
 //! (PROTOCOL.md) beside plain clients on the same host, and time a session's resume.
@@ -62,6 +68,9 @@ const ALL: &[&str] = &[
     "reliable-store",
     "baseline",
 ];
+
+/// Scenarios run only when named: they take minutes and most of the machine.
+const ON_REQUEST: &[&str] = &["scale", "scale-broadcast"];
 
 /// The scenarios that need a DynamoDB endpoint.
 const NEED_DYNAMODB: &[&str] = &[
@@ -595,6 +604,12 @@ struct Opts {
     duration: Duration,
     /// The DynamoDB endpoint, or why there is none.
     dynamodb: Result<String, String>,
+    /// `--dynamodb-endpoint` for the scale scenarios; without it they start dynalite.
+    scale_endpoint: Option<String>,
+    /// The dynalite executable (`--dynalite`).
+    dynalite: PathBuf,
+    /// The scale scenarios' connections, hosts and loader processes.
+    shape: Shape,
 }
 
 /// Environment variables that turn the host's rate limits off.
@@ -707,8 +722,10 @@ fn echo_row(
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--host-bin PATH] [--out FILE] [--duration SECS] \
-         [--dynamodb-endpoint URL] [{}]...",
-        ALL.join("|")
+         [--dynamodb-endpoint URL] [--connections N] [--hosts H] [--loaders L] [--dynalite PATH] \
+         [{}|{}]...",
+        ALL.join("|"),
+        ON_REQUEST.join("|")
     );
     std::process::exit(2);
 }
@@ -763,9 +780,25 @@ fn main() {
     let mut duration = Duration::from_secs(10);
     let mut dynamodb_endpoint: Option<String> = None;
     let mut scenarios = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut shape = Shape::default();
+    let mut dynalite = default_dynalite();
+    let all_args: Vec<String> = std::env::args().collect();
+    if all_args.get(1).map(String::as_str) == Some("--loader") {
+        loader_main(&all_args[2..]);
+    }
+    let mut args = all_args.into_iter().skip(1);
+    let count = |args: &mut dyn Iterator<Item = String>| -> usize {
+        args.next()
+            .and_then(|s| s.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| usage())
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--connections" => shape.connections = count(&mut args),
+            "--hosts" => shape.hosts = count(&mut args),
+            "--loaders" => shape.loaders = count(&mut args),
+            "--dynalite" => dynalite = args.next().unwrap_or_else(|| usage()).into(),
             "--host-bin" => host_bin = Some(args.next().unwrap_or_else(|| usage()).into()),
             "--out" => out = Some(args.next().unwrap_or_else(|| usage()).into()),
             "--dynamodb-endpoint" => {
@@ -779,7 +812,7 @@ fn main() {
                 duration = Duration::from_secs_f64(secs.clamp(0.5, 120.0));
             }
             "-h" | "--help" => usage(),
-            s if ALL.contains(&s) => scenarios.push(s.to_string()),
+            s if ALL.contains(&s) || ON_REQUEST.contains(&s) => scenarios.push(s.to_string()),
             _ => usage(),
         }
     }
@@ -805,6 +838,9 @@ fn main() {
         host_bin: host_bin.clone(),
         duration,
         dynamodb: Err("not needed".into()),
+        scale_endpoint: dynamodb_endpoint.clone(),
+        dynalite,
+        shape,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     // Stops moto (if the bench started it) when main returns or unwinds.
@@ -878,6 +914,8 @@ fn main() {
                 "reliable" => reliable(&opts).await,
                 "reliable-store" => reliable_store(&opts, endpoint).await,
                 "baseline" => baseline(&opts).await,
+                "scale" => scale(&opts, opts.shape).await,
+                "scale-broadcast" => scale_broadcast(&opts, opts.shape).await,
                 _ => unreachable!("checked when parsing"),
             };
             match result {

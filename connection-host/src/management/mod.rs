@@ -40,6 +40,7 @@ pub fn router(host: Arc<Host>, management: bool) -> Router {
     let router = if management {
         Router::new()
             .route("/health", axum::routing::get(health))
+            .route("/health/ready", axum::routing::get(ready))
             .route("/metrics", axum::routing::get(metrics))
             .route("/status", axum::routing::get(status::page))
             .route("/status/status.js", axum::routing::get(status::script))
@@ -91,12 +92,45 @@ async fn add_request_id(mut response: Response) -> Response {
 /// The header naming a response's request ID, as API Gateway's management API sends it.
 const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
 
+/// `GET /health`: the process is alive (always 200, so a container health check never replaces a
+/// host only because it is full), with what a load balancer or an operator needs to see how full it
+/// is. `GET /health/ready` answers the same body with 503 while the host takes no new connection.
 async fn health(State(host): State<Arc<Host>>) -> Response {
-    axum::Json(serde_json::json!({
-        "status": "ok",
+    axum::Json(health_body(&host)).into_response()
+}
+
+/// `GET /health/ready`: 200 while the host accepts new connections; 503 when it holds
+/// `limits.max_connections` or is shutting down, so a target group's health check takes it out of
+/// rotation for new connections (CONFIGURATION.md, "Limits and load balancers").
+async fn ready(State(host): State<Arc<Host>>) -> Response {
+    let body = health_body(&host);
+    let status = if body["accepting"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The body of `/health` and `/health/ready`. `connections` counts WebSockets; `maxConnections`
+/// and `heldConnections` are `limits.max_connections` (0 = unlimited) and the public listener's TCP
+/// connections counted against it (WebSockets, handshakes in progress, plain HTTP).
+fn health_body(host: &Host) -> serde_json::Value {
+    let (max, held) = host.limits.connection_places();
+    let (status, accepting) = if host.shutdown.is_cancelled() {
+        ("draining", false)
+    } else if max > 0 && held >= max {
+        ("full", false)
+    } else {
+        ("ok", true)
+    };
+    serde_json::json!({
+        "status": status,
+        "accepting": accepting,
         "connections": host.registry.len(),
-    }))
-    .into_response()
+        "heldConnections": held,
+        "maxConnections": max,
+    })
 }
 
 /// `GET /metrics`: every series in Prometheus text format (METRICS.md).

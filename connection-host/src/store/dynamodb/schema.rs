@@ -169,14 +169,23 @@ impl DynamoDbStore {
         }
     }
 
+    /// Enables TTL on `table`'s `ttl`, or says why it did not: a server without the TTL
+    /// operations (dynalite, some local emulators) gets a line saying so, not an error, because
+    /// every read ignores expired items anyway.
     async fn enable_ttl(&self, table: &str) -> Result<String, StoreError> {
-        let current = self
+        let current = match self
             .client
             .describe_time_to_live()
             .table_name(table)
             .send()
             .await
-            .map_err(|e| unavailable(&format!("DescribeTimeToLive {table}"), e))?;
+        {
+            Ok(current) => current,
+            Err(e) if is_unknown_operation(&e) => {
+                return Ok(self.ttl_unsupported(table, "DescribeTimeToLive"));
+            }
+            Err(e) => return Err(unavailable(&format!("DescribeTimeToLive {table}"), e)),
+        };
         let current = current.time_to_live_description();
         let status = current.and_then(|d| d.time_to_live_status());
         let attribute = current.and_then(|d| d.attribute_name());
@@ -192,7 +201,8 @@ impl DynamoDbStore {
                 ))),
             };
         }
-        self.client
+        let result = self
+            .client
             .update_time_to_live()
             .table_name(table)
             .time_to_live_specification(
@@ -203,9 +213,34 @@ impl DynamoDbStore {
                     .expect("static TTL specification"),
             )
             .send()
-            .await
-            .map_err(|e| unavailable(&format!("UpdateTimeToLive {table}"), e))?;
-        Ok(format!("enabled TTL on {table}.ttl"))
+            .await;
+        match result {
+            Ok(_) => Ok(format!("enabled TTL on {table}.ttl")),
+            Err(e) if is_unknown_operation(&e) => {
+                Ok(self.ttl_unsupported(table, "UpdateTimeToLive"))
+            }
+            Err(e) => Err(unavailable(&format!("UpdateTimeToLive {table}"), e)),
+        }
+    }
+
+    /// The `store init` line for a table whose server lacks `operation`: what then becomes of
+    /// the items that only TTL would delete.
+    fn ttl_unsupported(&self, table: &str, operation: &str) -> String {
+        let fate = if table == self.tables.sessions {
+            "the idempotency keys and kept frames of reliable sessions are deleted by nothing else, \
+             so they accumulate"
+        } else if table == self.tables.groups {
+            "memberships are still deleted on leave, on disconnect and by the reaper; only \
+             orphans (a delete that failed or raced a write) stay"
+        } else {
+            "records are still deleted on disconnect and by the reaper of dead hosts; only \
+             orphans (a delete that failed or raced a write, a drain that timed out) stay"
+        };
+        format!(
+            "TTL not supported by this endpoint ({operation} is unknown to it): {table}.ttl is not \
+             enabled, so no item of {table} expires by itself. Reads ignore expired items, so the \
+             hosts behave the same; {fate}. Use DynamoDB (or a server with TTL) in production"
+        )
     }
 
     /// Checks that the connections and groups tables exist, the connections table has its
@@ -260,4 +295,12 @@ impl DynamoDbStore {
             )))
         }
     }
+}
+
+/// Whether the server does not know the operation at all (dynalite answers
+/// `UnknownOperationException` to the TTL operations), as opposed to refusing this call.
+fn is_unknown_operation<E: ProvideErrorMetadata, R>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> bool {
+    e.code() == Some("UnknownOperationException")
 }
