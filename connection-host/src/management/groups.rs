@@ -118,19 +118,28 @@ pub(super) async fn broadcast(
         volatile,
     };
     let mut counts = Delivered::default();
-    let mut fetching = Some(fetch_page(host, group, None));
-    while let Some(page) = fetching.take() {
-        let page = page
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))??;
-        if let Some(token) = page.next_token {
-            fetching = Some(fetch_page(host, group, Some(token)));
-        }
+    let mut page = fetch_page(host, group, None).await?;
+    loop {
+        let next = page.next_token.take();
+        // Asked for first, so the store works on it while this page is delivered; not a task of
+        // its own, which would wait behind the members' tasks this page wakes.
+        let next = async {
+            match next {
+                Some(token) => fetch_page(host, group, Some(token)).await.map(Some),
+                None => Ok(None),
+            }
+        };
         let ids = page
             .connection_ids
             .into_iter()
             .filter(|id| exclude.as_deref() != Some(id.as_str()));
-        counts.add(deliver_page(host, ids, &message, &mut remote).await?);
+        let delivering = deliver_page(host, ids, &message, &mut remote);
+        let (next, done) = futures_util::future::join(next, delivering).await;
+        counts.add(done?);
+        match next? {
+            Some(next) => page = next,
+            None => break,
+        }
     }
     while let Some(done) = remote.calls.join_next().await {
         counts.add(done.map_err(|e| ManagementError::Unavailable(e.to_string()))?);
@@ -139,21 +148,17 @@ pub(super) async fn broadcast(
     Ok(axum::Json(counts.to_json()).into_response())
 }
 
-/// Reads one page of `group`'s members in its own task, so that it comes in while the page
-/// before it is delivered.
-fn fetch_page(
-    host: &Arc<Host>,
+/// Reads one page of `group`'s members.
+async fn fetch_page(
+    host: &Host,
     group: &str,
     token: Option<String>,
-) -> tokio::task::JoinHandle<Result<MembersPage, ManagementError>> {
-    let (host, group) = (host.clone(), group.to_string());
-    tokio::spawn(async move {
-        let size = host.config.extensions.groups.broadcast_page_size;
-        host.store
-            .group_members(&group, token.as_deref(), size)
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))
-    })
+) -> Result<MembersPage, ManagementError> {
+    let size = host.config.extensions.groups.broadcast_page_size;
+    host.store
+        .group_members(group, token.as_deref(), size)
+        .await
+        .map_err(|e| ManagementError::Unavailable(e.to_string()))
 }
 
 /// A broadcast's calls to other hosts.

@@ -7,6 +7,7 @@
 //! (call to last delivery, per-delivery latency); then broadcasts back to back with a few in
 //! flight for `--duration` (deliveries per second sustained).
 
+use super::post::WHOAMI_CONFIG;
 use crate::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -141,8 +142,17 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
         let what = format!("{} running host(s)", o.hosts.len());
         return broadcast_run(o, &o.hosts, &what).await;
     }
-    let config = format!("{WHOAMI_CONFIG}\n[extensions]\ngroups = true\n");
-    let host = HostProc::start(&o.host_bin, "broadcast", &config).await?;
+    // The group's fan-out limit off, like every other rate limit in the bench.
+    let config = format!("{WHOAMI_CONFIG}\n[extensions.groups]\nenabled = true\nfanout_rate = 0\n");
+    let host = match HostProc::start(&o.host_bin, "broadcast", &config).await {
+        Ok(host) => host,
+        // A host binary from before `[extensions.groups]` became a table, for a before/after
+        // comparison: it has no fan-out limit.
+        Err(_) => {
+            let config = format!("{WHOAMI_CONFIG}\n[extensions]\ngroups = true\n");
+            HostProc::start(&o.host_bin, "broadcast-switch", &config).await?
+        }
+    };
     let at = SocketAddr::from(([127, 0, 0, 1], host.port));
     let rows = broadcast_run(o, &[Target { ws: at, mgmt: at }], "one host").await;
     host.report_log();
@@ -150,9 +160,9 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
 }
 
 /// Connects `o.members` WebSockets spread over `targets` (round-robin), joins them to the group
-/// through their own host, then broadcasts through the first target. The hosts need
-/// `[extensions] groups = true`, the `whoami` route of [`WHOAMI_CONFIG`] and their rate limits
-/// off (the `UNLIMITED` variables).
+/// through their own host, then broadcasts through the first target. The hosts need the groups
+/// extension with `fanout_rate = 0`, the `whoami` route of [`WHOAMI_CONFIG`] and their rate
+/// limits off (the `UNLIMITED` variables).
 pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) -> Res<Vec<Row>> {
     let n = o.members;
     let t = Instant::now();
