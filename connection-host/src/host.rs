@@ -12,7 +12,7 @@ use crate::authorizer::Authorizer;
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError};
 use crate::events::ConnectionContext;
-use crate::limits::{HostLimits, RouteThrottle};
+use crate::limits::{FanoutLimit, HostLimits, RouteThrottle};
 use crate::local_lambda::LocalFunctions;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -69,6 +69,8 @@ pub struct Host {
     pub(crate) management_auth: Option<Verifier>,
     /// Abuse limits shared by every connection: origins, rates, per-IP and per-principal counts.
     pub(crate) limits: HostLimits,
+    /// Each group's fan-out allowance (`extensions.groups.fanout_rate`).
+    pub(crate) fanout: FanoutLimit,
     /// `server.tls`, loaded.
     pub(crate) tls: Option<TlsAcceptor>,
     /// `server.management_tls`, loaded.
@@ -160,7 +162,9 @@ impl Host {
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.read_buffer_size)
-            .write_buffer_size(0)
+            // The write loop flushes after every batch of queued messages, so nothing waits in
+            // this buffer: it only lets a batch (up to 64 KiB) go out in one write.
+            .write_buffer_size(64 * 1024)
             .max_write_buffer_size(l.outbound_queue_bytes.max(l.frame_size) * 2)
             .max_frame_size(Some(l.frame_size))
             .max_message_size(Some(l.message_size));
@@ -172,6 +176,8 @@ impl Host {
             .static_dir
             .as_ref()
             .map(tower_http::services::ServeDir::new);
+        let groups = &config.extensions.groups;
+        let fanout = FanoutLimit::new(groups.fanout_rate, groups.fanout_burst);
         Ok(Self {
             config,
             definition,
@@ -188,6 +194,7 @@ impl Host {
             authorizer,
             management_auth,
             limits,
+            fanout,
             tls,
             management_tls,
             metrics,

@@ -443,9 +443,126 @@ pub struct ConnectionPermit {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// Each group's fan-out allowance (`extensions.groups.fanout_rate` and `fanout_burst`): a token
+/// bucket per group, in deliveries, kept as the time at which the group's bucket is full again.
+///
+/// A broadcast asks [`admit`](Self::admit) before it sends anything and pays with
+/// [`spend`](Self::spend) for the deliveries it made, which may take the bucket below empty: a
+/// broadcast is either refused whole or sent whole, and the group's next broadcasts wait until
+/// the debt is paid back at the rate. Concurrent broadcasts to one group may each be admitted
+/// before either pays.
+#[derive(Debug)]
+pub struct FanoutLimit {
+    /// Deliveries per second; 0 means unlimited.
+    rate: u64,
+    /// How far a group's full-again time may run ahead of now for a broadcast to be admitted
+    /// (`burst` deliveries' worth, less one), in nanoseconds.
+    tolerance: u64,
+    /// Each group's full-again time, in nanoseconds since `origin`; a group that is full is not
+    /// kept.
+    groups: DashMap<String, u64>,
+    /// Groups kept before the full ones are swept out.
+    sweep_at: AtomicU64,
+    /// The clock's zero; tokio's, so tests can run on a paused clock.
+    origin: Instant,
+}
+
+/// Groups kept at least before a sweep.
+const FANOUT_SWEEP_MIN: u64 = 4096;
+
+impl FanoutLimit {
+    /// `rate` deliveries a second per group, up to `burst` at once; a zero `rate` is unlimited.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let rate = u64::from(rate);
+        let tolerance = if rate == 0 {
+            0
+        } else {
+            Self::cost_for(rate, u64::from(burst.max(1)) - 1)
+        };
+        Self {
+            rate,
+            tolerance,
+            groups: DashMap::new(),
+            sweep_at: AtomicU64::new(FANOUT_SWEEP_MIN),
+            origin: Instant::now(),
+        }
+    }
+
+    fn cost_for(rate: u64, deliveries: u64) -> u64 {
+        u64::try_from(u128::from(deliveries) * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX)
+    }
+
+    fn now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos() as u64
+    }
+
+    /// Whether `group` may broadcast now; when it may not, how long until it may.
+    pub fn admit(&self, group: &str) -> Result<(), Duration> {
+        if self.rate == 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let due = self.groups.get(group).map_or(0, |tat| *tat);
+        let ahead = due.saturating_sub(now);
+        if ahead <= self.tolerance {
+            Ok(())
+        } else {
+            Err(Duration::from_nanos(ahead - self.tolerance))
+        }
+    }
+
+    /// Charges `group` for `deliveries` made.
+    pub fn spend(&self, group: &str, deliveries: usize) {
+        if self.rate == 0 || deliveries == 0 {
+            return;
+        }
+        let now = self.now();
+        let cost = Self::cost_for(self.rate, deliveries as u64);
+        {
+            let mut tat = self.groups.entry(group.to_string()).or_insert(0);
+            *tat = (*tat).max(now).saturating_add(cost);
+        }
+        let kept = self.groups.len() as u64;
+        if kept >= self.sweep_at.load(Ordering::Relaxed) {
+            // A group whose bucket is full again is the same as one never seen.
+            self.groups.retain(|_, tat| *tat > now);
+            let left = self.groups.len() as u64;
+            self.sweep_at
+                .store((left * 2).max(FANOUT_SWEEP_MIN), Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_broadcasts_whole_within_its_burst_then_waits_for_the_rate() {
+        // 1,000 deliveries a second, 1,500 at once.
+        let limit = FanoutLimit::new(1_000, 1_500);
+        assert_eq!(limit.admit("g"), Ok(()));
+        limit.spend("g", 1_000);
+        // Within the burst: admitted, and sent whole even though it overdraws.
+        assert_eq!(limit.admit("g"), Ok(()));
+        limit.spend("g", 1_000);
+        // 2,000 spent against 1,500: the group waits until the debt is back within the burst.
+        let wait = limit.admit("g").unwrap_err();
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(501),
+            "{wait:?}"
+        );
+        // Other groups have their own allowance.
+        assert_eq!(limit.admit("other"), Ok(()));
+        tokio::time::advance(wait).await;
+        assert_eq!(limit.admit("g"), Ok(()));
+        // Unlimited admits anything.
+        let open = FanoutLimit::new(0, 0);
+        open.spend("g", usize::MAX);
+        assert_eq!(open.admit("g"), Ok(()));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_admits_a_burst_then_the_rate() {

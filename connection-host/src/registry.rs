@@ -231,33 +231,35 @@ impl ConnectionHandle {
     /// connection a message is numbered and kept in the session instead (bounded by the
     /// session's buffer; see [`post_session`](Self::post_session)).
     pub fn post(&self, message: Outbound, limit: usize) -> Result<(), PostError> {
-        if self.is_session() {
-            return match message {
-                Outbound::Text(text) => self.post_session(text.as_bytes(), None).map(drop),
-                Outbound::Binary(bytes) => self.post_session(&bytes, None).map(drop),
-                Outbound::Close { code, reason } => {
-                    if self.close(code, reason) {
-                        Ok(())
-                    } else {
-                        Err(PostError::Gone)
-                    }
-                }
-            };
-        }
         {
+            // One lock for a plain connection's post: a broadcast makes one per member.
             let mut q = self.lock();
-            if q.closing {
-                return Err(PostError::Gone);
+            if q.session.is_none() {
+                if q.closing {
+                    return Err(PostError::Gone);
+                }
+                let len = message.len();
+                if q.bytes + len > limit {
+                    return Err(PostError::Full);
+                }
+                q.bytes += len;
+                q.items.push_back(message);
+                drop(q);
+                self.notify.notify_one();
+                return Ok(());
             }
-            let len = message.len();
-            if q.bytes + len > limit {
-                return Err(PostError::Full);
-            }
-            q.bytes += len;
-            q.items.push_back(message);
         }
-        self.notify.notify_one();
-        Ok(())
+        match message {
+            Outbound::Text(text) => self.post_session(text.as_bytes(), None).map(drop),
+            Outbound::Binary(bytes) => self.post_session(&bytes, None).map(drop),
+            Outbound::Close { code, reason } => {
+                if self.close(code, reason) {
+                    Ok(())
+                } else {
+                    Err(PostError::Gone)
+                }
+            }
+        }
     }
 
     /// Queues a frame of the subprotocol that is not numbered (`welcome`, `error`, `pong`), bounded

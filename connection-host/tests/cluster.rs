@@ -92,8 +92,12 @@ impl ClusterHost {
         let toml = format!(
             r#"{WHOAMI}
 {routes}
-[extensions]
-groups = true
+[extensions.groups]
+enabled = true
+# Small pages and one call at a time, so a broadcast to a few members spans pages and calls.
+broadcast_page_size = 2
+remote_concurrency = 1
+remote_timeout = "1s"
 [store]
 kind = "dynamodb"
 connections_table = "{}"
@@ -649,6 +653,93 @@ async fn a_broadcast_through_any_host_reaches_every_member_once() {
     for host in &mut hosts {
         host.stop().await;
     }
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_living() {
+    let Some(tables) = TestTables::create("a_broadcast_to_members_on_dead_and_hung_hosts").await
+    else {
+        return;
+    };
+    // Default liveness: a killed host still looks alive (a fresh heartbeat) for 20 s.
+    let a = ClusterHost::start(&tables, "a", "");
+    let b = ClusterHost::start(&tables, "b", "");
+    let mut c = ClusterHost::start(&tables, "c", "");
+    let mut living = Vec::new();
+    for host in [&a, &a, &b, &b] {
+        living.push(client(host).await);
+    }
+    let doomed = [client(&c).await, client(&c).await];
+    let http = reqwest::Client::new();
+    for (host, id) in living
+        .iter()
+        .map(|(_, id)| id)
+        .zip([&a, &a, &b, &b])
+        .map(|(id, h)| (h, id))
+        .chain(doomed.iter().map(|(_, id)| (&c, id)))
+    {
+        let r = http
+            .put(host.url(&format!("/dev/@connections/{}/groups/room", encode_id(id))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "join {id}");
+    }
+    // A hung host: a fresh heartbeat, and a management listener that accepts calls and never
+    // answers. Its three members sort last, so they span two pages of two.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", hung.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let holder = accepted.clone();
+    let listener = tokio::spawn(async move {
+        while let Ok((socket, _)) = hung.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let store = &tables.store;
+    store
+        .register_host(&connection_host::store::HostRecord {
+            host_id: "hung".into(),
+            incarnation: "hung-1".into(),
+            endpoint: endpoint.clone(),
+            heartbeat_at: now_ms(),
+            reaping: false,
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let id = format!("~hung-{i}");
+        store
+            .put_connection(connection_host::store::ConnectionRecord {
+                connection_id: id.clone(),
+                connected_at: now_ms(),
+                owner_host: "hung".into(),
+                owner_incarnation: "hung-1".into(),
+                owner_endpoint: endpoint.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store.add_to_group("room", &id).await.unwrap();
+    }
+    c.kill();
+    drop(doomed);
+
+    let v = broadcast(&a, "room", "to the living").await;
+    assert_eq!(
+        ["delivered", "dropped", "gone", "failed"].map(|k| v[k].as_u64()),
+        [Some(4), Some(0), Some(5), Some(5)],
+        "{v}"
+    );
+    // The hung host was called once: after its call timed out, its members on later pages were
+    // counted gone without another call.
+    assert_eq!(accepted.lock().unwrap().len(), 1, "calls to the hung host");
+    for (ws, id) in &mut living {
+        assert_eq!(next_text(ws).await, "to the living", "member {id}");
+    }
+    listener.abort();
+    drop((a, b));
     tables.delete().await;
 }
 

@@ -515,6 +515,191 @@ async fn groups_fan_out_page_and_forget_closed_members() {
     assert!(listed.get("nextToken").is_none(), "{listed}");
 }
 
+/// Joins `ids` to `group` on `host`.
+async fn join_all(host: &TestHost, group: &str, ids: &[&String]) {
+    for id in ids {
+        let path = format!("/dev/@connections/{}/groups/{group}", encode_id(id));
+        let r = http().put(host.http(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 204, "join {id}");
+    }
+}
+
+/// Broadcasts `body` to `group` with `query`; the status and the JSON answer.
+async fn broadcast(host: &TestHost, group: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = http()
+        .post(host.http(&format!("/dev/@groups/{group}{query}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), json_of(r).await)
+}
+
+fn counts(v: &Value) -> [u64; 4] {
+    ["delivered", "dropped", "gone", "failed"].map(|k| v[k].as_u64().unwrap_or(u64::MAX))
+}
+
+#[tokio::test]
+async fn a_broadcast_answers_its_counts_and_refuses_bad_input_like_a_post() {
+    let host = TestHost::start(&format!("{WHOAMI}\n[extensions]\ngroups = true")).await;
+    let (mut a, id_a) = client(host.addr, &[]).await;
+    let (mut b, id_b) = client(host.addr, &[]).await;
+    let (gone, id_gone) = client(host.addr, &[]).await;
+    join_all(&host, "room", &[&id_a, &id_b, &id_gone]).await;
+    drop(gone);
+    // Its record may outlive the socket for a moment: wait until a post says it is gone.
+    eventually("the dropped member gone", WAIT, || async {
+        let r = http()
+            .post(host.http(&format!("/dev/@connections/{}", encode_id(&id_gone))))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        r.status() == 410
+    })
+    .await;
+
+    // An unknown group reaches nobody.
+    let (status, v) = broadcast(&host, "nobody-here", "", b"hi".to_vec()).await;
+    assert_eq!((status, counts(&v)), (200, [0, 0, 0, 0]), "{v}");
+    // An empty body sends an empty message, as PostToConnection does.
+    let (status, v) = broadcast(&host, "room", "", Vec::new()).await;
+    assert_eq!(status, 200, "{v}");
+    let [delivered, dropped, _, _] = counts(&v);
+    assert_eq!((delivered, dropped), (2, 0), "{v}");
+    assert_eq!(next_text(&mut a).await, "");
+    assert_eq!(next_text(&mut b).await, "");
+    // Past limits.post_size: 413, as a post.
+    let (status, v) = broadcast(&host, "room", "", vec![b'x'; 131_073]).await;
+    assert_eq!(status, 413, "{v}");
+    // A volatile flag that is not a boolean.
+    let (status, v) = broadcast(&host, "room", "?volatile=yes", b"hi".to_vec()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("volatile"), "{v}");
+    // Nothing of the refused calls arrived: the next message is the next broadcast.
+    let (status, v) = broadcast(&host, "room", "?volatile=true", b"next".to_vec()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(next_text(&mut a).await, "next");
+    assert_eq!(next_text(&mut b).await, "next");
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_a_volatile_broadcast_and_disconnects_on_a_plain_one() {
+    // A queue that holds one full-size message: once the client's socket buffers are full, the
+    // next broadcast finds its queue full. The host gives up on the stalled write after 5 s,
+    // long after the volatile broadcasts below have found the queue full.
+    let host = TestHost::start(&format!(
+        "{WHOAMI}\n[limits]\noutbound_queue_bytes = 131072\noutbound_full_grace = \"5s\"\n\
+         [extensions]\ngroups = true"
+    ))
+    .await;
+    let (mut reader, id_reader) = client(host.addr, &[]).await;
+    let (_stuck, id_stuck) = client(host.addr, &[]).await;
+    join_all(&host, "room", &[&id_reader, &id_stuck]).await;
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    let read = tokio::spawn(async move {
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut reader).await {
+            if matches!(m, Message::Text(_)) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let big = vec![b'v'; 131_072];
+    let mut sent = 0;
+    let dropped = loop {
+        let (status, v) = broadcast(&host, "room", "?volatile=true", big.clone()).await;
+        assert_eq!(status, 200, "{v}");
+        sent += 1;
+        let [delivered, dropped, gone, failed] = counts(&v);
+        assert_eq!(gone, 0, "{v}");
+        assert_eq!(delivered + dropped, 2, "{v}");
+        assert_eq!(failed, dropped, "{v}");
+        if dropped == 1 {
+            break v;
+        }
+        // Loopback socket buffers hold a few MB at most.
+        assert!(sent < 400, "the stuck member's queue never filled");
+    };
+    assert_eq!(counts(&dropped), [1, 1, 0, 1]);
+    // Volatile left the stuck member connected.
+    let status = |id: String| {
+        let url = host.http(&format!("/dev/@connections/{}", encode_id(&id)));
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(id_stuck.clone()).await, 200);
+    // A plain broadcast disconnects it instead of leaving it without the message.
+    let (code, v) = broadcast(&host, "room", "", big.clone()).await;
+    assert_eq!((code, counts(&v)), (200, [1, 0, 1, 1]), "{v}");
+    let r = http()
+        .post(host.http(&format!("/dev/@connections/{}", encode_id(&id_stuck))))
+        .body("after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410, "the stuck member is closing");
+    eventually("the stuck member gone", Duration::from_secs(30), || {
+        let f = status(id_stuck.clone());
+        async move { f.await == 410 }
+    })
+    .await;
+    // The reader got every broadcast (each answered delivered for it).
+    eventually("the reader to get every broadcast", WAIT, || async {
+        got.load(std::sync::atomic::Ordering::Relaxed) == sent + 1
+    })
+    .await;
+    read.abort();
+}
+
+#[tokio::test]
+async fn a_group_over_its_fan_out_rate_is_refused_whole_and_others_are_not() {
+    let host = TestHost::start(&format!(
+        "{WHOAMI}\n[extensions.groups]\nenabled = true\nfanout_rate = 1\nfanout_burst = 2"
+    ))
+    .await;
+    let (mut a, id_a) = client(host.addr, &[]).await;
+    let (mut b, id_b) = client(host.addr, &[]).await;
+    let (mut c, id_c) = client(host.addr, &[]).await;
+    join_all(&host, "room", &[&id_a, &id_b, &id_c]).await;
+    join_all(&host, "other", &[&id_a]).await;
+    // Within the burst of 2: admitted and sent to all 3, overdrawing the group.
+    let (status, v) = broadcast(&host, "room", "", b"first".to_vec()).await;
+    assert_eq!((status, counts(&v)), (200, [3, 0, 0, 0]), "{v}");
+    // Overdrawn: refused, nothing sent.
+    let r = http()
+        .post(host.http("/dev/@groups/room"))
+        .body("second")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        header(&r, "x-amzn-ErrorType"),
+        Some("LimitExceededException")
+    );
+    assert!(header(&r, "retry-after").is_some());
+    let v = json_of(r).await;
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("extensions.groups.fanout_rate"),
+        "{message}"
+    );
+    assert!(message.contains("nothing was sent"), "{message}");
+    // Another group has its own allowance.
+    let (status, v) = broadcast(&host, "other", "", b"elsewhere".to_vec()).await;
+    assert_eq!((status, counts(&v)), (200, [1, 0, 0, 0]), "{v}");
+    assert_eq!(next_text(&mut a).await, "first");
+    assert_eq!(next_text(&mut a).await, "elsewhere");
+    for ws in [&mut b, &mut c] {
+        assert_eq!(next_text(ws).await, "first");
+        send_text(ws, r#"{"action":"whoami"}"#).await;
+        assert!(
+            next_text(ws).await.contains("connectionId"),
+            "the refused broadcast reached nobody"
+        );
+    }
+}
+
 #[tokio::test]
 async fn groups_paths_are_forbidden_when_the_extension_is_off() {
     let host = TestHost::start(WHOAMI).await;

@@ -5,7 +5,8 @@
 //! cargo run --release -p connection-host-bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
 //!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
-//!     [reliable] [reliable-store] [baseline]
+//!     [reliable] [reliable-store] [baseline] [broadcast] [--members N] \
+//!     [--targets URL[=MGMT_URL],...]
 //! cargo run --release -p connection-host-bench -- [--connections N] [--hosts H] [--loaders L] \
 //!     [--dynalite PATH] [--dynamodb-endpoint URL] scale|scale-broadcast
 //! ```
@@ -21,6 +22,11 @@
 //! `scale` and `scale-broadcast` (run only when named) hold 100,000 connections over a local cluster
 //! of host processes and loader processes (this binary again, `bench --loader …`) on dynalite: see
 //! `scenarios/scale.rs` and BENCHMARKS.md.
+//!
+//! `broadcast` joins `--members` WebSockets (10,000 by default) to one group and times
+//! `POST /{stage}/@groups/{group}`: on one host it starts, or spread over running hosts given by
+//! `--targets` (each `http://IP:PORT`, with `=http://IP:MGMT_PORT` when its management API listens
+//! apart), broadcasting through the first.
 //!
 //! `reliable` and `reliable-store` post to clients speaking the `ch-reliable.v1` subprotocol
 //! (PROTOCOL.md) beside plain clients on the same host, and time a session's resume.
@@ -67,6 +73,7 @@ const ALL: &[&str] = &[
     "reliable",
     "reliable-store",
     "baseline",
+    "broadcast",
 ];
 
 /// Scenarios run only when named: they take minutes and most of the machine.
@@ -385,21 +392,29 @@ fn client_ws_config() -> WebSocketConfig {
 
 /// A TCP connection to `127.0.0.1:port` from the next 127.0.0.x source address.
 async fn client_tcp(port: u16) -> Res<TcpStream> {
+    client_tcp_to(SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// A TCP connection to `addr` (on 127.0.0.0/8) from the next 127.0.0.x source address.
+async fn client_tcp_to(addr: SocketAddr) -> Res<TcpStream> {
     let n = SOURCE.fetch_add(1, Ordering::Relaxed);
     let src = Ipv4Addr::new(127, 0, 0, 2 + (n % 60) as u8);
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(src.into(), 0))?;
     socket.set_nodelay(true)?;
-    Ok(socket
-        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await?)
+    Ok(socket.connect(addr).await?)
 }
 
 /// Opens a WebSocket to `127.0.0.1:port{path}` from the next 127.0.0.x source address.
 async fn ws_connect(port: u16, path: &str) -> Res<Ws> {
-    let stream = client_tcp(port).await?;
+    ws_connect_to(SocketAddr::from(([127, 0, 0, 1], port)), path).await
+}
+
+/// Opens a WebSocket to `addr{path}` from the next 127.0.0.x source address.
+async fn ws_connect_to(addr: SocketAddr, path: &str) -> Res<Ws> {
+    let stream = client_tcp_to(addr).await?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("ws://127.0.0.1:{port}{path}"),
+        format!("ws://{addr}{path}"),
         stream,
         Some(client_ws_config()),
     )
@@ -602,6 +617,10 @@ fn verdict(ok: bool) -> String {
 struct Opts {
     host_bin: PathBuf,
     duration: Duration,
+    /// `broadcast`: group members (`--members`).
+    members: usize,
+    /// `broadcast`: hosts already running to use instead of starting one (`--hosts`).
+    hosts: Vec<Target>,
     /// The DynamoDB endpoint, or why there is none.
     dynamodb: Result<String, String>,
     /// `--dynamodb-endpoint` for the scale scenarios; without it they start dynalite.
@@ -722,8 +741,8 @@ fn echo_row(
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--host-bin PATH] [--out FILE] [--duration SECS] \
-         [--dynamodb-endpoint URL] [--connections N] [--hosts H] [--loaders L] [--dynalite PATH] \
-         [{}|{}]...",
+         [--dynamodb-endpoint URL] [--members N] [--targets URL[=MGMT_URL],...] \
+         [--connections N] [--hosts H] [--loaders L] [--dynalite PATH] [{}|{}]...",
         ALL.join("|"),
         ON_REQUEST.join("|")
     );
@@ -779,6 +798,8 @@ fn main() {
     let mut out: Option<PathBuf> = None;
     let mut duration = Duration::from_secs(10);
     let mut dynamodb_endpoint: Option<String> = None;
+    let mut members = 10_000;
+    let mut hosts = Vec::new();
     let mut scenarios = Vec::new();
     let mut shape = Shape::default();
     let mut dynalite = default_dynalite();
@@ -811,6 +832,24 @@ fn main() {
                     .unwrap_or_else(|| usage());
                 duration = Duration::from_secs_f64(secs.clamp(0.5, 120.0));
             }
+            "--members" => {
+                members = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| usage());
+            }
+            "--targets" => {
+                let list = args.next().unwrap_or_else(|| usage());
+                hosts = list
+                    .split(',')
+                    .map(Target::parse)
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_else(|e| {
+                        eprintln!("--targets: {e}");
+                        usage()
+                    });
+            }
             "-h" | "--help" => usage(),
             s if ALL.contains(&s) || ON_REQUEST.contains(&s) => scenarios.push(s.to_string()),
             _ => usage(),
@@ -837,6 +876,8 @@ fn main() {
     let mut opts = Opts {
         host_bin: host_bin.clone(),
         duration,
+        members,
+        hosts,
         dynamodb: Err("not needed".into()),
         scale_endpoint: dynamodb_endpoint.clone(),
         dynalite,
@@ -916,6 +957,7 @@ fn main() {
                 "baseline" => baseline(&opts).await,
                 "scale" => scale(&opts, opts.shape).await,
                 "scale-broadcast" => scale_broadcast(&opts, opts.shape).await,
+                "broadcast" => broadcast(&opts).await,
                 _ => unreachable!("checked when parsing"),
             };
             match result {

@@ -79,6 +79,68 @@ pub struct Owner {
     pub endpoint: String,
 }
 
+/// One host-to-host delivery call's request body (`POST /{stage}/@internal/deliver`).
+#[derive(Debug, serde::Serialize)]
+pub struct DeliveryBatch<'a> {
+    /// The owner's connections to deliver to.
+    #[serde(rename = "connectionIds")]
+    pub connection_ids: &'a [String],
+    /// The message, base64.
+    pub data: &'a str,
+    /// Drop the message for a connection whose queue is full instead of closing it.
+    pub volatile: bool,
+}
+
+/// What a broadcast did, member by member: the answer of `POST /{stage}/@groups/{group}` and of
+/// each host-to-host delivery call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Queued for the member.
+    pub delivered: usize,
+    /// Not queued: a volatile broadcast found the member's queue full.
+    pub dropped: usize,
+    /// Not queued: the connection no longer exists, or its host is dead or unreachable.
+    pub gone: usize,
+}
+
+impl Delivered {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: Delivered) {
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+        self.gone += other.gone;
+    }
+
+    /// The answer's JSON, with `failed` (dropped + gone) kept for callers of earlier releases.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "gone": self.gone,
+            "failed": self.dropped + self.gone,
+        })
+    }
+
+    /// Reads an answer; one from a host of an earlier release has only `failed`, counted as gone.
+    pub fn from_answer(body: &[u8]) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let count = |key: &str| v[key].as_u64().map(|n| n as usize);
+        let delivered = count("delivered")?;
+        Some(match (count("dropped"), count("gone")) {
+            (Some(dropped), Some(gone)) => Self {
+                delivered,
+                dropped,
+                gone,
+            },
+            _ => Self {
+                delivered,
+                dropped: 0,
+                gone: count("failed")?,
+            },
+        })
+    }
+}
+
 /// The cluster side of a host: owner lookups, liveness view, host-to-host calls.
 #[derive(Debug)]
 pub struct Cluster {
@@ -351,44 +413,48 @@ impl Cluster {
     }
 
     /// Asks `owner` to deliver `data` to its connections `ids` (one call per host per page of a
-    /// broadcast); returns `(delivered, failed)`. A failed call counts every ID as failed, and is
-    /// not retried: a retry after a timeout could deliver twice.
+    /// broadcast), dropping it for those whose queue is full when `volatile`. `None` when the call
+    /// fails or takes longer than `timeout`: the owner is unreachable. Not retried: a retry after
+    /// a timeout could deliver twice.
     pub async fn deliver(
         &self,
         owner: &Owner,
         stage: &str,
-        ids: &[String],
-        data: &Bytes,
-    ) -> (usize, usize) {
-        use base64::Engine;
+        batch: &DeliveryBatch<'_>,
+        timeout: Duration,
+    ) -> Option<Delivered> {
         let url = format!("{}/{stage}/@internal/deliver", owner.endpoint);
-        let body = serde_json::json!({
-            "connectionIds": ids,
-            "data": base64::engine::general_purpose::STANDARD.encode(data),
-        });
+        let body = serde_json::to_vec(batch).expect("a batch of strings serializes");
         let build = self
             .http
             .post(&url)
             .header(http::header::CONTENT_TYPE, "application/json");
-        let sent = self.send_signed(build, Bytes::from(body.to_string())).await;
-        let counts = match sent {
-            Ok(r) if r.status().is_success() => r.bytes().await.ok().and_then(|b| {
-                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-                Some((
-                    v["delivered"].as_u64()? as usize,
-                    v["failed"].as_u64()? as usize,
-                ))
-            }),
-            Ok(r) => {
-                tracing::warn!(owner = %owner.host_id, status = %r.status(), "batch delivery refused");
+        let call = async {
+            let answer = self.send_signed(build, Bytes::from(body)).await?;
+            let status = answer.status();
+            answer.bytes().await.map(|body| (status, body))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok((status, body))) if status.is_success() => {
+                let counts = Delivered::from_answer(&body);
+                if counts.is_none() {
+                    tracing::warn!(owner = %owner.host_id, "batch delivery answered without counts");
+                }
+                counts
+            }
+            Ok(Ok((status, _))) => {
+                tracing::warn!(owner = %owner.host_id, %status, "batch delivery refused");
                 None
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::info!(owner = %owner.host_id, error = %e, "batch delivery failed");
                 None
             }
-        };
-        counts.unwrap_or((0, ids.len()))
+            Err(_) => {
+                tracing::info!(owner = %owner.host_id, ?timeout, "batch delivery timed out");
+                None
+            }
+        }
     }
 
     /// Asks `owner` to hand over the reliable session of `connection_id` (PROTOCOL.md section 5):

@@ -6,8 +6,9 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExtensionsConfig {
-    /// Serve the groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`).
-    pub groups: bool,
+    /// The groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`) and its fan-out.
+    #[serde(deserialize_with = "super::groups::switch_or_table")]
+    pub groups: GroupsConfig,
     /// Accept binary frames from clients as a base64 `body` with `isBase64Encoded: true` instead of
     /// closing with 1003.
     pub binary_messages: bool,

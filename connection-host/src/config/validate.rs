@@ -267,6 +267,31 @@ impl Config {
                 "must be an http:// or https:// URL",
             );
         }
+        let groups = &self.extensions.groups;
+        if !(1..=1000).contains(&groups.broadcast_page_size) {
+            return invalid(
+                "extensions.groups.broadcast_page_size".into(),
+                "must be between 1 and 1000 members",
+            );
+        }
+        if !(1..=256).contains(&groups.remote_concurrency) {
+            return invalid(
+                "extensions.groups.remote_concurrency".into(),
+                "must be between 1 and 256 calls",
+            );
+        }
+        if groups.remote_timeout < Duration::from_millis(100) {
+            return invalid(
+                "extensions.groups.remote_timeout".into(),
+                "must be at least 100ms",
+            );
+        }
+        if groups.fanout_rate > 0 && groups.fanout_burst == 0 {
+            return invalid(
+                "extensions.groups.fanout_burst".into(),
+                "must be positive while fanout_rate is set",
+            );
+        }
         let cluster = &self.cluster;
         if !cluster.host_id.is_empty() && !is_host_id(&cluster.host_id) {
             return invalid(

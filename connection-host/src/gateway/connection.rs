@@ -243,24 +243,21 @@ where
             biased;
             _ = host.shutdown.cancelled() => return Ending::host(1001, "Going away"),
             _ = &mut replaced => return Ending { replaced: true, ..Ending::client(4001, "Replaced".into()) },
-            _ = handle.queued() => {
-                while let Some(item) = handle.pop() {
-                    let sent = match item {
-                        Outbound::Close { code, reason } => {
-                            return Ending { send: Some((code, "")), ..Ending::client(code, reason.to_string()) };
-                        }
-                        // Boxed: inline, the write and its deadline would enlarge the task that
-                        // every idle connection holds.
-                        Outbound::Text(text) => Box::pin(send_data(host, ws, OpCode::Data(Data::Text), text.into())).await,
-                        Outbound::Binary(bytes) => Box::pin(send_data(host, ws, OpCode::Data(Data::Binary), bytes)).await,
-                    };
-                    if let Err(failed) = sent {
-                        return failed.ending(host);
+            _ = handle.queued() => loop {
+                // Boxed: inline, the writes and their deadline would enlarge the task that every
+                // idle connection holds.
+                match Box::pin(send_queued(host, ws, handle)).await {
+                    Ok(Batch::Empty) => break,
+                    Ok(Batch::Sent) => {
+                        idle_deadline = Instant::now() + limits.idle_timeout;
+                        handle.touch(ids::now_ms());
                     }
-                    idle_deadline = Instant::now() + limits.idle_timeout;
-                    handle.touch(ids::now_ms());
+                    Ok(Batch::Close { code, reason }) => {
+                        return Ending { send: Some((code, "")), ..Ending::client(code, reason.to_string()) };
+                    }
+                    Err(failed) => return failed.ending(host),
                 }
-            }
+            },
             acquired = inflight.clone().acquire_owned(), if permit.is_none() => {
                 permit = acquired.ok();
             }
@@ -423,45 +420,100 @@ async fn write_bounded(
     }
 }
 
-/// Sends one message, split into frames of at most `limits.frame_size` bytes as API Gateway
-/// does, within the bounds of [`write_bounded`].
-async fn send_data<S>(
+/// Bytes of messages written to the socket with one flush, at most (a message larger than this
+/// goes alone).
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// What [`send_queued`] did.
+enum Batch {
+    /// Nothing was queued.
+    Empty,
+    /// Messages were written; more may be queued.
+    Sent,
+    /// The queue asked for the connection to close (after the messages before it, still
+    /// buffered in the WebSocket for the Close frame's flush).
+    Close { code: u16, reason: &'static str },
+}
+
+/// Writes the messages queued for the connection, up to [`BATCH_BYTES`], with one flush: a
+/// connection with several messages waiting makes one write to its socket rather than one per
+/// message. Each message is split into frames of at most `limits.frame_size` bytes as API
+/// Gateway does. The whole batch is one write in the sense of [`write_bounded`].
+async fn send_queued<S>(
     host: &Host,
     ws: &mut WebSocketStream<S>,
-    opcode: OpCode,
-    payload: Bytes,
-) -> Result<(), SendError>
+    handle: &ConnectionHandle,
+) -> Result<Batch, SendError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Nothing queued (the usual case once a batch went out): no write, no deadline to set.
+    let mut next = match handle.pop() {
+        None => return Ok(Batch::Empty),
+        Some(Outbound::Close { code, reason }) => return Ok(Batch::Close { code, reason }),
+        first => first,
+    };
     let frame_size = host.config.limits.frame_size;
-    let payload_len = payload.len();
+    let (mut messages, mut bytes) = (0u64, 0usize);
+    let mut close = None;
     let write = async {
-        if payload.len() <= frame_size {
-            let message = match opcode {
-                OpCode::Data(Data::Text) => Message::Text(
-                    Utf8Bytes::try_from(payload).map_err(|_| WsError::Utf8(String::new()))?,
-                ),
-                _ => Message::Binary(payload),
-            };
-            return ws.send(message).await;
-        }
-        let chunks = payload.len().div_ceil(frame_size);
-        for i in 0..chunks {
-            let chunk = payload.slice(i * frame_size..((i + 1) * frame_size).min(payload.len()));
-            let code = if i == 0 {
-                opcode
-            } else {
-                OpCode::Data(Data::Continue)
-            };
-            ws.feed(Message::Frame(Frame::message(chunk, code, i + 1 == chunks)))
-                .await?;
+        while bytes < BATCH_BYTES {
+            match next.take().or_else(|| handle.pop()) {
+                None => break,
+                Some(Outbound::Close { code, reason }) => {
+                    close = Some(Batch::Close { code, reason });
+                    break;
+                }
+                Some(Outbound::Text(text)) => {
+                    messages += 1;
+                    bytes += text.len();
+                    if text.len() <= frame_size {
+                        ws.feed(Message::Text(text)).await?;
+                    } else {
+                        feed_frames(ws, OpCode::Data(Data::Text), text.into(), frame_size).await?;
+                    }
+                }
+                Some(Outbound::Binary(data)) => {
+                    messages += 1;
+                    bytes += data.len();
+                    if data.len() <= frame_size {
+                        ws.feed(Message::Binary(data)).await?;
+                    } else {
+                        feed_frames(ws, OpCode::Data(Data::Binary), data, frame_size).await?;
+                    }
+                }
+            }
         }
         ws.flush().await
     };
     write_bounded(host, write).await?;
-    host.metrics.messages_out.increment(1);
-    host.metrics.bytes_out.increment(payload_len as u64);
+    host.metrics.messages_out.increment(messages);
+    host.metrics.bytes_out.increment(bytes as u64);
+    Ok(close.unwrap_or(Batch::Sent))
+}
+
+/// Puts one message larger than `frame_size` in the WebSocket's write buffer (written out when it
+/// fills or is flushed), split into frames of at most `frame_size` bytes.
+async fn feed_frames<S>(
+    ws: &mut WebSocketStream<S>,
+    opcode: OpCode,
+    payload: Bytes,
+    frame_size: usize,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let chunks = payload.len().div_ceil(frame_size);
+    for i in 0..chunks {
+        let chunk = payload.slice(i * frame_size..((i + 1) * frame_size).min(payload.len()));
+        let code = if i == 0 {
+            opcode
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        ws.feed(Message::Frame(Frame::message(chunk, code, i + 1 == chunks)))
+            .await?;
+    }
     Ok(())
 }
 

@@ -23,6 +23,10 @@ pub enum ManagementError {
     /// 429: more calls per second than `limits.management_requests_per_second` allows.
     #[error("LimitExceededException: too many requests")]
     Throttled,
+    /// 429: the group's broadcasts used up `extensions.groups.fanout_burst`; it may broadcast
+    /// again after this long.
+    #[error("LimitExceededException: group fan-out rate exceeded")]
+    FanoutLimited(std::time::Duration),
     /// 403: unknown path, stage or method.
     #[error("ForbiddenException")]
     Forbidden,
@@ -58,6 +62,17 @@ impl IntoResponse for ManagementError {
                 Some("LimitExceededException"),
                 r#"{"message":"Too Many Requests"}"#.into(),
             ),
+            ManagementError::FanoutLimited(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("LimitExceededException"),
+                serde_json::json!({
+                    "message": format!(
+                        "The group's broadcasts exceeded its fan-out rate (extensions.groups.fanout_rate); nothing was sent. Retry in {} ms.",
+                        wait.as_millis().max(1)
+                    )
+                })
+                .to_string(),
+            ),
             ManagementError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 Some("ForbiddenException"),
@@ -88,6 +103,12 @@ impl IntoResponse for ManagementError {
             headers.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
+            );
+        }
+        if let ManagementError::FanoutLimited(wait) = &self {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
             );
         }
         if matches!(self, ManagementError::UpgradeRequired) {

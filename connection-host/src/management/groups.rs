@@ -6,24 +6,22 @@
 //! message exactly once whichever host received the broadcast.
 
 use super::{Call, Elsewhere, ManagementError, check_id, elsewhere, read_body};
-use crate::cluster::{Cluster, Owner};
+use crate::cluster::{Cluster, Delivered, DeliveryBatch, Owner};
 use crate::host::Host;
-use crate::registry::Outbound;
+use crate::registry::{ConnectionHandle, Outbound, PostError};
+use crate::store::MembersPage;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::StatusCode;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 /// Members listed per page when the caller gives no `limit`.
 const DEFAULT_PAGE: usize = 100;
 /// Most members listed per page.
 const MAX_PAGE: usize = 1000;
-/// Other hosts a broadcast calls at once.
-const REMOTE_CONCURRENCY: usize = 8;
 
 pub(super) fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
     query
@@ -75,53 +73,218 @@ pub(super) async fn leave(host: &Host, id: &str, group: &str) -> Result<Response
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /{stage}/@groups/{group}[?exclude={connectionId}]`: sends the body to every member.
+/// `POST /{stage}/@groups/{group}[?exclude={connectionId}][&volatile=true]`: sends the body to
+/// every member.
+///
+/// Membership is read a page at a time, the next page while the current one is delivered. This
+/// host's members get the one shared buffer in their queues at once; the members of each other
+/// host get one call per page, up to `remote_concurrency` calls at a time over the whole
+/// broadcast. A host that does not answer within `remote_timeout` is not called again for this
+/// broadcast, so a dead host costs at most that long.
 pub(super) async fn broadcast(
-    host: &Host,
+    host: &Arc<Host>,
     group: &str,
     query: &str,
     body: Body,
 ) -> Result<Response, ManagementError> {
     let data = read_body(body, host.config.limits.post_size).await?;
     let exclude = query_param(query, "exclude");
+    let volatile = match query_param(query, "volatile").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ManagementError::BadRequest(format!(
+                "volatile must be true or false, not {other:?}"
+            )));
+        }
+    };
+    if let Err(wait) = host.fanout.admit(group) {
+        return Err(ManagementError::FanoutLimited(wait));
+    }
+    let settings = &host.config.extensions.groups;
     // Serialized once: every member's queue holds a reference to the same buffer.
     let message = Outbound::data(data.clone());
-    let limit = host.config.limits.outbound_queue_bytes;
-    let (mut delivered, mut failed) = (0usize, 0usize);
-    let mut token: Option<String> = None;
+    let encoded: Arc<str> = match &host.cluster {
+        Some(_) => base64::engine::general_purpose::STANDARD
+            .encode(&data)
+            .into(),
+        None => "".into(),
+    };
+    let mut remote = Remote {
+        calls: tokio::task::JoinSet::new(),
+        permits: Arc::new(tokio::sync::Semaphore::new(settings.remote_concurrency)),
+        unreachable: Arc::new(Mutex::new(HashSet::new())),
+        encoded,
+        volatile,
+    };
+    let mut counts = Delivered::default();
+    let mut page = fetch_page(host, group, None).await?;
     loop {
-        let page = host
-            .store
-            .group_members(group, token.as_deref(), MAX_PAGE)
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-        let mut remote: HashMap<Owner, Vec<String>> = HashMap::new();
-        let mut unknown = Vec::new();
-        for id in page.connection_ids {
-            if exclude.as_deref() == Some(id.as_str()) {
-                continue;
+        let next = page.next_token.take();
+        // Asked for first, so the store works on it while this page is delivered; not a task of
+        // its own, which would wait behind the members' tasks this page wakes.
+        let next = async {
+            match next {
+                Some(token) => fetch_page(host, group, Some(token)).await.map(Some),
+                None => Ok(None),
             }
-            match (host.registry.get(&id), &host.cluster) {
-                (Some(handle), _) if handle.post(message.clone(), limit).is_ok() => delivered += 1,
-                (None, Some(cluster)) => match cluster.cached_owner(&id) {
-                    Some(owner) => remote.entry(owner).or_default().push(id),
-                    None => unknown.push(id),
-                },
-                _ => failed += 1,
-            }
-        }
-        if let Some(cluster) = &host.cluster {
-            failed += owners_of(host, cluster, unknown, &mut remote).await?;
-            let (d, f) = deliver_remote(host, cluster, remote, &data).await?;
-            delivered += d;
-            failed += f;
-        }
-        token = page.next_token;
-        if token.is_none() {
-            break;
+        };
+        let ids = page
+            .connection_ids
+            .into_iter()
+            .filter(|id| exclude.as_deref() != Some(id.as_str()));
+        let delivering = deliver_page(host, ids, &message, &mut remote);
+        let (next, done) = futures_util::future::join(next, delivering).await;
+        counts.add(done?);
+        match next? {
+            Some(next) => page = next,
+            None => break,
         }
     }
-    Ok(axum::Json(serde_json::json!({ "delivered": delivered, "failed": failed })).into_response())
+    while let Some(done) = remote.calls.join_next().await {
+        counts.add(done.map_err(|e| ManagementError::Unavailable(e.to_string()))?);
+    }
+    host.fanout.spend(group, counts.delivered);
+    Ok(axum::Json(counts.to_json()).into_response())
+}
+
+/// Reads one page of `group`'s members.
+async fn fetch_page(
+    host: &Host,
+    group: &str,
+    token: Option<String>,
+) -> Result<MembersPage, ManagementError> {
+    let size = host.config.extensions.groups.broadcast_page_size;
+    host.store
+        .group_members(group, token.as_deref(), size)
+        .await
+        .map_err(|e| ManagementError::Unavailable(e.to_string()))
+}
+
+/// A broadcast's calls to other hosts.
+struct Remote {
+    /// The calls under way, each answering its counts.
+    calls: tokio::task::JoinSet<Delivered>,
+    /// `remote_concurrency` places, one per call under way.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Hosts that failed a call of this broadcast: not called again.
+    unreachable: Arc<Mutex<HashSet<Owner>>>,
+    /// The message, base64, as the calls carry it.
+    encoded: Arc<str>,
+    volatile: bool,
+}
+
+/// Delivers to one page of members: this host's at once, the others' through one call per
+/// owner (started here, answered into `remote.calls`).
+async fn deliver_page(
+    host: &Arc<Host>,
+    ids: impl Iterator<Item = String>,
+    message: &Outbound,
+    remote: &mut Remote,
+) -> Result<Delivered, ManagementError> {
+    let limit = host.config.limits.outbound_queue_bytes;
+    let mut counts = Delivered::default();
+    let mut elsewhere: HashMap<Owner, Vec<String>> = HashMap::new();
+    let mut unknown = Vec::new();
+    for id in ids {
+        match (host.registry.get(&id), &host.cluster) {
+            (Some(handle), _) => counts.add(post_member(&handle, message, limit, remote.volatile)),
+            (None, Some(cluster)) => match cluster.cached_owner(&id) {
+                Some(owner) => elsewhere.entry(owner).or_default().push(id),
+                None => unknown.push(id),
+            },
+            (None, None) => counts.gone += 1,
+        }
+    }
+    let Some(cluster) = &host.cluster else {
+        return Ok(counts);
+    };
+    counts.gone += owners_of(host, cluster, unknown, &mut elsewhere).await?;
+    for (owner, ids) in elsewhere {
+        let skip = remote
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&owner);
+        let live = !skip
+            && cluster
+                .is_live(host.store.as_ref(), &owner)
+                .await
+                .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        if !live {
+            counts.gone += ids.len();
+            continue;
+        }
+        let permit = remote
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (host, unreachable) = (host.clone(), remote.unreachable.clone());
+        let (encoded, volatile) = (remote.encoded.clone(), remote.volatile);
+        remote.calls.spawn(async move {
+            let _permit = permit;
+            let cluster = host.cluster.as_ref().expect("clustered: owners were found");
+            // A call that was waiting for its place while another to the same host failed.
+            if unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&owner)
+            {
+                return Delivered {
+                    gone: ids.len(),
+                    ..Delivered::default()
+                };
+            }
+            let batch = DeliveryBatch {
+                connection_ids: &ids,
+                data: &encoded,
+                volatile,
+            };
+            let settings = &host.config.extensions.groups;
+            let stage = host.config.api.stage.as_str();
+            match cluster
+                .deliver(&owner, stage, &batch, settings.remote_timeout)
+                .await
+            {
+                Some(counts) => counts,
+                None => {
+                    unreachable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(owner);
+                    Delivered {
+                        gone: ids.len(),
+                        ..Delivered::default()
+                    }
+                }
+            }
+        });
+    }
+    Ok(counts)
+}
+
+/// Queues `message` for one member of this host. Without `volatile`, a member whose queue is full
+/// is disconnected (1008, as a client that stopped reading is) rather than left without a message
+/// the others got.
+fn post_member(
+    handle: &ConnectionHandle,
+    message: &Outbound,
+    limit: usize,
+    volatile: bool,
+) -> Delivered {
+    let mut counts = Delivered::default();
+    match handle.post(message.clone(), limit) {
+        Ok(()) => counts.delivered = 1,
+        Err(PostError::Full) if volatile => counts.dropped = 1,
+        Err(PostError::Full) => {
+            handle.close(1008, "Client not reading");
+            counts.gone = 1;
+        }
+        Err(_) => counts.gone = 1,
+    }
+    counts
 }
 
 /// Looks up the owners of `ids` in one batch read and sorts them into `remote`; returns how many
@@ -140,7 +303,7 @@ async fn owners_of(
         .get_connections(&ids)
         .await
         .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-    let mut failed = ids.len() - records.len().min(ids.len());
+    let mut gone = ids.len() - records.len().min(ids.len());
     for record in records {
         let owner = Owner {
             host_id: record.owner_host,
@@ -148,44 +311,13 @@ async fn owners_of(
             endpoint: record.owner_endpoint,
         };
         if owner.host_id == host.identity.host_id || owner.endpoint.is_empty() {
-            failed += 1;
+            gone += 1;
             continue;
         }
         cluster.remember(&record.connection_id, &owner);
         remote.entry(owner).or_default().push(record.connection_id);
     }
-    Ok(failed)
-}
-
-/// One delivery call per live owner, a few at a time; members of dead owners count as failed.
-async fn deliver_remote(
-    host: &Host,
-    cluster: &Cluster,
-    remote: HashMap<Owner, Vec<String>>,
-    data: &Bytes,
-) -> Result<(usize, usize), ManagementError> {
-    let (mut delivered, mut failed) = (0, 0);
-    let mut live = Vec::with_capacity(remote.len());
-    for (owner, ids) in remote {
-        let owner_live = cluster
-            .is_live(host.store.as_ref(), &owner)
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-        if owner_live {
-            live.push((owner, ids));
-        } else {
-            failed += ids.len();
-        }
-    }
-    let stage = host.config.api.stage.as_str();
-    let mut calls = futures_util::stream::iter(live)
-        .map(|(owner, ids)| async move { cluster.deliver(&owner, stage, &ids, data).await })
-        .buffer_unordered(REMOTE_CONCURRENCY);
-    while let Some((d, f)) = calls.next().await {
-        delivered += d;
-        failed += f;
-    }
-    Ok((delivered, failed))
+    Ok(gone)
 }
 
 /// The largest delivery batch accepted: base64 data of at most `limits.post_size` bytes, plus a
@@ -202,6 +334,9 @@ pub(super) async fn deliver(host: &Host, body: Body) -> Result<Response, Managem
         #[serde(rename = "connectionIds")]
         connection_ids: Vec<String>,
         data: String,
+        // A host of an earlier release sends no flag: its broadcasts were not volatile.
+        #[serde(default)]
+        volatile: bool,
     }
     let body = read_body(body, delivery_limit(host)).await?;
     let batch: Batch = serde_json::from_slice(&body)
@@ -211,17 +346,14 @@ pub(super) async fn deliver(host: &Host, body: Body) -> Result<Response, Managem
         .map_err(|e| ManagementError::BadRequest(format!("invalid delivery data: {e}")))?;
     let message = Outbound::data(data.into());
     let limit = host.config.limits.outbound_queue_bytes;
-    let delivered = batch
-        .connection_ids
-        .iter()
-        .filter(|id| {
-            host.registry
-                .get(id)
-                .is_some_and(|h| h.post(message.clone(), limit).is_ok())
-        })
-        .count();
-    let failed = batch.connection_ids.len() - delivered;
-    Ok(axum::Json(serde_json::json!({ "delivered": delivered, "failed": failed })).into_response())
+    let mut counts = Delivered::default();
+    for id in &batch.connection_ids {
+        match host.registry.get(id) {
+            Some(handle) => counts.add(post_member(&handle, &message, limit, batch.volatile)),
+            None => counts.gone += 1,
+        }
+    }
+    Ok(axum::Json(counts.to_json()).into_response())
 }
 
 /// `GET /{stage}/@groups/{group}[?limit=N&nextToken=T]`: one page of members.

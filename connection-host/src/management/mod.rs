@@ -260,7 +260,7 @@ async fn serve_call(
     let resource = path::resource(&host.config.api.stage, &segs);
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
-    let groups = host.config.extensions.groups;
+    let groups = host.config.extensions.groups.enabled;
     // A host-to-host call must carry a valid signature made with the cluster secret; a bad one is
     // refused before anything else, and a host outside any cluster accepts none.
     let forwarded = [

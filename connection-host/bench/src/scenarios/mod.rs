@@ -1,6 +1,7 @@
 //! One module per scenario (or family of scenarios sharing a loop).
 
 mod baseline;
+mod broadcast;
 mod connect;
 mod echo;
 mod idle_memory;
@@ -9,6 +10,7 @@ mod reliable;
 mod scale;
 
 pub(crate) use baseline::baseline;
+pub(crate) use broadcast::{Target, broadcast};
 pub(crate) use connect::{connect_rate, connect_rate_dynamodb};
 pub(crate) use echo::{echo_http, echo_lambda};
 pub(crate) use idle_memory::idle_memory;

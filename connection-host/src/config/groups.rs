@@ -1,0 +1,68 @@
+//! `[extensions.groups]`: server-side fan-out to groups of connections.
+
+use super::*;
+
+/// The groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`) and how its
+/// broadcasts fan out. Off by default; `groups = true` under `[extensions]` is short for
+/// `enabled = true` with every other setting at its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Serve the groups API.
+    pub enabled: bool,
+    /// Members a broadcast reads from the store at a time (1 to 1000); each page's members on
+    /// other hosts get one call per host.
+    pub broadcast_page_size: usize,
+    /// Host-to-host delivery calls one broadcast makes at once.
+    pub remote_concurrency: usize,
+    /// How long a host-to-host delivery call may take; the members of a host that does not answer
+    /// in time count as `gone`, and that host is not called again for the same broadcast.
+    #[serde(with = "humantime_serde")]
+    pub remote_timeout: Duration,
+    /// Deliveries per second one group's broadcasts may make on average; 0 turns the limit off.
+    pub fanout_rate: u32,
+    /// Deliveries a group may make at once before `fanout_rate` applies. A broadcast is admitted
+    /// while its group is within this allowance and then sends to every member, so one
+    /// broadcast is never cut short; the group's later broadcasts wait for it to be paid back.
+    pub fanout_burst: u32,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            broadcast_page_size: 1000,
+            remote_concurrency: 8,
+            remote_timeout: Duration::from_secs(2),
+            fanout_rate: 500_000,
+            fanout_burst: 1_000_000,
+        }
+    }
+}
+
+/// Reads `[extensions] groups` as either a switch (`true`/`false`) or a table.
+pub(super) fn switch_or_table<'de, D>(deserializer: D) -> Result<GroupsConfig, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct SwitchOrTable;
+    impl<'de> serde::de::Visitor<'de> for SwitchOrTable {
+        type Value = GroupsConfig;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("true, false or a table of settings")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<GroupsConfig, E> {
+            Ok(GroupsConfig {
+                enabled,
+                ..GroupsConfig::default()
+            })
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<GroupsConfig, A::Error> {
+            GroupsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(SwitchOrTable)
+}
