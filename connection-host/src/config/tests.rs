@@ -405,6 +405,7 @@ fn groups_is_a_switch_or_a_table() {
     });
 }
 
+#[allow(clippy::result_large_err)]
 #[test]
 fn file_then_environment_then_flags() {
     figment::Jail::expect_with(|jail| {
