@@ -5,7 +5,7 @@
 //! cargo run --release -p connection-host-bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
 //!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
-//!     [reliable] [reliable-store] [presence-list] [presence-list-dynamodb] [baseline]
+//!     [reliable] [reliable-store] [presence-list] [baseline]
 //! ```
 //!
 //! Starts the real host binary as a child process (one per scenario, two for `post-cross-host`,
@@ -61,7 +61,6 @@ const ALL: &[&str] = &[
     "reliable",
     "reliable-store",
     "presence-list",
-    "presence-list-dynamodb",
     "baseline",
 ];
 
@@ -71,7 +70,6 @@ const NEED_DYNAMODB: &[&str] = &[
     "post-cross-host",
     "connect-rate-dynamodb",
     "reliable-store",
-    "presence-list-dynamodb",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -881,7 +879,6 @@ fn main() {
                 "reliable" => reliable(&opts).await,
                 "reliable-store" => reliable_store(&opts, endpoint).await,
                 "presence-list" => presence_list(&opts).await,
-                "presence-list-dynamodb" => presence_list_dynamodb(&opts, endpoint).await,
                 "baseline" => baseline(&opts).await,
                 _ => unreachable!("checked when parsing"),
             };
