@@ -261,7 +261,7 @@ async fn suite_empty_group(store: &dyn ConnectionStore) {
 /// would outlast the client's 2 s attempt timeout. The HTTP listing of 2,500 members is in
 /// tests/presence.rs, of 10,000 in the bench.)
 async fn suite_huge_group(store: &dyn ConnectionStore) {
-    const N: usize = 450;
+    const N: usize = 250;
     let joins = (0..N).map(|i| async move {
         store
             .add_to_group("huge", &member(&format!("h-{i:05}")))
@@ -292,7 +292,7 @@ async fn suite_huge_group(store: &dyn ConnectionStore) {
             break;
         }
     }
-    assert_eq!(sizes, [100, 100, 100, 100, 50]);
+    assert_eq!(sizes, [100, 100, 50]);
     assert_eq!(seen.len(), N);
     assert_eq!(store.group_count("huge").await.unwrap(), N as u64);
 }
