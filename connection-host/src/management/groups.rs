@@ -272,27 +272,40 @@ pub(super) async fn members(
         .group_members(group, token.as_deref(), limit)
         .await
         .map_err(store_error)?;
-    let connection_ids: Vec<&str> = page
-        .members
-        .iter()
-        .map(|m| m.connection_id.as_str())
-        .collect();
-    let members: Vec<serde_json::Value> = page
-        .members
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "connectionId": m.connection_id,
-                "principal": m.principal,
-                "joinedAt": m.joined_at,
-            })
-        })
-        .collect();
-    let mut out = serde_json::json!({ "members": members, "connectionIds": connection_ids });
-    if let Some(t) = page.next_token {
-        out["nextToken"] = t.into();
+    // Serialized from borrowed fields in one pass: a page is up to 1,000 members.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Listed<'a> {
+        connection_id: &'a str,
+        principal: &'a str,
+        joined_at: i64,
     }
-    Ok(axum::Json(out).into_response())
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page<'a> {
+        members: Vec<Listed<'a>>,
+        connection_ids: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_token: Option<&'a str>,
+    }
+    Ok(axum::Json(Page {
+        members: page
+            .members
+            .iter()
+            .map(|m| Listed {
+                connection_id: &m.connection_id,
+                principal: &m.principal,
+                joined_at: m.joined_at,
+            })
+            .collect(),
+        connection_ids: page
+            .members
+            .iter()
+            .map(|m| m.connection_id.as_str())
+            .collect(),
+        next_token: page.next_token.as_deref(),
+    })
+    .into_response())
 }
 
 /// `GET /{stage}/@groups/{group}/count`: how many members, without listing them.
