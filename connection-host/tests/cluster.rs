@@ -721,7 +721,12 @@ async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_l
             })
             .await
             .unwrap();
-        store.add_to_group("room", &id).await.unwrap();
+        let member = connection_host::store::Member {
+            connection_id: id,
+            principal: String::new(),
+            joined_at: now_ms(),
+        };
+        store.add_to_group("room", &member).await.unwrap();
     }
     c.kill();
     drop(doomed);
@@ -796,7 +801,7 @@ async fn a_killed_host_is_reaped_and_the_others_carry_on() {
         let members = store.group_members("room", None, 10).await.unwrap();
         let hosts = store.hosts().await.unwrap();
         record.is_none()
-            && members.connection_ids == vec![id_a.clone()]
+            && members.members.iter().map(|m| &m.connection_id).eq([&id_a])
             && !hosts.iter().any(|h| h.host_id == "c")
     })
     .await;

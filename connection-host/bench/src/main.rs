@@ -5,7 +5,7 @@
 //! cargo run --release -p connection-host-bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
 //!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
-//!     [reliable] [reliable-store] [baseline] [broadcast] [--members N] \
+//!     [reliable] [reliable-store] [presence-list] [baseline] [broadcast] [--members N] \
 //!     [--targets URL[=MGMT_URL],...]
 //! cargo run --release -p connection-host-bench -- [--connections N] [--hosts H] [--loaders L] \
 //!     [--dynalite PATH] [--dynamodb-endpoint URL] scale|scale-broadcast
@@ -72,6 +72,7 @@ const ALL: &[&str] = &[
     "connect-rate-dynamodb",
     "reliable",
     "reliable-store",
+    "presence-list",
     "baseline",
     "broadcast",
 ];
@@ -954,6 +955,7 @@ fn main() {
                 "connect-rate-dynamodb" => connect_rate_dynamodb(&opts, endpoint).await,
                 "reliable" => reliable(&opts).await,
                 "reliable-store" => reliable_store(&opts, endpoint).await,
+                "presence-list" => presence_list(&opts).await,
                 "baseline" => baseline(&opts).await,
                 "scale" => scale(&opts, opts.shape).await,
                 "scale-broadcast" => scale_broadcast(&opts, opts.shape).await,

@@ -1,10 +1,11 @@
-//! `[extensions.groups]`: server-side fan-out to groups of connections.
+//! `[extensions.groups]`: the groups API, how its broadcasts fan out, and its presence
+//! notifications.
 
 use super::*;
 
-/// The groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`) and how its
-/// broadcasts fan out. Off by default; `groups = true` under `[extensions]` is short for
-/// `enabled = true` with every other setting at its default.
+/// The groups extension (`/@connections/{id}/groups/{group}`, `/@groups/{group}`). Off by
+/// default; `groups = true` under `[extensions]` is short for `enabled = true` with every other
+/// setting at its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupsConfig {
@@ -25,6 +26,11 @@ pub struct GroupsConfig {
     /// while its group is within this allowance and then sends to every member, so one
     /// broadcast is never cut short; the group's later broadcasts wait for it to be paid back.
     pub fanout_burst: u32,
+    /// What a join or leave (explicit, or when the connection ends) tells the group.
+    pub presence: Presence,
+    /// The route that receives presence events with `presence = "route"`; a MESSAGE event falls
+    /// back to `$default` when there is no such route, as any message does.
+    pub presence_route: String,
 }
 
 impl Default for GroupsConfig {
@@ -36,11 +42,28 @@ impl Default for GroupsConfig {
             remote_timeout: Duration::from_secs(2),
             fanout_rate: 500_000,
             fanout_burst: 1_000_000,
+            presence: Presence::Off,
+            presence_route: "$presence".into(),
         }
     }
 }
 
-/// Reads `[extensions] groups` as either a switch (`true`/`false`) or a table.
+/// How joins and leaves are announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Not at all.
+    #[default]
+    Off,
+    /// A `{"type":"presence",…}` text frame to every other member of the group.
+    Frames,
+    /// The same JSON as the body of a MESSAGE event to `presence_route`, with the joining or
+    /// leaving connection's request context.
+    Route,
+}
+
+/// Reads `[extensions] groups` as either a switch (`true`/`false`, the form before the table
+/// existed) or a table.
 pub(super) fn switch_or_table<'de, D>(deserializer: D) -> Result<GroupsConfig, D::Error>
 where
     D: serde::Deserializer<'de>,

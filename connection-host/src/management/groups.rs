@@ -5,11 +5,12 @@
 //! other host per page of members (`POST /{stage}/@internal/deliver`), so each member gets the
 //! message exactly once whichever host received the broadcast.
 
+use super::presence::{self, Action};
 use super::{Call, Elsewhere, ManagementError, check_id, elsewhere, read_body};
 use crate::cluster::{Cluster, Delivered, DeliveryBatch, Owner};
 use crate::host::Host;
 use crate::registry::{ConnectionHandle, Outbound, PostError};
-use crate::store::MembersPage;
+use crate::store::{Member, MembersPage, StoreError};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -31,6 +32,16 @@ pub(super) fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow:
         .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
 }
 
+/// A store failure as the caller sees it: its own bad page token is a 400, anything else a 503.
+fn store_error(e: StoreError) -> ManagementError {
+    match e {
+        StoreError::InvalidToken(reason) => {
+            ManagementError::BadRequest(format!("invalid nextToken: {reason}"))
+        }
+        e => ManagementError::Unavailable(e.to_string()),
+    }
+}
+
 /// `PUT /{stage}/@connections/{id}/groups/{group}`.
 pub(super) async fn join(
     host: &Arc<Host>,
@@ -42,34 +53,50 @@ pub(super) async fn join(
     if group.is_empty() {
         return Err(ManagementError::BadRequest("empty group name".into()));
     }
-    // The owner writes the membership: only it can tell whether the connection is still open.
-    if host.registry.get(id).is_none() {
-        match elsewhere(host, call, id, Bytes::new()).await? {
+    // The owner writes the membership: only it can tell whether the connection is still open,
+    // and it knows the connection's principal.
+    let handle = match host.registry.get(id) {
+        Some(handle) => handle,
+        None => match elsewhere(host, call, id, Bytes::new()).await? {
             Elsewhere::Answered(response) => return Ok(response),
             // Taken in here: this host now writes its memberships.
-            Elsewhere::Here(_) => {}
-        }
-    }
-    host.store
-        .add_to_group(group, id)
+            Elsewhere::Here(handle) => handle,
+        },
+    };
+    let member = Member {
+        connection_id: id.to_string(),
+        principal: presence::principal(&handle.context).to_string(),
+        joined_at: crate::ids::now_ms(),
+    };
+    let joined = host
+        .store
+        .add_to_group(group, &member)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        .map_err(store_error)?;
     // The connection may have closed while the membership was written; its record deletion may
     // already have run, so undo the membership to keep "membership ends with the connection".
     if host.registry.get(id).is_none() {
         let _ = host.store.remove_from_group(group, id).await;
         return Err(ManagementError::Gone);
     }
+    if joined {
+        let at = member.joined_at;
+        presence::announce(host, group, Action::Join, &member, at, &handle.context).await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /{stage}/@connections/{id}/groups/{group}`.
-pub(super) async fn leave(host: &Host, id: &str, group: &str) -> Result<Response, ManagementError> {
+pub(super) async fn leave(host: &Arc<Host>, id: &str, group: &str) -> Result<Response, ManagementError> {
     check_id(id)?;
-    host.store
+    let ended = host
+        .store
         .remove_from_group(group, id)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        .map_err(store_error)?;
+    if let Some(member) = ended {
+        presence::announce_leave(host, group, &member).await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -130,8 +157,9 @@ pub(super) async fn broadcast(
             }
         };
         let ids = page
-            .connection_ids
+            .members
             .into_iter()
+            .map(|m| m.connection_id)
             .filter(|id| exclude.as_deref() != Some(id.as_str()));
         let delivering = deliver_page(host, ids, &message, &mut remote);
         let (next, done) = futures_util::future::join(next, delivering).await;
@@ -375,10 +403,45 @@ pub(super) async fn members(
         .store
         .group_members(group, token.as_deref(), limit)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-    let mut out = serde_json::json!({ "connectionIds": page.connection_ids });
-    if let Some(t) = page.next_token {
-        out["nextToken"] = t.into();
+        .map_err(store_error)?;
+    // Serialized from borrowed fields in one pass: a page is up to 1,000 members.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Listed<'a> {
+        connection_id: &'a str,
+        principal: &'a str,
+        joined_at: i64,
     }
-    Ok(axum::Json(out).into_response())
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page<'a> {
+        members: Vec<Listed<'a>>,
+        connection_ids: Vec<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_token: Option<&'a str>,
+    }
+    Ok(axum::Json(Page {
+        members: page
+            .members
+            .iter()
+            .map(|m| Listed {
+                connection_id: &m.connection_id,
+                principal: &m.principal,
+                joined_at: m.joined_at,
+            })
+            .collect(),
+        connection_ids: page
+            .members
+            .iter()
+            .map(|m| m.connection_id.as_str())
+            .collect(),
+        next_token: page.next_token.as_deref(),
+    })
+    .into_response())
+}
+
+/// `GET /{stage}/@groups/{group}/count`: how many members, without listing them.
+pub(super) async fn count(host: &Host, group: &str) -> Result<Response, ManagementError> {
+    let count = host.store.group_count(group).await.map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({ "count": count })).into_response())
 }

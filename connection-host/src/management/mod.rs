@@ -11,6 +11,9 @@
 
 mod error;
 mod groups;
+mod presence;
+
+pub(crate) use presence::announce_departure;
 pub mod path;
 mod status;
 
@@ -369,6 +372,9 @@ async fn serve_call(
             Method::GET => groups::members(host, group, &query).await,
             _ => Err(ManagementError::Forbidden),
         },
+        Resource::GroupCount(group) if groups && method == Method::GET => {
+            groups::count(host, group).await
+        }
         Resource::Deliver if forwarded && method == Method::POST => {
             groups::deliver(host, request.into_body()).await
         }
