@@ -26,6 +26,7 @@ import {
   type Payload,
   type Welcome,
 } from "./frames.js";
+import { parsePresence, type Presence } from "./presence.js";
 
 /** The connection's lifecycle. */
 export type State = "connecting" | "connected" | "reconnecting" | "disconnected";
@@ -139,6 +140,11 @@ export interface ClientOptions {
   onConnect?: (info: ConnectedInfo, sendNow: (data: Payload) => void) => void | Promise<void>;
   /** Browsers: follow `online`/`offline` and page visibility. Default `true`. */
   watchNetwork?: boolean;
+  /**
+   * Emit the groups extension's presence notifications (`[extensions.groups] presence = "frames"` on
+   * the host) as `presence` events instead of `message`. Default `false`: every message is a `message`.
+   */
+  presence?: boolean;
 }
 
 /** The events of a {@link Client} and their listeners' arguments. */
@@ -149,6 +155,8 @@ export interface ClientEvents {
   connected: [info: ConnectedInfo];
   /** A message from the host: a string, or a `Uint8Array` for a binary one. */
   message: [data: Payload];
+  /** With the `presence` option: a member joined or left one of this connection's groups. */
+  presence: [presence: Presence];
   /** Something failed: an attempt (retried), an error reply to a `send`, or the terminal error before `disconnected`. */
   error: [error: ClientError];
   /** A reconnect attempt is scheduled. */
@@ -265,6 +273,7 @@ export class Client {
       ackDelay: options.ackDelay ?? 200,
       onConnect: options.onConnect,
       watchNetwork: options.watchNetwork ?? true,
+      presence: options.presence ?? false,
     };
     this.ctor = options.WebSocket;
   }
@@ -635,7 +644,14 @@ export class Client {
         return;
       }
     }
-    this.emit("message", payload);
+    this.deliver(payload);
+  }
+
+  /** A message for the application: a presence notification, when asked for, or a `message`. */
+  private deliver(payload: Payload): void {
+    const presence = this.o.presence ? parsePresence(payload) : undefined;
+    if (presence) this.emit("presence", presence);
+    else this.emit("message", payload);
   }
 
   private onFrame(link: Link, text: string): void {
@@ -646,7 +662,7 @@ export class Client {
         return this.onWelcome(link, frame.welcome);
       case "msg":
         if (!this.inOrder(link, frame.s)) return;
-        if (frame.payload !== undefined) this.emit("message", frame.payload);
+        if (frame.payload !== undefined) this.deliver(frame.payload);
         return this.noteSequenced(link);
       case "reply": {
         if (!this.inOrder(link, frame.s)) return;

@@ -5,6 +5,7 @@
 import { backoffDelay } from "./backoff.js";
 import { ClientError, ClosedError, ProtocolError, QueueFullError, ReliableNotSupportedError, ReplyError, TimeoutError, UnauthorizedError, } from "./errors.js";
 import { ackFrame, isProtocolToken, msgFrame, order, parseHostFrame, PING_FRAME, RELIABLE, resumeEntry, } from "./frames.js";
+import { parsePresence } from "./presence.js";
 /** The host asks to resume (4000); another connection took the session (4001). */
 const CLOSE_RESUME = 4000;
 /** What browsers report for a connection lost without a Close frame. */
@@ -71,6 +72,7 @@ export class Client {
             ackDelay: options.ackDelay ?? 200,
             onConnect: options.onConnect,
             watchNetwork: options.watchNetwork ?? true,
+            presence: options.presence ?? false,
         };
         this.ctor = options.WebSocket;
     }
@@ -466,7 +468,15 @@ export class Client {
                 return;
             }
         }
-        this.emit("message", payload);
+        this.deliver(payload);
+    }
+    /** A message for the application: a presence notification, when asked for, or a `message`. */
+    deliver(payload) {
+        const presence = this.o.presence ? parsePresence(payload) : undefined;
+        if (presence)
+            this.emit("presence", presence);
+        else
+            this.emit("message", payload);
     }
     onFrame(link, text) {
         const frame = parseHostFrame(text);
@@ -479,7 +489,7 @@ export class Client {
                 if (!this.inOrder(link, frame.s))
                     return;
                 if (frame.payload !== undefined)
-                    this.emit("message", frame.payload);
+                    this.deliver(frame.payload);
                 return this.noteSequenced(link);
             case "reply": {
                 if (!this.inOrder(link, frame.s))
