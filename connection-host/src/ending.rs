@@ -41,7 +41,7 @@ pub(crate) async fn finish(
         trace_id = %trace_id,
     );
     async {
-        discard_record(host, &context.connection_id).await;
+        discard_record(host, context).await;
         let mut entry = Entry {
             connection: context,
             event_type: "DISCONNECT",
@@ -95,13 +95,14 @@ pub(crate) async fn finish(
 
 /// Deletes the record of a connection that ended (or that `$connect` refused) without running
 /// `$disconnect`: a background task on `host.tasks` retries while the store is unavailable (see
-/// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt.
-pub(crate) async fn discard_record(host: &Arc<Host>, connection_id: &str) {
+/// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt. The groups
+/// the connection was in are told it left (`host.on_leave`).
+pub(crate) async fn discard_record(host: &Arc<Host>, context: &Arc<ConnectionContext>) {
     let (first_done, first_attempt) = tokio::sync::oneshot::channel();
     host.tasks
         .spawn(tracing::Instrument::in_current_span(delete_record(
             host.clone(),
-            connection_id.to_string(),
+            context.clone(),
             first_done,
         )));
     let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
@@ -113,25 +114,30 @@ pub(crate) async fn discard_record(host: &Arc<Host>, connection_id: &str) {
 /// Repeating a delete is harmless: it is idempotent.
 async fn delete_record(
     host: Arc<Host>,
-    connection_id: String,
+    context: Arc<ConnectionContext>,
     first_done: tokio::sync::oneshot::Sender<()>,
 ) {
+    let connection_id = &context.connection_id;
     let retry = async {
         let mut first_done = Some(first_done);
         let mut delay = DELETE_BACKOFF_FIRST;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let result = host.store.delete_connection(&connection_id).await;
+            let result = host.store.delete_connection(connection_id).await;
             if let Some(tx) = first_done.take() {
                 let _ = tx.send(());
             }
             match result {
-                Ok(()) if attempts > 1 => {
-                    tracing::info!(attempts, "connection record deleted after retries");
+                Ok(groups) => {
+                    if attempts > 1 {
+                        tracing::info!(attempts, "connection record deleted after retries");
+                    }
+                    if let Some(on_leave) = host.on_leave.filter(|_| !groups.is_empty()) {
+                        on_leave(host.clone(), context.clone(), groups).await;
+                    }
                     return;
                 }
-                Ok(()) => return,
                 Err(e) if attempts == 1 => {
                     tracing::warn!(error = %e, "connection record not deleted; retrying in the background")
                 }

@@ -77,7 +77,17 @@ pub struct Host {
     pub(crate) metrics: Arc<Metrics>,
     /// `[access_log]`, when enabled; its writer starts with the host.
     pub(crate) access_log: Option<AccessLog>,
+    /// Tells the groups a connection that ended has left (`[extensions.groups] presence`); set by
+    /// the server to the management API's announcer, which sits above the host.
+    pub(crate) on_leave: Option<LeaveHook>,
 }
+
+/// What runs when a connection ends having been in `groups` (its memberships already removed).
+pub(crate) type LeaveHook = fn(
+    Arc<Host>,
+    Arc<ConnectionContext>,
+    Vec<String>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,6 +202,7 @@ impl Host {
             management_tls,
             metrics,
             access_log,
+            on_leave: None,
         })
     }
 

@@ -155,7 +155,7 @@ pub async fn run_with_store(
 /// Serves a built host on `listeners` until `shutdown` resolves, then drains: stops accepting,
 /// closes every connection with 1001, and waits up to `drain_timeout` for the `$disconnect`s.
 async fn serve(
-    host: Host,
+    mut host: Host,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
@@ -208,6 +208,9 @@ async fn serve(
         .await?;
     if host.management_auth.is_none() {
         tracing::info!(addr = %management_addr, "management API open: no SigV4 required (loopback, or management.auth.mode = \"none\")");
+    }
+    if host.config.extensions.groups.presence != crate::config::Presence::Off {
+        host.on_leave = Some(crate::management::announce_departure);
     }
     let host = Arc::new(host);
     host.tasks.spawn(metrics_upkeep(host.clone()));

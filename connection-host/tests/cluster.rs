@@ -705,7 +705,7 @@ async fn a_killed_host_is_reaped_and_the_others_carry_on() {
         let members = store.group_members("room", None, 10).await.unwrap();
         let hosts = store.hosts().await.unwrap();
         record.is_none()
-            && members.connection_ids == vec![id_a.clone()]
+            && members.members.iter().map(|m| &m.connection_id).eq([&id_a])
             && !hosts.iter().any(|h| h.host_id == "c")
     })
     .await;

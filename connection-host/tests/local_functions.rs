@@ -2,8 +2,8 @@
 //! is killed before `run` returns, so a failed start leaves nothing running.
 
 use connection_host::store::{
-    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
-    StoreError, StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
+    RecordsPage, StoreError, StoredFrame,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,13 +28,13 @@ impl ConnectionStore for RegistrationFails {
     async fn get_connection(&self, _: &str) -> Result<Option<ConnectionRecord>, StoreError> {
         Err(unreachable_store())
     }
-    async fn delete_connection(&self, _: &str) -> Result<(), StoreError> {
+    async fn delete_connection(&self, _: &str) -> Result<Vec<String>, StoreError> {
         Err(unreachable_store())
     }
-    async fn add_to_group(&self, _: &str, _: &str) -> Result<(), StoreError> {
+    async fn add_to_group(&self, _: &str, _: &Member) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
-    async fn remove_from_group(&self, _: &str, _: &str) -> Result<(), StoreError> {
+    async fn remove_from_group(&self, _: &str, _: &str) -> Result<Option<Member>, StoreError> {
         Err(unreachable_store())
     }
     async fn group_members(
@@ -43,6 +43,9 @@ impl ConnectionStore for RegistrationFails {
         _: Option<&str>,
         _: usize,
     ) -> Result<MembersPage, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn group_count(&self, _: &str) -> Result<u64, StoreError> {
         Err(unreachable_store())
     }
     async fn get_connections(&self, _: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {

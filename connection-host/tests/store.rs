@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use common::*;
 use connection_host::server::RunError;
 use connection_host::store::{
-    Claim, ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, SessionRecord,
-    StoreError, StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, Member,
+    SessionRecord, StoreError, StoredFrame,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -66,6 +66,23 @@ fn owned(id: &str, host: &str, incarnation: &str) -> ConnectionRecord {
     }
 }
 
+/// A membership of `id` with a principal named after it.
+fn member(id: &str) -> Member {
+    Member {
+        connection_id: id.into(),
+        principal: format!("user-of-{id}"),
+        joined_at: 1_733_400_000_000,
+    }
+}
+
+/// The connection IDs of a page.
+fn ids_of(page: &connection_host::store::MembersPage) -> Vec<String> {
+    page.members
+        .iter()
+        .map(|m| m.connection_id.clone())
+        .collect()
+}
+
 fn host_record(host_id: &str, incarnation: &str, heartbeat_at: i64) -> HostRecord {
     HostRecord {
         host_id: host_id.into(),
@@ -90,9 +107,9 @@ async fn all_members(
             .group_members(group, token.as_deref(), limit)
             .await
             .unwrap();
-        assert!(page.connection_ids.len() <= limit, "{page:?}");
-        sizes.push(page.connection_ids.len());
-        ids.extend(page.connection_ids);
+        assert!(page.members.len() <= limit, "{page:?}");
+        sizes.push(page.members.len());
+        ids.extend(ids_of(&page));
         token = page.next_token;
         if token.is_none() {
             return (ids, sizes);
@@ -154,60 +171,116 @@ async fn suite_delete_removes_memberships(store: &dyn ConnectionStore) {
     for id in ["m-a", "m-b"] {
         store.put_connection(record(id, None)).await.unwrap();
     }
-    store.add_to_group("g1", "m-a").await.unwrap();
-    store.add_to_group("g2", "m-a").await.unwrap();
-    store.add_to_group("g1", "m-b").await.unwrap();
-    store.delete_connection("m-a").await.unwrap();
+    store.add_to_group("g1", &member("m-a")).await.unwrap();
+    store.add_to_group("g2", &member("m-a")).await.unwrap();
+    store.add_to_group("g1", &member("m-b")).await.unwrap();
+    // The groups it left, for the leave notices.
+    let mut left = store.delete_connection("m-a").await.unwrap();
+    left.sort();
+    assert_eq!(left, ["g1", "g2"]);
+    assert!(store.delete_connection("m-a").await.unwrap().is_empty());
     let (g1, _) = all_members(store, "g1", 10).await;
     assert_eq!(g1, vec!["m-b".to_string()]);
     let g2 = store.group_members("g2", None, 10).await.unwrap();
-    assert!(g2.connection_ids.is_empty(), "{g2:?}");
+    assert!(g2.members.is_empty(), "{g2:?}");
     assert_eq!(g2.next_token, None);
+    assert_eq!(store.group_count("g1").await.unwrap(), 1);
+    assert_eq!(store.group_count("g2").await.unwrap(), 0);
 }
 
 async fn suite_add_remove_idempotent(store: &dyn ConnectionStore) {
-    store.add_to_group("room", "i-a").await.unwrap();
-    store.add_to_group("room", "i-a").await.unwrap();
-    store.add_to_group("room", "i-b").await.unwrap();
-    let (ids, _) = all_members(store, "room", 10).await;
-    assert_eq!(ids, vec!["i-a".to_string(), "i-b".to_string()]);
-    store.remove_from_group("room", "i-a").await.unwrap();
-    store.remove_from_group("room", "i-a").await.unwrap();
-    store.remove_from_group("nowhere", "i-a").await.unwrap();
+    assert!(store.add_to_group("room", &member("i-a")).await.unwrap());
+    // Joining again is no new membership and keeps the first one's time and principal.
+    let again = Member {
+        principal: "someone-else".into(),
+        joined_at: 1_733_400_999_999,
+        ..member("i-a")
+    };
+    assert!(!store.add_to_group("room", &again).await.unwrap());
+    assert!(store.add_to_group("room", &member("i-b")).await.unwrap());
+    let page = store.group_members("room", None, 10).await.unwrap();
+    let mut members = page.members.clone();
+    members.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+    assert_eq!(members, [member("i-a"), member("i-b")]);
+    assert_eq!(
+        store.remove_from_group("room", "i-a").await.unwrap(),
+        Some(member("i-a")),
+        "the ended membership comes back"
+    );
+    assert_eq!(store.remove_from_group("room", "i-a").await.unwrap(), None);
+    assert_eq!(
+        store.remove_from_group("nowhere", "i-a").await.unwrap(),
+        None
+    );
     let (ids, _) = all_members(store, "room", 10).await;
     assert_eq!(ids, vec!["i-b".to_string()]);
+    // Joining after leaving is a new membership.
+    assert!(store.add_to_group("room", &again).await.unwrap());
+    let page = store.group_members("room", None, 10).await.unwrap();
+    assert!(page.members.contains(&again), "{page:?}");
 }
 
 async fn suite_paging(store: &dyn ConnectionStore) {
     let expected: Vec<String> = (0..27).map(|i| format!("p-{i:02}")).collect();
     for id in &expected {
-        store.add_to_group("big", id).await.unwrap();
+        store.add_to_group("big", &member(id)).await.unwrap();
     }
     // A neighbouring group must not leak into the pages.
-    store.add_to_group("big2", "p-xx").await.unwrap();
+    store.add_to_group("big2", &member("p-xx")).await.unwrap();
 
     let (ids, sizes) = all_members(store, "big", 10).await;
     assert_eq!(sizes, vec![10, 10, 7]);
-    assert_eq!(ids, expected, "every member exactly once, in order");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "every member exactly once");
+    // The order is stable: another listing in other page sizes sees the same sequence.
     // 27 = 3 × 9: the third page is the last and says so (no empty fourth page).
-    let (ids, sizes) = all_members(store, "big", 9).await;
+    let (again, sizes) = all_members(store, "big", 9).await;
     assert_eq!(sizes, vec![9, 9, 9]);
-    assert_eq!(ids, expected);
-    let (ids, sizes) = all_members(store, "big", 100).await;
+    assert_eq!(again, ids);
+    let (again, sizes) = all_members(store, "big", 100).await;
     assert_eq!(sizes, vec![27]);
-    assert_eq!(ids.len(), 27);
+    assert_eq!(again, ids);
+    let (again, sizes) = all_members(store, "big", 1).await;
+    assert_eq!(sizes, vec![1; 27]);
+    assert_eq!(again, ids);
+    assert_eq!(store.group_count("big").await.unwrap(), 27);
+    assert_eq!(store.group_count("big2").await.unwrap(), 1);
 }
 
 async fn suite_empty_group(store: &dyn ConnectionStore) {
     let page = store.group_members("empty", None, 10).await.unwrap();
-    assert!(page.connection_ids.is_empty());
+    assert!(page.members.is_empty());
     assert_eq!(page.next_token, None);
-    let page = store
-        .group_members("empty", Some("after-this"), 10)
+    assert_eq!(store.group_count("empty").await.unwrap(), 0);
+}
+
+async fn suite_bad_tokens(store: &dyn ConnectionStore) {
+    for id in ["t-a", "t-b", "t-c"] {
+        store.add_to_group("tokens", &member(id)).await.unwrap();
+    }
+    let first = store.group_members("tokens", None, 1).await.unwrap();
+    let token = first.next_token.clone().expect("a second page");
+    // A token is opaque: a connection ID, text, or a token of a shard the table lacks is refused.
+    for bad in ["t-a", "after-this", "", "!!", "OTk5OnQtYQ"] {
+        match store.group_members("tokens", Some(bad), 1).await {
+            Err(StoreError::InvalidToken(reason)) => assert!(!reason.is_empty()),
+            other => panic!("token {bad:?} must be refused, got {other:?}"),
+        }
+    }
+    // The real token still works, for any group (an unknown one has nothing after it).
+    let second = store
+        .group_members("tokens", Some(&token), 1)
         .await
         .unwrap();
-    assert!(page.connection_ids.is_empty());
-    assert_eq!(page.next_token, None);
+    assert_eq!(second.members.len(), 1);
+    assert_ne!(second.members, first.members);
+    let elsewhere = store
+        .group_members("nowhere", Some(&token), 5)
+        .await
+        .unwrap();
+    assert!(elsewhere.members.is_empty(), "{elsewhere:?}");
+    assert_eq!(elsewhere.next_token, None);
 }
 
 async fn suite_records_name_their_owner(store: &dyn ConnectionStore) {
@@ -464,8 +537,8 @@ async fn suite_rotate_token(store: &dyn ConnectionStore) {
 async fn suite_take_over(store: &dyn ConnectionStore) {
     let first = session_record("take", "host-1", "inc-1", "token-1");
     store.put_connection(first.clone()).await.unwrap();
-    store.add_to_group("room", "take").await.unwrap();
-    store.add_to_group("lobby", "take").await.unwrap();
+    store.add_to_group("room", &member("take")).await.unwrap();
+    store.add_to_group("lobby", &member("take")).await.unwrap();
     let moved = ConnectionRecord {
         connected_at: first.connected_at + 5_000,
         ..session_record("take", "host-2", "inc-9", "token-2")
@@ -907,6 +980,7 @@ shared_suite! {
     suite_add_remove_idempotent => add_and_remove_are_idempotent,
     suite_paging => pages_through_a_large_group,
     suite_empty_group => empty_group_is_one_empty_page,
+    suite_bad_tokens => bad_page_tokens_are_refused,
     suite_records_name_their_owner => records_name_their_owner,
     suite_authorizer_context_round_trips => authorizer_context_round_trips,
     suite_host_liveness => host_liveness,
@@ -1106,10 +1180,10 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
     assert_eq!(store.get_connection("old").await.unwrap(), None);
     store.put_connection(record("old", None)).await.unwrap();
     assert!(store.get_connection("old").await.unwrap().is_some());
-    expiring.add_to_group("g", "gone").await.unwrap();
-    store.add_to_group("g", "live").await.unwrap();
+    expiring.add_to_group("g", &member("gone")).await.unwrap();
+    store.add_to_group("g", &member("live")).await.unwrap();
     let page = store.group_members("g", None, 1).await.unwrap();
-    assert_eq!(page.connection_ids, vec!["live".to_string()]);
+    assert_eq!(ids_of(&page), vec!["live".to_string()]);
     assert_eq!(
         page.next_token, None,
         "the expired member is not a further page"
@@ -1291,7 +1365,7 @@ async fn wait_forgotten(store: &DynamoDbStore, id: &str, group: &str) {
     eventually(&format!("{id} removed from the tables"), WAIT, async || {
         let record = store.get_connection(id).await.unwrap();
         let members = store.group_members(group, None, 100).await.unwrap();
-        record.is_none() && !members.connection_ids.iter().any(|m| m == id)
+        record.is_none() && !members.members.iter().any(|m| m.connection_id == id)
     })
     .await;
 }
@@ -1353,8 +1427,9 @@ async fn host_on_dynamodb_connects_posts_groups_and_forgets() {
         .group_members("room", None, 10)
         .await
         .unwrap()
-        .connection_ids
+        .members
         .into_iter()
+        .map(|m| m.connection_id)
         .collect();
     assert_eq!(members, [id_a.clone(), id_b.clone()].into());
     let r = http

@@ -323,6 +323,8 @@ async fn remove_records(
                     }
                 }
                 _ => {
+                    // Its groups are not told: the notice would come from a host that never
+                    // held the connection, long after it ended (STORE.md, "Presence").
                     store.delete_connection(&record.connection_id).await?;
                     removed += 1;
                 }

@@ -7,6 +7,7 @@
 mod access_log;
 mod api;
 mod functions;
+mod groups;
 mod limits;
 mod management;
 mod metrics;
@@ -21,6 +22,7 @@ mod validate;
 pub use access_log::*;
 pub use api::*;
 pub use functions::*;
+pub use groups::*;
 pub use limits::*;
 pub use management::*;
 pub use metrics::*;

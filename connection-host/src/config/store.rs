@@ -6,14 +6,19 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExtensionsConfig {
-    /// Serve the groups API (`/@connections/{id}/groups/{group}`, `/@groups/{group}`).
-    pub groups: bool,
+    /// The groups API and presence (`groups = true`, or `[extensions.groups]`).
+    #[serde(deserialize_with = "groups::bool_or_table")]
+    pub groups: GroupsConfig,
     /// Accept binary frames from clients as a base64 `body` with `isBase64Encoded: true` instead of
     /// closing with 1003.
     pub binary_messages: bool,
     /// Reliable delivery for clients that ask for it (PROTOCOL.md).
     pub sessions: SessionsConfig,
 }
+
+/// Partitions a group is spread over in the groups table unless configured otherwise
+/// (`store.group_shards`).
+pub const DEFAULT_GROUP_SHARDS: u32 = 8;
 
 /// Where connection records and group memberships live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +38,10 @@ pub struct StoreConfig {
     pub endpoint_url: String,
     /// DynamoDB region; empty uses `api.region`.
     pub region: String,
+    /// Partitions each group is spread over in the groups table (1 to 256; STORE.md, "Large
+    /// groups"). Every host sharing the table must use the same number, and changing it strands
+    /// the memberships written before.
+    pub group_shards: u32,
 }
 
 impl Default for StoreConfig {
@@ -44,6 +53,7 @@ impl Default for StoreConfig {
             sessions_table: "connection-host-sessions".into(),
             endpoint_url: String::new(),
             region: String::new(),
+            group_shards: DEFAULT_GROUP_SHARDS,
         }
     }
 }

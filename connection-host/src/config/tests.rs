@@ -343,6 +343,70 @@ fn access_key_ids_from_the_environment_keep_their_case() {
 // figment's Jail closure must return figment's own (large) error type.
 #[allow(clippy::result_large_err)]
 #[test]
+fn groups_is_a_switch_or_a_table() {
+    let switch = checked("[extensions]\ngroups = true").unwrap();
+    assert!(switch.extensions.groups.enabled);
+    assert_eq!(switch.extensions.groups.presence, Presence::Off);
+    assert!(
+        !checked("[extensions]\ngroups = false")
+            .unwrap()
+            .extensions
+            .groups
+            .enabled
+    );
+    let table = checked(
+        "[extensions.groups]\nenabled = true\npresence = \"route\"\npresence_route = \"who\"",
+    )
+    .unwrap();
+    assert_eq!(table.extensions.groups.presence, Presence::Route);
+    assert_eq!(table.extensions.groups.presence_route, "who");
+    let frames = checked("[extensions.groups]\nenabled = true\npresence = \"frames\"").unwrap();
+    assert_eq!(frames.extensions.groups.presence_route, "$presence");
+    for (toml, field) in [
+        (
+            "[extensions.groups]\npresence = \"frames\"",
+            "extensions.groups.presence",
+        ),
+        (
+            "[extensions.groups]\nenabled = true\npresence_route = \"\"",
+            "extensions.groups.presence_route",
+        ),
+        ("[store]\ngroup_shards = 0", "store.group_shards"),
+        ("[store]\ngroup_shards = 257", "store.group_shards"),
+    ] {
+        let err = checked(toml).unwrap_err().to_string();
+        assert!(err.contains(field), "{err} should name {field}");
+    }
+    for bad in [
+        "[extensions.groups]\npresence = \"loud\"",
+        "[extensions.groups]\nenabeld = true",
+        "[extensions]\ngroups = \"yes\"",
+    ] {
+        assert!(Config::from_toml(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        checked("[store]\ngroup_shards = 1")
+            .unwrap()
+            .store
+            .group_shards,
+        1
+    );
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("CONNECTION_HOST_EXTENSIONS__GROUPS", "true");
+        let c = Config::load(None, &Overrides::default()).expect("loads");
+        assert!(c.extensions.groups.enabled);
+        jail.set_env("CONNECTION_HOST_EXTENSIONS__GROUPS", "");
+        jail.set_env("CONNECTION_HOST_EXTENSIONS__GROUPS__ENABLED", "true");
+        jail.set_env("CONNECTION_HOST_EXTENSIONS__GROUPS__PRESENCE", "frames");
+        let c = Config::load(None, &Overrides::default()).expect("loads");
+        assert!(c.extensions.groups.enabled);
+        assert_eq!(c.extensions.groups.presence, Presence::Frames);
+        Ok(())
+    });
+}
+
+#[allow(clippy::result_large_err)]
+#[test]
 fn file_then_environment_then_flags() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(

@@ -261,6 +261,22 @@ impl Config {
                 "must differ from store.connections_table and store.groups_table (the tables have different keys)",
             );
         }
+        if !(1..=256).contains(&store.group_shards) {
+            return invalid("store.group_shards".into(), "must be between 1 and 256");
+        }
+        let groups = &self.extensions.groups;
+        if groups.presence != Presence::Off && !groups.enabled {
+            return invalid(
+                "extensions.groups.presence".into(),
+                "needs the groups API: set extensions.groups.enabled = true",
+            );
+        }
+        if groups.presence_route.is_empty() {
+            return invalid(
+                "extensions.groups.presence_route".into(),
+                "must name a route",
+            );
+        }
         if !store.endpoint_url.is_empty() && !is_http_url(&store.endpoint_url) {
             return invalid(
                 "store.endpoint_url".into(),

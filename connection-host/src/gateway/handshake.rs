@@ -357,7 +357,7 @@ async fn establish<S>(
         // A write that timed out may still have landed: delete it, so the refused connection
         // leaves no record behind. A record that already existed is another connection's.
         if !matches!(e, StoreError::AlreadyExists(_)) {
-            crate::ending::discard_record(&host, &context.connection_id).await;
+            crate::ending::discard_record(&host, &context).await;
         }
         return;
     }
@@ -415,7 +415,7 @@ async fn establish<S>(
         if status != 101 {
             tracing::info!(status, "$connect rejected the connection");
             host.metrics.handshake(Handshake::ConnectRefused);
-            crate::ending::discard_record(&host, &context.connection_id).await;
+            crate::ending::discard_record(&host, &context).await;
             let _ = write_response(&mut stream, status, &[], body).await;
             return;
         }

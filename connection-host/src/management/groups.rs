@@ -5,10 +5,12 @@
 //! other host per page of members (`POST /{stage}/@internal/deliver`), so each member gets the
 //! message exactly once whichever host received the broadcast.
 
+use super::presence::{self, Action};
 use super::{Call, Elsewhere, ManagementError, check_id, elsewhere, read_body};
 use crate::cluster::{Cluster, Owner};
 use crate::host::Host;
 use crate::registry::Outbound;
+use crate::store::{Member, StoreError};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -33,6 +35,16 @@ pub(super) fn query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow:
         .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
 }
 
+/// A store failure as the caller sees it: its own bad page token is a 400, anything else a 503.
+fn store_error(e: StoreError) -> ManagementError {
+    match e {
+        StoreError::InvalidToken(reason) => {
+            ManagementError::BadRequest(format!("invalid nextToken: {reason}"))
+        }
+        e => ManagementError::Unavailable(e.to_string()),
+    }
+}
+
 /// `PUT /{stage}/@connections/{id}/groups/{group}`.
 pub(super) async fn join(
     host: &Arc<Host>,
@@ -44,23 +56,35 @@ pub(super) async fn join(
     if group.is_empty() {
         return Err(ManagementError::BadRequest("empty group name".into()));
     }
-    // The owner writes the membership: only it can tell whether the connection is still open.
-    if host.registry.get(id).is_none() {
-        match elsewhere(host, call, id, Bytes::new()).await? {
+    // The owner writes the membership: only it can tell whether the connection is still open,
+    // and it knows the connection's principal.
+    let handle = match host.registry.get(id) {
+        Some(handle) => handle,
+        None => match elsewhere(host, call, id, Bytes::new()).await? {
             Elsewhere::Answered(response) => return Ok(response),
             // Taken in here: this host now writes its memberships.
-            Elsewhere::Here(_) => {}
-        }
-    }
-    host.store
-        .add_to_group(group, id)
+            Elsewhere::Here(handle) => handle,
+        },
+    };
+    let member = Member {
+        connection_id: id.to_string(),
+        principal: presence::principal(&handle.context).to_string(),
+        joined_at: crate::ids::now_ms(),
+    };
+    let joined = host
+        .store
+        .add_to_group(group, &member)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        .map_err(store_error)?;
     // The connection may have closed while the membership was written; its record deletion may
     // already have run, so undo the membership to keep "membership ends with the connection".
     if host.registry.get(id).is_none() {
         let _ = host.store.remove_from_group(group, id).await;
         return Err(ManagementError::Gone);
+    }
+    if joined {
+        let at = member.joined_at;
+        presence::announce(host, group, Action::Join, &member, at, &handle.context).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -68,10 +92,14 @@ pub(super) async fn join(
 /// `DELETE /{stage}/@connections/{id}/groups/{group}`.
 pub(super) async fn leave(host: &Host, id: &str, group: &str) -> Result<Response, ManagementError> {
     check_id(id)?;
-    host.store
+    let ended = host
+        .store
         .remove_from_group(group, id)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
+        .map_err(store_error)?;
+    if let Some(member) = ended {
+        presence::announce_leave(host, group, &member).await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -97,7 +125,7 @@ pub(super) async fn broadcast(
             .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
         let mut remote: HashMap<Owner, Vec<String>> = HashMap::new();
         let mut unknown = Vec::new();
-        for id in page.connection_ids {
+        for id in page.members.into_iter().map(|m| m.connection_id) {
             if exclude.as_deref() == Some(id.as_str()) {
                 continue;
             }
@@ -243,10 +271,32 @@ pub(super) async fn members(
         .store
         .group_members(group, token.as_deref(), limit)
         .await
-        .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
-    let mut out = serde_json::json!({ "connectionIds": page.connection_ids });
+        .map_err(store_error)?;
+    let connection_ids: Vec<&str> = page
+        .members
+        .iter()
+        .map(|m| m.connection_id.as_str())
+        .collect();
+    let members: Vec<serde_json::Value> = page
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "connectionId": m.connection_id,
+                "principal": m.principal,
+                "joinedAt": m.joined_at,
+            })
+        })
+        .collect();
+    let mut out = serde_json::json!({ "members": members, "connectionIds": connection_ids });
     if let Some(t) = page.next_token {
         out["nextToken"] = t.into();
     }
     Ok(axum::Json(out).into_response())
+}
+
+/// `GET /{stage}/@groups/{group}/count`: how many members, without listing them.
+pub(super) async fn count(host: &Host, group: &str) -> Result<Response, ManagementError> {
+    let count = host.store.group_count(group).await.map_err(store_error)?;
+    Ok(axum::Json(serde_json::json!({ "count": count })).into_response())
 }

@@ -11,6 +11,9 @@
 
 mod error;
 mod groups;
+mod presence;
+
+pub(crate) use presence::announce_departure;
 pub mod path;
 mod status;
 
@@ -226,7 +229,7 @@ async fn serve_call(
     let resource = path::resource(&host.config.api.stage, &segs);
     let method = request.method().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
-    let groups = host.config.extensions.groups;
+    let groups = host.config.extensions.groups.enabled;
     // A host-to-host call must carry a valid signature made with the cluster secret; a bad one is
     // refused before anything else, and a host outside any cluster accepts none.
     let forwarded = [
@@ -335,6 +338,9 @@ async fn serve_call(
             Method::GET => groups::members(host, group, &query).await,
             _ => Err(ManagementError::Forbidden),
         },
+        Resource::GroupCount(group) if groups && method == Method::GET => {
+            groups::count(host, group).await
+        }
         Resource::Deliver if forwarded && method == Method::POST => {
             groups::deliver(host, request.into_body()).await
         }

@@ -19,6 +19,8 @@ pub enum Resource<'a> {
     },
     /// `/{stage}/@groups/{group}` (the groups extension).
     Group(&'a str),
+    /// `/{stage}/@groups/{group}/count` (the groups extension).
+    GroupCount(&'a str),
     /// `/{stage}/@internal/deliver`: a broadcast handed on by another host of the cluster.
     Deliver,
     /// `/{stage}/@internal/handover`: another host of the cluster takes a reliable session over.
@@ -35,7 +37,7 @@ impl Resource<'_> {
     pub fn is_rate_limited(&self) -> bool {
         matches!(
             self,
-            Self::Connection(_) | Self::Membership { .. } | Self::Group(_)
+            Self::Connection(_) | Self::Membership { .. } | Self::Group(_) | Self::GroupCount(_)
         )
     }
 }
@@ -67,6 +69,7 @@ pub fn resource<'a>(stage: &str, segments: &'a [String]) -> Resource<'a> {
                 group,
             },
             ["@groups", group] => Resource::Group(group),
+            ["@groups", group, "count"] => Resource::GroupCount(group),
             ["@internal", "deliver"] => Resource::Deliver,
             ["@internal", "handover"] => Resource::HandOver,
             // `@…` is the APIs' namespace: a malformed API path stays unknown.
@@ -101,6 +104,10 @@ mod tests {
             r#"Membership { connection_id: "abc=", group: "room" }"#
         );
         assert_eq!(of("dev", "/dev/@groups/room"), r#"Group("room")"#);
+        assert_eq!(
+            of("dev", "/dev/@groups/room/count"),
+            r#"GroupCount("room")"#
+        );
         assert_eq!(of("dev", "/dev/@internal/deliver"), "Deliver");
         assert_eq!(of("dev", "/dev/@internal/handover"), "HandOver");
         assert_eq!(
@@ -118,6 +125,8 @@ mod tests {
             "/dev/@connections",
             "/dev/@connections/a/b",
             "/dev/@connections/abc=/groups",
+            "/dev/@groups/room/other",
+            "/dev/@groups/room/count/x",
             "/dev/@other/x",
             "/2015-03-31/functions/chat",
         ] {
@@ -135,6 +144,7 @@ mod tests {
         let limited = |p: &str| resource("dev", &segments(p)).is_rate_limited();
         assert!(limited("/dev/@connections/abc="));
         assert!(limited("/dev/@groups/room"));
+        assert!(limited("/dev/@groups/room/count"));
         assert!(limited("/dev/@connections/abc=/groups/room"));
         assert!(!limited("/dev"));
         assert!(!limited("/2015-03-31/functions/chat/invocations"));

@@ -3,8 +3,8 @@
 //! DynamoDB operation the call makes (the first, for a call that makes several).
 
 use super::{
-    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
-    StoreError, StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
+    RecordsPage, StoreError, StoredFrame,
 };
 use crate::metrics::{Metrics, StoreOperation};
 use std::sync::Arc;
@@ -31,8 +31,12 @@ impl Instrumented {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
-        // A write refused because the record exists is the store answering, not failing.
-        let ok = matches!(result, Ok(_) | Err(StoreError::AlreadyExists(_)));
+        // A write refused because the record exists, or a caller's bad page token, is the store
+        // answering, not failing.
+        let ok = matches!(
+            result,
+            Ok(_) | Err(StoreError::AlreadyExists(_) | StoreError::InvalidToken(_))
+        );
         self.metrics.store_call(operation, started.elapsed(), ok);
         result
     }
@@ -56,17 +60,21 @@ impl ConnectionStore for Instrumented {
         .await
     }
 
-    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
+    async fn delete_connection(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
         let call = self.inner.delete_connection(connection_id);
         self.call(StoreOperation::DeleteItem, call).await
     }
 
-    async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
-        let call = self.inner.add_to_group(group, connection_id);
+    async fn add_to_group(&self, group: &str, member: &Member) -> Result<bool, StoreError> {
+        let call = self.inner.add_to_group(group, member);
         self.call(StoreOperation::PutItem, call).await
     }
 
-    async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
+    async fn remove_from_group(
+        &self,
+        group: &str,
+        connection_id: &str,
+    ) -> Result<Option<Member>, StoreError> {
         let call = self.inner.remove_from_group(group, connection_id);
         self.call(StoreOperation::DeleteItem, call).await
     }
@@ -79,6 +87,11 @@ impl ConnectionStore for Instrumented {
     ) -> Result<MembersPage, StoreError> {
         let call = self.inner.group_members(group, next_token, limit);
         self.call(StoreOperation::Query, call).await
+    }
+
+    async fn group_count(&self, group: &str) -> Result<u64, StoreError> {
+        self.call(StoreOperation::Query, self.inner.group_count(group))
+            .await
     }
 
     async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {

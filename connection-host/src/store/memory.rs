@@ -1,8 +1,9 @@
 //! The embedded, in-process store.
 
+use super::page_token::PageToken;
 use super::{
-    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
-    StoreError, StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
+    RecordsPage, StoreError, StoredFrame,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -16,7 +17,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     connections: HashMap<String, ConnectionRecord>,
-    groups: HashMap<String, BTreeSet<String>>,
+    /// Members of each group by connection ID: `(principal, joined_at)`.
+    groups: HashMap<String, BTreeMap<String, (String, i64)>>,
     memberships: HashMap<String, BTreeSet<String>>,
     hosts: HashMap<String, HostRecord>,
     /// Idempotency keys per connection: the key's state and when it expires.
@@ -106,44 +108,57 @@ impl ConnectionStore for MemoryStore {
         Ok(self.lock().connections.get(connection_id).cloned())
     }
 
-    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
+    async fn delete_connection(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
         let mut inner = self.lock();
         inner.connections.remove(connection_id);
         // A session's keys and frames die with it here; DynamoDB leaves them to their ttl.
         inner.keys.remove(connection_id);
         inner.frames.remove(connection_id);
-        if let Some(groups) = inner.memberships.remove(connection_id) {
-            for g in groups {
-                if let Some(members) = inner.groups.get_mut(&g) {
-                    members.remove(connection_id);
-                    if members.is_empty() {
-                        inner.groups.remove(&g);
-                    }
+        let groups = inner.memberships.remove(connection_id).unwrap_or_default();
+        for g in &groups {
+            if let Some(members) = inner.groups.get_mut(g) {
+                members.remove(connection_id);
+                if members.is_empty() {
+                    inner.groups.remove(g);
                 }
             }
         }
-        Ok(())
+        Ok(groups.into_iter().collect())
     }
 
-    async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
+    async fn add_to_group(&self, group: &str, member: &Member) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        inner
-            .groups
-            .entry(group.to_string())
-            .or_default()
-            .insert(connection_id.to_string());
+        let members = inner.groups.entry(group.to_string()).or_default();
+        if members.contains_key(&member.connection_id) {
+            return Ok(false);
+        }
+        members.insert(
+            member.connection_id.clone(),
+            (member.principal.clone(), member.joined_at),
+        );
         inner
             .memberships
-            .entry(connection_id.to_string())
+            .entry(member.connection_id.clone())
             .or_default()
             .insert(group.to_string());
-        Ok(())
+        Ok(true)
     }
 
-    async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
+    async fn remove_from_group(
+        &self,
+        group: &str,
+        connection_id: &str,
+    ) -> Result<Option<Member>, StoreError> {
         let mut inner = self.lock();
+        let mut ended = None;
         if let Some(members) = inner.groups.get_mut(group) {
-            members.remove(connection_id);
+            ended = members
+                .remove(connection_id)
+                .map(|(principal, joined_at)| Member {
+                    connection_id: connection_id.to_string(),
+                    principal,
+                    joined_at,
+                });
             if members.is_empty() {
                 inner.groups.remove(group);
             }
@@ -151,7 +166,7 @@ impl ConnectionStore for MemoryStore {
         if let Some(groups) = inner.memberships.get_mut(connection_id) {
             groups.remove(group);
         }
-        Ok(())
+        Ok(ended)
     }
 
     async fn group_members(
@@ -160,29 +175,44 @@ impl ConnectionStore for MemoryStore {
         next_token: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, StoreError> {
+        // One shard: the token's position is all that matters.
+        let start = match next_token {
+            Some(t) => std::ops::Bound::Excluded(PageToken::decode(t, 1)?.after),
+            None => std::ops::Bound::Unbounded,
+        };
         let inner = self.lock();
         let Some(members) = inner.groups.get(group) else {
             return Ok(MembersPage::default());
         };
-        let start = match next_token {
-            Some(t) => std::ops::Bound::Excluded(t.to_string()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut page: Vec<String> = members
+        let mut page: Vec<Member> = members
             .range((start, std::ops::Bound::Unbounded))
-            .take(limit + 1)
-            .cloned()
+            .take(limit.saturating_add(1))
+            .map(|(id, (principal, joined_at))| Member {
+                connection_id: id.clone(),
+                principal: principal.clone(),
+                joined_at: *joined_at,
+            })
             .collect();
         let next_token = if page.len() > limit {
             page.pop();
-            page.last().cloned()
+            page.last().map(|m| {
+                PageToken {
+                    shard: 0,
+                    after: m.connection_id.clone(),
+                }
+                .encode()
+            })
         } else {
             None
         };
         Ok(MembersPage {
-            connection_ids: page,
+            members: page,
             next_token,
         })
+    }
+
+    async fn group_count(&self, group: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().groups.get(group).map_or(0, |m| m.len() as u64))
     }
 
     async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
@@ -456,6 +486,14 @@ mod tests {
         }
     }
 
+    fn member(id: &str) -> Member {
+        Member {
+            connection_id: id.into(),
+            principal: format!("user-{id}"),
+            joined_at: 7,
+        }
+    }
+
     #[tokio::test]
     async fn put_is_conditional_and_delete_drops_memberships() {
         let s = MemoryStore::new();
@@ -464,26 +502,28 @@ mod tests {
             s.put_connection(record("a")).await,
             Err(StoreError::AlreadyExists(_))
         ));
-        s.add_to_group("g", "a").await.unwrap();
-        s.add_to_group("g", "b").await.unwrap();
-        s.delete_connection("a").await.unwrap();
+        s.add_to_group("g", &member("a")).await.unwrap();
+        s.add_to_group("g", &member("b")).await.unwrap();
+        assert_eq!(s.delete_connection("a").await.unwrap(), vec!["g"]);
         assert_eq!(s.get_connection("a").await.unwrap(), None);
         let page = s.group_members("g", None, 10).await.unwrap();
-        assert_eq!(page.connection_ids, vec!["b".to_string()]);
+        assert_eq!(page.members, vec![member("b")]);
     }
 
     #[tokio::test]
     async fn members_page_through_large_groups() {
         let s = MemoryStore::new();
         for i in 0..25 {
-            s.add_to_group("g", &format!("c{i:02}")).await.unwrap();
+            s.add_to_group("g", &member(&format!("c{i:02}")))
+                .await
+                .unwrap();
         }
         let mut seen = Vec::new();
         let mut token = None;
         loop {
             let page = s.group_members("g", token.as_deref(), 10).await.unwrap();
-            assert!(page.connection_ids.len() <= 10);
-            seen.extend(page.connection_ids);
+            assert!(page.members.len() <= 10);
+            seen.extend(page.members.into_iter().map(|m| m.connection_id));
             token = page.next_token;
             if token.is_none() {
                 break;

@@ -6,6 +6,7 @@
 pub mod dynamodb;
 mod instrumented;
 mod memory;
+mod page_token;
 
 pub use dynamodb::{DynamoDbStore, DynamoDbTables};
 pub use instrumented::Instrumented;
@@ -115,13 +116,28 @@ pub enum StoreError {
     /// The backend could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A page token that no listing of this store returned (the caller's mistake, not the
+    /// store's).
+    #[error("invalid nextToken: {0}")]
+    InvalidToken(String),
+}
+
+/// A connection's membership of a group: who joined, and when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Member {
+    /// `connectionId` of the member.
+    pub connection_id: String,
+    /// The authorizer's `principalId` of the connection; empty when the API has no authorizer.
+    pub principal: String,
+    /// Epoch milliseconds of the join.
+    pub joined_at: i64,
 }
 
 /// One page of a group's members.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MembersPage {
-    /// Connection IDs, in a stable order.
-    pub connection_ids: Vec<String>,
+    /// Members, in an order that is stable while the group does not change.
+    pub members: Vec<Member>,
     /// Pass back to get the next page; `None` on the last page.
     pub next_token: Option<String>,
 }
@@ -138,19 +154,30 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         &self,
         connection_id: &str,
     ) -> Result<Option<ConnectionRecord>, StoreError>;
-    /// Deletes a record and every group membership of the connection.
-    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError>;
-    /// Adds a connection to a group (idempotent).
-    async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError>;
-    /// Removes a connection from a group (idempotent).
-    async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError>;
-    /// Lists a group's members, `limit` at a time, starting after `next_token`.
+    /// Deletes a record and every group membership of the connection; returns the groups it
+    /// left (so that their members can be told).
+    async fn delete_connection(&self, connection_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Adds a connection to a group. Idempotent: joining again keeps the first membership (its
+    /// `joined_at`) and returns `false`; `true` when the connection joined now.
+    async fn add_to_group(&self, group: &str, member: &Member) -> Result<bool, StoreError>;
+    /// Removes a connection from a group (idempotent); the membership it ended, `None` when the
+    /// connection was no member.
+    async fn remove_from_group(
+        &self,
+        group: &str,
+        connection_id: &str,
+    ) -> Result<Option<Member>, StoreError>;
+    /// Lists a group's members, `limit` at a time, starting after `next_token` (a token an
+    /// earlier page returned; anything else fails with `InvalidToken`). An unknown group is one
+    /// empty page.
     async fn group_members(
         &self,
         group: &str,
         next_token: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, StoreError>;
+    /// How many members a group has (0 for an unknown group), without listing them.
+    async fn group_count(&self, group: &str) -> Result<u64, StoreError>;
     /// Reads the records of several connections at once (missing ones are left out, in no
     /// particular order); a broadcast uses it to find the owners of its members.
     async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError>;

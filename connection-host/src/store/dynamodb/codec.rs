@@ -1,7 +1,7 @@
 //! Records to and from DynamoDB items.
 
 use super::schema::HOST_KEY_PREFIX;
-use crate::store::{ConnectionRecord, HostRecord, SessionRecord};
+use crate::store::{ConnectionRecord, HostRecord, Member, SessionRecord};
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
@@ -123,4 +123,70 @@ pub(super) fn host_from_item(item: &HashMap<String, AttributeValue>) -> Option<H
         heartbeat_at: get_n(item, "heartbeatAt").unwrap_or_default(),
         reaping: item.contains_key("reapingSince"),
     })
+}
+
+/// The shard of a group that a connection's membership lives in: 64-bit FNV-1a of the connection
+/// ID, modulo the shard count. Fixed by this definition (not the standard library's hasher, which
+/// may change between releases), so every host and every version picks the same shard.
+pub(super) fn group_shard(connection_id: &str, shards: u32) -> u32 {
+    let hash = connection_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    (hash % u64::from(shards.max(1))) as u32
+}
+
+/// The partition key of shard `shard` of `group`: `{group}#{shard}`.
+pub(super) fn group_key(group: &str, shard: u32) -> AttributeValue {
+    s(&format!("{group}#{shard}"))
+}
+
+/// The group named by a partition key of the groups table: the key without its `#{shard}`
+/// suffix. A key without one (written before groups were sharded) is the group's name itself.
+pub(super) fn group_name(key: &str) -> &str {
+    match key.rsplit_once('#') {
+        Some((name, shard)) if !shard.is_empty() && shard.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => key,
+    }
+}
+
+/// The member an item of the groups table records.
+pub(super) fn member_from_item(item: &HashMap<String, AttributeValue>) -> Option<Member> {
+    Some(Member {
+        connection_id: get_s(item, "connectionId")?,
+        principal: get_s(item, "principal").unwrap_or_default(),
+        joined_at: get_n(item, "joinedAt").unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_fixed_and_spread() {
+        // The definition is part of the table's format: a change would strand every membership.
+        assert_eq!(group_shard("", 8), (0xcbf2_9ce4_8422_2325_u64 % 8) as u32);
+        assert_eq!(group_shard("abc", 1), 0);
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[group_shard(&format!("Z{i}a1bCdE="), 8) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn group_names_come_back_from_keys() {
+        assert_eq!(group_name("room#3"), "room");
+        assert_eq!(group_name("a#b#12"), "a#b");
+        assert_eq!(group_name("legacy"), "legacy");
+        assert_eq!(group_name("ends#"), "ends#");
+        assert_eq!(group_name("tag#x"), "tag#x");
+    }
 }

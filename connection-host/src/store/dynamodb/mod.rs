@@ -28,9 +28,13 @@
 //! `ttl`.
 //!
 //! **Groups table** (default `connection-host-groups`), partition key `group` (S), sort key
-//! `connectionId` (S), attribute `ttl` (N, the write time + the same lifetime), and a global secondary
-//! index `byConnection` (partition `connectionId`, sort `group`, keys only) that `delete_connection`
-//! queries to find a connection's memberships.
+//! `connectionId` (S). A group is spread over `store.group_shards` partitions so that no single
+//! partition carries a large group: a membership's `group` is `{name}#{k}`, with `k` the FNV-1a
+//! hash of the connection ID modulo the shard count (`codec::group_shard`). Attributes `principal`
+//! (S, absent when empty), `joinedAt` (N, epoch ms) and `ttl` (N, the write time + the same
+//! lifetime), and a global secondary index `byConnection` (partition `connectionId`, sort `group`,
+//! keys only) that `delete_connection` queries to find a connection's memberships. Listing walks
+//! the shards in order; counting queries them all at once.
 //!
 //! **Sessions table** (default `connection-host-sessions`), partition key `connectionId` (S), sort
 //! key `item` (S): a reliable session's idempotency keys, `item = "k#{key}"` with `state`
@@ -64,17 +68,29 @@ pub struct DynamoDbStore {
     client: Client,
     tables: DynamoDbTables,
     lifetime: Duration,
+    group_shards: u32,
 }
 
 impl DynamoDbStore {
     /// A store on `tables` through `client`; items expire 3 h after they are written (the default
-    /// `max_connection_duration` of 2 h plus 1 h), see [`with_lifetime`](Self::with_lifetime).
+    /// `max_connection_duration` of 2 h plus 1 h), see [`with_lifetime`](Self::with_lifetime);
+    /// groups have [`DEFAULT_GROUP_SHARDS`](crate::config::DEFAULT_GROUP_SHARDS) shards, see
+    /// [`with_group_shards`](Self::with_group_shards).
     pub fn new(client: Client, tables: DynamoDbTables) -> Self {
         Self {
             client,
             tables,
             lifetime: Duration::from_secs(3 * 3600),
+            group_shards: crate::config::DEFAULT_GROUP_SHARDS,
         }
+    }
+
+    /// Sets how many partitions each group is spread over (at least 1). Every host using the
+    /// groups table must use the same number: a membership is found only in the shard its
+    /// connection ID hashes to.
+    pub fn with_group_shards(mut self, shards: u32) -> Self {
+        self.group_shards = shards.max(1);
+        self
     }
 
     /// Sets how long after its write an item's `ttl` lies; must exceed the longest connection.
@@ -103,6 +119,7 @@ impl DynamoDbStore {
             },
         )
         .with_lifetime(config.limits.max_connection_duration + Duration::from_secs(3600))
+        .with_group_shards(store.group_shards)
     }
 
     /// The SDK client (for operations the trait does not cover, e.g. inspecting the tables).

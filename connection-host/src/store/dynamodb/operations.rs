@@ -1,16 +1,19 @@
 //! The [`ConnectionStore`] operations on the three tables.
 
 use super::codec::{
-    connection_item, frame_item, get_n, get_s, host_from_item, host_key, key_item, n,
-    record_from_item, s, ttl_from_ms,
+    connection_item, frame_item, get_n, get_s, group_key, group_name, group_shard, host_from_item,
+    host_key, key_item, member_from_item, n, record_from_item, s, ttl_from_ms,
 };
 use super::schema::{BY_CONNECTION_INDEX, BY_OWNER_INDEX, HOSTS_PARTITION};
 use super::{DynamoDbStore, is_conditional_failure, unavailable};
+use crate::store::page_token::PageToken;
 use crate::store::{
-    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, MembersPage, RecordsPage,
-    StoreError, StoredFrame,
+    Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
+    RecordsPage, StoreError, StoredFrame,
 };
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, ReturnValue, Select, WriteRequest,
+};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,7 +64,8 @@ impl DynamoDbStore {
         from_epoch_secs + self.lifetime.as_secs() as i64
     }
 
-    /// Deletes memberships `(group, connection_id)` in batches, resubmitting unprocessed items.
+    /// Deletes memberships `(group, connection_id)` in batches, resubmitting unprocessed items;
+    /// `groups` are partition keys of the groups table (shard keys).
     async fn delete_memberships(
         &self,
         connection_id: &str,
@@ -189,7 +193,7 @@ impl ConnectionStore for DynamoDbStore {
         Ok(record_from_item(&item))
     }
 
-    async fn delete_connection(&self, connection_id: &str) -> Result<(), StoreError> {
+    async fn delete_connection(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
         self.client
             .delete_item()
             .table_name(&self.tables.connections)
@@ -199,7 +203,7 @@ impl ConnectionStore for DynamoDbStore {
             .map_err(|e| unavailable("DeleteItem", e))?;
         // The index is eventually consistent: a membership written a moment ago may not be listed
         // yet. Its ttl removes it eventually, and broadcasts skip connections that are gone.
-        let mut groups = Vec::new();
+        let mut keys = Vec::new();
         let mut start = None;
         loop {
             let out = self
@@ -213,39 +217,68 @@ impl ConnectionStore for DynamoDbStore {
                 .send()
                 .await
                 .map_err(|e| unavailable("Query byConnection", e))?;
-            groups.extend(out.items().iter().filter_map(|i| get_s(i, "group")));
+            keys.extend(out.items().iter().filter_map(|i| get_s(i, "group")));
             start = out.last_evaluated_key;
             if start.is_none() {
                 break;
             }
         }
-        self.delete_memberships(connection_id, groups).await
+        let mut groups: Vec<String> = keys.iter().map(|k| group_name(k).to_string()).collect();
+        groups.sort();
+        groups.dedup();
+        self.delete_memberships(connection_id, keys).await?;
+        Ok(groups)
     }
 
-    async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
-        self.client
+    async fn add_to_group(&self, group: &str, member: &Member) -> Result<bool, StoreError> {
+        let shard = group_shard(&member.connection_id, self.group_shards);
+        let now = now_secs();
+        let mut put = self
+            .client
             .put_item()
             .table_name(&self.tables.groups)
-            .item("group", s(group))
-            .item("connectionId", s(connection_id))
+            .item("group", group_key(group, shard))
+            .item("connectionId", s(&member.connection_id))
+            .item("joinedAt", n(member.joined_at))
             // A membership cannot outlive its connection, which started before now.
-            .item("ttl", n(self.expiry(now_secs())))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem", e))?;
-        Ok(())
+            .item("ttl", n(self.expiry(now)))
+            // Joining again keeps the first membership and its joinedAt; an expired leftover is
+            // no membership.
+            .condition_expression("attribute_not_exists(connectionId) OR #ttl < :now")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":now", n(now));
+        if !member.principal.is_empty() {
+            put = put.item("principal", s(&member.principal));
+        }
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem", e)),
+        }
     }
 
-    async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
-        self.client
+    async fn remove_from_group(
+        &self,
+        group: &str,
+        connection_id: &str,
+    ) -> Result<Option<Member>, StoreError> {
+        let shard = group_shard(connection_id, self.group_shards);
+        let out = self
+            .client
             .delete_item()
             .table_name(&self.tables.groups)
-            .key("group", s(group))
+            .key("group", group_key(group, shard))
             .key("connectionId", s(connection_id))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| unavailable("DeleteItem", e))?;
-        Ok(())
+        let now = now_secs();
+        Ok(out
+            .attributes
+            .filter(|old| get_n(old, "ttl").is_none_or(|ttl| ttl > now))
+            .as_ref()
+            .and_then(member_from_item))
     }
 
     async fn group_members(
@@ -254,18 +287,26 @@ impl ConnectionStore for DynamoDbStore {
         next_token: Option<&str>,
         limit: usize,
     ) -> Result<MembersPage, StoreError> {
+        let resume = next_token
+            .map(|t| PageToken::decode(t, self.group_shards))
+            .transpose()?;
         // Read one member past the page to know whether another page exists: DynamoDB returns a
         // LastEvaluatedKey whenever Limit is reached, even when nothing follows.
         let want = limit.saturating_add(1);
-        let mut start = next_token.map(|t| {
+        let (mut shard, mut after) = match resume {
+            Some(t) => (t.shard, Some(t.after)),
+            None => (0, None),
+        };
+        let mut start = after.take().map(|after| {
             HashMap::from([
-                ("group".to_string(), s(group)),
-                ("connectionId".to_string(), s(t)),
+                ("group".to_string(), group_key(group, shard)),
+                ("connectionId".to_string(), s(&after)),
             ])
         });
-        let mut ids = Vec::new();
+        // Each member with the shard it came from: the next token names both.
+        let mut members: Vec<(u32, Member)> = Vec::new();
         let now = now_secs();
-        loop {
+        while shard < self.group_shards {
             let out = self
                 .client
                 .query()
@@ -276,30 +317,80 @@ impl ConnectionStore for DynamoDbStore {
                 .filter_expression("#ttl > :now")
                 .expression_attribute_names("#g", "group")
                 .expression_attribute_names("#ttl", "ttl")
-                .expression_attribute_values(":g", s(group))
+                .expression_attribute_values(":g", group_key(group, shard))
                 .expression_attribute_values(":now", n(now))
-                .limit(i32::try_from(want - ids.len()).unwrap_or(i32::MAX))
+                .limit(i32::try_from(want - members.len()).unwrap_or(i32::MAX))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| unavailable("Query", e))?;
-            ids.extend(out.items().iter().filter_map(|i| get_s(i, "connectionId")));
+            members.extend(
+                out.items()
+                    .iter()
+                    .filter_map(member_from_item)
+                    .map(|m| (shard, m)),
+            );
             start = out.last_evaluated_key;
-            if ids.len() >= want || start.is_none() {
+            if members.len() >= want {
                 break;
             }
+            if start.is_none() {
+                shard += 1;
+            }
         }
-        let next_token = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().cloned()
+        let next_token = if members.len() > limit {
+            members.truncate(limit);
+            members.last().map(|(shard, m)| {
+                PageToken {
+                    shard: *shard,
+                    after: m.connection_id.clone(),
+                }
+                .encode()
+            })
         } else {
             None
         };
         Ok(MembersPage {
-            connection_ids: ids,
+            members: members.into_iter().map(|(_, m)| m).collect(),
             next_token,
         })
+    }
+
+    async fn group_count(&self, group: &str) -> Result<u64, StoreError> {
+        let now = now_secs();
+        // The shards are independent partitions: count them at once.
+        let counts = (0..self.group_shards).map(|shard| async move {
+            let mut count = 0u64;
+            let mut start = None;
+            // A COUNT query still reads (and pays for) at most 1 MB per call.
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.tables.groups)
+                    .select(Select::Count)
+                    .key_condition_expression("#g = :g")
+                    .filter_expression("#ttl > :now")
+                    .expression_attribute_names("#g", "group")
+                    .expression_attribute_names("#ttl", "ttl")
+                    .expression_attribute_values(":g", group_key(group, shard))
+                    .expression_attribute_values(":now", n(now))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("Query count", e))?;
+                count += u64::try_from(out.count).unwrap_or_default();
+                start = out.last_evaluated_key;
+                if start.is_none() {
+                    return Ok::<_, StoreError>(count);
+                }
+            }
+        });
+        futures_util::future::try_join_all(counts)
+            .await
+            .map(|counts| counts.into_iter().sum())
     }
 
     async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
