@@ -13,6 +13,7 @@ use connection_host::store::{
     Claim, ConnectionRecord, ConnectionStore, DynamoDbStore, HostRecord, KeyClaim, Member,
     SessionRecord, StoreError, StoredFrame,
 };
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -253,6 +254,45 @@ async fn suite_empty_group(store: &dyn ConnectionStore) {
     assert!(page.members.is_empty());
     assert_eq!(page.next_token, None);
     assert_eq!(store.group_count("empty").await.unwrap(), 0);
+}
+
+/// More members than fit one page of the largest size, over every shard: each listed once, with
+/// its principal, and counted.
+async fn suite_huge_group(store: &dyn ConnectionStore) {
+    const N: usize = 2_500;
+    let joins = (0..N).map(|i| async move {
+        store
+            .add_to_group("huge", &member(&format!("h-{i:05}")))
+            .await
+            .unwrap()
+    });
+    // A few at a time: moto serialises its calls anyway.
+    let joined: Vec<bool> = futures_util::stream::iter(joins)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(joined.iter().all(|j| *j));
+    let mut seen = BTreeSet::new();
+    let mut sizes = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = store
+            .group_members("huge", token.as_deref(), 1000)
+            .await
+            .unwrap();
+        sizes.push(page.members.len());
+        for m in page.members {
+            assert_eq!(m.principal, format!("user-of-{}", m.connection_id));
+            assert!(seen.insert(m.connection_id), "listed twice");
+        }
+        token = page.next_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(sizes, [1000, 1000, 500]);
+    assert_eq!(seen.len(), N);
+    assert_eq!(store.group_count("huge").await.unwrap(), N as u64);
 }
 
 async fn suite_bad_tokens(store: &dyn ConnectionStore) {
@@ -981,6 +1021,7 @@ shared_suite! {
     suite_paging => pages_through_a_large_group,
     suite_empty_group => empty_group_is_one_empty_page,
     suite_bad_tokens => bad_page_tokens_are_refused,
+    suite_huge_group => a_huge_group_lists_in_pages_and_counts,
     suite_records_name_their_owner => records_name_their_owner,
     suite_authorizer_context_round_trips => authorizer_context_round_trips,
     suite_host_liveness => host_liveness,
@@ -1187,6 +1228,52 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
     assert_eq!(
         page.next_token, None,
         "the expired member is not a further page"
+    );
+    assert_eq!(
+        store.group_count("g").await.unwrap(),
+        1,
+        "expired ones are not counted"
+    );
+    assert_eq!(
+        store.remove_from_group("g", "gone").await.unwrap(),
+        None,
+        "an expired membership is no membership to end"
+    );
+
+    // A membership item: its shard's key, the principal (absent when empty) and the join time.
+    let anonymous = Member {
+        principal: String::new(),
+        ..member("anon")
+    };
+    store.add_to_group("g", &anonymous).await.unwrap();
+    let items = store
+        .client()
+        .scan()
+        .table_name(&tables.config.store.groups_table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let item = |id: &str| {
+        items
+            .iter()
+            .find(|i| i["connectionId"].as_s().unwrap() == id)
+            .unwrap_or_else(|| panic!("{id} in {items:?}"))
+    };
+    let live = item("live");
+    let key = live["group"].as_s().unwrap();
+    let shard: u32 = key
+        .strip_prefix("g#")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("group key {key:?} is g#<shard>"));
+    assert!(shard < 8, "{key}");
+    assert_eq!(live["principal"].as_s().unwrap(), "user-of-live");
+    assert_eq!(live["joinedAt"].as_n().unwrap(), "1733400000000");
+    assert!(
+        !item("anon").contains_key("principal"),
+        "{:?}",
+        item("anon")
     );
     tables.delete().await;
 }

@@ -5,7 +5,7 @@
 //! cargo run --release -p connection-host-bench -- [--host-bin PATH] [--out FILE] \
 //!     [--duration SECS] [--dynamodb-endpoint URL] [idle-memory] [post] [post-dynamodb] \
 //!     [post-cross-host] [echo-http] [echo-lambda] [connect-rate] [connect-rate-dynamodb] \
-//!     [reliable] [reliable-store] [baseline]
+//!     [reliable] [reliable-store] [presence-list] [presence-list-dynamodb] [baseline]
 //! ```
 //!
 //! Starts the real host binary as a child process (one per scenario, two for `post-cross-host`,
@@ -60,6 +60,8 @@ const ALL: &[&str] = &[
     "connect-rate-dynamodb",
     "reliable",
     "reliable-store",
+    "presence-list",
+    "presence-list-dynamodb",
     "baseline",
 ];
 
@@ -69,6 +71,7 @@ const NEED_DYNAMODB: &[&str] = &[
     "post-cross-host",
     "connect-rate-dynamodb",
     "reliable-store",
+    "presence-list-dynamodb",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -877,6 +880,8 @@ fn main() {
                 "connect-rate-dynamodb" => connect_rate_dynamodb(&opts, endpoint).await,
                 "reliable" => reliable(&opts).await,
                 "reliable-store" => reliable_store(&opts, endpoint).await,
+                "presence-list" => presence_list(&opts).await,
+                "presence-list-dynamodb" => presence_list_dynamodb(&opts, endpoint).await,
                 "baseline" => baseline(&opts).await,
                 _ => unreachable!("checked when parsing"),
             };

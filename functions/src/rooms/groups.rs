@@ -8,7 +8,9 @@
 //! - broadcast: `POST {endpoint}/@groups/{room}[?exclude={id}]` with the message as the body: the
 //!   host sends it to every member and answers `{"delivered":N,"failed":M}`;
 //! - members: `GET {endpoint}/@groups/{room}?limit=N[&nextToken=T]`: one page,
-//!   `{"connectionIds":[...],"nextToken":"..."}`.
+//!   `{"members":[{"connectionId","principal","joinedAt"}…],"connectionIds":[...],"nextToken":"..."}`
+//!   ([`GroupsRooms::members_page`], [`GroupsRooms::members_with_presence`]);
+//! - count: `GET {endpoint}/@groups/{room}/count`: `{"count":N}` ([`GroupsRooms::count`]).
 //!
 //! Every call is signed with SigV4 (service `execute-api`) with the same credentials and region as
 //! the `@connections` client it is opened with, so a host that requires signatures
@@ -19,6 +21,7 @@
 //! [`Rooms::announces_presence`] is `true`. Room names `.` and `..` are refused: URL parsers resolve them as path segments, whatever
 //! their encoding.
 
+use super::presence::{Member, MemberPage};
 use super::{BroadcastReport, Rooms, RoomsError};
 use crate::Management;
 use async_trait::async_trait;
@@ -80,10 +83,8 @@ impl Signer {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MembersPage {
-    connection_ids: Vec<String>,
-    next_token: Option<String>,
+struct Count {
+    count: u64,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +172,64 @@ impl GroupsRooms {
     }
 }
 
+impl GroupsRooms {
+    /// One page of `room`'s members with their principal and join time: at most `limit` (1 to
+    /// 1000), after `next_token` (from the previous page; `None` for the first).
+    pub async fn members_page(
+        &self,
+        room: &str,
+        limit: usize,
+        next_token: Option<&str>,
+    ) -> Result<MemberPage, RoomsError> {
+        let mut url = format!("{}?limit={limit}", self.group_url(room)?);
+        if let Some(token) = next_token {
+            url.push_str("&nextToken=");
+            url.push_str(&Self::encode(token));
+        }
+        let response = self
+            .call("GET group", Method::GET, url, None, StatusCode::OK)
+            .await?;
+        serde_json::from_slice(&response.bytes().await?)
+            .map_err(|e| RoomsError::Unexpected(format!("members page: {e}")))
+    }
+
+    /// Every member of `room` with its principal and join time, read in pages of 1000; fails with
+    /// [`RoomsError::TooManyMembers`] rather than hold more than `bound` of them.
+    pub async fn members_with_presence(
+        &self,
+        room: &str,
+        bound: usize,
+    ) -> Result<Vec<Member>, RoomsError> {
+        let mut members = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.members_page(room, PAGE_SIZE, token.as_deref()).await?;
+            members.extend(page.members);
+            if members.len() > bound {
+                return Err(RoomsError::TooManyMembers {
+                    room: room.to_string(),
+                    bound,
+                });
+            }
+            match page.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(members),
+            }
+        }
+    }
+
+    /// How many members `room` has (0 for a room nobody joined), without listing them.
+    pub async fn count(&self, room: &str) -> Result<u64, RoomsError> {
+        let url = format!("{}/count", self.group_url(room)?);
+        let response = self
+            .call("GET group count", Method::GET, url, None, StatusCode::OK)
+            .await?;
+        let count: Count = serde_json::from_slice(&response.bytes().await?)
+            .map_err(|e| RoomsError::Unexpected(format!("count: {e}")))?;
+        Ok(count.count)
+    }
+}
+
 /// `.` and `..` cannot be sent as path segments: the URL would be rewritten to another path.
 fn checked(room: &str) -> Result<&str, RoomsError> {
     if room == "." || room == ".." {
@@ -213,26 +272,8 @@ impl Rooms for GroupsRooms {
     }
 
     async fn members(&self, room: &str) -> Result<Vec<String>, RoomsError> {
-        let base = self.group_url(room)?;
-        let mut members = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut url = format!("{base}?limit={PAGE_SIZE}");
-            if let Some(token) = &token {
-                url.push_str("&nextToken=");
-                url.push_str(&Self::encode(token));
-            }
-            let response = self
-                .call("GET group", Method::GET, url, None, StatusCode::OK)
-                .await?;
-            let page: MembersPage = serde_json::from_slice(&response.bytes().await?)
-                .map_err(|e| RoomsError::Unexpected(format!("members page: {e}")))?;
-            members.extend(page.connection_ids);
-            match page.next_token {
-                Some(next) if !next.is_empty() => token = Some(next),
-                _ => return Ok(members),
-            }
-        }
+        let members = self.members_with_presence(room, usize::MAX).await?;
+        Ok(members.into_iter().map(|m| m.connection_id).collect())
     }
 
     async fn broadcast(

@@ -17,6 +17,7 @@
 pub mod dynamodb;
 pub mod groups;
 pub mod memory;
+pub mod presence;
 
 use crate::management::{Management, ManagementError, PostToConnection};
 use async_trait::async_trait;
@@ -89,6 +90,14 @@ pub enum RoomsError {
     /// The call could not be signed (no usable credentials).
     #[error("signing the call to the connection host's groups API failed: {0}")]
     Signing(String),
+    /// A room has more members than the caller's bound on listing them all.
+    #[error("room {room:?} has more than {bound} members")]
+    TooManyMembers {
+        /// The room.
+        room: String,
+        /// The bound the caller gave.
+        bound: usize,
+    },
     /// The connection host's answer was not the JSON the groups API documents.
     #[error("unexpected answer from the connection host's groups API: {0}")]
     Unexpected(String),
