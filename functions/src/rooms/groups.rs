@@ -18,8 +18,8 @@
 //!
 //! The host removes a connection from its groups when it closes, so [`Rooms::rooms_of`] answers
 //! `None`, and announces joins and leaves itself (`{"type":"presence","group":…}` frames), so
-//! [`Rooms::announces_presence`] is `true`. Room names `.` and `..` are refused: URL parsers resolve them as path segments, whatever
-//! their encoding.
+//! [`Rooms::announces_presence`] is `true`. Room names `.` and `..` are refused: URL parsers
+//! resolve them as path segments, whatever their encoding.
 
 use super::presence::{Member, MemberPage};
 use super::{BroadcastReport, Rooms, RoomsError};
