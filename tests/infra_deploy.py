@@ -960,9 +960,10 @@ def check_ecs(checks, aws, name, template, resources, function_arns, connections
          "sessions_table": sessions},
     )
     checks.equal(
-        f"{name}: host listeners, stage, groups extension",
+        f"{name}: host listeners, stage, groups extension with the presence notices chat relies on",
         (config.get("server"), config.get("api", {}).get("stage"), config.get("extensions")),
-        ({"listen": "0.0.0.0:8080", "management_listen": "0.0.0.0:9080"}, STAGE, {"groups": True}),
+        ({"listen": "0.0.0.0:8080", "management_listen": "0.0.0.0:9080"}, STAGE,
+         {"groups": {"enabled": True, "presence": "frames"}}),
     )
     checks.equal(
         f"{name}: the @connections API requires SigV4 with the functions' keys from the task's Secrets",

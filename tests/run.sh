@@ -43,7 +43,10 @@
 #     browser      the demo chat page (functions/web) in headless Chromium against the host running
 #                  functions/demo.toml (tests/browser/chat.test.mjs); the client library in Chromium against
 #                  the host running tests/browser/client-host.toml through a fault proxy (client.test.mjs:
-#                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); its token
+#                  offline, black hole, restart, kill; reliable mode, 1,000 messages each way); reliable mode
+#                  through a SIGKILL of the host holding the session, in a cluster of three with durability
+#                  "store" on moto (started as in the test step, or DYNAMODB_TEST_ENDPOINT), resumed on
+#                  another host with 1,000 messages each way exactly once and in order (cluster.test.mjs); its token
 #                  placements against the host's JWT authorizer with an expired token refreshed (auth.test.mjs);
 #                  the reconnect storm of 1,000 Node clients across a host restart (storm.test.mjs, prints the
 #                  histogram); the host's status page under load (tests/browser/status.test.mjs; its
@@ -131,7 +134,7 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-# Stops the moto server started by step_test.
+# Stops the moto server started by step_test or step_browser.
 stop_moto() {
     stop_pid "$MOTO_PID"
     MOTO_PID=""
@@ -602,14 +605,21 @@ step_browser() {
     local test flags=()
     # Node 20 has its WebSocket behind a flag; 22 and later have it on.
     node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || flags+=(--experimental-websocket --no-warnings)
-    for test in "client.test.mjs" "auth.test.mjs" "storm.test.mjs"; do
+    local endpoint="${DYNAMODB_TEST_ENDPOINT:-}"
+    for test in "client.test.mjs" "cluster.test.mjs" "auth.test.mjs" "storm.test.mjs"; do
         rc=0
-        CARGO_TARGET_DIR="$(target_dir)" BROWSER_TEST_HOST_BIN="$bin" \
+        # The cluster test needs DynamoDB: moto as for the test step, or the caller's DYNAMODB_TEST_ENDPOINT.
+        if [[ "$test" == "cluster.test.mjs" && -z "$endpoint" ]]; then
+            start_moto
+            endpoint="$MOTO_ENDPOINT"
+        fi
+        CARGO_TARGET_DIR="$(target_dir)" BROWSER_TEST_HOST_BIN="$bin" DYNAMODB_TEST_ENDPOINT="$endpoint" \
             node "${flags[@]}" "$ROOT/tests/browser/$test" </dev/null &
         BROWSER_TEST_PID=$!
         wait "$BROWSER_TEST_PID" || rc=$?
         BROWSER_TEST_PID=""
         if [[ $rc -eq 0 ]]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); return "$rc"; fi
+        stop_moto
     done
     browser_status_test
 }

@@ -360,6 +360,74 @@ async fn gone_members_are_dropped_by_a_send() {
     assert_eq!(world.rooms.members("lobby").await.unwrap(), [ALICE]);
 }
 
+/// Rooms in memory whose backend announces joins and leaves itself, as the host's groups
+/// extension with presence does; counts the member lists read.
+struct Announcing {
+    rooms: MemoryRooms,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Rooms for Announcing {
+    async fn join(&self, room: &str, id: &str) -> Result<(), RoomsError> {
+        self.rooms.join(room, id).await
+    }
+    async fn leave(&self, room: &str, id: &str) -> Result<(), RoomsError> {
+        self.rooms.leave(room, id).await
+    }
+    async fn members(&self, room: &str) -> Result<Vec<String>, RoomsError> {
+        self.lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rooms.members(room).await
+    }
+    async fn broadcast(
+        &self,
+        room: &str,
+        data: &[u8],
+        exclude: Option<&str>,
+    ) -> Result<BroadcastReport, RoomsError> {
+        self.rooms.broadcast(room, data, exclude).await
+    }
+    async fn rooms_of(&self, _: &str) -> Result<Option<Vec<String>>, RoomsError> {
+        Ok(None)
+    }
+    fn announces_presence(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_announces_presence_gets_no_notices_from_the_chat() {
+    let recorder = Arc::new(Recorder::default());
+    let rooms = Announcing {
+        rooms: MemoryRooms::new(recorder.clone()),
+        lists: Default::default(),
+    };
+    let say = async |id: &str, body: &str| {
+        let response = handle_with(&rooms, &recorder, &message(id, body, None)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{body}");
+        let posted = recorder.json_posts();
+        recorder.clear();
+        posted
+    };
+    say(ALICE, r#"{"action":"join","room":"lobby"}"#).await;
+    // Only the joiner's answer: the backend tells Alice.
+    assert_eq!(
+        say(BOB, r#"{"action":"join","room":"lobby"}"#).await,
+        [to(BOB, json!({"type": "joined", "room": "lobby"}))]
+    );
+    assert_eq!(
+        say(BOB, r#"{"action":"leave","room":"lobby"}"#).await,
+        [to(BOB, json!({"type": "left", "room": "lobby"}))]
+    );
+    assert_eq!(
+        rooms.lists.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "joins and leaves read no member list"
+    );
+    assert_eq!(rooms.rooms.members("lobby").await.unwrap(), [ALICE]);
+}
+
 /// Rooms whose every call fails, as a DynamoDB table that does not exist would.
 struct Broken;
 

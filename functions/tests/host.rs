@@ -118,6 +118,7 @@ impl Host {
         });
         let app = axum::Router::new().fallback(invoke).with_state(integration);
         let handler_url = test_kit::serve(app).await;
+        let presence = if groups { "frames" } else { "off" };
         let config = format!(
             r#"
 [routes."$connect"]
@@ -127,8 +128,10 @@ integration = "f"
 [routes."$default"]
 integration = "f"
 two_way = {two_way}
-[extensions]
-groups = {groups}
+[extensions.groups]
+enabled = {groups}
+# The groups rooms backend leaves join and leave notices to the host.
+presence = "{presence}"
 [integrations.f]
 type = "http"
 url = "{handler_url}/"
@@ -188,14 +191,15 @@ async fn chat_over_the_groups_extension() {
         next_json(&mut bob).await,
         json!({"type": "joined", "room": "lobby"})
     );
+    // The host's presence notice, not the chat's: the groups backend announces joins itself.
     let presence = next_json(&mut alice).await;
-    assert_eq!(presence["type"], "presence");
-    assert_eq!(presence["event"], "join");
     let bob_id = presence["connectionId"].as_str().unwrap().to_string();
+    let joined_at = presence["at"].as_i64().unwrap();
     assert_eq!(
-        presence["nickname"],
-        format!("guest-{}", &bob_id[..6]),
-        "without an authorizer, MESSAGE events carry no nickname"
+        presence,
+        json!({"type": "presence", "group": "lobby", "action": "join", "connectionId": bob_id,
+               "principal": "", "at": joined_at}),
+        "without an authorizer the principal is empty"
     );
 
     send(
@@ -225,8 +229,13 @@ async fn chat_over_the_groups_extension() {
     bob.send(Message::text("not json")).await.unwrap();
     assert_eq!(next_json(&mut bob).await["type"], "error");
 
-    // The host drops a closed connection from its groups.
+    // The host drops a closed connection from its groups and tells the others.
     bob.close(None).await.unwrap();
+    let left = next_json(&mut alice).await;
+    assert_eq!(
+        (&left["type"], &left["action"], &left["connectionId"]),
+        (&json!("presence"), &json!("leave"), &json!(bob_id))
+    );
     eventually_some("bob gone from the lobby", WAIT, async || {
         send(&mut alice, json!({"action": "list", "room": "lobby"})).await;
         let listed: Vec<String> =

@@ -79,6 +79,8 @@ function connect(name) {
     // The chat function answers {"action":"ping"} with {"type":"pong"}.
     heartbeat: { interval: KEEPALIVE_MS, timeout: PONG_TIMEOUT_MS, message: '{"action":"ping"}' },
     onConnect: (_info, sendNow) => rejoin(sendNow),
+    // With the groups rooms backend the host announces joins and leaves itself (presence = "frames").
+    presence: true,
   });
   client.on("state", (state) => {
     if (state !== "connected") markAllUnjoined();
@@ -88,6 +90,7 @@ function connect(name) {
   client.on("retry", ({ attempt, delay }) =>
     setState(client.state, `${client.state}: attempt ${attempt} in ${(delay / 1000).toFixed(1)} s`));
   client.on("message", receive);
+  client.on("presence", hostPresence);
   client.on("queue", showQueue);
   client.connect();
 }
@@ -204,6 +207,17 @@ function append(roomName, className, parts) {
 
 const who = (id) => nicknames.get(id) || `${String(id).slice(0, 6)}…`;
 
+function announce(room, name, action) {
+  append(room, "event", [["text", `${name} ${action === "join" ? "joined" : "left"}`]]);
+}
+
+// The host's notice (the groups rooms backend): the principal is the authorizer's, `guest:<nickname>`
+// for guests; a signed-in user's is its `sub`, so a nickname seen in its messages wins.
+function hostPresence({ group, action, connectionId, principal }) {
+  if (!nicknames.has(connectionId) && principal.startsWith("guest:")) nicknames.set(connectionId, principal.slice(6));
+  announce(group, who(connectionId), action);
+}
+
 function receive(data) {
   let msg;
   try { msg = JSON.parse(data); } catch { return; }
@@ -229,9 +243,9 @@ function receive(data) {
       ]);
       break;
     }
-    case "presence":
+    case "presence": // the chat function's own notice (the DynamoDB rooms backend)
       nicknames.set(msg.connectionId, String(msg.nickname));
-      append(room, "event", [["text", `${String(msg.nickname)} ${msg.event === "join" ? "joined" : "left"}`]]);
+      announce(room, String(msg.nickname), msg.event);
       break;
     case "members": {
       const ids = Array.isArray(msg.connectionIds) ? msg.connectionIds : [];

@@ -92,6 +92,17 @@ async function waitMessage(page, name, from, text, timeoutMs = 10_000) {
   }
 }
 
+// Waits until the page shows the room event (a join or a leave) whose text is exactly `text`.
+async function waitEvent(page, name, text, timeoutMs = 10_000) {
+  try {
+    await page.waitForFunction((text) => [...document.querySelectorAll("#logs .event")].some((e) => e.textContent.trim() === text),
+      text, { timeout: timeoutMs, polling: 100 });
+  } catch {
+    const seen = await page.locator("#logs .event").allTextContents().catch(() => []);
+    fail(`${name}: no "${text}" within ${timeoutMs / 1000} s; events shown: ${JSON.stringify(seen)}`);
+  }
+}
+
 async function chat(pages, round) {
   const [alice, bob] = pages;
   const a = `${round}: hello bob`, b = `${round}: hello alice`;
@@ -199,6 +210,8 @@ async function run(ctx) {
   await login(carol, "carol");
   await waitState(carol, "carol", "connected", 15_000);
   await waitJoined(carol, "carol", "lobby", 10_000);
+  // The host announces the join (presence = "frames"); the page names the guest from its principal.
+  await waitEvent(alice, "alice", "carol joined");
   await carol.clock.fastForward("04:50");
   await sleep(300);
   if (pings.length !== 0) fail("carol: a ping was sent before 5 minutes without messages");
@@ -220,6 +233,8 @@ async function run(ctx) {
   await sleep(2_000);
   if ((await state(bob)) !== "disconnected") fail(`bob: state "${await state(bob)}" after Disconnect, expected it to stay disconnected`);
   progress("bob disconnected and stayed disconnected");
+  await waitEvent(alice, "alice", "bob left");
+  progress("the host's presence notices shown: carol joined, bob left");
 
   if (pageProblems.length) fail(`problems on the pages:\n  ${pageProblems.join("\n  ")}`);
 }

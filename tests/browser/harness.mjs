@@ -51,9 +51,11 @@ export async function until(what, timeoutMs, check) {
  * again on the same port after a stop or a kill, as a restarted server would be.
  */
 export class HostProcess {
-  constructor({ config, port, logPath, env = {} }) {
+  /** `healthPort`: where GET /health answers, when the configuration gives the host a management listener of its own. */
+  constructor({ config, port, logPath, env = {}, healthPort = port }) {
     this.config = config;
     this.port = port;
+    this.healthPort = healthPort;
     this.logPath = logPath;
     this.env = env;
     this.child = null;
@@ -78,7 +80,7 @@ export class HostProcess {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (exited) fail(`host exited before becoming healthy (${JSON.stringify(exited)}); see ${this.logPath}`);
-      if ((await healthStatus(this.port)) === 200) return;
+      if ((await healthStatus(this.healthPort)) === 200) return;
       await sleep(50);
     }
     fail(`host did not answer GET /health within ${timeoutMs / 1000} s; see ${this.logPath}`);
@@ -200,6 +202,58 @@ export class FaultProxy {
       p.client.destroy();
       p.upstream.destroy();
     }
+    this.server.close();
+  }
+}
+
+/**
+ * A loopback load balancer in front of several hosts: each new connection goes to the first upstream
+ * that accepts it, in the order given, so clients land on the first host while it lives and on the
+ * next once it is gone. `upstreamOf` tells where each connection went, in the order they came.
+ */
+export class FailoverProxy {
+  constructor(upstreamPorts) {
+    this.upstreamPorts = upstreamPorts;
+    this.sockets = new Set();
+    this.upstreamOf = [];
+    this.server = net.createServer((client) => {
+      client.pause();
+      this.sockets.add(client);
+      client.on("close", () => this.sockets.delete(client));
+      client.on("error", () => client.destroy());
+      this.connect(client, 0);
+    });
+  }
+
+  connect(client, i) {
+    if (i >= this.upstreamPorts.length || client.destroyed) return client.destroy();
+    const upstream = net.connect(this.upstreamPorts[i], "127.0.0.1");
+    let connected = false;
+    upstream.on("error", () => {
+      if (!connected) return this.connect(client, i + 1);
+      client.destroy();
+    });
+    upstream.once("connect", () => {
+      connected = true;
+      this.upstreamOf.push(this.upstreamPorts[i]);
+      this.sockets.add(upstream);
+      upstream.on("close", () => {
+        this.sockets.delete(upstream);
+        client.destroy();
+      });
+      client.on("close", () => upstream.destroy());
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    });
+  }
+
+  listen() {
+    return new Promise((resolve) => this.server.listen(0, "127.0.0.1", () => resolve((this.port = this.server.address().port))));
+  }
+
+  close() {
+    for (const s of this.sockets) s.destroy();
     this.server.close();
   }
 }

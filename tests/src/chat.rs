@@ -83,9 +83,25 @@ pub async fn join(ws: &mut Ws, room: &str) {
     assert_eq!(reply, json!({"type": "joined", "room": room}));
 }
 
+/// Checks that `notice` is the host's presence notice of `principal`'s `action` in `group`
+/// (`[extensions.groups] presence = "frames"`, which the chat's groups rooms backend relies on).
+fn assert_presence(notice: &Value, group: &str, action: &str, principal: &str) {
+    assert_eq!(
+        (
+            notice["type"].as_str(),
+            notice["group"].as_str(),
+            notice["action"].as_str(),
+            notice["principal"].as_str(),
+        ),
+        (Some("presence"), Some(group), Some(action), Some(principal)),
+        "{notice}"
+    );
+    assert!(notice["at"].as_i64().is_some_and(|t| t > 0), "{notice}");
+}
+
 /// The demo as a user meets it, against a host serving it at `addr`: the authorizer refuses a
-/// bad nickname, three clients chat across two rooms, invalid input gets errors, members are
-/// listed, and a client that leaves stops receiving. Ends by checking `host`'s log for panics.
+/// bad nickname, three clients chat across two rooms with the host announcing joins and leaves,
+/// invalid input gets errors, members are listed, and a client that leaves stops receiving. Ends by checking `host`'s log for panics.
 pub async fn three_clients_chat_across_rooms(addr: SocketAddr, host: &HostProcess) {
     // The authorizer refuses a bad nickname before any $connect runs.
     assert_eq!(connect(addr, "%3Cscript%3E").await.err(), Some(401));
@@ -96,16 +112,11 @@ pub async fn three_clients_chat_across_rooms(addr: SocketAddr, host: &HostProces
 
     join(&mut alice, "lobby").await;
     join(&mut bob, "lobby").await;
-    let presence = next_json(&mut alice).await;
-    assert_eq!(presence["type"], "presence");
-    assert_eq!(presence["event"], "join");
-    assert_eq!(
-        presence["nickname"], "bob",
-        "the nickname comes from the authorizer context"
-    );
+    // The host announces joins and leaves; the principal is the authorizer's.
+    assert_presence(&next_json(&mut alice).await, "lobby", "join", "guest:bob");
     join(&mut carol, "games").await;
     join(&mut bob, "games").await;
-    assert_eq!(next_json(&mut carol).await["nickname"], "bob");
+    assert_presence(&next_json(&mut carol).await, "games", "join", "guest:bob");
 
     // A lobby message reaches the lobby (sender included), not carol.
     let text = "<b>hi</b> & <img src=x>";
@@ -164,14 +175,12 @@ pub async fn three_clients_chat_across_rooms(addr: SocketAddr, host: &HostProces
         next_json(&mut bob).await,
         json!({"type": "left", "room": "lobby"})
     );
-    let left = next_json(&mut alice).await;
-    assert_eq!(
-        (left["event"].as_str(), left["nickname"].as_str()),
-        (Some("leave"), Some("bob"))
-    );
+    assert_presence(&next_json(&mut alice).await, "lobby", "leave", "guest:bob");
 
-    // A client that goes away stops receiving; the others carry on.
+    // A client that goes away leaves its rooms (the others are told) and stops receiving; the
+    // others carry on.
     drop(carol);
+    assert_presence(&next_json(&mut bob).await, "games", "leave", "guest:carol");
     send(
         &mut bob,
         json!({"action": "send", "room": "games", "text": "still here"}),

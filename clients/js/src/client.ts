@@ -26,6 +26,7 @@ import {
   type Payload,
   type Welcome,
 } from "./frames.js";
+import { parsePresence, type Presence } from "./presence.js";
 
 /** The connection's lifecycle. */
 export type State = "connecting" | "connected" | "reconnecting" | "disconnected";
@@ -139,6 +140,11 @@ export interface ClientOptions {
   onConnect?: (info: ConnectedInfo, sendNow: (data: Payload) => void) => void | Promise<void>;
   /** Browsers: follow `online`/`offline` and page visibility. Default `true`. */
   watchNetwork?: boolean;
+  /**
+   * Emit the groups extension's presence notifications (`[extensions.groups] presence = "frames"` on
+   * the host) as `presence` events instead of `message`. Default `false`: every message is a `message`.
+   */
+  presence?: boolean;
 }
 
 /** The events of a {@link Client} and their listeners' arguments. */
@@ -149,6 +155,8 @@ export interface ClientEvents {
   connected: [info: ConnectedInfo];
   /** A message from the host: a string, or a `Uint8Array` for a binary one. */
   message: [data: Payload];
+  /** With the `presence` option: a member joined or left one of this connection's groups. */
+  presence: [presence: Presence];
   /** Something failed: an attempt (retried), an error reply to a `send`, or the terminal error before `disconnected`. */
   error: [error: ClientError];
   /** A reconnect attempt is scheduled. */
@@ -164,6 +172,8 @@ const CLOSE_ABNORMAL = 1006;
 const CLOSE_REPLACED = 4001;
 /** Close codes that say the credentials were refused after the handshake. */
 const CLOSE_UNAUTHORIZED = new Set([4401, 4403]);
+/** The error of a `reply` whose message the host did not invoke, because it could not claim its key (PROTOCOL.md 6). */
+const NOT_INVOKED = "Service Unavailable";
 /** Acknowledge at once after this many unacknowledged frames (PROTOCOL.md 5.2). */
 const ACK_EVERY = 64;
 const OPEN = 1;
@@ -182,6 +192,10 @@ interface Outgoing {
   /** The connection it was last written to (0: never written); the host may have it once written. */
   writtenOn: number;
   request: Pending | undefined;
+  /** When to write it again after the host did not invoke it (0: not waiting). */
+  resendAt: number;
+  /** How many times the host did not invoke it: the backoff attempt of the next delay. */
+  refusals: number;
 }
 
 /** Per connection. */
@@ -265,6 +279,7 @@ export class Client {
       ackDelay: options.ackDelay ?? 200,
       onConnect: options.onConnect,
       watchNetwork: options.watchNetwork ?? true,
+      presence: options.presence ?? false,
     };
     this.ctor = options.WebSocket;
   }
@@ -635,7 +650,14 @@ export class Client {
         return;
       }
     }
-    this.emit("message", payload);
+    this.deliver(payload);
+  }
+
+  /** A message for the application: a presence notification, when asked for, or a `message`. */
+  private deliver(payload: Payload): void {
+    const presence = this.o.presence ? parsePresence(payload) : undefined;
+    if (presence) this.emit("presence", presence);
+    else this.emit("message", payload);
   }
 
   private onFrame(link: Link, text: string): void {
@@ -646,10 +668,11 @@ export class Client {
         return this.onWelcome(link, frame.welcome);
       case "msg":
         if (!this.inOrder(link, frame.s)) return;
-        if (frame.payload !== undefined) this.emit("message", frame.payload);
+        if (frame.payload !== undefined) this.deliver(frame.payload);
         return this.noteSequenced(link);
       case "reply": {
         if (!this.inOrder(link, frame.s)) return;
+        if (frame.error?.message === NOT_INVOKED && this.resendLater(link, frame.id)) return this.noteSequenced(link);
         const error = frame.error ? new ReplyError(frame.id, frame.error.message, frame.error.requestId) : undefined;
         this.answer(frame.id, error, frame.payload);
         return this.noteSequenced(link);
@@ -739,7 +762,7 @@ export class Client {
     const full =
       this.outbox.length >= this.o.maxQueuedMessages || (this.outbox.length > 0 && this.outboxBytes + size > this.o.maxQueuedBytes);
     if (full) throw new QueueFullError();
-    const out: Outgoing = { id, data, size, writtenOn: 0, request };
+    const out: Outgoing = { id, data, size, writtenOn: 0, request, resendAt: 0, refusals: 0 };
     this.outbox.push(out);
     this.outboxBytes += size;
     this.emit("queue", this.outbox.length);
@@ -764,6 +787,7 @@ export class Client {
       for (const out of this.outbox) {
         if (out.writtenOn === link.gen) continue;
         out.writtenOn = link.gen;
+        out.resendAt = 0;
         if (!this.write(link, msgFrame(out.id, out.data))) return;
       }
       return;
@@ -778,6 +802,33 @@ export class Client {
     }
     this.outbox.splice(0, sent);
     this.emit("queue", this.outbox.length);
+  }
+
+  /**
+   * The host did not invoke message `id` (it could not claim its key): write it again, with the same key,
+   * after the backoff delay for its refusals so far (a reconnect sends it at once). `false` when it is no
+   * longer held.
+   */
+  private resendLater(link: Link, id: string): boolean {
+    const out = this.outbox.find((o) => o.id === id);
+    if (!out) return false;
+    out.resendAt = Date.now() + backoffDelay(out.refusals++, this.o.backoff);
+    this.armResend(link);
+    return true;
+  }
+
+  private armResend(link: Link): void {
+    const due = Math.min(...this.outbox.map((o) => o.resendAt || Infinity));
+    if (due === Infinity) return;
+    this.timer(link, "resend", Math.max(0, due - Date.now()), () => {
+      const now = Date.now();
+      for (const out of this.outbox) {
+        if (!out.resendAt || out.resendAt > now) continue;
+        out.resendAt = 0;
+        if (!this.write(link, msgFrame(out.id, out.data))) return;
+      }
+      this.armResend(link);
+    });
   }
 
   /** `onConnect`'s sends: straight to the connection, before the queue. */

@@ -17,6 +17,8 @@ export type {
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
+export { parsePresence } from "./presence.js";
+export type { Presence } from "./presence.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export {

@@ -179,6 +179,40 @@ describe("reliable mode", () => {
     c.close();
   });
 
+  test("a message the host did not invoke (Service Unavailable) is sent again with its key after the backoff delay", async () => {
+    const c = client();
+    const r = record(c);
+    let ws = await connected(c);
+    const msgs = () => ws.frames().filter((f) => f.t === "msg");
+    const reply = c.request("x");
+    c.send("y");
+    const [x, y] = msgs().map((f) => f.id);
+    ws.receive({ t: "reply", s: 1, id: x, error: { message: "Service Unavailable", requestId: "r-1" } });
+    assert.deepEqual(r.of("error"), [], "not an error: the client tries again");
+    assert.equal(c.queued, 2);
+    await tick(999);
+    assert.equal(msgs().length, 2);
+    await tick(1);
+    assert.deepEqual(msgs()[2], { t: "msg", id: x, d: "x" });
+    // Refused again: the delay grows as the reconnect backoff's does.
+    ws.receive({ t: "reply", s: 2, id: x, error: { message: "Service Unavailable" } });
+    await tick(1999);
+    assert.equal(msgs().length, 3);
+    // A reconnect meanwhile sends it at once with everything else unanswered.
+    ws.drop(1006);
+    await tick(1000);
+    ws = last();
+    ws.accept("ch-reliable.v1");
+    welcome(ws, { token: "tok2", recovered: true, seq: 2 });
+    await settle();
+    assert.deepEqual(msgs().map((f) => f.id), [x, y]);
+    await tick(5000);
+    assert.deepEqual(msgs().map((f) => f.id), [x, y], "nothing more is due");
+    ws.receive({ t: "reply", s: 3, id: x, d: "done" });
+    assert.equal(await reply, "done");
+    c.close();
+  });
+
   test("a host that does not select ch-reliable.v1 ends the client", async () => {
     const c = client();
     const r = record(c);

@@ -185,7 +185,8 @@ pub enum ServerMessage<'a> {
         /// The room joined.
         room: &'a str,
     },
-    /// To the other members when someone joins or leaves.
+    /// To the other members when someone joins or leaves, from backends that do not announce
+    /// it themselves (the host's own notice has another shape: `functions/README.md`).
     Presence {
         /// The room.
         room: &'a str,
@@ -348,11 +349,13 @@ impl<'a> Chat<'a> {
         match request {
             ClientMessage::Ping => self.send(me, &ServerMessage::Pong).await,
             // The others are told before the joiner's `joined`: once a client has its answer,
-            // whoever joins after it cannot receive its presence message any more.
+            // whoever joins after it cannot receive its presence message any more. A backend that
+            // announces joins itself (the host's presence) needs no notice, nor the member check.
             ClientMessage::Join { room } => {
-                let already = self.rooms.is_member(&room, me).await?;
+                let announce =
+                    !self.rooms.announces_presence() && !self.rooms.is_member(&room, me).await?;
                 self.rooms.join(&room, me).await?;
-                if !already {
+                if announce {
                     self.presence(&room, Presence::Join, &nickname, me).await?;
                 }
                 self.send(me, &ServerMessage::Joined { room: &room }).await
@@ -360,9 +363,10 @@ impl<'a> Chat<'a> {
             // Idempotent like join: a client's leave may overtake its own join (messages of one
             // connection are handled concurrently), and its state is the same either way.
             ClientMessage::Leave { room } => {
-                let was_member = self.rooms.is_member(&room, me).await?;
+                let announce =
+                    !self.rooms.announces_presence() && self.rooms.is_member(&room, me).await?;
                 self.rooms.leave(&room, me).await?;
-                if was_member {
+                if announce {
                     self.presence(&room, Presence::Leave, &nickname, me).await?;
                 }
                 self.send(me, &ServerMessage::Left { room: &room }).await
@@ -426,7 +430,7 @@ impl<'a> Chat<'a> {
 
     /// Leaves every room of a closed connection and tells the remaining members, when the
     /// backend can list the connection's rooms (the groups backend cannot, and needs not: the
-    /// host drops the memberships itself).
+    /// host drops the memberships and announces the leaves itself).
     async fn disconnect(&self, event: &WebSocketEvent<'_>) -> Result<(), ChatError> {
         let me = event.connection_id();
         let Some(rooms) = self.rooms.rooms_of(me).await? else {

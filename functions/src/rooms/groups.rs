@@ -1,4 +1,5 @@
-//! Rooms on the connection host's groups extension (`extensions.groups = true` on the host).
+//! Rooms on the connection host's groups extension (`[extensions.groups] enabled = true` on the
+//! host, with `presence = "frames"`: the host tells a room's other members of every join and leave).
 //!
 //! A room is a group; the calls go to the management endpoint (the same base URL as
 //! `@connections`, stage included):
@@ -16,8 +17,9 @@
 //! (`management.auth.mode = "sigv4"`, or `auto` off loopback) accepts it like PostToConnection.
 //!
 //! The host removes a connection from its groups when it closes, so [`Rooms::rooms_of`] answers
-//! `None`. Room names `.` and `..` are refused: URL parsers resolve them as path segments, whatever
-//! their encoding.
+//! `None`, and announces joins and leaves itself (`{"type":"presence","group":…}` frames), so
+//! [`Rooms::announces_presence`] is `true`. Room names `.` and `..` are refused: URL parsers
+//! resolve them as path segments, whatever their encoding.
 
 use super::presence::{Member, MemberPage};
 use super::{BroadcastReport, Rooms, RoomsError};
@@ -306,6 +308,10 @@ impl Rooms for GroupsRooms {
 
     async fn rooms_of(&self, _connection_id: &str) -> Result<Option<Vec<String>>, RoomsError> {
         Ok(None)
+    }
+
+    fn announces_presence(&self) -> bool {
+        true
     }
 }
 

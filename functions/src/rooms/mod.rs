@@ -3,7 +3,9 @@
 //! One trait, [`Rooms`], and three implementations:
 //! - [`groups::GroupsRooms`] (`ROOMS_BACKEND=groups`, the default): the connection host's groups
 //!   extension. A broadcast is one HTTP call and the host fans out; membership ends with the
-//!   connection by itself. Works only against the connection host (with `extensions.groups`).
+//!   connection by itself, and the host announces joins and leaves to the room (presence). Works
+//!   only against the connection host (with `[extensions.groups] enabled = true` and
+//!   `presence = "frames"`).
 //! - [`dynamodb::DynamoDbRooms`] (`ROOMS_BACKEND=dynamodb`, `ROOMS_TABLE=<name>`): a membership
 //!   table in DynamoDB and one `PostToConnection` per member. Works on real API Gateway too.
 //! - [`memory::MemoryRooms`]: in one process's memory, for unit tests of handlers. Not selectable
@@ -141,6 +143,12 @@ pub trait Rooms: Send + Sync {
     /// The rooms `connection_id` is in, or `None` when the backend cannot list them (then it
     /// removes a closed connection from its rooms by itself).
     async fn rooms_of(&self, connection_id: &str) -> Result<Option<Vec<String>>, RoomsError>;
+
+    /// Whether the backend itself tells a room's other members when someone joins or leaves it
+    /// (a leave also when the connection ends), so a handler sends no notices of its own.
+    fn announces_presence(&self) -> bool {
+        false
+    }
 }
 
 /// Which backend to use, read from the environment once per process.

@@ -5,6 +5,7 @@
 import { backoffDelay } from "./backoff.js";
 import { ClientError, ClosedError, ProtocolError, QueueFullError, ReliableNotSupportedError, ReplyError, TimeoutError, UnauthorizedError, } from "./errors.js";
 import { ackFrame, isProtocolToken, msgFrame, order, parseHostFrame, PING_FRAME, RELIABLE, resumeEntry, } from "./frames.js";
+import { parsePresence } from "./presence.js";
 /** The host asks to resume (4000); another connection took the session (4001). */
 const CLOSE_RESUME = 4000;
 /** What browsers report for a connection lost without a Close frame. */
@@ -12,6 +13,8 @@ const CLOSE_ABNORMAL = 1006;
 const CLOSE_REPLACED = 4001;
 /** Close codes that say the credentials were refused after the handshake. */
 const CLOSE_UNAUTHORIZED = new Set([4401, 4403]);
+/** The error of a `reply` whose message the host did not invoke, because it could not claim its key (PROTOCOL.md 6). */
+const NOT_INVOKED = "Service Unavailable";
 /** Acknowledge at once after this many unacknowledged frames (PROTOCOL.md 5.2). */
 const ACK_EVERY = 64;
 const OPEN = 1;
@@ -71,6 +74,7 @@ export class Client {
             ackDelay: options.ackDelay ?? 200,
             onConnect: options.onConnect,
             watchNetwork: options.watchNetwork ?? true,
+            presence: options.presence ?? false,
         };
         this.ctor = options.WebSocket;
     }
@@ -466,7 +470,15 @@ export class Client {
                 return;
             }
         }
-        this.emit("message", payload);
+        this.deliver(payload);
+    }
+    /** A message for the application: a presence notification, when asked for, or a `message`. */
+    deliver(payload) {
+        const presence = this.o.presence ? parsePresence(payload) : undefined;
+        if (presence)
+            this.emit("presence", presence);
+        else
+            this.emit("message", payload);
     }
     onFrame(link, text) {
         const frame = parseHostFrame(text);
@@ -479,11 +491,13 @@ export class Client {
                 if (!this.inOrder(link, frame.s))
                     return;
                 if (frame.payload !== undefined)
-                    this.emit("message", frame.payload);
+                    this.deliver(frame.payload);
                 return this.noteSequenced(link);
             case "reply": {
                 if (!this.inOrder(link, frame.s))
                     return;
+                if (frame.error?.message === NOT_INVOKED && this.resendLater(link, frame.id))
+                    return this.noteSequenced(link);
                 const error = frame.error ? new ReplyError(frame.id, frame.error.message, frame.error.requestId) : undefined;
                 this.answer(frame.id, error, frame.payload);
                 return this.noteSequenced(link);
@@ -576,7 +590,7 @@ export class Client {
         const full = this.outbox.length >= this.o.maxQueuedMessages || (this.outbox.length > 0 && this.outboxBytes + size > this.o.maxQueuedBytes);
         if (full)
             throw new QueueFullError();
-        const out = { id, data, size, writtenOn: 0, request };
+        const out = { id, data, size, writtenOn: 0, request, resendAt: 0, refusals: 0 };
         this.outbox.push(out);
         this.outboxBytes += size;
         this.emit("queue", this.outbox.length);
@@ -601,6 +615,7 @@ export class Client {
                 if (out.writtenOn === link.gen)
                     continue;
                 out.writtenOn = link.gen;
+                out.resendAt = 0;
                 if (!this.write(link, msgFrame(out.id, out.data)))
                     return;
             }
@@ -618,6 +633,35 @@ export class Client {
         }
         this.outbox.splice(0, sent);
         this.emit("queue", this.outbox.length);
+    }
+    /**
+     * The host did not invoke message `id` (it could not claim its key): write it again, with the same key,
+     * after the backoff delay for its refusals so far (a reconnect sends it at once). `false` when it is no
+     * longer held.
+     */
+    resendLater(link, id) {
+        const out = this.outbox.find((o) => o.id === id);
+        if (!out)
+            return false;
+        out.resendAt = Date.now() + backoffDelay(out.refusals++, this.o.backoff);
+        this.armResend(link);
+        return true;
+    }
+    armResend(link) {
+        const due = Math.min(...this.outbox.map((o) => o.resendAt || Infinity));
+        if (due === Infinity)
+            return;
+        this.timer(link, "resend", Math.max(0, due - Date.now()), () => {
+            const now = Date.now();
+            for (const out of this.outbox) {
+                if (!out.resendAt || out.resendAt > now)
+                    continue;
+                out.resendAt = 0;
+                if (!this.write(link, msgFrame(out.id, out.data)))
+                    return;
+            }
+            this.armResend(link);
+        });
     }
     /** `onConnect`'s sends: straight to the connection, before the queue. */
     sendNow(link, data) {

@@ -3,5 +3,6 @@
  * browsers and Node ≥ 20. See README.md.
  */
 export { Client } from "./client.js";
+export { parsePresence } from "./presence.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export { ClientError, ClosedError, ProtocolError, QueueFullError, ReliableNotSupportedError, ReplyError, TimeoutError, UnauthorizedError, } from "./errors.js";
