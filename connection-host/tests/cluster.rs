@@ -1282,6 +1282,63 @@ async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
 }
 
 #[tokio::test]
+async fn a_session_handed_over_by_a_host_that_fenced_it_keeps_its_next_post() {
+    let Some(tables) = TestTables::create("sessions_fence_handed").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    // A session of an unreachable "ghost" with one frame: A takes it over without a hand-over
+    // and fences number 2, where its own first frame would go.
+    let id = "ZmVuY2VIYW5kZWQ=";
+    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let store = &tables.store;
+    let record = connection_host::store::ConnectionRecord {
+        connection_id: id.into(),
+        connected_at: now_ms(),
+        source_ip: "127.0.0.1".into(),
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        session: Some(Box::new(connection_host::store::SessionRecord {
+            token_hash,
+            detached_at: now_ms(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    store.put_connection(record).await.unwrap();
+    let frame = connection_host::store::StoredFrame {
+        seq: 1,
+        frame: serde_json::json!({"t":"msg","s":1,"d":"one"}).to_string(),
+    };
+    let expires = now_ms() + 600_000;
+    assert!(
+        store
+            .append_frame(id, "ghost", "ghost-1", &frame, expires)
+            .await
+            .unwrap()
+    );
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": token }), 1);
+    let (ws, on_a) = reliable_connect(a.public, Some(&offer)).await;
+    assert_eq!(on_a["recovered"], true, "{on_a}");
+    drop(ws);
+    // Before A numbers anything, the client resumes on B, which A hands the session to. B's first
+    // frame takes the number A fenced: B fences it too (a fence replaces a fence), so its frame
+    // is written there, not refused as if B had been fenced out.
+    let (mut ws, on_b) = reliable_connect(b.public, Some(&resume_offer(&on_a, 1))).await;
+    assert_eq!(on_b["recovered"], true, "{on_b}");
+    post(&b, id, "two").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    let kept = store.frames_after(id, 1).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].frame.contains("two"), "{kept:?}");
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn an_owner_fenced_out_of_its_session_lets_go_and_its_post_is_not_lost() {
     let Some(tables) = TestTables::create("sessions_fenced").await else {
         return;

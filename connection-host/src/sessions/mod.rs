@@ -571,7 +571,7 @@ async fn adopt_if_gone(
     }
     // Every frame the store still keeps: the client's position is not known until it resumes.
     let mut kept = std::collections::BTreeMap::new();
-    let next = match fence(host, connection_id, 0, 1, &mut kept, true).await {
+    let next = match fence(host, connection_id, 0, 1, &mut kept).await {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
@@ -674,9 +674,6 @@ async fn fetch(
             // written yet; the store has the frames of a host that is gone.
             let mut frames = std::collections::BTreeMap::new();
             let mut at_least = last_seq + 1;
-            // A previous owner that handed the session over numbers nothing more: every frame
-            // it will still write is below `nextSeq`, so it needs no fence.
-            let fenced = handed.is_none();
             // Without a hand-over, the keys of the posts the client already acknowledged are
             // only in the store's frames: every frame it keeps is read.
             let mut read_after = 0;
@@ -687,19 +684,16 @@ async fn fetch(
                 handed_posts = handed.posts;
                 read_after = last_seq;
             }
-            let next = fence(
-                host,
-                connection_id,
-                read_after,
-                at_least,
-                &mut frames,
-                fenced,
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "session frames not read");
-                "lost"
-            })?;
+            // Fenced even after a hand-over: the previous owner numbers nothing more, but it may
+            // have taken the session over without a hand-over itself and left its own fence at
+            // `nextSeq`, where this host's first frame goes; a fence replaces a fence, a frame
+            // does not.
+            let next = fence(host, connection_id, read_after, at_least, &mut frames)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "session frames not read");
+                    "lost"
+                })?;
             if last_seq >= next {
                 return Err("sequence");
             }
@@ -720,7 +714,7 @@ const FENCE_ROUNDS: u32 = 16;
 
 /// Reads the store's frames after `after` into `frames` (where they do not replace frames
 /// already there) for a session this host has just taken over (its record names this host), and
-/// with `fenced` fences it against the previous owner's later writes. Returns the sequence
+/// fences it against the previous owner's later writes. Returns the sequence
 /// number of this host's first frame (the fence's): at least `at_least` and above every frame
 /// read.
 ///
@@ -734,7 +728,6 @@ async fn fence(
     after: u64,
     at_least: u64,
     frames: &mut std::collections::BTreeMap<u64, String>,
-    fenced: bool,
 ) -> Result<u64, StoreError> {
     let expires = frame_expiry(host);
     let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
@@ -746,11 +739,10 @@ async fn fence(
         let next = frames
             .last_key_value()
             .map_or(at_least, |(seq, _)| (seq + 1).max(at_least));
-        if !fenced
-            || host
-                .store
-                .fence_frames(connection_id, next, me, incarnation, expires)
-                .await?
+        if host
+            .store
+            .fence_frames(connection_id, next, me, incarnation, expires)
+            .await?
         {
             return Ok(next);
         }
