@@ -7,9 +7,10 @@
 //! messages `c{client}-{n}` to a two-way `$default` route whose handler echoes the body, while the
 //! test posts numbered messages `p{client}-{n}` to each client's connection ID with the official
 //! SDK, through a host that is not killed (a post answered with an error is posted again after a
-//! short delay). The handler deduplicates on `requestContext.idempotencyKey`, as PROTOCOL.md asks
-//! of a handler whose effects must happen once, and records every invocation with the host that
-//! made it (each host has its own `api.domain_name`). At the end every message must have arrived
+//! short delay, with the same `Idempotency-Key`: an error may come after the post was kept, and the
+//! key keeps the client from getting it twice). The handler deduplicates on
+//! `requestContext.idempotencyKey`, as PROTOCOL.md asks of a handler whose effects must happen
+//! once, and records every invocation with the host that made it (each host has its own `api.domain_name`). At the end every message must have arrived
 //! exactly once and in order, both ways: the test fails on any loss, duplicate (an effect twice,
 //! or a reply twice) or reordering, and on any key invoked again without its host's death to
 //! explain it. A key invoked again after the host invoking it was killed is how PROTOCOL.md
@@ -337,16 +338,23 @@ fn sdk(management: SocketAddr) -> mgmt::Client {
     mgmt::Client::from_conf(config)
 }
 
-/// PostToConnection; the HTTP status of a refusal (0: no answer, e.g. a timeout).
-async fn post(client: &mgmt::Client, id: &str, data: &str) -> Result<(), u16> {
-    client
-        .post_to_connection()
-        .connection_id(id)
-        .data(mgmt::primitives::Blob::new(data))
-        .send()
-        .await
-        .map(drop)
-        .map_err(|e| e.raw_response().map_or(0, |r| r.status().as_u16()))
+/// PostToConnection; the HTTP status of a refusal (0: no answer, e.g. a timeout). With `key`,
+/// the post carries it as its `Idempotency-Key`, so that posting it again after an error (which
+/// may have come after the post was kept) is kept once.
+async fn post(client: &mgmt::Client, id: &str, data: &str, key: Option<&str>) -> Result<(), u16> {
+    match key {
+        Some(key) => test_kit::post_with_key(client, id, data, key)
+            .await
+            .map_err(|(status, _)| status),
+        None => client
+            .post_to_connection()
+            .connection_id(id)
+            .data(mgmt::primitives::Blob::new(data))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| e.raw_response().map_or(0, |r| r.status().as_u16())),
+    }
 }
 
 /// Counters shared by every client and poster of a run.
@@ -571,7 +579,9 @@ async fn post_messages(
         let first_try = Instant::now();
         loop {
             let id = connection_id.borrow().clone().expect("waited for it");
-            match post(&via, &id, &data).await {
+            // Reliable posts carry their text as their key; plain ones go as API Gateway's.
+            let key = reliable.then_some(data.as_str());
+            match post(&via, &id, &data, key).await {
                 Ok(()) => break,
                 Err(status) => {
                     let mut record = record.lock().unwrap();
