@@ -111,6 +111,10 @@ pub struct Session {
     /// ID a host gave a post it forwarded), with those it took over from a previous owner: a
     /// post sent again with a key it remembers is not kept twice.
     pub post_keys: PostKeys,
+    /// The number this host fenced when it took the session over (`durability = "store"`,
+    /// STORE.md "Frames and fences"), or 0: while no frame of its own holds that number, the
+    /// fence is still there, and a host the session is handed over to must replace it.
+    pub fence: u64,
     /// Woken when an installing session becomes ready (separate from the queue's wakeup, which
     /// only the connection's task may take).
     ready: Arc<Notify>,
@@ -160,6 +164,7 @@ impl Session {
             installing: false,
             moved: false,
             post_keys: PostKeys::new(DEFAULT_POST_KEY_WINDOW_MS),
+            fence: 0,
             ready: Arc::new(Notify::new()),
             store: None,
         }
@@ -204,6 +209,8 @@ pub struct HandedSession {
     pub next_seq: u64,
     /// Posts were refused while the client was away.
     pub overflowed: bool,
+    /// Its fence is still at `next_seq` (see [`Session::fence`]).
+    pub fenced: bool,
     /// The post keys the session remembers, oldest first.
     pub post_keys: Vec<(String, PostKey)>,
 }
@@ -656,6 +663,7 @@ impl ConnectionHandle {
             frames: session.replay.after(after_seq),
             next_seq: session.replay.next_seq(),
             overflowed: session.overflowed,
+            fenced: session.fence != 0 && session.fence == session.replay.next_seq(),
             post_keys: session.post_keys.all(),
         })
     }

@@ -1326,8 +1326,8 @@ async fn a_session_handed_over_by_a_host_that_fenced_it_keeps_its_next_post() {
     assert_eq!(on_a["recovered"], true, "{on_a}");
     drop(ws);
     // Before A numbers anything, the client resumes on B, which A hands the session to. B's first
-    // frame takes the number A fenced: B fences it too (a fence replaces a fence), so its frame
-    // is written there, not refused as if B had been fenced out.
+    // frame takes the number A fenced: told so by the hand-over, B fences it too (a fence replaces
+    // a fence), so its frame is written there, not refused as if B had been fenced out.
     let (mut ws, on_b) = reliable_connect(b.public, Some(&resume_offer(&on_a, 1))).await;
     assert_eq!(on_b["recovered"], true, "{on_b}");
     post(&b, id, "two").await.unwrap();

@@ -434,7 +434,11 @@ async fn resume_from_elsewhere(
         kept,
     )
     .await;
-    let (replay, post_keys) = match fetched {
+    let Fetched {
+        replay,
+        post_keys,
+        fence,
+    } = match fetched {
         Ok(fetched) => fetched,
         Err(reason) => {
             // This host owns the record now; the session it could not recover ends here, once.
@@ -451,6 +455,7 @@ async fn resume_from_elsewhere(
     handle.session(|s| {
         s.replay = replay;
         s.post_keys = post_keys;
+        s.fence = fence;
     });
     let welcome = welcome(
         host,
@@ -571,7 +576,7 @@ async fn adopt_if_gone(
     }
     // Every frame the store still keeps: the client's position is not known until it resumes.
     let mut kept = std::collections::BTreeMap::new();
-    let next = match fence(host, connection_id, 0, 1, &mut kept).await {
+    let next = match fence(host, connection_id, 0, 1, &mut kept, true).await {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
@@ -587,7 +592,10 @@ async fn adopt_if_gone(
     // Its posts' keys, so that a post sent again (its first attempt's answer lost with the host)
     // is not kept twice.
     let post_keys = taken_post_keys(host, &[], frames.iter().map(|f| (f.seq, f.frame.as_str())));
-    handle.session(|s| s.post_keys = post_keys);
+    handle.session(|s| {
+        s.post_keys = post_keys;
+        s.fence = next;
+    });
     let replay = Replay::resumed(sessions.session_buffer_bytes, acked, frames);
     if replay.next_seq() != next {
         // A gap: the frames after it could not be replayed in order, and this host's own would
@@ -617,6 +625,16 @@ async fn adopt_if_gone(
     Ok(handle)
 }
 
+/// What [`fetch`] got of a session taken over.
+struct Fetched {
+    /// Its frames after the client's last sequence number.
+    replay: Replay,
+    /// The post keys it remembers.
+    post_keys: PostKeys,
+    /// The number this host fenced (its first frame's), or 0.
+    fence: u64,
+}
+
 /// The frames of a session after `last_seq`, from where its durability keeps them, and the post
 /// keys it remembers.
 async fn fetch(
@@ -625,7 +643,7 @@ async fn fetch(
     connection_id: &str,
     last_seq: u64,
     kept: Option<HandOver>,
-) -> Result<(Replay, PostKeys), &'static str> {
+) -> Result<Fetched, &'static str> {
     let sessions = &host.config.extensions.sessions;
     let limit = sessions.session_buffer_bytes;
     let stage = &host.config.api.stage;
@@ -661,10 +679,11 @@ async fn fetch(
                     frame: f.f,
                 })
                 .collect();
-            Ok((
-                complete(limit, last_seq, frames, handed.next_seq)?,
+            Ok(Fetched {
+                replay: complete(limit, last_seq, frames, handed.next_seq)?,
                 post_keys,
-            ))
+                fence: 0,
+            })
         }
         Durability::Store => {
             if handed.as_ref().is_some_and(|h| h.overflowed) {
@@ -674,6 +693,11 @@ async fn fetch(
             // written yet; the store has the frames of a host that is gone.
             let mut frames = std::collections::BTreeMap::new();
             let mut at_least = last_seq + 1;
+            // A previous owner that handed the session over numbers nothing more: every frame it
+            // will still write is below `nextSeq`, so it needs no fence; unless it took the
+            // session over without a hand-over itself and left its fence at `nextSeq`, where this
+            // host's first frame goes: a frame does not replace another host's fence, a fence does.
+            let fenced = handed.as_ref().is_none_or(|h| h.fenced);
             // Without a hand-over, the keys of the posts the client already acknowledged are
             // only in the store's frames: every frame it keeps is read.
             let mut read_after = 0;
@@ -684,16 +708,19 @@ async fn fetch(
                 handed_posts = handed.posts;
                 read_after = last_seq;
             }
-            // Fenced even after a hand-over: the previous owner numbers nothing more, but it may
-            // have taken the session over without a hand-over itself and left its own fence at
-            // `nextSeq`, where this host's first frame goes; a fence replaces a fence, a frame
-            // does not.
-            let next = fence(host, connection_id, read_after, at_least, &mut frames)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "session frames not read");
-                    "lost"
-                })?;
+            let next = fence(
+                host,
+                connection_id,
+                read_after,
+                at_least,
+                &mut frames,
+                fenced,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "session frames not read");
+                "lost"
+            })?;
             if last_seq >= next {
                 return Err("sequence");
             }
@@ -703,7 +730,11 @@ async fn fetch(
                 .into_iter()
                 .map(|(seq, frame)| StoredFrame { seq, frame })
                 .collect();
-            Ok((complete(limit, last_seq, frames, next)?, post_keys))
+            Ok(Fetched {
+                replay: complete(limit, last_seq, frames, next)?,
+                post_keys,
+                fence: if fenced { next } else { 0 },
+            })
         }
     }
 }
@@ -714,7 +745,7 @@ const FENCE_ROUNDS: u32 = 16;
 
 /// Reads the store's frames after `after` into `frames` (where they do not replace frames
 /// already there) for a session this host has just taken over (its record names this host), and
-/// fences it against the previous owner's later writes. Returns the sequence
+/// with `fenced` fences it against the previous owner's later writes. Returns the sequence
 /// number of this host's first frame (the fence's): at least `at_least` and above every frame
 /// read.
 ///
@@ -728,6 +759,7 @@ async fn fence(
     after: u64,
     at_least: u64,
     frames: &mut std::collections::BTreeMap<u64, String>,
+    fenced: bool,
 ) -> Result<u64, StoreError> {
     let expires = frame_expiry(host);
     let (me, incarnation) = (&host.identity.host_id, &host.identity.incarnation);
@@ -739,10 +771,11 @@ async fn fence(
         let next = frames
             .last_key_value()
             .map_or(at_least, |(seq, _)| (seq + 1).max(at_least));
-        if host
-            .store
-            .fence_frames(connection_id, next, me, incarnation, expires)
-            .await?
+        if !fenced
+            || host
+                .store
+                .fence_frames(connection_id, next, me, incarnation, expires)
+                .await?
         {
             return Ok(next);
         }
@@ -863,6 +896,7 @@ pub(crate) fn hand_over(host: &Host, connection_id: &str, after: u64) -> Option<
     Some(HandOver {
         next_seq: handed.next_seq,
         overflowed: handed.overflowed,
+        fenced: handed.fenced,
         frames: handed
             .frames
             .into_iter()
