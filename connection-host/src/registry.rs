@@ -130,6 +130,11 @@ pub struct Session {
 pub struct StoreWrites {
     /// Numbered frames not yet written, in sequence order.
     unstored: VecDeque<(u64, Utf8Bytes)>,
+    /// The unwritten frames of posts that carry a post ID: no frame from the first of them on
+    /// is sent before it is written, so that a host that dies before writing it has not
+    /// delivered it (its post is answered with an error and sent again, with the same ID, to
+    /// the host that takes the session in, which must not have been outrun by the client).
+    held: std::collections::BTreeSet<u64>,
     /// Held by whoever is writing the session's frames.
     writes: Arc<tokio::sync::Mutex<()>>,
     /// A write found its number taken by another host: the session is no longer this host's.
@@ -339,7 +344,15 @@ impl ConnectionHandle {
             None => q
                 .session
                 .as_deref_mut()
-                .and_then(|s| s.replay.next_unsent())
+                .and_then(|s| {
+                    let limit = match &s.store {
+                        // Fenced out: what was not written is not this host's to deliver.
+                        Some(store) if store.fenced => return None,
+                        Some(store) => store.held.first().copied().unwrap_or(u64::MAX),
+                        None => u64::MAX,
+                    };
+                    s.replay.next_unsent_below(limit)
+                })
                 .map(Outbound::Text),
         }
     }
@@ -437,6 +450,9 @@ impl ConnectionHandle {
                         let seq = numbered.0;
                         let post = PostKey { digest, seq, at_ms };
                         session.post_keys.insert(id.to_string(), post, at_ms);
+                        if let Some(store) = &mut session.store {
+                            store.held.insert(seq);
+                        }
                     }
                     if let Some(store) = &mut session.store {
                         store.unstored.push_back(numbered.clone());
@@ -470,6 +486,7 @@ impl ConnectionHandle {
             && store.unstored.back().is_some_and(|(last, _)| *last == seq)
         {
             store.unstored.pop_back();
+            store.held.remove(&seq);
         }
         true
     }
@@ -499,14 +516,33 @@ impl ConnectionHandle {
 
     /// Frame `seq`, the first unstored one, is written.
     pub fn stored(&self, seq: u64) {
-        let mut q = self.lock();
-        if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut())
-            && store
-                .unstored
-                .front()
-                .is_some_and(|(first, _)| *first == seq)
-        {
-            store.unstored.pop_front();
+        self.release(seq, true);
+    }
+
+    /// Frame `seq` (held, see [`StoreWrites`]) may be sent although it is not written: its post
+    /// was answered 200 without it (a store outage, after frames were numbered behind it).
+    pub fn release_unstored(&self, seq: u64) {
+        self.release(seq, false);
+    }
+
+    fn release(&self, seq: u64, written: bool) {
+        let released = {
+            let mut q = self.lock();
+            let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut()) else {
+                return;
+            };
+            if written
+                && store
+                    .unstored
+                    .front()
+                    .is_some_and(|(first, _)| *first == seq)
+            {
+                store.unstored.pop_front();
+            }
+            store.held.remove(&seq)
+        };
+        if released {
+            self.notify.notify_one();
         }
     }
 
@@ -518,6 +554,7 @@ impl ConnectionHandle {
         if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut()) {
             store.fenced = true;
             store.unstored.clear();
+            store.held.clear();
         }
     }
 
@@ -821,6 +858,39 @@ mod tests {
         plain.post_session(b"x", None).unwrap();
         assert!(plain.store_writes().is_none());
         assert_eq!(plain.next_unstored(1), Unstored::Done);
+    }
+
+    #[test]
+    fn a_stored_sessions_post_with_an_id_is_sent_only_once_written() {
+        let mut session = Session::new(Replay::new(1000), String::new(), String::new());
+        session.store = Some(StoreWrites::default());
+        let h = ConnectionHandle::with_session(testing::connection(), session);
+        let text = |o: Option<Outbound>| match o {
+            Some(Outbound::Text(t)) => serde_json::from_str::<serde_json::Value>(&t).unwrap()["s"]
+                .as_u64()
+                .unwrap(),
+            other => panic!("{other:?}"),
+        };
+        // A broadcast's frame (no post ID) goes at once.
+        h.post_session(b"broadcast", None).unwrap();
+        assert_eq!(text(h.pop()), 1);
+        // A post's frame, and what is numbered behind it, waits for the post's write.
+        h.post_session(b"post", Some("k1")).unwrap();
+        h.post_reply(r#""id":"m1""#).unwrap();
+        assert!(h.pop().is_none());
+        h.stored(1);
+        assert!(h.pop().is_none(), "frame 2 is not written yet");
+        h.stored(2);
+        assert_eq!((text(h.pop()), text(h.pop())), (2, 3));
+        // Answered 200 without its write (a store outage): released all the same.
+        h.post_session(b"again", Some("k2")).unwrap();
+        assert!(h.pop().is_none());
+        h.release_unstored(4);
+        assert_eq!(text(h.pop()), 4);
+        // Fenced out: nothing more is sent from here.
+        h.post_session(b"late", None).unwrap();
+        h.fenced();
+        assert!(h.pop().is_none());
     }
 
     #[test]

@@ -950,7 +950,10 @@ pub(crate) async fn post(
         // its way to the client (or with others numbered after it) stays, answered 200, kept in
         // this host's memory and written before the next frame.
         Err(PostError::Unavailable) if handle.retract(frame.0) => Err(PostError::Unavailable),
-        Err(PostError::Unavailable) => Ok(()),
+        Err(PostError::Unavailable) => {
+            handle.release_unstored(frame.0);
+            Ok(())
+        }
         // Another host took the session over without a handover, and fenced this one out: the
         // frame is not delivered from here; the post goes to the new owner.
         other => other,

@@ -116,6 +116,14 @@ impl Replay {
         Some(frame.clone())
     }
 
+    /// Like [`next_unsent`](Self::next_unsent), but only a frame numbered below `limit`.
+    pub fn next_unsent_below(&mut self, limit: u64) -> Option<Utf8Bytes> {
+        if self.sent + 1 >= limit {
+            return None;
+        }
+        self.next_unsent()
+    }
+
     /// Drops every frame up to `seq`; `false` (and nothing dropped) when `seq` was never sent.
     pub fn ack(&mut self, seq: u64) -> bool {
         if seq > self.sent {
