@@ -945,7 +945,13 @@ pub(crate) async fn post(
             other => break other?,
         }
     };
-    match keep(host, handle, frame.0).await {
+    // A call given up on during the write (its caller went away) must not leave the frame held
+    // back from the client, with every frame behind it: it is released, and written with the
+    // session's next frame, as one answered during a store outage.
+    let held = Held(handle, frame.0);
+    let kept = keep(host, handle, frame.0).await;
+    std::mem::forget(held);
+    match kept {
         // Not kept by the store: refused (503) if it can still be taken back; a frame already on
         // its way to the client (or with others numbered after it) stays, answered 200, kept in
         // this host's memory and written before the next frame.
@@ -957,6 +963,16 @@ pub(crate) async fn post(
         // Another host took the session over without a handover, and fenced this one out: the
         // frame is not delivered from here; the post goes to the new owner.
         other => other,
+    }
+}
+
+/// Releases a post's frame held back from the client (see [`ConnectionHandle::release_unstored`])
+/// when dropped.
+struct Held<'a>(&'a ConnectionHandle, u64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.release_unstored(self.1);
     }
 }
 
