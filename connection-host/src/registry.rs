@@ -4,7 +4,7 @@
 
 use crate::events::ConnectionContext;
 use crate::sessions::envelope;
-use crate::sessions::replay::{Replay, ResumeError};
+use crate::sessions::replay::{self, PostKey, PostKeys, Replay, ResumeError};
 use crate::store::StoredFrame;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -62,9 +62,12 @@ pub enum PostError {
     NotReady,
     /// The session moved to another host: look its owner up again.
     Moved,
-    /// The session already keeps this post (its forward to a host that was lost failed after
-    /// that host had kept it): answered 200, not kept twice.
-    AlreadyKept,
+    /// The session already keeps this post, in frame `seq`: a post sent again with its key (or
+    /// one whose forward to a host that was lost failed after that host had kept it). Answered
+    /// 200 once that frame is kept, not kept twice.
+    AlreadyKept(u64),
+    /// The post's key was already used for a different body (answered 422, nothing kept).
+    KeyReused,
     /// The store could not keep the frame (`durability = "store"`); it is still delivered if
     /// this host lives.
     Unavailable,
@@ -104,10 +107,14 @@ pub struct Session {
     pub installing: bool,
     /// Handed over to another host; posts look its owner up again.
     moved: bool,
-    /// The post IDs of the frames a session taken in from a lost host already kept (see
-    /// `sessions::adopt`): a post whose forward to that host failed after it kept the frame is
-    /// not kept twice. Empty otherwise.
-    pub adopted_posts: std::collections::HashSet<String>,
+    /// The keys of the posts kept for the session (PostToConnection's `Idempotency-Key`, or the
+    /// ID a host gave a post it forwarded), with those it took over from a previous owner: a
+    /// post sent again with a key it remembers is not kept twice.
+    pub post_keys: PostKeys,
+    /// The number this host fenced when it took the session over (`durability = "store"`,
+    /// STORE.md "Frames and fences"), or 0: while no frame of its own holds that number, the
+    /// fence is still there, and a host the session is handed over to must replace it.
+    pub fence: u64,
     /// Woken when an installing session becomes ready (separate from the queue's wakeup, which
     /// only the connection's task may take).
     ready: Arc<Notify>,
@@ -123,6 +130,11 @@ pub struct Session {
 pub struct StoreWrites {
     /// Numbered frames not yet written, in sequence order.
     unstored: VecDeque<(u64, Utf8Bytes)>,
+    /// The unwritten frames of posts that carry a post ID: no frame from the first of them on
+    /// is sent before it is written, so that a host that dies before writing it has not
+    /// delivered it (its post is answered with an error and sent again, with the same ID, to
+    /// the host that takes the session in, which must not have been outrun by the client).
+    held: std::collections::BTreeSet<u64>,
     /// Held by whoever is writing the session's frames.
     writes: Arc<tokio::sync::Mutex<()>>,
     /// A write found its number taken by another host: the session is no longer this host's.
@@ -156,12 +168,16 @@ impl Session {
             overflowed: false,
             installing: false,
             moved: false,
-            adopted_posts: std::collections::HashSet::new(),
+            post_keys: PostKeys::new(DEFAULT_POST_KEY_WINDOW_MS),
+            fence: 0,
             ready: Arc::new(Notify::new()),
             store: None,
         }
     }
 }
+
+/// How long a [`Session`] remembers a post key unless told otherwise: `dedup_window`'s default.
+const DEFAULT_POST_KEY_WINDOW_MS: i64 = 10 * 60 * 1000;
 
 /// A connection's hold on its session.
 #[derive(Debug, Clone)]
@@ -186,6 +202,22 @@ impl Session {
         self.detached_at = 0;
         attachment
     }
+}
+
+/// What a session's previous host gives the host that takes it over (see
+/// [`ConnectionHandle::hand_over`]).
+#[derive(Debug)]
+pub struct HandedSession {
+    /// The unacknowledged frames after the client's last sequence number, in order.
+    pub frames: Vec<StoredFrame>,
+    /// The sequence number the session's next frame gets.
+    pub next_seq: u64,
+    /// Posts were refused while the client was away.
+    pub overflowed: bool,
+    /// Its fence is still at `next_seq` (see [`Session::fence`]).
+    pub fenced: bool,
+    /// The post keys the session remembers, oldest first.
+    pub post_keys: Vec<(String, PostKey)>,
 }
 
 /// Why a connection could not take its session over.
@@ -314,7 +346,15 @@ impl ConnectionHandle {
             None => q
                 .session
                 .as_deref_mut()
-                .and_then(|s| s.replay.next_unsent())
+                .and_then(|s| {
+                    let limit = match &s.store {
+                        // Fenced out: what was not written is not this host's to deliver.
+                        Some(store) if store.fenced => return None,
+                        Some(store) => store.held.first().copied().unwrap_or(u64::MAX),
+                        None => u64::MAX,
+                    };
+                    s.replay.next_unsent_below(limit)
+                })
                 .map(Outbound::Text),
         }
     }
@@ -352,21 +392,19 @@ impl ConnectionHandle {
     }
 
     /// Numbers and keeps a posted message for the session: a `msg` frame of `data`. Returns its
-    /// number and the frame, for `durability = "store"`. A post refused for a full buffer while the client is
-    /// away marks the session overflowed.
+    /// number and the frame, for `durability = "store"`. A post refused for a full buffer while
+    /// the client is away marks the session overflowed. A post with a `post_id` the session
+    /// remembers is not kept again: [`PostError::AlreadyKept`] for the same body,
+    /// [`PostError::KeyReused`] for another.
     pub fn post_session(
         &self,
         data: &[u8],
         post_id: Option<&str>,
     ) -> Result<(u64, Utf8Bytes), PostError> {
-        if let Some(id) = post_id
-            && self.session(|s| s.adopted_posts.contains(id)) == Some(true)
-        {
-            return Err(PostError::AlreadyKept);
-        }
-        // Escaped outside the lock: the lock only numbers and links the frame.
+        // Escaped and hashed outside the lock: the lock only numbers and links the frame.
         let payload = envelope::payload_member(data);
-        self.push_sequenced(payload.len(), false, |seq| {
+        let key = post_id.map(|id| (id, replay::digest(data), crate::ids::now_ms()));
+        self.push_sequenced(payload.len(), false, key, |seq| {
             envelope::msg(seq, post_id, &payload)
         })
     }
@@ -375,13 +413,14 @@ impl ConnectionHandle {
     /// to the buffer's bound: each answers a message the client sent, which the connection's
     /// in-flight limit bounds already, and dropping one would leave the client waiting.
     pub fn post_reply(&self, answer: &str) -> Result<(u64, Utf8Bytes), PostError> {
-        self.push_sequenced(0, true, |seq| envelope::reply(seq, answer))
+        self.push_sequenced(0, true, None, |seq| envelope::reply(seq, answer))
     }
 
     fn push_sequenced(
         &self,
         len: usize,
         unbounded: bool,
+        key: Option<(&str, [u8; 16], i64)>,
         build: impl FnOnce(u64) -> String,
     ) -> Result<(u64, Utf8Bytes), PostError> {
         let frame = {
@@ -398,8 +437,25 @@ impl ConnectionHandle {
             if session.installing {
                 return Err(PostError::NotReady);
             }
+            if let Some((id, digest, now_ms)) = key
+                && let Some(kept) = session.post_keys.get(id, now_ms)
+            {
+                return Err(if kept.digest == digest {
+                    PostError::AlreadyKept(kept.seq)
+                } else {
+                    PostError::KeyReused
+                });
+            }
             match session.replay.push(if unbounded { 0 } else { len }, build) {
                 Ok(numbered) => {
+                    if let Some((id, digest, at_ms)) = key {
+                        let seq = numbered.0;
+                        let post = PostKey { digest, seq, at_ms };
+                        session.post_keys.insert(id.to_string(), post, at_ms);
+                        if let Some(store) = &mut session.store {
+                            store.held.insert(seq);
+                        }
+                    }
                     if let Some(store) = &mut session.store {
                         store.unstored.push_back(numbered.clone());
                     }
@@ -427,10 +483,12 @@ impl ConnectionHandle {
         if !session.replay.retract(seq) {
             return false;
         }
+        session.post_keys.forget_seq(seq);
         if let Some(store) = &mut session.store
             && store.unstored.back().is_some_and(|(last, _)| *last == seq)
         {
             store.unstored.pop_back();
+            store.held.remove(&seq);
         }
         true
     }
@@ -460,14 +518,33 @@ impl ConnectionHandle {
 
     /// Frame `seq`, the first unstored one, is written.
     pub fn stored(&self, seq: u64) {
-        let mut q = self.lock();
-        if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut())
-            && store
-                .unstored
-                .front()
-                .is_some_and(|(first, _)| *first == seq)
-        {
-            store.unstored.pop_front();
+        self.release(seq, true);
+    }
+
+    /// Frame `seq` (held, see [`StoreWrites`]) may be sent although it is not written: its post
+    /// was answered 200 without it (a store outage, after frames were numbered behind it).
+    pub fn release_unstored(&self, seq: u64) {
+        self.release(seq, false);
+    }
+
+    fn release(&self, seq: u64, written: bool) {
+        let released = {
+            let mut q = self.lock();
+            let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut()) else {
+                return;
+            };
+            if written
+                && store
+                    .unstored
+                    .front()
+                    .is_some_and(|(first, _)| *first == seq)
+            {
+                store.unstored.pop_front();
+            }
+            store.held.remove(&seq)
+        };
+        if released {
+            self.notify.notify_one();
         }
     }
 
@@ -479,6 +556,7 @@ impl ConnectionHandle {
         if let Some(store) = q.session.as_deref_mut().and_then(|s| s.store.as_mut()) {
             store.fenced = true;
             store.unstored.clear();
+            store.held.clear();
         }
     }
 
@@ -610,7 +688,7 @@ impl ConnectionHandle {
     /// Hands the session over to another host: later posts answer [`PostError::Moved`], the
     /// connection still attached (if any) is told to go, and the frames after `after_seq` are
     /// returned with the next sequence number.
-    pub fn hand_over(&self, after_seq: u64) -> Option<(Vec<StoredFrame>, u64, bool)> {
+    pub fn hand_over(&self, after_seq: u64) -> Option<HandedSession> {
         let mut q = self.lock();
         let session = q.session.as_deref_mut()?;
         if session.moved {
@@ -620,11 +698,13 @@ impl ConnectionHandle {
         if let Some(attachment) = session.attachment.take() {
             attachment.token.cancel();
         }
-        Some((
-            session.replay.after(after_seq),
-            session.replay.next_seq(),
-            session.overflowed,
-        ))
+        Some(HandedSession {
+            frames: session.replay.after(after_seq),
+            next_seq: session.replay.next_seq(),
+            overflowed: session.overflowed,
+            fenced: session.fence != 0 && session.fence == session.replay.next_seq(),
+            post_keys: session.post_keys.all(),
+        })
     }
 
     /// Finishes installing a session taken over with no connection (adopted from a host that is
@@ -783,16 +863,74 @@ mod tests {
     }
 
     #[test]
-    fn an_adopted_session_does_not_keep_a_post_twice() {
+    fn a_stored_sessions_post_with_an_id_is_sent_only_once_written() {
         let mut session = Session::new(Replay::new(1000), String::new(), String::new());
-        session.adopted_posts.insert("kept-before".into());
+        session.store = Some(StoreWrites::default());
         let h = ConnectionHandle::with_session(testing::connection(), session);
-        assert_eq!(
-            h.post_session(b"again", Some("kept-before")),
-            Err(PostError::AlreadyKept)
+        let text = |o: Option<Outbound>| match o {
+            Some(Outbound::Text(t)) => serde_json::from_str::<serde_json::Value>(&t).unwrap()["s"]
+                .as_u64()
+                .unwrap(),
+            other => panic!("{other:?}"),
+        };
+        // A broadcast's frame (no post ID) goes at once.
+        h.post_session(b"broadcast", None).unwrap();
+        assert_eq!(text(h.pop()), 1);
+        // A post's frame, and what is numbered behind it, waits for the post's write.
+        h.post_session(b"post", Some("k1")).unwrap();
+        h.post_reply(r#""id":"m1""#).unwrap();
+        assert!(h.pop().is_none());
+        h.stored(1);
+        assert!(h.pop().is_none(), "frame 2 is not written yet");
+        h.stored(2);
+        assert_eq!((text(h.pop()), text(h.pop())), (2, 3));
+        // Answered 200 without its write (a store outage): released all the same.
+        h.post_session(b"again", Some("k2")).unwrap();
+        assert!(h.pop().is_none());
+        h.release_unstored(4);
+        assert_eq!(text(h.pop()), 4);
+        // Fenced out: nothing more is sent from here.
+        h.post_session(b"late", None).unwrap();
+        h.fenced();
+        assert!(h.pop().is_none());
+    }
+
+    #[test]
+    fn a_post_sent_again_with_its_key_is_not_kept_twice() {
+        let h = ConnectionHandle::with_session(
+            testing::connection(),
+            Session::new(Replay::new(1000), String::new(), String::new()),
         );
-        let (seq, frame) = h.post_session(b"new", Some("other")).unwrap();
+        let (seq, frame) = h.post_session(b"new", Some("k1")).unwrap();
         assert_eq!(seq, 1);
-        assert_eq!(frame.as_str(), r#"{"t":"msg","s":1,"p":"other","d":"new"}"#);
+        assert_eq!(frame.as_str(), r#"{"t":"msg","s":1,"p":"k1","d":"new"}"#);
+        assert_eq!(
+            h.post_session(b"new", Some("k1")),
+            Err(PostError::AlreadyKept(1))
+        );
+        assert_eq!(
+            h.post_session(b"other", Some("k1")),
+            Err(PostError::KeyReused)
+        );
+        // Still remembered once the client acknowledged it.
+        h.session(|s| {
+            s.replay.next_unsent();
+            assert!(s.replay.ack(1));
+        });
+        assert_eq!(
+            h.post_session(b"new", Some("k1")),
+            Err(PostError::AlreadyKept(1))
+        );
+        // Unkeyed posts are kept each time.
+        assert_eq!(h.post_session(b"new", None).unwrap().0, 2);
+        assert_eq!(h.post_session(b"new", None).unwrap().0, 3);
+        // A post refused after all forgets its key: sent again, it is kept.
+        let (four, _) = h.post_session(b"x", Some("k2")).unwrap();
+        assert!(h.retract(four));
+        assert_eq!(h.post_session(b"x", Some("k2")).unwrap().0, 4);
+        // The previous host's keys go with the session.
+        let handed = h.hand_over(0).unwrap();
+        let keys: Vec<&str> = handed.post_keys.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["k1", "k2"]);
     }
 }

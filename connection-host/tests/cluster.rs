@@ -1185,6 +1185,134 @@ async fn a_store_durable_session_survives_its_host_being_killed() {
 }
 
 #[tokio::test]
+async fn a_keyed_post_sent_again_after_its_owner_died_is_delivered_once() {
+    let Some(tables) = TestTables::create("sessions_post_key").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    // Through B, kept by A (its frame written to the store with the key).
+    post_with_key(&b.sdk(), &id, "once", "order-1")
+        .await
+        .unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (1, "once".into()));
+    // A dies. The caller, not knowing whether A kept its post (the answer could have been lost
+    // with A), sends it again through B: 503 until the cluster judges A dead, then 200 from B,
+    // which took the session in with A's frames and their keys.
+    a.kill();
+    drop(ws);
+    eventually_some(
+        "B takes the session in",
+        Duration::from_secs(10),
+        async || match post_with_key(&b.sdk(), &id, "once", "order-1").await {
+            Ok(()) => Some(()),
+            Err((503, _)) => None,
+            Err(other) => panic!("a keyed post sent again answered {other:?}"),
+        },
+    )
+    .await;
+    // The key names that post only.
+    let refused = post_with_key(&b.sdk(), &id, "another", "order-1").await;
+    assert_eq!(refused.map_err(|(status, _)| status), Err(422));
+    // Without a key, a post sent again is kept twice.
+    post(&b, &id, "twice").await.unwrap();
+    post(&b, &id, "twice").await.unwrap();
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let mut data = Vec::new();
+    for seq in 1..=3 {
+        let (s, d) = msg(&next_frame(&mut ws).await);
+        assert_eq!(s, seq);
+        data.push(d);
+    }
+    assert_eq!(data, ["once", "twice", "twice"]);
+    post(&b, &id, "end").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (4, "end".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_keyed_post_acknowledged_before_its_owner_was_lost_is_not_kept_again() {
+    let Some(tables) = TestTables::create("sessions_post_key_acked").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    // A session whose owner, "ghost", kept a keyed post (frame 1, which the client has) and
+    // cannot be reached for a hand-over.
+    let id = "cG9zdEtleUFja2Q=";
+    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let store = &tables.store;
+    let record = connection_host::store::ConnectionRecord {
+        connection_id: id.into(),
+        connected_at: now_ms(),
+        source_ip: "127.0.0.1".into(),
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        session: Some(Box::new(connection_host::store::SessionRecord {
+            token_hash,
+            detached_at: now_ms(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    store.put_connection(record).await.unwrap();
+    // A key that needs escaping in the query of a forward.
+    let key = "order 7/a&b=c%";
+    let frame = connection_host::store::StoredFrame {
+        seq: 1,
+        frame: serde_json::json!({"t":"msg","s":1,"p":key,"d":"once"}).to_string(),
+    };
+    let expires = now_ms() + 600_000;
+    assert!(
+        store
+            .append_frame(id, "ghost", "ghost-1", &frame, expires)
+            .await
+            .unwrap()
+    );
+    // The client, which has frame 1, resumes on B: B reads the frames from the store (those the
+    // client has too, for their keys) and fences.
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": token }), 1);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&offer)).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    // The post sent again through A is forwarded to B, which answers 200 and keeps nothing.
+    post_with_key(&a.sdk(), id, "once", key).await.unwrap();
+    post(&a, id, "next").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "next".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_sessions_post_keys_move_with_it_to_another_host() {
+    let Some(tables) = TestTables::create("sessions_post_key_moved").await else {
+        return;
+    };
+    let routes = sessions("memory");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let key = "order 8/a&b=c%";
+    post_with_key(&b.sdk(), &id, "once", key).await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (1, "once".into()));
+    send_frame(&mut ws, serde_json::json!({"t":"ack","s":1})).await;
+    drop(ws);
+    // Resumed on B: A hands the session over with its keys, the acknowledged post's included.
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&resume_offer(&welcome, 1))).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    post_with_key(&a.sdk(), &id, "once", key).await.unwrap();
+    post(&a, &id, "next").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "next".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
     let Some(tables) = TestTables::create("sessions_fence").await else {
         return;
@@ -1246,6 +1374,63 @@ async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
     let kept = store.frames_after(id, 2).await.unwrap();
     assert_eq!(kept.len(), 1);
     assert!(kept[0].frame.contains("three"), "{kept:?}");
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_session_handed_over_by_a_host_that_fenced_it_keeps_its_next_post() {
+    let Some(tables) = TestTables::create("sessions_fence_handed").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    // A session of an unreachable "ghost" with one frame: A takes it over without a hand-over
+    // and fences number 2, where its own first frame would go.
+    let id = "ZmVuY2VIYW5kZWQ=";
+    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let store = &tables.store;
+    let record = connection_host::store::ConnectionRecord {
+        connection_id: id.into(),
+        connected_at: now_ms(),
+        source_ip: "127.0.0.1".into(),
+        owner_host: "ghost".into(),
+        owner_incarnation: "ghost-1".into(),
+        owner_endpoint: "http://127.0.0.1:9".into(),
+        session: Some(Box::new(connection_host::store::SessionRecord {
+            token_hash,
+            detached_at: now_ms(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    store.put_connection(record).await.unwrap();
+    let frame = connection_host::store::StoredFrame {
+        seq: 1,
+        frame: serde_json::json!({"t":"msg","s":1,"d":"one"}).to_string(),
+    };
+    let expires = now_ms() + 600_000;
+    assert!(
+        store
+            .append_frame(id, "ghost", "ghost-1", &frame, expires)
+            .await
+            .unwrap()
+    );
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": token }), 1);
+    let (ws, on_a) = reliable_connect(a.public, Some(&offer)).await;
+    assert_eq!(on_a["recovered"], true, "{on_a}");
+    drop(ws);
+    // Before A numbers anything, the client resumes on B, which A hands the session to. B's first
+    // frame takes the number A fenced: told so by the hand-over, B fences it too (a fence replaces
+    // a fence), so its frame is written there, not refused as if B had been fenced out.
+    let (mut ws, on_b) = reliable_connect(b.public, Some(&resume_offer(&on_a, 1))).await;
+    assert_eq!(on_b["recovered"], true, "{on_b}");
+    post(&b, id, "two").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (2, "two".into()));
+    let kept = store.frames_after(id, 1).await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].frame.contains("two"), "{kept:?}");
     tables.delete().await;
 }
 

@@ -260,6 +260,63 @@ async fn delete_connection_ends_a_detached_session() {
 }
 
 #[tokio::test]
+async fn a_post_sent_again_with_its_idempotency_key_is_kept_once() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let sdk = mgmt_client(host.addr);
+    // A keyed post sent again (its first answer lost, say) is kept once, and answered 200.
+    post_with_key(&sdk, &id, "one", "order-1").await.unwrap();
+    post_with_key(&sdk, &id, "one", "order-1").await.unwrap();
+    // The header's structured form (a quoted string) names the same key.
+    post_with_key(&sdk, &id, "one", "\"order-1\"")
+        .await
+        .unwrap();
+    // Without a key, a post sent again is kept again: the client gets both.
+    post(&host, &id, "plain").await.unwrap();
+    post(&host, &id, "plain").await.unwrap();
+    assert_eq!(
+        frame(&mut ws).await,
+        json!({"t":"msg","s":1,"p":"order-1","d":"one"})
+    );
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":2,"d":"plain"}));
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":3,"d":"plain"}));
+    // Acknowledged, the key is still remembered: sent again, nothing is kept.
+    send(&mut ws, json!({"t":"ack","s":3})).await;
+    post_with_key(&sdk, &id, "one", "order-1").await.unwrap();
+    // The same key for another body is refused, and nothing is kept.
+    let (status, body) = post_with_key(&sdk, &id, "two", "order-1")
+        .await
+        .unwrap_err();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("different body"), "{body}");
+    // Bad keys are refused with what is wrong.
+    for bad in ["", "\"\"", &"k".repeat(129)] {
+        let (status, body) = post_with_key(&sdk, &id, "bad", bad).await.unwrap_err();
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(
+            body.contains("Idempotency-Key") && body.contains("1 to 128 printable ASCII"),
+            "{body}"
+        );
+    }
+    // The next post is the next frame: nothing was kept in between.
+    post_with_key(&sdk, &id, "two", "order-2").await.unwrap();
+    assert_eq!(
+        frame(&mut ws).await,
+        json!({"t":"msg","s":4,"p":"order-2","d":"two"})
+    );
+    // Kept across a drop and a resume on the same host.
+    drop(ws);
+    post_with_key(&sdk, &id, "two", "order-2").await.unwrap();
+    let (mut ws, resumed) = reliable(&host, Some(&resume_offer(&welcome, 3))).await;
+    assert_eq!(resumed["recovered"], true);
+    assert_eq!(frame(&mut ws).await["s"], 4);
+    post(&host, &id, "last").await.unwrap();
+    assert_eq!(frame(&mut ws).await, json!({"t":"msg","s":5,"d":"last"}));
+}
+
+#[tokio::test]
 async fn a_full_buffer_refuses_posts_with_429_and_the_resume_cannot_recover() {
     let handler = Handler::start(echo).await;
     let host = TestHost::start(&config(&handler, "")).await;

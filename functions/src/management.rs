@@ -27,6 +27,9 @@ pub const ENDPOINT_ENV: &str = "APIGW_MANAGEMENT_ENDPOINT";
 /// and endpoint; needs the feature `static-key` (see `ws_handler::static_key`).
 pub const KEY_SECRET_ENV: &str = "APIGW_MANAGEMENT_KEY_SECRET";
 
+/// The header naming a post for [`Management::post_with_key`].
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 /// The management endpoint for `event`: [`ENDPOINT_ENV`] when set and not empty, otherwise
 /// `https://{domainName}/{stage}`.
 pub fn endpoint_for(event: &WebSocketEvent<'_>) -> String {
@@ -58,6 +61,14 @@ pub enum ManagementError {
     /// `PayloadTooLargeException` (413): more than 128 KiB of data.
     #[error("PayloadTooLargeException: the data exceeds 128 KiB")]
     PayloadTooLarge,
+    /// `IdempotencyKeyReusedException` (422, connection-host): the key given to
+    /// [`Management::post_with_key`] was already used for another body to this connection.
+    #[error("IdempotencyKeyReusedException: the key was already used for another body")]
+    KeyReused,
+    /// The key given to [`Management::post_with_key`] is not 1 to 128 printable ASCII
+    /// characters (nothing was sent).
+    #[error("invalid idempotency key: it must be 1 to 128 printable ASCII characters")]
+    InvalidKey,
     /// The value to post could not be serialized as JSON.
     #[error("could not serialize the message as JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -81,6 +92,7 @@ impl ManagementError {
             Some("ForbiddenException") => return ManagementError::Forbidden,
             Some("LimitExceededException") => return ManagementError::LimitExceeded,
             Some("PayloadTooLargeException") => return ManagementError::PayloadTooLarge,
+            Some("IdempotencyKeyReusedException") => return ManagementError::KeyReused,
             _ => {}
         }
         // A server that answers 410 without `x-amzn-ErrorType` still means Gone.
@@ -238,6 +250,36 @@ impl Management {
             .post_to_connection()
             .connection_id(connection_id)
             .data(Blob::new(data))
+            .send()
+            .await
+            .map_err(ManagementError::from_sdk)?;
+        Ok(())
+    }
+
+    /// `PostToConnection` with an `Idempotency-Key` (a connection-host extension, PROTOCOL.md
+    /// section 3): posting the same `key` and `data` again, e.g. after a 503 that may have come
+    /// after the post was kept, reaches a reliable client once. API Gateway ignores the header.
+    pub async fn post_with_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        data: impl Into<Vec<u8>>,
+    ) -> Result<(), ManagementError> {
+        let valid =
+            (1..=128).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !valid {
+            return Err(ManagementError::InvalidKey);
+        }
+        let key = key.to_string();
+        self.client
+            .post_to_connection()
+            .connection_id(connection_id)
+            .data(Blob::new(data))
+            .customize()
+            // Before signing, so the header is signed with the rest of the request.
+            .mutate_request(move |request| {
+                request.headers_mut().insert(IDEMPOTENCY_KEY, key.clone());
+            })
             .send()
             .await
             .map_err(ManagementError::from_sdk)?;

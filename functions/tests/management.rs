@@ -96,3 +96,49 @@ async fn get_connection_reads_times_as_epoch_milliseconds() {
     assert_eq!(info.source_ip.as_deref(), Some("203.0.113.7"));
     assert_eq!(info.user_agent, None);
 }
+
+#[tokio::test]
+async fn post_with_key_sends_the_key_signed_and_reads_a_reused_key() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<HeaderMap>));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            *record.lock().unwrap() = Some(headers);
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/dev", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    management(&endpoint)
+        .post_with_key("AAAAAAAAAAAAAAA=", "order-1", "hi")
+        .await
+        .unwrap();
+    let headers = seen.lock().unwrap().take().unwrap();
+    assert_eq!(headers["idempotency-key"], "order-1");
+    let authorization = headers["authorization"].to_str().unwrap();
+    assert!(
+        authorization.contains("idempotency-key"),
+        "the key is signed: {authorization}"
+    );
+
+    let endpoint = answering(
+        422,
+        &[("x-amzn-ErrorType", "IdempotencyKeyReusedException")],
+        "{}",
+    )
+    .await;
+    let error = management(&endpoint)
+        .post_with_key("AAAAAAAAAAAAAAA=", "order-1", "other")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ManagementError::KeyReused), "{error:?}");
+    for bad in ["", "é", &"k".repeat(129)] {
+        let error = management(&endpoint)
+            .post_with_key("AAAAAAAAAAAAAAA=", bad, "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ManagementError::InvalidKey), "{bad:?}");
+    }
+}

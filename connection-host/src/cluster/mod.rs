@@ -502,6 +502,28 @@ pub struct HandOver {
     pub overflowed: bool,
     /// The unacknowledged frames after the client's last sequence number, in order.
     pub frames: Vec<HandedFrame>,
+    /// The previous owner took the session over with a fence at `nextSeq` and has numbered
+    /// nothing since: the next owner's first frame goes where that fence is, so it fences first
+    /// (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
+    /// The post keys the session remembers, oldest first (absent from a host that predates
+    /// them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posts: Vec<HandedPost>,
+}
+
+/// One post key of a [`HandOver`] (see [`crate::sessions::replay::PostKeys`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandedPost {
+    /// The key.
+    pub k: String,
+    /// The post body's digest, in hex.
+    pub h: String,
+    /// The number of the frame that carried it.
+    pub s: u64,
+    /// Epoch milliseconds when it was kept.
+    pub a: i64,
 }
 
 /// One frame of a [`HandOver`].

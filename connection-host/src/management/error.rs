@@ -30,6 +30,10 @@ pub enum ManagementError {
     /// 403: unknown path, stage or method.
     #[error("ForbiddenException")]
     Forbidden,
+    /// 422: the post's `Idempotency-Key` was already used for a different body to this
+    /// connection (nothing kept).
+    #[error("IdempotencyKeyReusedException")]
+    KeyReused,
     /// 503: the store could not be reached.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -77,6 +81,11 @@ impl IntoResponse for ManagementError {
                 StatusCode::FORBIDDEN,
                 Some("ForbiddenException"),
                 r#"{"message":"Forbidden"}"#.into(),
+            ),
+            ManagementError::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("IdempotencyKeyReusedException"),
+                r#"{"message":"This Idempotency-Key was already used with a different body for this connection."}"#.into(),
             ),
             ManagementError::Unavailable(detail) => {
                 tracing::error!(%detail, "management call failed: service unavailable");

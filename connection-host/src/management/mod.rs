@@ -193,14 +193,43 @@ pub(crate) struct Call {
     target: String,
     /// Sent by another host of the cluster (authenticated): served here, never forwarded again.
     forwarded: bool,
-    /// A PostToConnection's ID across the cluster: made by the host that received it and passed
-    /// on with a forward (`postId` in the signed query), so that a post whose forward failed
-    /// after the owner kept it is not kept twice by a host that takes the session in.
+    /// A PostToConnection's ID across the cluster: the caller's [`IDEMPOTENCY_KEY`], or one made
+    /// by the host that received it, passed on with a forward (`postId` in the signed query), so
+    /// that a post kept once is not kept again by whichever host holds the session when it is
+    /// sent again (the caller's retry, or the same call after its forward failed).
     post_id: Option<String>,
 }
 
 /// The query parameter that carries a forwarded post's ID.
 const POST_ID: &str = "postId";
+
+/// The header with which a PostToConnection caller names a post, so that sending it again is
+/// kept once (an extension, PROTOCOL.md section 3).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The caller's [`IDEMPOTENCY_KEY`], if it sent one: 1 to 128 printable ASCII characters, as
+/// the header's value or as a quoted string (the header's structured form).
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, ManagementError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let refused = || {
+        ManagementError::BadRequest(format!(
+            "Invalid Idempotency-Key: it must be 1 to {} printable ASCII characters",
+            crate::sessions::envelope::MAX_KEY_LENGTH
+        ))
+    };
+    let value = value.to_str().map_err(|_| refused())?;
+    let key = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    if crate::sessions::envelope::is_valid_key(key) {
+        Ok(Some(key.to_string()))
+    } else {
+        Err(refused())
+    }
+}
 
 /// Serves one call in a span carrying its request ID (the `x-amzn-RequestId` it answers with),
 /// its trace (the caller's valid `X-Amzn-Trace-Id`, or a new one) and the connection it names, so
@@ -302,11 +331,17 @@ async fn serve_call(
         }
     };
     let post_id = match resource {
-        Resource::Connection(_) if method == Method::POST && host.cluster.is_some() => {
-            if forwarded {
-                groups::query_param(&query, POST_ID).map(|id| id.into_owned())
-            } else {
-                Some(uuid::Uuid::new_v4().simple().to_string())
+        Resource::Connection(_) if method == Method::POST && forwarded => {
+            groups::query_param(&query, POST_ID).map(|id| id.into_owned())
+        }
+        Resource::Connection(_) if method == Method::POST => {
+            match idempotency_key(request.headers()) {
+                Ok(Some(key)) => Some(key),
+                Ok(None) if host.cluster.is_some() => {
+                    Some(uuid::Uuid::new_v4().simple().to_string())
+                }
+                Ok(None) => None,
+                Err(e) => return e.into_response(),
             }
         }
         _ => None,
@@ -481,6 +516,8 @@ pub(crate) async fn elsewhere(
     let target = match &call.post_id {
         Some(post_id) => {
             let separator = if call.target.contains('?') { '&' } else { '?' };
+            let post_id =
+                percent_encoding::utf8_percent_encode(post_id, percent_encoding::NON_ALPHANUMERIC);
             format!("{}{separator}{POST_ID}={post_id}", call.target)
         }
         None => call.target.clone(),
@@ -608,9 +645,10 @@ async fn post_to_connection(
         )
     };
     match posted {
-        Ok(()) | Err(PostError::AlreadyKept) => Ok(StatusCode::OK.into_response()),
+        Ok(()) | Err(PostError::AlreadyKept(_)) => Ok(StatusCode::OK.into_response()),
         Err(PostError::Gone) => Err(ManagementError::Gone),
         Err(PostError::Full) => Err(ManagementError::LimitExceeded),
+        Err(PostError::KeyReused) => Err(ManagementError::KeyReused),
         // The session moved to another host while the post was under way: the record names the
         // new owner.
         Err(PostError::Moved | PostError::NotReady) => {
@@ -623,6 +661,7 @@ async fn post_to_connection(
                     match crate::sessions::post(host, &handle, &data, post_id).await {
                         Ok(()) => Ok(StatusCode::OK.into_response()),
                         Err(PostError::Full) => Err(ManagementError::LimitExceeded),
+                        Err(PostError::KeyReused) => Err(ManagementError::KeyReused),
                         Err(_) => Err(ManagementError::Gone),
                     }
                 }

@@ -181,13 +181,22 @@ pub fn msg(seq: u64, post_id: Option<&str>, payload: &str) -> String {
     }
 }
 
-/// The `p` of a kept `msg` frame, if it has one.
-pub fn post_id_of(frame: &str) -> Option<String> {
+/// The `p` of a kept `msg` frame, if it has one, with the body that was posted (the payload
+/// decoded back).
+pub fn post_of(frame: &str) -> Option<(String, Vec<u8>)> {
     #[derive(Deserialize)]
     struct P {
         p: Option<String>,
+        d: Option<String>,
+        b: Option<String>,
     }
-    serde_json::from_str::<P>(frame).ok()?.p
+    let P { p, d, b } = serde_json::from_str(frame).ok()?;
+    let data = match (d, b) {
+        (Some(d), _) => d.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).ok()?,
+        (None, None) => return None,
+    };
+    Some((p?, data))
 }
 
 /// A `reply` frame with sequence number `seq` around an [`answer`].
@@ -376,8 +385,10 @@ mod tests {
         let forwarded = msg(5, Some("a1"), &payload_member(b"x"));
         let frame: serde_json::Value = serde_json::from_str(&forwarded).unwrap();
         assert_eq!(frame, serde_json::json!({"t":"msg","s":5,"p":"a1","d":"x"}));
-        assert_eq!(post_id_of(&forwarded).as_deref(), Some("a1"));
-        assert_eq!(post_id_of(&msg(6, None, "\"d\":\"x\"")), None);
+        assert_eq!(post_of(&forwarded), Some(("a1".into(), b"x".to_vec())));
+        let binary = msg(6, Some("a2"), &payload_member(&[0xff, 0]));
+        assert_eq!(post_of(&binary), Some(("a2".into(), vec![0xff, 0])));
+        assert_eq!(post_of(&msg(7, None, "\"d\":\"x\"")), None);
         let r: serde_json::Value = serde_json::from_str(&reply(
             5,
             &answer(

@@ -17,7 +17,7 @@ pub mod envelope;
 pub mod replay;
 pub mod token;
 
-use crate::cluster::{HandOver, HandedFrame, Owner};
+use crate::cluster::{HandOver, HandedFrame, HandedPost, Owner};
 use crate::config::Durability;
 use crate::events::ConnectionContext;
 use crate::host::Host;
@@ -26,7 +26,7 @@ use crate::registry::{
     AttachError, Attachment, ConnectionHandle, PostError, Session, StoreWrites, Unstored,
 };
 use crate::store::{SessionRecord, StoreError, StoredFrame};
-use replay::Replay;
+use replay::{PostKey, PostKeys, Replay};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +68,56 @@ pub(crate) fn start(
 /// A session's state, with its frames' way to the store when `durability = "store"`.
 fn new_session(host: &Host, replay: Replay, token_hash: String, principal: String) -> Session {
     let mut session = Session::new(replay, token_hash, principal);
+    session.post_keys = PostKeys::new(post_key_window(host));
     if host.config.extensions.sessions.durability == Durability::Store {
         session.store = Some(StoreWrites::default());
     }
     session
+}
+
+/// How long a session remembers a post key: `dedup_window`, as for the client's own keys.
+fn post_key_window(host: &Host) -> i64 {
+    i64::try_from(host.config.extensions.sessions.dedup_window.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The post keys of a session taken over from another host: those `handed` over by it, then
+/// those of the `frames` read (handed over, or from the store) that it did not name, counted as
+/// kept now.
+fn taken_post_keys<'f>(
+    host: &Host,
+    handed: &[HandedPost],
+    frames: impl Iterator<Item = (u64, &'f str)>,
+) -> PostKeys {
+    let now = ids::now_ms();
+    let mut keys = PostKeys::new(post_key_window(host));
+    for post in handed {
+        let mut digest = [0; 16];
+        if hex::decode_to_slice(&post.h, &mut digest).is_ok() {
+            let kept = PostKey {
+                digest,
+                seq: post.s,
+                at_ms: post.a,
+            };
+            keys.insert(post.k.clone(), kept, now);
+        }
+    }
+    for (seq, frame) in frames {
+        if let Some((key, data)) = envelope::post_of(frame)
+            && keys.get(&key, now).is_none()
+        {
+            let digest = replay::digest(&data);
+            keys.insert(
+                key,
+                PostKey {
+                    digest,
+                    seq,
+                    at_ms: now,
+                },
+                now,
+            );
+        }
+    }
+    keys
 }
 
 /// The `welcome` frame for a connection of the session `connection_id`.
@@ -388,8 +434,12 @@ async fn resume_from_elsewhere(
         kept,
     )
     .await;
-    let replay = match fetched {
-        Ok(replay) => replay,
+    let Fetched {
+        replay,
+        post_keys,
+        fence,
+    } = match fetched {
+        Ok(fetched) => fetched,
         Err(reason) => {
             // This host owns the record now; the session it could not recover ends here, once.
             abandon(host);
@@ -402,7 +452,11 @@ async fn resume_from_elsewhere(
         }
     };
     let seq = resume.last_seq;
-    handle.session(|s| s.replay = replay);
+    handle.session(|s| {
+        s.replay = replay;
+        s.post_keys = post_keys;
+        s.fence = fence;
+    });
     let welcome = welcome(
         host,
         &resume.connection_id,
@@ -535,11 +589,13 @@ async fn adopt_if_gone(
         .map(|(seq, frame)| StoredFrame { seq, frame })
         .collect();
     let acked = frames.first().map_or(next - 1, |f| f.seq - 1);
-    let posts = frames
-        .iter()
-        .filter_map(|f| envelope::post_id_of(&f.frame))
-        .collect();
-    handle.session(|s| s.adopted_posts = posts);
+    // Its posts' keys, so that a post sent again (its first attempt's answer lost with the host)
+    // is not kept twice.
+    let post_keys = taken_post_keys(host, &[], frames.iter().map(|f| (f.seq, f.frame.as_str())));
+    handle.session(|s| {
+        s.post_keys = post_keys;
+        s.fence = next;
+    });
     let replay = Replay::resumed(sessions.session_buffer_bytes, acked, frames);
     if replay.next_seq() != next {
         // A gap: the frames after it could not be replayed in order, and this host's own would
@@ -569,14 +625,25 @@ async fn adopt_if_gone(
     Ok(handle)
 }
 
-/// The frames of a session after `last_seq`, from where its durability keeps them.
+/// What [`fetch`] got of a session taken over.
+struct Fetched {
+    /// Its frames after the client's last sequence number.
+    replay: Replay,
+    /// The post keys it remembers.
+    post_keys: PostKeys,
+    /// The number this host fenced (its first frame's), or 0.
+    fence: u64,
+}
+
+/// The frames of a session after `last_seq`, from where its durability keeps them, and the post
+/// keys it remembers.
 async fn fetch(
     host: &Host,
     previous: &Owner,
     connection_id: &str,
     last_seq: u64,
     kept: Option<HandOver>,
-) -> Result<Replay, &'static str> {
+) -> Result<Fetched, &'static str> {
     let sessions = &host.config.extensions.sessions;
     let limit = sessions.session_buffer_bytes;
     let stage = &host.config.api.stage;
@@ -602,6 +669,8 @@ async fn fetch(
             if last_seq >= handed.next_seq {
                 return Err("sequence");
             }
+            let handed_frames = handed.frames.iter().map(|f| (f.s, f.f.as_str()));
+            let post_keys = taken_post_keys(host, &handed.posts, handed_frames);
             let frames: Vec<StoredFrame> = handed
                 .frames
                 .into_iter()
@@ -610,7 +679,11 @@ async fn fetch(
                     frame: f.f,
                 })
                 .collect();
-            complete(limit, last_seq, frames, handed.next_seq)
+            Ok(Fetched {
+                replay: complete(limit, last_seq, frames, handed.next_seq)?,
+                post_keys,
+                fence: 0,
+            })
         }
         Durability::Store => {
             if handed.as_ref().is_some_and(|h| h.overflowed) {
@@ -620,27 +693,48 @@ async fn fetch(
             // written yet; the store has the frames of a host that is gone.
             let mut frames = std::collections::BTreeMap::new();
             let mut at_least = last_seq + 1;
-            // A previous owner that handed the session over numbers nothing more: every frame
-            // it will still write is below `nextSeq`, so it needs no fence.
-            let fenced = handed.is_none();
+            // A previous owner that handed the session over numbers nothing more: every frame it
+            // will still write is below `nextSeq`, so it needs no fence; unless it took the
+            // session over without a hand-over itself and left its fence at `nextSeq`, where this
+            // host's first frame goes: a frame does not replace another host's fence, a fence does.
+            let fenced = handed.as_ref().is_none_or(|h| h.fenced);
+            // Without a hand-over, the keys of the posts the client already acknowledged are
+            // only in the store's frames: every frame it keeps is read.
+            let mut read_after = 0;
+            let mut handed_posts = Vec::new();
             if let Some(handed) = handed {
                 at_least = at_least.max(handed.next_seq);
                 frames.extend(handed.frames.into_iter().map(|f| (f.s, f.f)));
+                handed_posts = handed.posts;
+                read_after = last_seq;
             }
-            let next = fence(host, connection_id, last_seq, at_least, &mut frames, fenced)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "session frames not read");
-                    "lost"
-                })?;
+            let next = fence(
+                host,
+                connection_id,
+                read_after,
+                at_least,
+                &mut frames,
+                fenced,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "session frames not read");
+                "lost"
+            })?;
             if last_seq >= next {
                 return Err("sequence");
             }
+            let read = frames.iter().map(|(seq, frame)| (*seq, frame.as_str()));
+            let post_keys = taken_post_keys(host, &handed_posts, read);
             let frames = frames
                 .into_iter()
                 .map(|(seq, frame)| StoredFrame { seq, frame })
                 .collect();
-            complete(limit, last_seq, frames, next)
+            Ok(Fetched {
+                replay: complete(limit, last_seq, frames, next)?,
+                post_keys,
+                fence: if fenced { next } else { 0 },
+            })
         }
     }
 }
@@ -796,24 +890,38 @@ pub(crate) async fn end(host: &Arc<Host>, handle: &Arc<ConnectionHandle>, code: 
 /// `after`; `None` when it does not hold the session.
 pub(crate) fn hand_over(host: &Host, connection_id: &str, after: u64) -> Option<HandOver> {
     let handle = host.registry.get(connection_id)?;
-    let (frames, next_seq, overflowed) = handle.hand_over(after)?;
+    let handed = handle.hand_over(after)?;
     host.registry.remove_if_same(connection_id, &handle);
     tracing::info!(connection_id, "session handed over to another host");
     Some(HandOver {
-        next_seq,
-        overflowed,
-        frames: frames
+        next_seq: handed.next_seq,
+        overflowed: handed.overflowed,
+        fenced: handed.fenced,
+        frames: handed
+            .frames
             .into_iter()
             .map(|f| HandedFrame {
                 s: f.seq,
                 f: f.frame,
             })
             .collect(),
+        posts: handed
+            .post_keys
+            .into_iter()
+            .map(|(k, p)| HandedPost {
+                k,
+                h: hex::encode(p.digest),
+                s: p.seq,
+                a: p.at_ms,
+            })
+            .collect(),
     })
 }
 
 /// Delivers a post to a session this host holds, waiting while it is being installed, and with
-/// `durability = "store"` writing the frame to the store before answering.
+/// `durability = "store"` writing the frame to the store before answering. A post whose
+/// `post_id` the session remembers for the same body is answered as its first attempt was
+/// (once that attempt's frame is kept), and not kept again.
 pub(crate) async fn post(
     host: &Host,
     handle: &ConnectionHandle,
@@ -823,7 +931,9 @@ pub(crate) async fn post(
     let deadline = tokio::time::Instant::now() + INSTALL_WAIT;
     let frame = loop {
         match handle.post_session(data, post_id) {
-            Err(PostError::AlreadyKept) => return Ok(()),
+            Err(PostError::AlreadyKept(seq)) => {
+                return kept_before(host, handle, seq, post_id).await;
+            }
             Err(PostError::NotReady) => {
                 if tokio::time::timeout_at(deadline, handle.installed())
                     .await
@@ -835,15 +945,51 @@ pub(crate) async fn post(
             other => break other?,
         }
     };
-    match keep(host, handle, frame.0).await {
+    // A call given up on during the write (its caller went away) must not leave the frame held
+    // back from the client, with every frame behind it: it is released, and written with the
+    // session's next frame, as one answered during a store outage.
+    let held = Held(handle, frame.0);
+    let kept = keep(host, handle, frame.0).await;
+    std::mem::forget(held);
+    match kept {
         // Not kept by the store: refused (503) if it can still be taken back; a frame already on
         // its way to the client (or with others numbered after it) stays, answered 200, kept in
         // this host's memory and written before the next frame.
         Err(PostError::Unavailable) if handle.retract(frame.0) => Err(PostError::Unavailable),
-        Err(PostError::Unavailable) => Ok(()),
+        Err(PostError::Unavailable) => {
+            handle.release_unstored(frame.0);
+            Ok(())
+        }
         // Another host took the session over without a handover, and fenced this one out: the
         // frame is not delivered from here; the post goes to the new owner.
         other => other,
+    }
+}
+
+/// Releases a post's frame held back from the client (see [`ConnectionHandle::release_unstored`])
+/// when dropped.
+struct Held<'a>(&'a ConnectionHandle, u64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.release_unstored(self.1);
+    }
+}
+
+/// The answer to a post sent again whose frame `seq` the session already has: 200 once that
+/// frame is in the store (its first attempt may still be writing it), and the first attempt's
+/// answer if that attempt was refused meanwhile (its frame taken back, its key forgotten).
+async fn kept_before(
+    host: &Host,
+    handle: &ConnectionHandle,
+    seq: u64,
+    post_id: Option<&str>,
+) -> Result<(), PostError> {
+    keep(host, handle, seq).await?;
+    let still = post_id.and_then(|id| handle.session(|s| s.post_keys.get(id, ids::now_ms())));
+    match still.flatten() {
+        Some(kept) if kept.seq == seq => Ok(()),
+        _ => Err(PostError::Unavailable),
     }
 }
 

@@ -3,7 +3,8 @@
 //! resume (PROTOCOL.md section 5). Plain data, no I/O: the connection's handle holds it under its
 //! lock.
 
-use std::collections::VecDeque;
+use sha2::Digest as _;
+use std::collections::{HashMap, VecDeque};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A numbered frame as kept for replay, and as handed from one host to another (and, with
@@ -115,6 +116,14 @@ impl Replay {
         Some(frame.clone())
     }
 
+    /// Like [`next_unsent`](Self::next_unsent), but only a frame numbered below `limit`.
+    pub fn next_unsent_below(&mut self, limit: u64) -> Option<Utf8Bytes> {
+        if self.sent + 1 >= limit {
+            return None;
+        }
+        self.next_unsent()
+    }
+
     /// Drops every frame up to `seq`; `false` (and nothing dropped) when `seq` was never sent.
     pub fn ack(&mut self, seq: u64) -> bool {
         if seq > self.sent {
@@ -174,6 +183,96 @@ impl Replay {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// How many post keys a session remembers at most (the oldest are forgotten first).
+pub const POST_KEYS: usize = 1024;
+
+/// What a session remembers of a post that carried a key (PostToConnection's `Idempotency-Key`,
+/// or the ID a host gives a post it forwards): a post sent again with the same key is not kept
+/// twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostKey {
+    /// [`digest`] of the post's body, to tell a retry from a key reused for another body.
+    pub digest: [u8; 16],
+    /// The number of the frame that carried it.
+    pub seq: u64,
+    /// Epoch milliseconds when it was kept (or learnt from another host, which counts as kept).
+    pub at_ms: i64,
+}
+
+/// The post keys a session remembers, each for `window_ms` after it was kept and at most the
+/// newest [`POST_KEYS`], whether or not the client has acknowledged the frame since.
+#[derive(Debug, Clone)]
+pub struct PostKeys {
+    keys: HashMap<String, PostKey>,
+    /// Keys in the order they were kept, oldest first (a forgotten key may linger here).
+    order: VecDeque<String>,
+    window_ms: i64,
+}
+
+impl PostKeys {
+    /// No keys, each to be remembered for `window_ms`.
+    pub fn new(window_ms: i64) -> Self {
+        Self {
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            window_ms,
+        }
+    }
+
+    /// What is remembered of `key` at `now_ms`, if it is still remembered.
+    pub fn get(&self, key: &str, now_ms: i64) -> Option<PostKey> {
+        self.keys
+            .get(key)
+            .filter(|k| now_ms - k.at_ms <= self.window_ms)
+            .copied()
+    }
+
+    /// Remembers `key`, forgetting those past the window or the bound.
+    pub fn insert(&mut self, key: String, post: PostKey, now_ms: i64) {
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .keys
+                .get(oldest)
+                .is_none_or(|k| now_ms - k.at_ms > self.window_ms);
+            if !expired && self.keys.len() < POST_KEYS {
+                break;
+            }
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+        if self.keys.insert(key.clone(), post).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Forgets the key of frame `seq` (the last one kept: its post was refused after all).
+    pub fn forget_seq(&mut self, seq: u64) {
+        if let Some(last) = self.order.back()
+            && self.keys.get(last).is_some_and(|k| k.seq == seq)
+        {
+            self.keys.remove(last);
+            self.order.pop_back();
+        }
+    }
+
+    /// Every remembered key, oldest first, for a host taking the session over.
+    pub fn all(&self) -> Vec<(String, PostKey)> {
+        self.order
+            .iter()
+            .filter_map(|k| self.keys.get(k).map(|p| (k.clone(), *p)))
+            .collect()
+    }
+}
+
+/// The digest a [`PostKey`] keeps of a post's body: the first 128 bits of its SHA-256.
+pub fn digest(data: &[u8]) -> [u8; 16] {
+    let full = sha2::Sha256::digest(data);
+    let mut out = [0; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 #[cfg(test)]
@@ -245,5 +344,31 @@ mod tests {
         assert_eq!(r.next_seq(), 6);
         r.push(30, frame).unwrap();
         assert_eq!(drain(&mut r), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn post_keys_are_remembered_for_their_window_and_up_to_the_bound() {
+        let post = |seq, at_ms| PostKey {
+            digest: digest(b"x"),
+            seq,
+            at_ms,
+        };
+        let mut keys = PostKeys::new(1000);
+        keys.insert("a".into(), post(1, 0), 0);
+        assert_eq!(keys.get("a", 1000), Some(post(1, 0)));
+        assert_eq!(keys.get("a", 1001), None, "past the window");
+        keys.insert("b".into(), post(2, 1500), 1500);
+        assert_eq!(keys.all().len(), 1, "the expired key is forgotten");
+        keys.forget_seq(1);
+        assert!(keys.get("b", 1500).is_some(), "only the last kept one");
+        keys.forget_seq(2);
+        assert_eq!(keys.get("b", 1500), None);
+        for n in 0..=POST_KEYS as u64 {
+            keys.insert(format!("k{n}"), post(n + 3, 2000), 2000);
+        }
+        assert_eq!(keys.all().len(), POST_KEYS);
+        assert_eq!(keys.get("k0", 2000), None, "the oldest goes first");
+        assert!(keys.get(&format!("k{POST_KEYS}"), 2000).is_some());
+        assert_ne!(digest(b"x"), digest(b"y"));
     }
 }

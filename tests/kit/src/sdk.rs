@@ -17,6 +17,36 @@ pub fn mgmt_client(addr: SocketAddr) -> mgmt::Client {
     mgmt::Client::from_conf(config)
 }
 
+/// PostToConnection with an `Idempotency-Key` (the extension's header, added before the request
+/// is signed, as an application would with `customize().mutate_request`); `Err` carries the
+/// status and body of a refusal, status 0 when there was no answer.
+pub async fn post_with_key(
+    client: &mgmt::Client,
+    id: &str,
+    data: &str,
+    key: &str,
+) -> Result<(), (u16, String)> {
+    let key = key.to_string();
+    client
+        .post_to_connection()
+        .connection_id(id)
+        .data(mgmt::primitives::Blob::new(data))
+        .customize()
+        .mutate_request(move |request| {
+            request.headers_mut().insert("Idempotency-Key", key.clone());
+        })
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| match e.raw_response() {
+            Some(r) => (
+                r.status().as_u16(),
+                String::from_utf8_lossy(r.body().bytes().unwrap_or_default()).into_owned(),
+            ),
+            None => (0, e.to_string()),
+        })
+}
+
 /// Percent-encodes a connection ID for a URL path (`=` → `%3D`).
 pub fn encode_id(id: &str) -> String {
     id.replace('=', "%3D")
