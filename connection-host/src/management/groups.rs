@@ -87,7 +87,11 @@ pub(super) async fn join(
 }
 
 /// `DELETE /{stage}/@connections/{id}/groups/{group}`.
-pub(super) async fn leave(host: &Arc<Host>, id: &str, group: &str) -> Result<Response, ManagementError> {
+pub(super) async fn leave(
+    host: &Arc<Host>,
+    id: &str,
+    group: &str,
+) -> Result<Response, ManagementError> {
     check_id(id)?;
     let ended = host
         .store
