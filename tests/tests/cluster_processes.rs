@@ -290,10 +290,24 @@ impl Table {
         )
     }
 
+    /// Whether `id` is a member of `group`, read through the `byConnection` index: the
+    /// membership's partition is one of the group's shards (`{group}#{k}`, STORE.md), whichever
+    /// the host picked.
     async fn member(&self, group: &str, id: &str) -> bool {
-        self.get(&self.groups, &[("group", group), ("connectionId", id)])
+        let shard_prefix = format!("{group}#");
+        self.client
+            .query()
+            .table_name(&self.groups)
+            .index_name("byConnection")
+            .key_condition_expression("connectionId = :id AND begins_with(#g, :g)")
+            .expression_attribute_names("#g", "group")
+            .expression_attribute_values(":id", ddb::types::AttributeValue::S(id.to_string()))
+            .expression_attribute_values(":g", ddb::types::AttributeValue::S(shard_prefix))
+            .send()
             .await
-            .is_some()
+            .unwrap_or_else(|e| panic!("Query byConnection on {}: {e:?}", self.groups))
+            .count()
+            > 0
     }
 
     async fn delete(&self) {

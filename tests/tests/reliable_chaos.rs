@@ -29,11 +29,12 @@
 //! - `CHAOS_PLAIN=0` skips the plain run; `CHAOS_KILL=0` keeps host-c alive; `CHAOS_FAULTS`
 //!   (`reset=1,blackhole=1` by default, or `none`) picks the proxy's faults.
 //!
-//! Not run by `tests/run.sh` (`#[ignore]`): it takes minutes against moto, and on a loaded machine
-//! moto falls behind, the hosts' store calls time out and the run reaches its bound
-//! (connection-host/SESSIONS.md, "Known gaps"). Run it by hand against moto started one request at
-//! a time (tests/moto_dynamodb.py: moto's own server lets two conditional writes on one item both
-//! succeed, which DynamoDB never does):
+//! `#[ignore]`d, so the test step (every test binary against one shared moto) leaves it out: it takes
+//! a minute or more, and on a loaded machine moto falls behind, the hosts' store calls time out and the
+//! run reaches its bound (connection-host/SESSIONS.md, "Known gaps"). `tests/run.sh`'s `chaos` step runs
+//! it at its default scale against a moto of its own, started one request at a time
+//! (tests/moto_dynamodb.py: moto's own server lets two conditional writes on one item both succeed,
+//! which DynamoDB never does). By hand:
 //! `DYNAMODB_TEST_ENDPOINT=http://127.0.0.1:PORT cargo test -p e2e-tests --test reliable_chaos -- --ignored`.
 //!
 //! The figures are written to stderr past the test harness's capture, so they show without
@@ -1116,9 +1117,8 @@ async fn run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "minutes against moto, and needs moto to keep up: on a loaded machine its calls time out \
-            and the run reaches its bound (connection-host/SESSIONS.md, Known gaps); run it with \
-            --ignored"]
+#[ignore = "a minute or more against moto, which it needs to itself: tests/run.sh's chaos step runs \
+            it on its own moto (connection-host/SESSIONS.md, Known gaps)"]
 async fn reliable_clients_lose_nothing_under_chaos_and_a_host_kill() {
     let test = "reliable_clients_lose_nothing_under_chaos_and_a_host_kill";
     if dynamodb_test_endpoint(test).is_none() {
