@@ -45,6 +45,9 @@ impl ConnectionStore for RegistrationFails {
     ) -> Result<MembersPage, StoreError> {
         Err(unreachable_store())
     }
+    async fn groups_of(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Err(unreachable_store())
+    }
     async fn get_connections(&self, _: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
         Err(unreachable_store())
     }

@@ -157,7 +157,11 @@ async fn suite_delete_removes_memberships(store: &dyn ConnectionStore) {
     store.add_to_group("g1", "m-a").await.unwrap();
     store.add_to_group("g2", "m-a").await.unwrap();
     store.add_to_group("g1", "m-b").await.unwrap();
+    let mut groups = store.groups_of("m-a").await.unwrap();
+    groups.sort();
+    assert_eq!(groups, ["g1", "g2"], "a session taken in loads these");
     store.delete_connection("m-a").await.unwrap();
+    assert!(store.groups_of("m-a").await.unwrap().is_empty());
     let (g1, _) = all_members(store, "g1", 10).await;
     assert_eq!(g1, vec!["m-b".to_string()]);
     let g2 = store.group_members("g2", None, 10).await.unwrap();

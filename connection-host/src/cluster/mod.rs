@@ -79,15 +79,19 @@ pub struct Owner {
     pub endpoint: String,
 }
 
-/// One host-to-host delivery call's request body (`POST /{stage}/@internal/deliver`).
-#[derive(Debug, serde::Serialize)]
-pub struct DeliveryBatch<'a> {
-    /// The owner's connections to deliver to.
-    #[serde(rename = "connectionIds")]
-    pub connection_ids: &'a [String],
+/// One host-to-host delivery call's request body (`POST /{stage}/@internal/deliver`): a
+/// broadcast for the receiving host's own members of `group`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryBatch {
+    /// The group whose members held by the receiving host get the message.
+    pub group: String,
     /// The message, base64.
-    pub data: &'a str,
+    pub data: String,
+    /// A connection left out (the sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<String>,
     /// Drop the message for a connection whose queue is full instead of closing it.
+    #[serde(default)]
     pub volatile: bool,
 }
 
@@ -99,7 +103,9 @@ pub struct Delivered {
     pub delivered: usize,
     /// Not queued: a volatile broadcast found the member's queue full.
     pub dropped: usize,
-    /// Not queued: the connection no longer exists, or its host is dead or unreachable.
+    /// Not queued: the member's connection was closing (or, without `volatile`, was closed for
+    /// its full queue). Members on a dead or unreachable host are in no count: a broadcast reads
+    /// no membership, so it does not know them.
     pub gone: usize,
 }
 
@@ -284,16 +290,6 @@ impl Cluster {
         }
     }
 
-    /// Remembers owners read in bulk (a broadcast's members).
-    pub fn remember(&self, connection_id: &str, owner: &Owner) {
-        self.owners.insert(connection_id.to_string(), owner.clone());
-    }
-
-    /// The cached owner of a connection, if any.
-    pub fn cached_owner(&self, connection_id: &str) -> Option<Owner> {
-        self.owners.get(connection_id)
-    }
-
     /// Forgets a connection's owner (it answered 410).
     pub fn forget(&self, connection_id: &str) {
         self.owners.remove(connection_id);
@@ -329,6 +325,23 @@ impl Cluster {
             });
         }
         Ok(live)
+    }
+
+    /// The other hosts of `hosts` (a fresh listing, which also refreshes the liveness view) whose
+    /// heartbeat is within `host_timeout` and that no reaper has claimed: those a broadcast calls.
+    pub fn live_peers(&self, hosts: &[HostRecord]) -> Vec<HostRecord> {
+        self.refresh_view(hosts);
+        let now = crate::ids::now_ms();
+        hosts
+            .iter()
+            .filter(|h| {
+                h.host_id != self.identity.host_id
+                    && !h.endpoint.is_empty()
+                    && !h.reaping
+                    && now - h.heartbeat_at <= self.host_timeout_ms
+            })
+            .cloned()
+            .collect()
     }
 
     /// `cluster.host_timeout`: how long after its last heartbeat a host is judged dead.
@@ -412,15 +425,14 @@ impl Cluster {
         })
     }
 
-    /// Asks `owner` to deliver `data` to its connections `ids` (one call per host per page of a
-    /// broadcast), dropping it for those whose queue is full when `volatile`. `None` when the call
-    /// fails or takes longer than `timeout`: the owner is unreachable. Not retried: a retry after
-    /// a timeout could deliver twice.
+    /// Asks `owner` to deliver a broadcast to its members of the batch's group (one call per
+    /// host per broadcast). `None` when the call fails or takes longer than `timeout`: the owner
+    /// is unreachable. Not retried: a retry after a timeout could deliver twice.
     pub async fn deliver(
         &self,
-        owner: &Owner,
+        owner: &HostRecord,
         stage: &str,
-        batch: &DeliveryBatch<'_>,
+        batch: &DeliveryBatch,
         timeout: Duration,
     ) -> Option<Delivered> {
         let url = format!("{}/{stage}/@internal/deliver", owner.endpoint);

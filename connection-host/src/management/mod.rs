@@ -361,7 +361,7 @@ async fn serve_call(
             group,
         } if groups => match method {
             Method::PUT => groups::join(host, &call, id, group).await,
-            Method::DELETE => groups::leave(host, id, group).await,
+            Method::DELETE => groups::leave(host, &call, id, group).await,
             _ => Err(ManagementError::Forbidden),
         },
         Resource::Group(group) if groups => match method {

@@ -154,6 +154,15 @@ impl ConnectionStore for MemoryStore {
         Ok(())
     }
 
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .memberships
+            .get(connection_id)
+            .map(|groups| groups.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
     async fn group_members(
         &self,
         group: &str,
@@ -466,8 +475,11 @@ mod tests {
         ));
         s.add_to_group("g", "a").await.unwrap();
         s.add_to_group("g", "b").await.unwrap();
+        s.add_to_group("h", "a").await.unwrap();
+        assert_eq!(s.groups_of("a").await.unwrap(), ["g", "h"]);
         s.delete_connection("a").await.unwrap();
         assert_eq!(s.get_connection("a").await.unwrap(), None);
+        assert!(s.groups_of("a").await.unwrap().is_empty());
         let page = s.group_members("g", None, 10).await.unwrap();
         assert_eq!(page.connection_ids, vec!["b".to_string()]);
     }

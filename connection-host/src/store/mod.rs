@@ -144,6 +144,9 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
     async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError>;
     /// Removes a connection from a group (idempotent).
     async fn remove_from_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError>;
+    /// The groups a connection is in (read from an eventually consistent index on DynamoDB): a
+    /// host taking a reliable session in loads them into its own index.
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError>;
     /// Lists a group's members, `limit` at a time, starting after `next_token`.
     async fn group_members(
         &self,

@@ -199,6 +199,11 @@ impl ConnectionStore for DynamoDbStore {
             .map_err(|e| unavailable("DeleteItem", e))?;
         // The index is eventually consistent: a membership written a moment ago may not be listed
         // yet. Its ttl removes it eventually, and broadcasts skip connections that are gone.
+        let groups = self.groups_of(connection_id).await?;
+        self.delete_memberships(connection_id, groups).await
+    }
+
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
         let mut groups = Vec::new();
         let mut start = None;
         loop {
@@ -216,10 +221,9 @@ impl ConnectionStore for DynamoDbStore {
             groups.extend(out.items().iter().filter_map(|i| get_s(i, "group")));
             start = out.last_evaluated_key;
             if start.is_none() {
-                break;
+                return Ok(groups);
             }
         }
-        self.delete_memberships(connection_id, groups).await
     }
 
     async fn add_to_group(&self, group: &str, connection_id: &str) -> Result<(), StoreError> {
