@@ -345,6 +345,11 @@ impl ConnectionHandle {
         handle
     }
 
+    /// The groups this connection is in, as this host's index has it.
+    pub fn groups(&self) -> Vec<String> {
+        lock(&self.groups).iter().cloned().collect()
+    }
+
     /// Whether this is a reliable session's connection.
     pub fn is_session(&self) -> bool {
         self.lock().session.is_some()

@@ -1077,6 +1077,12 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
     let mut b = ClusterHost::start(&tables, "b", FAST_LIVENESS);
     let mut client = Watched::start(&b).await;
     let store = &tables.store;
+    let member = a.url(&format!(
+        "/dev/@connections/{}/groups/room",
+        encode_id(&client.id)
+    ));
+    let joined = reqwest::Client::new().put(&member).send().await.unwrap();
+    assert_eq!(joined.status(), 204);
     // Reap b as a peer would: claim it, delete its records, remove its liveness record.
     eventually("b claimed", Duration::from_secs(5), || async {
         let record = store.get_host("b").await.unwrap().expect("b registered");
@@ -1087,15 +1093,17 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
     store.delete_connection(&client.id).await.unwrap();
     store.remove_host("b", &incarnation).await.unwrap();
 
-    // b notices at its next heartbeat, registers again and rewrites the record.
+    // b notices at its next heartbeat, registers again and rewrites the record and membership.
     eventually(
         "b back with its record",
         Duration::from_secs(10),
         || async {
             let host = store.get_host("b").await.unwrap();
             let record = store.get_connection(&client.id).await.unwrap();
+            let groups = store.groups_of(&client.id).await.unwrap();
             host.is_some_and(|h| !h.reaping && h.incarnation == incarnation)
                 && record.is_some_and(|r| r.owner_host == "b" && r.owner_incarnation == incarnation)
+                && groups == ["room"]
         },
     )
     .await;
