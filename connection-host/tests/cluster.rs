@@ -780,6 +780,18 @@ async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_l
         })
         .await
         .unwrap();
+    // Both say hello to A, as a starting host does, so A knows them before its next heartbeat.
+    for (id, heartbeat_at) in [("hung", now_ms()), ("lapsed", now_ms() - 3_600_000)] {
+        let body = serde_json::json!({
+            "hostId": id, "incarnation": format!("{id}-1"), "endpoint": endpoint,
+            "heartbeatAt": heartbeat_at,
+        })
+        .to_string();
+        let path = "/dev/@internal/hello";
+        let headers = signed_headers(SECRET, "POST", path, now_ms(), id, body.as_bytes());
+        let r = send_with(&http, &a.url(path), &headers, body).await;
+        assert_eq!(r.status(), 204, "hello from {id}");
+    }
     c.kill();
     drop(doomed);
 

@@ -126,6 +126,22 @@ pub async fn run(host: Arc<Host>) {
         return;
     };
     let identity = cluster.identity();
+    // The hosts already running learn of this one now, not at their next heartbeat: their
+    // broadcasts call only the hosts they know. Apart, so a peer slow to answer delays no
+    // heartbeat.
+    let hello = host.clone();
+    host.tasks.spawn(async move {
+        let Some(cluster) = hello.cluster.as_ref() else {
+            return;
+        };
+        match hello.store.hosts().await {
+            Ok(hosts) => {
+                let stage = hello.config.api.stage.as_str();
+                cluster.announce(stage, &me(&hello), &hosts).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list the cluster's hosts to say hello"),
+        }
+    });
     // A previous run with the same host_id died without removing its records; they must not
     // look alive (calls for them already answer 410, as their incarnation is not the live one).
     match remove_records(

@@ -327,21 +327,55 @@ impl Cluster {
         Ok(live)
     }
 
-    /// The other hosts of `hosts` (a fresh listing, which also refreshes the liveness view) whose
-    /// heartbeat is within `host_timeout` and that no reaper has claimed: those a broadcast calls.
-    pub fn live_peers(&self, hosts: &[HostRecord]) -> Vec<HostRecord> {
-        self.refresh_view(hosts);
+    /// The other hosts of the liveness view (refreshed every heartbeat, and by a starting host's
+    /// hello) whose heartbeat is within `host_timeout` and that no reaper has claimed: those a
+    /// broadcast calls.
+    pub fn live_peers(&self) -> Vec<HostRecord> {
         let now = crate::ids::now_ms();
-        hosts
-            .iter()
-            .filter(|h| {
-                h.host_id != self.identity.host_id
-                    && !h.endpoint.is_empty()
-                    && !h.reaping
-                    && now - h.heartbeat_at <= self.host_timeout_ms
-            })
-            .cloned()
-            .collect()
+        self.view(|hosts| {
+            hosts
+                .values()
+                .filter(|h| {
+                    h.host_id != self.identity.host_id
+                        && !h.endpoint.is_empty()
+                        && !h.reaping
+                        && now - h.heartbeat_at <= self.host_timeout_ms
+                })
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Adds a host that said hello to the liveness view (replacing what it had of that host).
+    pub fn note_host(&self, record: HostRecord) {
+        self.write_view(|hosts| {
+            hosts.insert(record.host_id.clone(), record);
+        });
+    }
+
+    /// Tells the live hosts of `hosts` (this host's first listing) that this host, as `me`,
+    /// has started, so that their broadcasts call it from now on rather than after their next
+    /// heartbeat. Best effort: a host not reached learns of it at its next heartbeat.
+    pub async fn announce(&self, stage: &str, me: &HostRecord, hosts: &[HostRecord]) {
+        self.refresh_view(hosts);
+        let body = Bytes::from(serde_json::to_vec(&Hello::from(me)).expect("strings serialize"));
+        let calls = self.live_peers().into_iter().map(|peer| {
+            let url = format!("{}/{stage}/@internal/hello", peer.endpoint);
+            let build = self
+                .http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/json");
+            let call = self.send_signed(build, body.clone());
+            async move {
+                match tokio::time::timeout(HELLO_TIMEOUT, call).await {
+                    Ok(Ok(r)) if r.status().is_success() => {}
+                    other => {
+                        tracing::info!(peer = %peer.host_id, answer = ?other.map(|r| r.map(|r| r.status())), "hello not answered; the peer lists this host at its next heartbeat")
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await;
     }
 
     /// `cluster.host_timeout`: how long after its last heartbeat a host is judged dead.
@@ -500,6 +534,47 @@ impl Cluster {
                 tracing::info!(owner = %owner.host_id, error = %e, "session owner unreachable");
                 None
             }
+        }
+    }
+}
+
+/// How long a starting host waits for each peer to answer its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A starting host's liveness record, as its hello (`POST /{stage}/@internal/hello`) carries it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    /// `cluster.host_id`.
+    #[serde(rename = "hostId")]
+    pub host_id: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// Its management base URL.
+    pub endpoint: String,
+    /// Epoch milliseconds of its registration.
+    #[serde(rename = "heartbeatAt")]
+    pub heartbeat_at: i64,
+}
+
+impl From<&HostRecord> for Hello {
+    fn from(h: &HostRecord) -> Self {
+        Self {
+            host_id: h.host_id.clone(),
+            incarnation: h.incarnation.clone(),
+            endpoint: h.endpoint.clone(),
+            heartbeat_at: h.heartbeat_at,
+        }
+    }
+}
+
+impl From<Hello> for HostRecord {
+    fn from(h: Hello) -> Self {
+        Self {
+            host_id: h.host_id,
+            incarnation: h.incarnation,
+            endpoint: h.endpoint,
+            heartbeat_at: h.heartbeat_at,
+            reaping: false,
         }
     }
 }

@@ -124,12 +124,6 @@ pub(super) async fn broadcast(
     }
     let mut calls = tokio::task::JoinSet::new();
     if let Some(cluster) = &host.cluster {
-        // Listed afresh (one small read), so a host that started a moment ago is called too.
-        let hosts = host
-            .store
-            .hosts()
-            .await
-            .map_err(|e| ManagementError::Unavailable(e.to_string()))?;
         let batch = Arc::new(DeliveryBatch {
             group: group.to_string(),
             data: base64::engine::general_purpose::STANDARD.encode(&data),
@@ -138,7 +132,7 @@ pub(super) async fn broadcast(
         });
         let settings = &host.config.extensions.groups;
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.remote_concurrency));
-        for peer in cluster.live_peers(&hosts) {
+        for peer in cluster.live_peers() {
             let (host, batch, permits) = (host.clone(), batch.clone(), permits.clone());
             calls.spawn(async move {
                 let _permit = permits.acquire_owned().await;
