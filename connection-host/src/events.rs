@@ -36,6 +36,15 @@ pub struct ConnectionContext {
 }
 
 impl ConnectionContext {
+    /// The authorizer's `principalId`; empty without an authorizer.
+    pub fn principal_id(&self) -> &str {
+        self.authorizer
+            .as_ref()
+            .and_then(|a| a.get("principalId"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    }
+
     /// The `X-Amzn-Trace-Id` of a new event of this connection: the client's, or a new one.
     pub fn event_trace_id(&self) -> String {
         match &self.trace {

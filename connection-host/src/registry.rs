@@ -8,7 +8,7 @@ use crate::sessions::replay::{self, PostKey, PostKeys, Replay, ResumeError};
 use crate::store::StoredFrame;
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -241,6 +241,9 @@ pub struct ConnectionHandle {
     queue: Mutex<Queue>,
     notify: Notify,
     last_active_ms: AtomicI64,
+    /// The groups this connection is in, as this host's index has it (see [`Registry::join`]),
+    /// so that its entries go with it.
+    groups: Mutex<HashSet<String>>,
 }
 
 impl ConnectionHandle {
@@ -252,6 +255,7 @@ impl ConnectionHandle {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             last_active_ms: AtomicI64::new(connected_at),
+            groups: Mutex::new(HashSet::new()),
         }
     }
 
@@ -379,6 +383,11 @@ impl ConnectionHandle {
         let handle = Self::new(context);
         handle.lock().session = Some(Box::new(session));
         handle
+    }
+
+    /// The groups this connection is in, as this host's index has it.
+    pub fn groups(&self) -> Vec<String> {
+        lock(&self.groups).iter().cloned().collect()
     }
 
     /// Whether this is a reliable session's connection.
@@ -741,10 +750,17 @@ impl ConnectionHandle {
     }
 }
 
-/// Connections held by this host, by connection ID.
+/// Connections held by this host, by connection ID, and their group memberships.
+///
+/// The memberships are an index of what the store holds for this host's connections: a join or
+/// leave is served by the connection's owner, which writes both; a connection that leaves the
+/// registry leaves the index with it; a session taken in from another host loads its memberships
+/// from the store. A broadcast reads only this index.
 #[derive(Debug, Default)]
 pub struct Registry {
     map: DashMap<String, Arc<ConnectionHandle>>,
+    /// Per group, its members held here.
+    groups: DashMap<String, HashMap<String, Arc<ConnectionHandle>>>,
 }
 
 impl Registry {
@@ -778,9 +794,67 @@ impl Registry {
     /// Removes `handle` from the registry if it is still the one registered under
     /// `connection_id` (a session that moved here again has a new handle); true if removed.
     pub fn remove_if_same(&self, connection_id: &str, handle: &ConnectionHandle) -> bool {
-        self.map
+        let removed = self
+            .map
             .remove_if(connection_id, |_, h| std::ptr::eq(h.as_ref(), handle))
-            .is_some()
+            .is_some();
+        if removed {
+            let groups = std::mem::take(&mut *lock(&handle.groups));
+            for group in groups {
+                self.remove_member(&group, handle);
+            }
+        }
+        removed
+    }
+
+    /// Adds `handle`'s connection to `group` in the index; false, and nothing kept, when the
+    /// connection is no longer registered with this handle (it ended meanwhile).
+    pub fn join(&self, group: &str, handle: &Arc<ConnectionHandle>) -> bool {
+        lock(&handle.groups).insert(group.to_string());
+        self.groups
+            .entry(group.to_string())
+            .or_default()
+            .insert(handle.context.connection_id.clone(), handle.clone());
+        // Checked after both inserts: a removal that took the connection's groups before the
+        // first one is seen here, and one after it takes this group too.
+        let registered = self
+            .map
+            .get(&handle.context.connection_id)
+            .is_some_and(|h| Arc::ptr_eq(h.value(), handle));
+        if !registered {
+            self.leave(group, handle);
+        }
+        registered
+    }
+
+    /// Takes `handle`'s connection out of `group` in the index.
+    pub fn leave(&self, group: &str, handle: &ConnectionHandle) {
+        lock(&handle.groups).remove(group);
+        self.remove_member(group, handle);
+    }
+
+    fn remove_member(&self, group: &str, handle: &ConnectionHandle) {
+        if let dashmap::Entry::Occupied(mut members) = self.groups.entry(group.to_string()) {
+            let id = &handle.context.connection_id;
+            if members
+                .get()
+                .get(id)
+                .is_some_and(|h| std::ptr::eq(h.as_ref(), handle))
+            {
+                members.get_mut().remove(id);
+            }
+            if members.get().is_empty() {
+                members.remove();
+            }
+        }
+    }
+
+    /// The members of `group` held here (none for an unknown group).
+    pub fn members(&self, group: &str) -> Vec<Arc<ConnectionHandle>> {
+        self.groups
+            .get(group)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Number of open connections.
@@ -792,6 +866,10 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<ConnectionHandle>> {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -827,6 +905,39 @@ mod tests {
         );
         assert!(matches!(h.pop(), Some(Outbound::Text(_))));
         assert!(matches!(h.pop(), Some(Outbound::Close { code: 1000, .. })));
+    }
+
+    #[test]
+    fn a_connection_leaves_the_group_index_when_it_ends_or_leaves() {
+        let registry = Registry::new();
+        let member = |id: &str| {
+            let mut context = (*testing::connection()).clone();
+            context.connection_id = id.into();
+            Arc::new(ConnectionHandle::new(Arc::new(context)))
+        };
+        let (a, b) = (member("a"), member("b"));
+        registry.insert(a.clone());
+        registry.insert(b.clone());
+        assert!(registry.join("room", &a) && registry.join("room", &b));
+        assert!(registry.join("other", &a));
+        let ids = |group: &str| {
+            let mut ids: Vec<String> = registry
+                .members(group)
+                .iter()
+                .map(|h| h.context.connection_id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids("room"), ["a", "b"]);
+        registry.leave("room", &b);
+        assert_eq!(ids("room"), ["a"]);
+        assert!(registry.remove_if_same("a", &a));
+        assert!(ids("room").is_empty() && ids("other").is_empty());
+        assert!(registry.groups.is_empty(), "empty groups are dropped");
+        // A connection that ended before its join reached the index is not kept.
+        assert!(!registry.join("room", &a));
+        assert!(ids("room").is_empty());
     }
 
     #[test]

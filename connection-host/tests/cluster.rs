@@ -94,8 +94,7 @@ impl ClusterHost {
 {routes}
 [extensions.groups]
 enabled = true
-# Small pages and one call at a time, so a broadcast to a few members spans pages and calls.
-broadcast_page_size = 2
+# One call at a time, so a broadcast's calls to several hosts queue.
 remote_concurrency = 1
 remote_timeout = "1s"
 [store]
@@ -657,6 +656,58 @@ async fn a_broadcast_through_any_host_reaches_every_member_once() {
 }
 
 #[tokio::test]
+async fn a_leave_through_another_host_reaches_the_owner_and_its_broadcasts() {
+    let Some(tables) = TestTables::create("a_leave_through_another_host").await else {
+        return;
+    };
+    let a = ClusterHost::start(&tables, "a", "");
+    let b = ClusterHost::start(&tables, "b", "");
+    let (mut ws, id) = client(&a).await;
+    let (mut stays, stays_id) = client(&b).await;
+    let http = reqwest::Client::new();
+    let membership = |via: &ClusterHost, id: &str| {
+        via.url(&format!("/dev/@connections/{}/groups/room", encode_id(id)))
+    };
+    for id in [&id, &stays_id] {
+        let r = http.put(membership(&b, id)).send().await.unwrap();
+        assert_eq!(r.status(), 204, "join {id}");
+    }
+    // Left through B: A, which holds the connection, takes it out of the group it broadcasts from.
+    let r = http.delete(membership(&b, &id)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let members = tables.store.group_members("room", None, 10).await.unwrap();
+    let ids: Vec<_> = members
+        .members
+        .into_iter()
+        .map(|m| m.connection_id)
+        .collect();
+    assert_eq!(ids, vec![stays_id.clone()]);
+    for via in [&a, &b] {
+        let v = broadcast(via, "room", "after the leave").await;
+        assert_eq!(v["delivered"], 1, "{v}");
+    }
+    post(&b, &id, "marker").await.expect("still connected");
+    assert_eq!(
+        next_text(&mut ws).await,
+        "marker",
+        "no broadcast after the leave"
+    );
+    for _ in 0..2 {
+        assert_eq!(next_text(&mut stays).await, "after the leave");
+    }
+    // A connection that no longer exists anywhere leaves as before (idempotent).
+    drop(ws);
+    eventually("the connection ends", Duration::from_secs(10), || async {
+        post(&b, &id, "x").await == Err(Some(410))
+    })
+    .await;
+    let r = http.delete(membership(&b, &id)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    drop((a, b));
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_living() {
     let Some(tables) = TestTables::create("a_broadcast_to_members_on_dead_and_hung_hosts").await
     else {
@@ -687,7 +738,7 @@ async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_l
         assert_eq!(r.status(), 204, "join {id}");
     }
     // A hung host: a fresh heartbeat, and a management listener that accepts calls and never
-    // answers. Its three members sort last, so they span two pages of two.
+    // answers.
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", hung.local_addr().unwrap());
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -728,17 +779,41 @@ async fn a_broadcast_to_members_on_dead_and_hung_hosts_answers_and_reaches_the_l
         };
         store.add_to_group("room", &member).await.unwrap();
     }
+    // A dead host (its heartbeat lapsed long ago) at the same address: never called.
+    store
+        .register_host(&connection_host::store::HostRecord {
+            host_id: "lapsed".into(),
+            incarnation: "lapsed-1".into(),
+            endpoint: endpoint.clone(),
+            heartbeat_at: now_ms() - 3_600_000,
+            reaping: false,
+        })
+        .await
+        .unwrap();
+    // Both say hello to A, as a starting host does, so A knows them before its next heartbeat.
+    for (id, heartbeat_at) in [("hung", now_ms()), ("lapsed", now_ms() - 3_600_000)] {
+        let body = serde_json::json!({
+            "hostId": id, "incarnation": format!("{id}-1"), "endpoint": endpoint,
+            "heartbeatAt": heartbeat_at,
+        })
+        .to_string();
+        let path = "/dev/@internal/hello";
+        let headers = signed_headers(SECRET, "POST", path, now_ms(), id, body.as_bytes());
+        let r = send_with(&http, &a.url(path), &headers, body).await;
+        assert_eq!(r.status(), 204, "hello from {id}");
+    }
     c.kill();
     drop(doomed);
 
     let v = broadcast(&a, "room", "to the living").await;
+    // The members of the killed and the hung host are in no count: the broadcast reads no
+    // membership, and their hosts did not answer.
     assert_eq!(
         ["delivered", "dropped", "gone", "failed"].map(|k| v[k].as_u64()),
-        [Some(4), Some(0), Some(5), Some(5)],
+        [Some(4), Some(0), Some(0), Some(0)],
         "{v}"
     );
-    // The hung host was called once: after its call timed out, its members on later pages were
-    // counted gone without another call.
+    // One call to the hung host (answered by its timeout), none to the lapsed one.
     assert_eq!(accepted.lock().unwrap().len(), 1, "calls to the hung host");
     for (ws, id) in &mut living {
         assert_eq!(next_text(ws).await, "to the living", "member {id}");
@@ -1024,6 +1099,12 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
     let mut b = ClusterHost::start(&tables, "b", FAST_LIVENESS);
     let mut client = Watched::start(&b).await;
     let store = &tables.store;
+    let member = a.url(&format!(
+        "/dev/@connections/{}/groups/room",
+        encode_id(&client.id)
+    ));
+    let joined = reqwest::Client::new().put(&member).send().await.unwrap();
+    assert_eq!(joined.status(), 204);
     // Reap b as a peer would: claim it, delete its records, remove its liveness record.
     eventually("b claimed", Duration::from_secs(5), || async {
         let record = store.get_host("b").await.unwrap().expect("b registered");
@@ -1034,15 +1115,17 @@ async fn a_host_reaped_while_alive_rejoins_and_keeps_its_clients() {
     store.delete_connection(&client.id).await.unwrap();
     store.remove_host("b", &incarnation).await.unwrap();
 
-    // b notices at its next heartbeat, registers again and rewrites the record.
+    // b notices at its next heartbeat, registers again and rewrites the record and membership.
     eventually(
         "b back with its record",
         Duration::from_secs(10),
         || async {
             let host = store.get_host("b").await.unwrap();
             let record = store.get_connection(&client.id).await.unwrap();
+            let groups = store.groups_of(&client.id).await.unwrap();
             host.is_some_and(|h| !h.reaping && h.incarnation == incarnation)
                 && record.is_some_and(|r| r.owner_host == "b" && r.owner_incarnation == incarnation)
+                && groups == ["room"]
         },
     )
     .await;
@@ -1150,6 +1233,9 @@ async fn a_store_durable_session_survives_its_host_being_killed() {
     let c = ClusterHost::start_with_routes(&tables, "c", FAST_LIVENESS, &routes);
     let (mut ws, welcome) = reliable_connect(a.public, None).await;
     let id = welcome["connectionId"].as_str().unwrap().to_string();
+    let member = b.url(&format!("/dev/@connections/{}/groups/room", encode_id(&id)));
+    let joined = reqwest::Client::new().put(&member).send().await.unwrap();
+    assert_eq!(joined.status(), 204);
     post(&b, &id, "before").await.unwrap();
     assert_eq!(next_frame(&mut ws).await["s"], 1);
     // A dies with the frame unacknowledged; posts keep coming through B. Until the cluster judges
@@ -1169,18 +1255,28 @@ async fn a_store_durable_session_survives_its_host_being_killed() {
     for n in 1..3 {
         post(&b, &id, &format!("after-{n}")).await.unwrap();
     }
+    // B took the session in with its membership: a broadcast through C reaches it there.
+    let v = broadcast(&c, "room", "to the room").await;
+    assert_eq!(v["delivered"], 1, "{v}");
     // The client resumes on C: everything after what it had, in order, none lost.
     let (mut ws, resumed) = reliable_connect(c.public, Some(&resume_offer(&welcome, 0))).await;
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["connectionId"], id.as_str());
     let mut frames = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         frames.push(next_frame(&mut ws).await);
     }
     let seqs: Vec<u64> = frames.iter().map(|f| f["s"].as_u64().unwrap()).collect();
     let data: Vec<&str> = frames.iter().map(|f| f["d"].as_str().unwrap()).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4]);
-    assert_eq!(data, vec!["before", "after-0", "after-1", "after-2"]);
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        data,
+        vec!["before", "after-0", "after-1", "after-2", "to the room"]
+    );
+    // And C, which took it over from B, broadcasts to it from its own index.
+    let v = broadcast(&c, "room", "again").await;
+    assert_eq!(v["delivered"], 1, "{v}");
+    assert_eq!(msg(&next_frame(&mut ws).await), (6, "again".into()));
     tables.delete().await;
 }
 

@@ -48,6 +48,9 @@ impl ConnectionStore for RegistrationFails {
     async fn group_count(&self, _: &str) -> Result<u64, StoreError> {
         Err(unreachable_store())
     }
+    async fn groups_of(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Err(unreachable_store())
+    }
     async fn get_connections(&self, _: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
         Err(unreachable_store())
     }

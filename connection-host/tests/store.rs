@@ -175,11 +175,15 @@ async fn suite_delete_removes_memberships(store: &dyn ConnectionStore) {
     store.add_to_group("g1", &member("m-a")).await.unwrap();
     store.add_to_group("g2", &member("m-a")).await.unwrap();
     store.add_to_group("g1", &member("m-b")).await.unwrap();
+    let mut groups = store.groups_of("m-a").await.unwrap();
+    groups.sort();
+    assert_eq!(groups, ["g1", "g2"], "a session taken in loads these");
     // The groups it left, for the leave notices.
     let mut left = store.delete_connection("m-a").await.unwrap();
     left.sort();
     assert_eq!(left, ["g1", "g2"]);
     assert!(store.delete_connection("m-a").await.unwrap().is_empty());
+    assert!(store.groups_of("m-a").await.unwrap().is_empty());
     let (g1, _) = all_members(store, "g1", 10).await;
     assert_eq!(g1, vec!["m-b".to_string()]);
     let g2 = store.group_members("g2", None, 10).await.unwrap();

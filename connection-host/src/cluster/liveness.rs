@@ -17,8 +17,8 @@
 //! also delivers `$disconnect` only on a best-effort basis.
 //!
 //! A host that learns it was reaped while alive (its store was out of reach for it alone, or it
-//! stalled) keeps its clients: it registers again and rewrites the record of every open
-//! connection, and repeats both until a heartbeat succeeds with every record written. A reaper
+//! stalled) keeps its clients: it registers again and rewrites the record and the memberships of
+//! every open connection, and repeats both until a heartbeat succeeds with every record written. A reaper
 //! still at work may delete records again; it ends by removing the liveness record, which fails
 //! the next heartbeat and so triggers another rewrite.
 
@@ -126,6 +126,22 @@ pub async fn run(host: Arc<Host>) {
         return;
     };
     let identity = cluster.identity();
+    // The hosts already running learn of this one now, not at their next heartbeat: their
+    // broadcasts call only the hosts they know. Apart, so a peer slow to answer delays no
+    // heartbeat.
+    let hello = host.clone();
+    host.tasks.spawn(async move {
+        let Some(cluster) = hello.cluster.as_ref() else {
+            return;
+        };
+        match hello.store.hosts().await {
+            Ok(hosts) => {
+                let stage = hello.config.api.stage.as_str();
+                cluster.announce(stage, &me(&hello), &hosts).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list the cluster's hosts to say hello"),
+        }
+    });
     // A previous run with the same host_id died without removing its records; they must not
     // look alive (calls for them already answer 410, as their incarnation is not the live one).
     match remove_records(
@@ -209,8 +225,8 @@ async fn beat(host: &Host) -> Beat {
     }
 }
 
-/// Registers this host again and rewrites the record of every open connection; `true` when all
-/// of it was written.
+/// Registers this host again and rewrites the record and memberships of every open connection;
+/// `true` when all of it was written.
 async fn rejoin(host: &Host) -> bool {
     if let Err(e) = register(host).await {
         tracing::warn!(error = %e, "could not register again; retrying at the next heartbeat");
@@ -227,7 +243,22 @@ async fn rejoin(host: &Host) -> bool {
         let record = host.record(&handle.context, session);
         // Idempotent for this host: a record the reaper has not deleted yet is rewritten as is.
         match host.store.put_connection(record).await {
-            Ok(()) => written += 1,
+            Ok(()) => {
+                written += 1;
+                // The reaper deleted its memberships too; this host's index still has them (not
+                // when each was made: a rewritten membership's joinedAt is now).
+                let member = crate::store::Member {
+                    connection_id: handle.context.connection_id.clone(),
+                    principal: handle.context.principal_id().to_string(),
+                    joined_at: crate::ids::now_ms(),
+                };
+                for group in handle.groups() {
+                    if let Err(e) = host.store.add_to_group(&group, &member).await {
+                        failed += 1;
+                        tracing::debug!(error = %e, "membership not rewritten");
+                    }
+                }
+            }
             Err(StoreError::AlreadyExists(id)) => {
                 tracing::warn!(connection_id = %id, "another host's record holds this connection's ID; not overwritten");
             }

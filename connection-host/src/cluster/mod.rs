@@ -79,15 +79,19 @@ pub struct Owner {
     pub endpoint: String,
 }
 
-/// One host-to-host delivery call's request body (`POST /{stage}/@internal/deliver`).
-#[derive(Debug, serde::Serialize)]
-pub struct DeliveryBatch<'a> {
-    /// The owner's connections to deliver to.
-    #[serde(rename = "connectionIds")]
-    pub connection_ids: &'a [String],
+/// One host-to-host delivery call's request body (`POST /{stage}/@internal/deliver`): a
+/// broadcast for the receiving host's own members of `group`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DeliveryBatch {
+    /// The group whose members held by the receiving host get the message.
+    pub group: String,
     /// The message, base64.
-    pub data: &'a str,
+    pub data: String,
+    /// A connection left out (the sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<String>,
     /// Drop the message for a connection whose queue is full instead of closing it.
+    #[serde(default)]
     pub volatile: bool,
 }
 
@@ -99,7 +103,9 @@ pub struct Delivered {
     pub delivered: usize,
     /// Not queued: a volatile broadcast found the member's queue full.
     pub dropped: usize,
-    /// Not queued: the connection no longer exists, or its host is dead or unreachable.
+    /// Not queued: the member's connection was closing (or, without `volatile`, was closed for
+    /// its full queue). Members on a dead or unreachable host are in no count: a broadcast reads
+    /// no membership, so it does not know them.
     pub gone: usize,
 }
 
@@ -284,16 +290,6 @@ impl Cluster {
         }
     }
 
-    /// Remembers owners read in bulk (a broadcast's members).
-    pub fn remember(&self, connection_id: &str, owner: &Owner) {
-        self.owners.insert(connection_id.to_string(), owner.clone());
-    }
-
-    /// The cached owner of a connection, if any.
-    pub fn cached_owner(&self, connection_id: &str) -> Option<Owner> {
-        self.owners.get(connection_id)
-    }
-
     /// Forgets a connection's owner (it answered 410).
     pub fn forget(&self, connection_id: &str) {
         self.owners.remove(connection_id);
@@ -329,6 +325,57 @@ impl Cluster {
             });
         }
         Ok(live)
+    }
+
+    /// The other hosts of the liveness view (refreshed every heartbeat, and by a starting host's
+    /// hello) whose heartbeat is within `host_timeout` and that no reaper has claimed: those a
+    /// broadcast calls.
+    pub fn live_peers(&self) -> Vec<HostRecord> {
+        let now = crate::ids::now_ms();
+        self.view(|hosts| {
+            hosts
+                .values()
+                .filter(|h| {
+                    h.host_id != self.identity.host_id
+                        && !h.endpoint.is_empty()
+                        && !h.reaping
+                        && now - h.heartbeat_at <= self.host_timeout_ms
+                })
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Adds a host that said hello to the liveness view (replacing what it had of that host).
+    pub fn note_host(&self, record: HostRecord) {
+        self.write_view(|hosts| {
+            hosts.insert(record.host_id.clone(), record);
+        });
+    }
+
+    /// Tells the live hosts of `hosts` (this host's first listing) that this host, as `me`,
+    /// has started, so that their broadcasts call it from now on rather than after their next
+    /// heartbeat. Best effort: a host not reached learns of it at its next heartbeat.
+    pub async fn announce(&self, stage: &str, me: &HostRecord, hosts: &[HostRecord]) {
+        self.refresh_view(hosts);
+        let body = Bytes::from(serde_json::to_vec(&Hello::from(me)).expect("strings serialize"));
+        let calls = self.live_peers().into_iter().map(|peer| {
+            let url = format!("{}/{stage}/@internal/hello", peer.endpoint);
+            let build = self
+                .http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/json");
+            let call = self.send_signed(build, body.clone());
+            async move {
+                match tokio::time::timeout(HELLO_TIMEOUT, call).await {
+                    Ok(Ok(r)) if r.status().is_success() => {}
+                    other => {
+                        tracing::info!(peer = %peer.host_id, answer = ?other.map(|r| r.map(|r| r.status())), "hello not answered; the peer lists this host at its next heartbeat")
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await;
     }
 
     /// `cluster.host_timeout`: how long after its last heartbeat a host is judged dead.
@@ -412,15 +459,14 @@ impl Cluster {
         })
     }
 
-    /// Asks `owner` to deliver `data` to its connections `ids` (one call per host per page of a
-    /// broadcast), dropping it for those whose queue is full when `volatile`. `None` when the call
-    /// fails or takes longer than `timeout`: the owner is unreachable. Not retried: a retry after
-    /// a timeout could deliver twice.
+    /// Asks `owner` to deliver a broadcast to its members of the batch's group (one call per
+    /// host per broadcast). `None` when the call fails or takes longer than `timeout`: the owner
+    /// is unreachable. Not retried: a retry after a timeout could deliver twice.
     pub async fn deliver(
         &self,
-        owner: &Owner,
+        owner: &HostRecord,
         stage: &str,
-        batch: &DeliveryBatch<'_>,
+        batch: &DeliveryBatch,
         timeout: Duration,
     ) -> Option<Delivered> {
         let url = format!("{}/{stage}/@internal/deliver", owner.endpoint);
@@ -488,6 +534,47 @@ impl Cluster {
                 tracing::info!(owner = %owner.host_id, error = %e, "session owner unreachable");
                 None
             }
+        }
+    }
+}
+
+/// How long a starting host waits for each peer to answer its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A starting host's liveness record, as its hello (`POST /{stage}/@internal/hello`) carries it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    /// `cluster.host_id`.
+    #[serde(rename = "hostId")]
+    pub host_id: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// Its management base URL.
+    pub endpoint: String,
+    /// Epoch milliseconds of its registration.
+    #[serde(rename = "heartbeatAt")]
+    pub heartbeat_at: i64,
+}
+
+impl From<&HostRecord> for Hello {
+    fn from(h: &HostRecord) -> Self {
+        Self {
+            host_id: h.host_id.clone(),
+            incarnation: h.incarnation.clone(),
+            endpoint: h.endpoint.clone(),
+            heartbeat_at: h.heartbeat_at,
+        }
+    }
+}
+
+impl From<Hello> for HostRecord {
+    fn from(h: Hello) -> Self {
+        Self {
+            host_id: h.host_id,
+            incarnation: h.incarnation,
+            endpoint: h.endpoint,
+            heartbeat_at: h.heartbeat_at,
+            reaping: false,
         }
     }
 }

@@ -11,13 +11,13 @@ use super::*;
 pub struct GroupsConfig {
     /// Serve the groups API.
     pub enabled: bool,
-    /// Members a broadcast reads from the store at a time (1 to 1000); each page's members on
-    /// other hosts get one call per host.
+    /// No longer used (a broadcast reads no membership from the store); still accepted (1 to
+    /// 1000) so that configs written for earlier releases load.
     pub broadcast_page_size: usize,
-    /// Host-to-host delivery calls one broadcast makes at once.
+    /// Host-to-host delivery calls (one per other live host) one broadcast makes at once.
     pub remote_concurrency: usize,
     /// How long a host-to-host delivery call may take; the members of a host that does not answer
-    /// in time count as `gone`, and that host is not called again for the same broadcast.
+    /// in time are in no count of the answer.
     #[serde(with = "humantime_serde")]
     pub remote_timeout: Duration,
     /// Deliveries per second one group's broadcasts may make on average; 0 turns the limit off.

@@ -399,7 +399,7 @@ async fn serve_call(
             group,
         } if groups => match method {
             Method::PUT => groups::join(host, &call, id, group).await,
-            Method::DELETE => groups::leave(host, id, group).await,
+            Method::DELETE => groups::leave(host, &call, id, group).await,
             _ => Err(ManagementError::Forbidden),
         },
         Resource::Group(group) if groups => match method {
@@ -415,6 +415,9 @@ async fn serve_call(
         }
         Resource::HandOver if forwarded && method == Method::POST => {
             hand_over(host, request.into_body()).await
+        }
+        Resource::Hello if forwarded && method == Method::POST => {
+            hello(host, request.into_body()).await
         }
         _ => Err(ManagementError::Forbidden),
     };
@@ -688,6 +691,18 @@ async fn hand_over(host: &Host, body: Body) -> Result<Response, ManagementError>
     let handed = crate::sessions::hand_over(host, &request.connection_id, request.after)
         .ok_or(ManagementError::Gone)?;
     Ok(axum::Json(handed).into_response())
+}
+
+/// `POST /{stage}/@internal/hello` (host to host): a host that just started, with its liveness
+/// record, so that broadcasts from here call it before this host's next listing.
+async fn hello(host: &Host, body: Body) -> Result<Response, ManagementError> {
+    let body = read_body(body, 4096).await?;
+    let record: cluster::Hello = serde_json::from_slice(&body)
+        .map_err(|e| ManagementError::BadRequest(format!("invalid hello: {e}")))?;
+    if let Some(cluster) = &host.cluster {
+        cluster.note_host(record.into());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_connection(

@@ -25,6 +25,8 @@ pub enum Resource<'a> {
     Deliver,
     /// `/{stage}/@internal/handover`: another host of the cluster takes a reliable session over.
     HandOver,
+    /// `/{stage}/@internal/hello`: a host of the cluster that just started says where it is.
+    Hello,
     /// `/2015-03-31/functions/{FunctionName}/invocations`: the Lambda Invoke API.
     Invocation(&'a str),
     /// Any other path.
@@ -72,6 +74,7 @@ pub fn resource<'a>(stage: &str, segments: &'a [String]) -> Resource<'a> {
             ["@groups", group, "count"] => Resource::GroupCount(group),
             ["@internal", "deliver"] => Resource::Deliver,
             ["@internal", "handover"] => Resource::HandOver,
+            ["@internal", "hello"] => Resource::Hello,
             // `@…` is the APIs' namespace: a malformed API path stays unknown.
             [api, ..] if api.starts_with('@') => Resource::Unknown,
             _ => Resource::Stage,
@@ -110,6 +113,7 @@ mod tests {
         );
         assert_eq!(of("dev", "/dev/@internal/deliver"), "Deliver");
         assert_eq!(of("dev", "/dev/@internal/handover"), "HandOver");
+        assert_eq!(of("dev", "/dev/@internal/hello"), "Hello");
         assert_eq!(
             of("dev", "/2015-03-31/functions/chat/invocations"),
             r#"Invocation("chat")"#

@@ -35,16 +35,6 @@ struct Notice<'a> {
     at: i64,
 }
 
-/// The authorizer's `principalId` of a connection; empty without an authorizer.
-pub(super) fn principal(context: &ConnectionContext) -> &str {
-    context
-        .authorizer
-        .as_ref()
-        .and_then(|a| a.get("principalId"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-}
-
 /// Tells `group` that `member` joined or left at `at`, as `presence` says; `context` is the
 /// member's (the route's event carries it). Best effort: a failure is logged, the join or leave
 /// stands.
@@ -170,7 +160,7 @@ pub(crate) fn announce_departure(
     Box::pin(async move {
         let member = Member {
             connection_id: context.connection_id.clone(),
-            principal: principal(&context).to_string(),
+            principal: context.principal_id().to_string(),
             joined_at: 0,
         };
         let at = ids::now_ms();

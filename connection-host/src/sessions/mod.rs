@@ -451,6 +451,7 @@ async fn resume_from_elsewhere(
             return Err(reason);
         }
     };
+    load_memberships(host, &handle).await;
     let seq = resume.last_seq;
     handle.session(|s| {
         s.replay = replay;
@@ -469,6 +470,25 @@ async fn resume_from_elsewhere(
     let attachment = handle.attach_first(welcome);
     tracing::info!(from = %previous.host_id, "session resumed from another host");
     Ok(Resumed { handle, attachment })
+}
+
+/// Loads the memberships of a reliable session this host has just taken in (from a host that
+/// handed it over or is gone) into its index, so its broadcasts reach it.
+async fn load_memberships(host: &Host, handle: &Arc<ConnectionHandle>) {
+    if !host.config.extensions.groups.enabled {
+        return;
+    }
+    let id = &handle.context.connection_id;
+    match host.store.groups_of(id).await {
+        Ok(groups) => {
+            for group in groups {
+                host.registry.join(&group, handle);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "memberships of a session taken in not read; broadcasts miss it until it joins again")
+        }
+    }
 }
 
 /// With `durability = "store"`, takes over the session of `connection_id` when the host that
@@ -608,6 +628,7 @@ async fn adopt_if_gone(
         abandon();
         return Err(no());
     }
+    load_memberships(host, &handle).await;
     let detach = handle.install_detached(replay, now);
     tracing::info!(from = %record.owner_host, "adopted a session whose host is gone");
     let window = sessions.resume_window;

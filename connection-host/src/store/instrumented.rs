@@ -79,6 +79,11 @@ impl ConnectionStore for Instrumented {
         self.call(StoreOperation::DeleteItem, call).await
     }
 
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
+        let call = self.inner.groups_of(connection_id);
+        self.call(StoreOperation::Query, call).await
+    }
+
     async fn group_members(
         &self,
         group: &str,

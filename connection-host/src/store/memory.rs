@@ -169,6 +169,15 @@ impl ConnectionStore for MemoryStore {
         Ok(ended)
     }
 
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .memberships
+            .get(connection_id)
+            .map(|groups| groups.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
     async fn group_members(
         &self,
         group: &str,
@@ -504,8 +513,11 @@ mod tests {
         ));
         s.add_to_group("g", &member("a")).await.unwrap();
         s.add_to_group("g", &member("b")).await.unwrap();
-        assert_eq!(s.delete_connection("a").await.unwrap(), vec!["g"]);
+        s.add_to_group("h", &member("a")).await.unwrap();
+        assert_eq!(s.groups_of("a").await.unwrap(), ["g", "h"]);
+        assert_eq!(s.delete_connection("a").await.unwrap(), vec!["g", "h"]);
         assert_eq!(s.get_connection("a").await.unwrap(), None);
+        assert!(s.groups_of("a").await.unwrap().is_empty());
         let page = s.group_members("g", None, 10).await.unwrap();
         assert_eq!(page.members, vec![member("b")]);
     }

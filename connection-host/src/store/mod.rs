@@ -167,6 +167,9 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         group: &str,
         connection_id: &str,
     ) -> Result<Option<Member>, StoreError>;
+    /// The groups a connection is in (read from an eventually consistent index on DynamoDB): a
+    /// host taking a reliable session in loads them into its own index.
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError>;
     /// Lists a group's members, `limit` at a time, starting after `next_token` (a token an
     /// earlier page returned; anything else fails with `InvalidToken`). An unknown group is one
     /// empty page.

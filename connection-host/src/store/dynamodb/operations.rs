@@ -203,31 +203,14 @@ impl ConnectionStore for DynamoDbStore {
             .map_err(|e| unavailable("DeleteItem", e))?;
         // The index is eventually consistent: a membership written a moment ago may not be listed
         // yet. Its ttl removes it eventually, and broadcasts skip connections that are gone.
-        let mut keys = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.tables.groups)
-                .index_name(BY_CONNECTION_INDEX)
-                .key_condition_expression("connectionId = :c")
-                .expression_attribute_values(":c", s(connection_id))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Query byConnection", e))?;
-            keys.extend(out.items().iter().filter_map(|i| get_s(i, "group")));
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
-        let mut groups: Vec<String> = keys.iter().map(|k| group_name(k).to_string()).collect();
-        groups.sort();
-        groups.dedup();
+        let keys = self.membership_keys(connection_id).await?;
+        let groups = group_names(&keys);
         self.delete_memberships(connection_id, keys).await?;
         Ok(groups)
+    }
+
+    async fn groups_of(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(group_names(&self.membership_keys(connection_id).await?))
     }
 
     async fn add_to_group(&self, group: &str, member: &Member) -> Result<bool, StoreError> {
@@ -944,4 +927,39 @@ impl DynamoDbStore {
             Err(e) => Err(unavailable("PutItem take_over", e)),
         }
     }
+}
+
+impl DynamoDbStore {
+    /// The partition keys (`{group}#{shard}`) of a connection's memberships, from the
+    /// `byConnection` index.
+    async fn membership_keys(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.groups)
+                .index_name(BY_CONNECTION_INDEX)
+                .key_condition_expression("connectionId = :c")
+                .expression_attribute_values(":c", s(connection_id))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query byConnection", e))?;
+            keys.extend(out.items().iter().filter_map(|i| get_s(i, "group")));
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+}
+
+/// The group names of membership partition keys, sorted, each once.
+fn group_names(keys: &[String]) -> Vec<String> {
+    let mut groups: Vec<String> = keys.iter().map(|k| group_name(k).to_string()).collect();
+    groups.sort();
+    groups.dedup();
+    groups
 }
