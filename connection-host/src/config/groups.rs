@@ -11,9 +11,6 @@ use super::*;
 pub struct GroupsConfig {
     /// Serve the groups API.
     pub enabled: bool,
-    /// No longer used (a broadcast reads no membership from the store); still accepted (1 to
-    /// 1000) so that configs written for earlier releases load.
-    pub broadcast_page_size: usize,
     /// Host-to-host delivery calls (one per other live host) one broadcast makes at once.
     pub remote_concurrency: usize,
     /// How long a host-to-host delivery call may take; the members of a host that does not answer
@@ -37,7 +34,6 @@ impl Default for GroupsConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            broadcast_page_size: 1000,
             remote_concurrency: 8,
             remote_timeout: Duration::from_secs(2),
             fanout_rate: 500_000,

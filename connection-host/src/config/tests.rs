@@ -486,24 +486,24 @@ fn file_then_environment_then_flags() {
 fn groups_take_a_switch_or_a_table_of_settings() {
     let on = Config::from_toml("[extensions]\ngroups = true").unwrap();
     assert!(on.extensions.groups.enabled);
-    assert_eq!(on.extensions.groups.broadcast_page_size, 1000);
+    assert_eq!(on.extensions.groups.remote_concurrency, 8);
     let table = Config::from_toml(
-        "[extensions.groups]\nenabled = true\nbroadcast_page_size = 10\nfanout_rate = 0",
+        "[extensions.groups]\nenabled = true\nremote_concurrency = 10\nfanout_rate = 0",
     )
     .unwrap();
     assert!(table.extensions.groups.enabled);
-    assert_eq!(table.extensions.groups.broadcast_page_size, 10);
+    assert_eq!(table.extensions.groups.remote_concurrency, 10);
     assert_eq!(table.extensions.groups.fanout_rate, 0);
     let wrong = Config::from_toml("[extensions.groups]\nenabled = true\npage = 10").unwrap_err();
     assert!(wrong.to_string().contains("page"), "{wrong}");
-    let too_big = Config::from_toml("[extensions.groups]\nbroadcast_page_size = 5000")
+    let too_big = Config::from_toml("[extensions.groups]\nremote_concurrency = 5000")
         .unwrap()
         .validate()
         .unwrap_err();
     assert!(
         too_big
             .to_string()
-            .contains("extensions.groups.broadcast_page_size"),
+            .contains("extensions.groups.remote_concurrency"),
         "{too_big}"
     );
 }

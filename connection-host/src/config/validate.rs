@@ -284,12 +284,6 @@ impl Config {
             );
         }
         let groups = &self.extensions.groups;
-        if !(1..=1000).contains(&groups.broadcast_page_size) {
-            return invalid(
-                "extensions.groups.broadcast_page_size".into(),
-                "must be between 1 and 1000 members",
-            );
-        }
         if !(1..=256).contains(&groups.remote_concurrency) {
             return invalid(
                 "extensions.groups.remote_concurrency".into(),
