@@ -1341,24 +1341,8 @@ async fn a_keyed_post_acknowledged_before_its_owner_was_lost_is_not_kept_again()
     // A session whose owner, "ghost", kept a keyed post (frame 1, which the client has) and
     // cannot be reached for a hand-over.
     let id = "cG9zdEtleUFja2Q=";
-    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
-    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
     let store = &tables.store;
-    let record = connection_host::store::ConnectionRecord {
-        connection_id: id.into(),
-        connected_at: now_ms(),
-        source_ip: "127.0.0.1".into(),
-        owner_host: "ghost".into(),
-        owner_incarnation: "ghost-1".into(),
-        owner_endpoint: "http://127.0.0.1:9".into(),
-        session: Some(Box::new(connection_host::store::SessionRecord {
-            token_hash,
-            detached_at: now_ms(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    store.put_connection(record).await.unwrap();
+    let token = ghost_session(store, id).await;
     // A key that needs escaping in the query of a forward.
     let key = "order 7/a&b=c%";
     let frame = connection_host::store::StoredFrame {
@@ -1408,19 +1392,12 @@ async fn a_sessions_post_keys_move_with_it_to_another_host() {
     tables.delete().await;
 }
 
-#[tokio::test]
-async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
-    let Some(tables) = TestTables::create("sessions_fence").await else {
-        return;
-    };
-    let b = ClusterHost::start_with_routes(&tables, "b", "", &sessions("store"));
-    // A session whose owner, "ghost", is still writing frames but cannot be reached for a
-    // hand-over (its endpoint refuses connections).
-    let id = "Zm9yRmVuY2luZ3Q=";
-    // A token as the host issues them: the ID without its `=`, a dot, 43 characters of secret.
+/// Writes the record of a detached reliable session `id` owned by "ghost", a host out of reach
+/// (its endpoint refuses connections), and returns the session's resume token: as the host
+/// issues them, the ID without its `=`, a dot, 43 characters of secret.
+async fn ghost_session(store: &impl ConnectionStore, id: &str) -> String {
     let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
     let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let store = &tables.store;
     let record = connection_host::store::ConnectionRecord {
         connection_id: id.into(),
         connected_at: now_ms(),
@@ -1436,6 +1413,20 @@ async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
         ..Default::default()
     };
     store.put_connection(record).await.unwrap();
+    token
+}
+
+#[tokio::test]
+async fn a_session_taken_without_a_hand_over_fences_out_its_previous_owner() {
+    let Some(tables) = TestTables::create("sessions_fence").await else {
+        return;
+    };
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &sessions("store"));
+    // A session whose owner, "ghost", is still writing frames but cannot be reached for a
+    // hand-over (its endpoint refuses connections).
+    let id = "Zm9yRmVuY2luZ3Q=";
+    let store = &tables.store;
+    let token = ghost_session(store, id).await;
     let frame = |seq: u64, data: &str| connection_host::store::StoredFrame {
         seq,
         frame: serde_json::json!({"t":"msg","s":seq,"d":data}).to_string(),
@@ -1484,24 +1475,8 @@ async fn a_session_handed_over_by_a_host_that_fenced_it_keeps_its_next_post() {
     // A session of an unreachable "ghost" with one frame: A takes it over without a hand-over
     // and fences number 2, where its own first frame would go.
     let id = "ZmVuY2VIYW5kZWQ=";
-    let token = format!("{}.{}", id.trim_end_matches('='), "s".repeat(43));
-    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
     let store = &tables.store;
-    let record = connection_host::store::ConnectionRecord {
-        connection_id: id.into(),
-        connected_at: now_ms(),
-        source_ip: "127.0.0.1".into(),
-        owner_host: "ghost".into(),
-        owner_incarnation: "ghost-1".into(),
-        owner_endpoint: "http://127.0.0.1:9".into(),
-        session: Some(Box::new(connection_host::store::SessionRecord {
-            token_hash,
-            detached_at: now_ms(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    store.put_connection(record).await.unwrap();
+    let token = ghost_session(store, id).await;
     let frame = connection_host::store::StoredFrame {
         seq: 1,
         frame: serde_json::json!({"t":"msg","s":1,"d":"one"}).to_string(),
