@@ -6,7 +6,6 @@
 
 mod common;
 
-use axum::response::IntoResponse;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -209,34 +208,6 @@ async fn connections_per_ip_counts_open_connections_and_frees_them() {
         .await
         .expect("room for one again");
     assert_eq!(status_of(&connect_from(local, a, "/dev").await), 429);
-}
-
-/// An authorizer behind a fake Lambda Invoke API: allows everyone, with the `Authorization`
-/// header as `principalId`.
-async fn authorizer_function() -> String {
-    let app = axum::Router::new().route(
-        "/2015-03-31/functions/{name}/invocations",
-        axum::routing::post(|body: String| async move {
-            let event: Value = serde_json::from_str(&body).unwrap();
-            let principal = event["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-                .and_then(|(_, v)| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            json!({
-                "principalId": principal,
-                "policyDocument": {"Version": "2012-10-17", "Statement": [
-                    {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
-                ]},
-            })
-            .to_string()
-            .into_response()
-        }),
-    );
-    serve(app).await
 }
 
 /// `config` with `$connect` guarded by a Lambda authorizer at `function`.

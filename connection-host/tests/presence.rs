@@ -6,39 +6,10 @@
 mod common;
 
 use aws_sdk_apigatewaymanagement::primitives::Blob;
-use axum::response::IntoResponse;
 use common::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// An authorizer behind a fake Lambda Invoke API: allows everyone, with the `Authorization`
-/// header as `principalId`.
-async fn authorizer_function() -> String {
-    let app = axum::Router::new().route(
-        "/2015-03-31/functions/{name}/invocations",
-        axum::routing::post(|body: String| async move {
-            let event: Value = serde_json::from_str(&body).unwrap();
-            let principal = event["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-                .and_then(|(_, v)| v.as_str())
-                .unwrap_or_default()
-                .to_string();
-            json!({
-                "principalId": principal,
-                "policyDocument": {"Version": "2012-10-17", "Statement": [
-                    {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
-                ]},
-            })
-            .to_string()
-            .into_response()
-        }),
-    );
-    serve(app).await
-}
 
 /// A host configuration: `$connect` behind the authorizer at `authorizer`, the connection events
 /// and `extra_routes` posted to `handler`, `whoami`, and `[extensions.groups]` as `groups`.

@@ -155,6 +155,34 @@ pub async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// An authorizer behind a fake Lambda Invoke API: allows everyone, with the `Authorization`
+/// header as `principalId`; returns its base URL (the Lambda endpoint).
+pub async fn authorizer_function() -> String {
+    let app = axum::Router::new().route(
+        "/2015-03-31/functions/{name}/invocations",
+        axum::routing::post(|body: String| async move {
+            let event: Value = serde_json::from_str(&body).unwrap();
+            let principal = event["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            json!({
+                "principalId": principal,
+                "policyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
+                ]},
+            })
+            .to_string()
+            .into_response()
+        }),
+    );
+    serve(app).await
+}
+
 /// A URL on which nothing listens.
 pub async fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
