@@ -6,6 +6,7 @@ use crate::access_log::Entry;
 use crate::events::{ConnectionContext, Event, EventKind};
 use crate::host::Host;
 use crate::ids;
+use crate::store::SessionRecord;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -25,10 +26,13 @@ const DELETE_RETRY_FOR: Duration = Duration::from_secs(120);
 /// Deletes the connection's record and runs `$disconnect` (best effort, as on API Gateway).
 ///
 /// The record is deleted as [`discard_record`] does, so `$disconnect` waits at most
-/// [`FIRST_DELETE_WAIT`] for the first attempt.
+/// [`FIRST_DELETE_WAIT`] for the first attempt. A reliable session's `ended` record is kept
+/// first, for `dedup_window`: a resume with its token can carry its idempotency keys on into
+/// the client's next session (PROTOCOL.md section 6.7).
 pub(crate) async fn finish(
     host: &Arc<Host>,
     context: &Arc<ConnectionContext>,
+    ended: Option<SessionRecord>,
     code: u16,
     reason: &str,
 ) {
@@ -41,7 +45,7 @@ pub(crate) async fn finish(
         trace_id = %trace_id,
     );
     async {
-        discard_record(host, context).await;
+        delete(host, context, ended).await;
         let mut entry = Entry {
             connection: context,
             event_type: "DISCONNECT",
@@ -98,11 +102,16 @@ pub(crate) async fn finish(
 /// [`delete_record`]); this waits at most [`FIRST_DELETE_WAIT`] for its first attempt. The groups
 /// the connection was in are told it left (`host.on_leave`).
 pub(crate) async fn discard_record(host: &Arc<Host>, context: &Arc<ConnectionContext>) {
+    delete(host, context, None).await;
+}
+
+async fn delete(host: &Arc<Host>, context: &Arc<ConnectionContext>, ended: Option<SessionRecord>) {
     let (first_done, first_attempt) = tokio::sync::oneshot::channel();
     host.tasks
         .spawn(tracing::Instrument::in_current_span(delete_record(
             host.clone(),
             context.clone(),
+            ended,
             first_done,
         )));
     let _ = tokio::time::timeout(FIRST_DELETE_WAIT, first_attempt).await;
@@ -112,12 +121,27 @@ pub(crate) async fn discard_record(host: &Arc<Host>, context: &Arc<ConnectionCon
 /// [`DELETE_RETRY_FOR`]. Signals `first_done` after the first attempt. Once the host shuts down the
 /// retries continue for at most `server.drain_timeout` (the time `run` waits for its tasks).
 /// Repeating a delete is harmless: it is idempotent.
+///
+/// What is kept of an `ended` session is written first (one attempt), so that a resume racing
+/// the end finds either the record or what replaces it.
 async fn delete_record(
     host: Arc<Host>,
     context: Arc<ConnectionContext>,
+    ended: Option<SessionRecord>,
     first_done: tokio::sync::oneshot::Sender<()>,
 ) {
     let connection_id = &context.connection_id;
+    if let Some(session) = ended {
+        let window = host.config.extensions.sessions.dedup_window;
+        let expires = ids::now_ms() + i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+        if let Err(e) = host
+            .store
+            .keep_ended_session(connection_id, &session, expires)
+            .await
+        {
+            tracing::warn!(error = %e, "ended session not kept; a resume with its token cannot carry its idempotency keys on");
+        }
+    }
     let retry = async {
         let mut first_done = Some(first_done);
         let mut delay = DELETE_BACKOFF_FIRST;

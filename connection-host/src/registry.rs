@@ -93,6 +93,9 @@ pub struct Session {
     pub previous_token_hash: String,
     /// The authorizer's `principalId` at the start; empty without one.
     pub principal: String,
+    /// Where its idempotency keys are claimed (see
+    /// [`crate::store::SessionRecord::key_scope`]): empty for the session's own connection ID.
+    pub key_scope: String,
     /// The connection serving the session; `None` while detached.
     attachment: Option<Attachment>,
     /// Counts attachments, so each connection's is told apart.
@@ -161,6 +164,7 @@ impl Session {
             token_hash,
             previous_token_hash: String::new(),
             principal,
+            key_scope: String::new(),
             attachment: None,
             attachments: 0,
             detached_at: 0,

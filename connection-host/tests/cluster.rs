@@ -1583,6 +1583,124 @@ async fn a_memory_session_whose_host_died_starts_afresh_and_says_why() {
     tables.delete().await;
 }
 
+/// Reliable sessions with `durability` and a 2 s resume window, their messages echoed by
+/// `handler` as `echo:{body}` on a two-way route.
+fn echoed_sessions(handler: &Handler, durability: &str) -> String {
+    format!(
+        r#"
+[extensions.sessions]
+enabled = true
+durability = "{durability}"
+resume_window = "2s"
+[routes."$default"]
+integration = "h"
+two_way = true
+[integrations.h]
+type = "http"
+url = "{}"
+"#,
+        handler.url
+    )
+}
+
+/// Echoes a message's body as `echo:{body}`.
+async fn echo_handler() -> Handler {
+    Handler::start(|e| {
+        let body = e["body"].as_str().unwrap_or_default();
+        Reply::proxy(200, Some(&format!("echo:{body}")))
+    })
+    .await
+}
+
+/// How many times `handler` was invoked for idempotency key `key`.
+fn invocations(handler: &Handler, key: &str) -> usize {
+    handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["idempotencyKey"] == key)
+        .count()
+}
+
+/// Sends `{"t":"msg","id":key,"d":data}` and returns the reply's `d`.
+async fn request(ws: &mut Ws, key: &str, data: &str) -> Value {
+    send_frame(ws, serde_json::json!({"t":"msg","id":key,"d":data})).await;
+    let reply = next_frame(ws).await;
+    assert_eq!(reply["id"], key, "{reply}");
+    reply["d"].clone()
+}
+
+#[tokio::test]
+async fn a_key_answered_on_a_host_that_died_is_not_invoked_again_in_the_fresh_session() {
+    let Some(tables) = TestTables::create("keys_lost").await else {
+        return;
+    };
+    let handler = echo_handler().await;
+    let routes = echoed_sessions(&handler, "memory");
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    // The reply's acknowledgement is lost with the host: to the client, "k" is unanswered.
+    a.kill();
+    drop(ws);
+    let (mut ws, fresh) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(
+        (fresh["recovered"].as_bool(), fresh["reason"].as_str()),
+        (Some(false), Some("lost"))
+    );
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    assert_eq!(invocations(&handler, "k"), 1);
+    // A forged token for the same session proves nothing: its session's keys are its own.
+    let id = welcome["connectionId"].as_str().unwrap();
+    let forged = format!(
+        "ch-resume.0.{}.{}",
+        id.trim_end_matches('='),
+        "A".repeat(43)
+    );
+    let (mut ws, other) = reliable_connect(b.public, Some(&forged)).await;
+    assert_eq!(other["recovered"], false);
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    assert_eq!(invocations(&handler, "k"), 2);
+    tables.delete().await;
+}
+
+#[tokio::test]
+async fn a_key_is_not_invoked_again_after_the_window_passed_and_the_client_came_back_elsewhere() {
+    let Some(tables) = TestTables::create("keys_expired").await else {
+        return;
+    };
+    let handler = echo_handler().await;
+    let routes = echoed_sessions(&handler, "store");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    drop(ws);
+    // A ends the session once its window has passed.
+    let ended = Instant::now();
+    while get_status(&b, &id).await != Err(Some(410)) {
+        assert!(
+            ended.elapsed() < Duration::from_secs(30),
+            "the session did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut ws, fresh) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(
+        (fresh["recovered"].as_bool(), fresh["reason"].as_str()),
+        (Some(false), Some("expired"))
+    );
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    // A key the first session never saw is the fresh session's to invoke.
+    assert_eq!(request(&mut ws, "new", "more").await, "echo:more");
+    assert_eq!(
+        (invocations(&handler, "k"), invocations(&handler, "new")),
+        (1, 1)
+    );
+    tables.delete().await;
+}
+
 #[tokio::test]
 async fn a_message_sent_again_on_another_host_is_invoked_once() {
     let Some(tables) = TestTables::create("sessions_dedup").await else {

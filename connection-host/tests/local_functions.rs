@@ -3,7 +3,7 @@
 
 use connection_host::store::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
-    RecordsPage, StoreError, StoredFrame,
+    RecordsPage, SessionRecord, StoreError, StoredFrame,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,6 +137,17 @@ impl ConnectionStore for RegistrationFails {
         Err(unreachable_store())
     }
     async fn frames_after(&self, _: &str, _: u64) -> Result<Vec<StoredFrame>, StoreError> {
+        Err(unreachable_store())
+    }
+    async fn keep_ended_session(
+        &self,
+        _: &str,
+        _: &SessionRecord,
+        _: i64,
+    ) -> Result<(), StoreError> {
+        Err(unreachable_store())
+    }
+    async fn ended_session(&self, _: &str) -> Result<Option<SessionRecord>, StoreError> {
         Err(unreachable_store())
     }
 }

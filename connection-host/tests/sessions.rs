@@ -241,6 +241,79 @@ async fn the_window_ends_a_detached_session_once_with_its_closing_status() {
     assert_eq!(late["reason"], "expired");
 }
 
+/// How many times the route was invoked for idempotency key `key`.
+fn invocations(handler: &Handler, key: &str) -> usize {
+    handler
+        .events()
+        .iter()
+        .filter(|e| e["requestContext"]["idempotencyKey"] == key)
+        .count()
+}
+
+#[tokio::test]
+async fn messages_sent_again_after_the_window_passed_are_not_invoked_again() {
+    let handler = Handler::start(echo).await;
+    let host = TestHost::start(&config(&handler, "")).await;
+    let (mut ws, first) = reliable(&host, None).await;
+    let id = first["connectionId"].as_str().unwrap().to_string();
+    send(&mut ws, json!({"t":"msg","id":"done","d":"one"})).await;
+    assert_eq!(frame(&mut ws).await["d"], "echo:one");
+    drop(ws);
+    // A resume the client confirms: the first token is spent.
+    let (mut ws, latest) = reliable(&host, Some(&resume_offer(&first, 1))).await;
+    assert_eq!(latest["recovered"], true);
+    send(&mut ws, json!({"t":"ack","s":1})).await;
+    // Still running when the connection drops: its reply never reaches the client.
+    let slow = json!({"t":"msg","id":"slow","d":"{\"action\":\"slow\"}"});
+    send(&mut ws, slow.clone()).await;
+    handler.wait_body("{\"action\":\"slow\"}").await;
+    drop(ws);
+    handler.wait_route("$disconnect", Some(&id)).await;
+
+    // After the window, a forged token and the spent one prove nothing: their fresh sessions
+    // start with keys of their own.
+    let forged = format!(
+        "ch-resume.0.{}.{}",
+        id.trim_end_matches('='),
+        "A".repeat(43)
+    );
+    for (n, offer) in [forged, resume_offer(&first, 1)].iter().enumerate() {
+        let (mut ws, other) = reliable(&host, Some(offer)).await;
+        assert_eq!(other["recovered"], false);
+        send(&mut ws, json!({"t":"msg","id":"done","d":"one"})).await;
+        assert_eq!(frame(&mut ws).await["d"], "echo:one");
+        assert_eq!(invocations(&handler, "done"), 2 + n, "{offer}");
+    }
+    // The session's latest token does: the fresh session carries on its keys, and what the
+    // client sends again is answered as before, not invoked again.
+    let (mut ws, fresh) = reliable(&host, Some(&resume_offer(&latest, 1))).await;
+    assert_eq!(
+        (fresh["recovered"].clone(), fresh["reason"].clone()),
+        (json!(false), json!("expired"))
+    );
+    assert_ne!(fresh["connectionId"], id.as_str());
+    send(&mut ws, slow.clone()).await;
+    assert_eq!(
+        frame(&mut ws).await,
+        json!({"t":"reply","s":1,"id":"slow","d":"echo:{\"action\":\"slow\"}"})
+    );
+    send(&mut ws, json!({"t":"msg","id":"done","d":"one"})).await;
+    assert_eq!(frame(&mut ws).await["d"], "echo:one");
+    assert_eq!(
+        (invocations(&handler, "done"), invocations(&handler, "slow")),
+        (3, 1)
+    );
+    // And on into the session after that one, once it ended too.
+    ws.close(None).await.unwrap();
+    let second = fresh["connectionId"].as_str().unwrap();
+    handler.wait_route("$disconnect", Some(second)).await;
+    let (mut ws, third) = reliable(&host, Some(&resume_offer(&fresh, 2))).await;
+    assert_eq!(third["reason"], "expired");
+    send(&mut ws, slow).await;
+    assert_eq!(frame(&mut ws).await["s"], 1);
+    assert_eq!(invocations(&handler, "slow"), 1);
+}
+
 #[tokio::test]
 async fn delete_connection_ends_a_detached_session() {
     let handler = Handler::start(echo).await;
@@ -564,16 +637,34 @@ secret = "{SECRET}"
             (ws, welcome)
         }
     };
-    let (ws, alice) = connect("alice", None).await;
+    let (mut ws, alice) = connect("alice", None).await;
+    send(&mut ws, json!({"t":"msg","id":"k","d":"work"})).await;
+    assert_eq!(frame(&mut ws).await["d"], "echo:work");
     drop(ws);
     // Mallory holds alice's token (stolen), but the authorizer says she is someone else.
     let (_ws, stolen) = connect("mallory", Some(resume_offer(&alice, 0))).await;
     assert_eq!(stolen["recovered"], false);
     assert_eq!(stolen["reason"], "principal");
     // Alice herself resumes.
-    let (_ws, resumed) = connect("alice", Some(resume_offer(&alice, 0))).await;
+    let (mut ws, resumed) = connect("alice", Some(resume_offer(&alice, 0))).await;
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(resumed["connectionId"], alice["connectionId"]);
+    // Once the session has ended, its token carries its keys on into a fresh session, for alice
+    // (her message is answered as before, not invoked again) and not for mallory.
+    send(&mut ws, json!({"t":"ack","s":1})).await;
+    ws.close(None).await.unwrap();
+    let id = alice["connectionId"].as_str().unwrap();
+    handler.wait_route("$disconnect", Some(id)).await;
+    let (mut ws, stolen) = connect("mallory", Some(resume_offer(&resumed, 1))).await;
+    assert_eq!(stolen["reason"], "expired");
+    send(&mut ws, json!({"t":"msg","id":"k","d":"work"})).await;
+    assert_eq!(frame(&mut ws).await["d"], "echo:work");
+    assert_eq!(invocations(&handler, "k"), 2);
+    let (mut ws, fresh) = connect("alice", Some(resume_offer(&resumed, 1))).await;
+    assert_eq!(fresh["reason"], "expired");
+    send(&mut ws, json!({"t":"msg","id":"k","d":"work"})).await;
+    assert_eq!(frame(&mut ws).await["d"], "echo:work");
+    assert_eq!(invocations(&handler, "k"), 2);
     // Without a token the authorizer refuses the resume like any connection.
     let refused = try_connect(
         host.addr,

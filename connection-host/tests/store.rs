@@ -485,6 +485,7 @@ fn session_record(id: &str, host: &str, incarnation: &str, token_hash: &str) -> 
             token_hash: token_hash.into(),
             principal: "user-7".into(),
             detached_at: 0,
+            key_scope: String::new(),
         })),
         ..owned(id, host, incarnation)
     }
@@ -508,13 +509,15 @@ async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
         store.get_connection("sess-a").await.unwrap(),
         Some(with.clone())
     );
-    // A detached session without a principal: both survive as written.
+    // A detached session without a principal, carrying on another's keys: all of it survives
+    // as written.
     let detached = ConnectionRecord {
         session: Some(Box::new(SessionRecord {
             previous_token_hash: String::new(),
             token_hash: "cd34".into(),
             principal: String::new(),
             detached_at: 1_700_000_000_123,
+            key_scope: "sess-0".into(),
         })),
         ..owned("sess-b", "host-1", "inc-1")
     };
@@ -528,6 +531,52 @@ async fn suite_session_fields_round_trip(store: &dyn ConnectionStore) {
         .unwrap();
     batch.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
     assert_eq!(batch, vec![with, detached]);
+}
+
+/// What is kept of an ended session comes back until it expires, and the keys claimed under its
+/// ID outlive its record.
+async fn suite_ended_sessions(store: &dyn ConnectionStore) {
+    assert_eq!(store.ended_session("ended-a").await.unwrap(), None);
+    let ended = SessionRecord {
+        token_hash: "ab12".into(),
+        previous_token_hash: "cd34 ef56".into(),
+        principal: "user-7".into(),
+        detached_at: 0,
+        key_scope: "ended-0".into(),
+    };
+    let now = now_ms();
+    let record = session_record("ended-a", "host-1", "inc-1", "ab12");
+    store.put_connection(record).await.unwrap();
+    store
+        .claim_key("ended-a", "k1", &claim("host-1", now), now + 60_000)
+        .await
+        .unwrap();
+    store
+        .complete_key("ended-a", "k1", "answer", now + 60_000)
+        .await
+        .unwrap();
+    store
+        .keep_ended_session("ended-a", &ended, now + 60_000)
+        .await
+        .unwrap();
+    store.delete_connection("ended-a").await.unwrap();
+    assert_eq!(
+        store.ended_session("ended-a").await.unwrap(),
+        Some(ended.clone())
+    );
+    assert_eq!(
+        store
+            .claim_key("ended-a", "k1", &claim("host-2", now), now + 60_000)
+            .await
+            .unwrap(),
+        KeyClaim::Done("answer".into())
+    );
+    // Expired: gone, although the store may not have removed it yet.
+    store
+        .keep_ended_session("ended-b", &ended, now - 1_000)
+        .await
+        .unwrap();
+    assert_eq!(store.ended_session("ended-b").await.unwrap(), None);
 }
 
 /// A new resume token replaces only the token it was issued against.
@@ -1034,6 +1083,7 @@ shared_suite! {
     suite_session_fields_round_trip => session_fields_round_trip,
     suite_take_over => take_over_replaces_only_the_expected_owner,
     suite_rotate_token => rotate_token_replaces_only_the_expected_token,
+    suite_ended_sessions => an_ended_session_is_kept_until_it_expires,
     suite_idempotency_keys => idempotency_keys_claim_complete_expire,
     suite_reclaim_key => a_lost_claim_is_reclaimed_once,
     suite_frames_fence_the_previous_owner => frames_fence_the_previous_owner,

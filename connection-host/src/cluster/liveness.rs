@@ -22,7 +22,7 @@
 //! still at work may delete records again; it ends by removing the liveness record, which fails
 //! the next heartbeat and so triggers another rewrite.
 
-use crate::config::Durability;
+use crate::config::{Durability, SessionsConfig};
 use crate::host::Host;
 use crate::ids::now_ms;
 use crate::store::{ConnectionStore, HostRecord, StoreError};
@@ -147,7 +147,7 @@ pub async fn run(host: Arc<Host>) {
     match remove_records(
         host.store.as_ref(),
         &identity.host_id,
-        keeps_sessions(&host),
+        &host.config.extensions.sessions,
         |inc| inc != identity.incarnation,
     )
     .await
@@ -234,12 +234,7 @@ async fn rejoin(host: &Host) -> bool {
     }
     let (mut written, mut failed) = (0usize, 0usize);
     for handle in host.registry.all() {
-        let session = handle.session(|s| crate::store::SessionRecord {
-            token_hash: s.token_hash.clone(),
-            previous_token_hash: s.previous_token_hash.clone(),
-            principal: s.principal.clone(),
-            detached_at: s.detached_at,
-        });
+        let session = handle.session(|s| crate::sessions::record_of(s));
         let record = host.record(&handle.context, session);
         // Idempotent for this host: a record the reaper has not deleted yet is rewritten as is.
         match host.store.put_connection(record).await {
@@ -303,7 +298,7 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
         let removed = remove_records(
             host.store.as_ref(),
             &dead.host_id,
-            keeps_sessions(host),
+            &host.config.extensions.sessions,
             |inc| inc == dead.incarnation,
         )
         .await?;
@@ -316,20 +311,20 @@ async fn reap(host: &Host, watch: &mut Watch) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether reaping leaves reliable sessions' records in place (`durability = "store"`).
-fn keeps_sessions(host: &Host) -> bool {
-    host.config.extensions.sessions.durability == Durability::Store
-}
-
 /// Deletes (with their memberships) the records of `host_id` whose incarnation `matches`;
-/// returns how many. With `keep_sessions`, reliable sessions' records are not deleted: their frames survive the host, so a client may still resume them within
-/// `resume_window`, which from now on counts from this reap.
+/// returns how many. With `durability = "store"` (in `sessions`), reliable sessions' records are
+/// not deleted: their frames survive the host, so a client may still resume them within
+/// `resume_window`, which from now on counts from this reap. A reliable session's record that is
+/// deleted leaves what proves its token for `dedup_window`, as a session that ends on its host
+/// does (PROTOCOL.md section 6.7).
 async fn remove_records(
     store: &dyn ConnectionStore,
     host_id: &str,
-    keep_sessions: bool,
+    sessions: &SessionsConfig,
     matches: impl Fn(&str) -> bool,
 ) -> Result<usize, StoreError> {
+    let keep_sessions = sessions.durability == Durability::Store;
+    let dedup_window = i64::try_from(sessions.dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
     let mut removed = 0;
     let mut token: Option<String> = None;
     loop {
@@ -354,6 +349,15 @@ async fn remove_records(
                     }
                 }
                 _ => {
+                    if let Some(session) = &record.session {
+                        store
+                            .keep_ended_session(
+                                &record.connection_id,
+                                session,
+                                now_ms() + dedup_window,
+                            )
+                            .await?;
+                    }
                     // Its groups are not told: the notice would come from a host that never
                     // held the connection, long after it ended (STORE.md, "Presence").
                     store.delete_connection(&record.connection_id).await?;
@@ -493,7 +497,8 @@ mod tests {
             .put_connection(record("other", "g", "1"))
             .await
             .unwrap();
-        let removed = remove_records(&store, "h", false, |inc| inc == "1")
+        let sessions = SessionsConfig::default();
+        let removed = remove_records(&store, "h", &sessions, |inc| inc == "1")
             .await
             .unwrap();
         assert_eq!(removed, 250);

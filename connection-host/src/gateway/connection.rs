@@ -177,6 +177,7 @@ pub(super) async fn run_registered<S, H>(
     Box::pin(crate::ending::finish(
         &host,
         &handle.context,
+        handle.session(|s| crate::sessions::record_of(s)),
         ending.code,
         &ending.reason,
     ))

@@ -279,6 +279,8 @@ async fn establish<S>(
         None => chosen,
     };
     let mut resume_failed = offer.malformed_resume.then_some("unknown");
+    // The key scope a fresh session carries on from the previous session of the same client.
+    let mut key_scope = String::new();
     if let Some(resume) = &offer.resume {
         let principal = sessions::principal(context.authorizer.as_ref());
         let protocol = api_protocol(None);
@@ -308,7 +310,10 @@ async fn establish<S>(
                 .await;
                 return;
             }
-            Err(sessions::UNAVAILABLE) => {
+            Err(sessions::NotResumed {
+                reason: sessions::UNAVAILABLE,
+                ..
+            }) => {
                 // The session may well be there: the client tries again with the same token.
                 let _ = write_response(
                     &mut stream,
@@ -319,10 +324,17 @@ async fn establish<S>(
                 .await;
                 return;
             }
-            Err(reason) => {
-                tracing::info!(reason, "session not resumed; starting a fresh one");
+            Err(not_resumed) => {
+                let reason = not_resumed.reason;
+                let carried = not_resumed.key_scope.is_some();
+                tracing::info!(
+                    reason,
+                    keys_carried_on = carried,
+                    "session not resumed; starting a fresh one"
+                );
                 host.metrics.resumes_lost.increment(1);
                 resume_failed = Some(reason);
+                key_scope = not_resumed.key_scope.unwrap_or_default();
             }
         }
     }
@@ -330,7 +342,7 @@ async fn establish<S>(
     // A fresh reliable session: its token is issued now, so that its record carries the hash.
     let session = offer
         .reliable
-        .then(|| sessions::start(&host, context.clone()));
+        .then(|| sessions::start(&host, context.clone(), key_scope));
     // The record is written before `$connect` runs: a store that cannot take it refuses the
     // connection before any handler has seen it, so no handler is left with a CONNECT that no
     // DISCONNECT follows. Until `$connect` accepts, the connection is not in the registry, so the
@@ -532,8 +544,14 @@ async fn open<S, H>(
             }
             None => {
                 connection::unregister(&host, &handle);
-                crate::ending::finish(&host, &handle.context, 1006, "Connection closed abnormally")
-                    .await;
+                crate::ending::finish(
+                    &host,
+                    &handle.context,
+                    None,
+                    1006,
+                    "Connection closed abnormally",
+                )
+                .await;
             }
         }
         return;

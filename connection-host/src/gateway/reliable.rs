@@ -101,7 +101,11 @@ async fn process(
     is_base64_encoded: bool,
     route: Option<Arc<Route>>,
 ) {
-    let connection_id = &handle.context.connection_id;
+    // Where the key is claimed: the session's scope, which a session started by a resume that
+    // could not recover the previous one carries on from it (PROTOCOL.md section 6.7).
+    let scope = handle
+        .session(|s| crate::sessions::scope_of(&handle.context.connection_id, &s.key_scope))
+        .unwrap_or_else(|| handle.context.connection_id.clone());
     let request_id = ids::new_id();
     let trace_id = handle.context.event_trace_id();
     let span = tracing::Span::current();
@@ -147,7 +151,7 @@ async fn process(
     }
     let mine = claim_now(host);
     let expires = mine.claimed_at + millis(host.config.extensions.sessions.dedup_window);
-    match claim(host, connection_id, &id, &mine, expires).await {
+    match claim(host, &scope, &id, &mine, expires).await {
         Ok(KeyClaim::Claimed) => {}
         Ok(KeyClaim::Done(answer)) => {
             tracing::debug!("message sent again; answered without invoking");
@@ -156,7 +160,9 @@ async fn process(
         }
         Ok(KeyClaim::Pending(other)) => {
             host.metrics.idempotency_pending.increment(1);
-            match await_other_attempt(host, handle, &id, other, route.timeout, expires).await {
+            let waited =
+                await_other_attempt(host, handle, &scope, &id, other, route.timeout, expires);
+            match waited.await {
                 Waited::Answered => return,
                 Waited::Reclaimed => {}
             }
@@ -221,40 +227,30 @@ async fn process(
             ..super::connection::message_entry(&handle.context, &route.key, &request_id, &trace_id)
         });
     }
-    if let Err(e) = host
-        .store
-        .complete_key(connection_id, &id, &answer, expires)
-        .await
-    {
+    if let Err(e) = host.store.complete_key(&scope, &id, &answer, expires).await {
         tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
     }
     reply(host, handle, &answer).await;
 }
 
-/// Claims `key`, trying again briefly while the store fails.
+/// Claims `key` in `scope`, trying again briefly while the store fails.
 async fn claim(
     host: &Host,
-    connection_id: &str,
+    scope: &str,
     key: &str,
     mine: &Claim,
     expires: i64,
 ) -> Result<KeyClaim, crate::store::StoreError> {
     let mut delay = Duration::from_millis(100);
     for _ in 1..CLAIM_TRIES {
-        match host
-            .store
-            .claim_key(connection_id, key, mine, expires)
-            .await
-        {
+        match host.store.claim_key(scope, key, mine, expires).await {
             Err(e) => tracing::debug!(error = %e, "idempotency key not claimed; trying again"),
             done => return done,
         }
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    host.store
-        .claim_key(connection_id, key, mine, expires)
-        .await
+    host.store.claim_key(scope, key, mine, expires).await
 }
 
 /// How many times [`claim`] tries.
@@ -280,12 +276,12 @@ enum Waited {
 async fn await_other_attempt(
     host: &Host,
     handle: &ConnectionHandle,
+    scope: &str,
     id: &str,
     mut other: Claim,
     timeout: Duration,
     expires: i64,
 ) -> Waited {
-    let connection_id = &handle.context.connection_id;
     // A host killed at the last moment of the invocation is judged dead `host_timeout` later.
     let judged = host
         .cluster
@@ -297,7 +293,7 @@ async fn await_other_attempt(
         if claimer_gone(host, &other).await {
             let reclaimed = host
                 .store
-                .reclaim_key(connection_id, id, &other, &claim_now(host), expires)
+                .reclaim_key(scope, id, &other, &claim_now(host), expires)
                 .await;
             // Otherwise completed or reclaimed meanwhile (or a store error): the next read says.
             if let Ok(true) = reclaimed {
@@ -316,7 +312,7 @@ async fn await_other_attempt(
         delay = (delay * 2).min(Duration::from_secs(1));
         let claimed = host
             .store
-            .claim_key(connection_id, id, &claim_now(host), expires)
+            .claim_key(scope, id, &claim_now(host), expires)
             .await;
         match claimed {
             Ok(KeyClaim::Done(answer)) => {

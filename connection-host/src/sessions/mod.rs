@@ -43,26 +43,47 @@ pub(crate) fn principal(claims: Option<&serde_json::Map<String, serde_json::Valu
 }
 
 /// A new session for a fresh connection: its handle (not yet registered), its store record's
-/// session part, and the token to give the client.
+/// session part, and the token to give the client. `key_scope` is where its idempotency keys
+/// are claimed: empty for its own connection ID, or the scope of the previous session of the
+/// client that a resume proved but could not recover (PROTOCOL.md section 6.7).
 pub(crate) fn start(
     host: &Host,
     context: Arc<ConnectionContext>,
+    key_scope: String,
 ) -> (ConnectionHandle, SessionRecord, String) {
     let (token, token_hash) = token::issue(&context.connection_id);
     let principal = principal(context.authorizer.as_ref());
-    let record = SessionRecord {
-        token_hash: token_hash.clone(),
-        previous_token_hash: String::new(),
-        principal: principal.clone(),
-        detached_at: 0,
-    };
     let limit = host.config.extensions.sessions.session_buffer_bytes;
-    let session = new_session(host, Replay::new(limit), token_hash, principal);
+    let mut session = new_session(host, Replay::new(limit), token_hash, principal);
+    session.key_scope = key_scope;
+    let record = record_of(&session);
     (
         ConnectionHandle::with_session(context, session),
         record,
         token,
     )
+}
+
+/// The store record's part of `session`.
+pub(crate) fn record_of(session: &Session) -> SessionRecord {
+    SessionRecord {
+        token_hash: session.token_hash.clone(),
+        previous_token_hash: session.previous_token_hash.clone(),
+        principal: session.principal.clone(),
+        detached_at: session.detached_at,
+        key_scope: session.key_scope.clone(),
+    }
+}
+
+/// The connection ID under which the keys of the session `connection_id` are claimed, given its
+/// record's `key_scope`.
+pub(crate) fn scope_of(connection_id: &str, key_scope: &str) -> String {
+    if key_scope.is_empty() {
+        connection_id
+    } else {
+        key_scope
+    }
+    .to_string()
 }
 
 /// A session's state, with its frames' way to the store when `durability = "store"`.
@@ -151,14 +172,46 @@ pub(crate) struct Resumed {
     pub attachment: Attachment,
 }
 
+/// A resume that did not recover its session.
+pub(crate) struct NotResumed {
+    /// The `reason` the fresh session's welcome reports, or [`UNAVAILABLE`].
+    pub reason: &'static str,
+    /// The key scope the fresh session carries on: the previous session's, when the resume
+    /// proved it comes from that session's client (a token the session accepts, the same
+    /// principal); `None` otherwise (PROTOCOL.md section 6.7).
+    pub key_scope: Option<String>,
+}
+
 /// Resumes the session `resume` names for a client the authorizer identified as `principal`,
-/// on this host. `Err` carries the `reason` its fresh session's welcome reports.
+/// on this host.
 pub(crate) async fn resume(
     host: &Arc<Host>,
     resume: &token::Resume,
     principal: &str,
     context: &ConnectionContext,
     protocol: Option<&str>,
+) -> Result<Resumed, NotResumed> {
+    let mut proven = None;
+    let reason = match resume_racing(host, resume, principal, context, protocol, &mut proven).await
+    {
+        Ok(resumed) => return Ok(resumed),
+        Err(reason) => reason,
+    };
+    Err(NotResumed {
+        reason,
+        key_scope: proven.filter(|_| reason != UNAVAILABLE),
+    })
+}
+
+/// [`resume`]'s attempts; sets `proven` to the session's key scope once a token and principal
+/// are found to be the session's.
+async fn resume_racing(
+    host: &Arc<Host>,
+    resume: &token::Resume,
+    principal: &str,
+    context: &ConnectionContext,
+    protocol: Option<&str>,
+    proven: &mut Option<String>,
 ) -> Result<Resumed, &'static str> {
     // A client that gave up on an attempt (its handshake stalled) may already be trying again,
     // here or on another host, while the first attempt still runs: the attempts race for the
@@ -178,10 +231,12 @@ pub(crate) async fn resume(
                 if handle.session(|s| s.installing) == Some(true) {
                     let _ = tokio::time::timeout(INSTALL_WAIT, handle.installed()).await;
                 }
-                resume_here(host, handle, resume, principal, protocol).await
+                resume_here(host, handle, resume, principal, protocol, proven).await
             }
             None => {
-                resume_from_elsewhere(host, resume, principal, context, protocol, kept.take()).await
+                let kept = kept.take();
+                resume_from_elsewhere(host, resume, principal, context, protocol, kept, proven)
+                    .await
             }
         };
         match result {
@@ -213,6 +268,7 @@ async fn resume_here(
     resume: &token::Resume,
     principal: &str,
     protocol: Option<&str>,
+    proven: &mut Option<String>,
 ) -> Result<Resumed, &'static str> {
     let checked = handle.session(|s| {
         if !token::accepted(&resume.token, &s.token_hash, &s.previous_token_hash) {
@@ -227,10 +283,11 @@ async fn resume_here(
                     &s.token_hash,
                     &s.previous_token_hash,
                 ),
+                s.key_scope.clone(),
             ))
         }
     });
-    let (current, unconfirmed) = match checked.unwrap_or(Err("unknown")) {
+    let (current, unconfirmed, key_scope) = match checked.unwrap_or(Err("unknown")) {
         Ok(tokens) => tokens,
         Err(reason) => {
             tracing::info!(
@@ -241,11 +298,19 @@ async fn resume_here(
             return Err(reason);
         }
     };
+    *proven = Some(scope_of(&resume.connection_id, &key_scope));
     let (new_token, new_hash) = token::issue(&resume.connection_id);
     // The new token is written before the client gets it, so a resume with it on another host
     // finds it; the record must still be this host's, with the token this resume replaces
     // (another resume of the session, here or elsewhere, may have replaced it meanwhile).
-    let record = attached_record(host, &handle.context, &new_hash, &unconfirmed, principal);
+    let record = SessionRecord {
+        token_hash: new_hash.clone(),
+        previous_token_hash: unconfirmed.clone(),
+        principal: principal.to_string(),
+        detached_at: 0,
+        key_scope,
+    };
+    let record = host.record(&handle.context, Some(record));
     match host
         .store
         .rotate_token(
@@ -290,25 +355,6 @@ async fn resume_here(
     }
 }
 
-/// The record of a session this host holds with a connection attached, under token `token_hash`.
-fn attached_record(
-    host: &Host,
-    context: &ConnectionContext,
-    token_hash: &str,
-    previous_token_hash: &str,
-    principal: &str,
-) -> crate::store::ConnectionRecord {
-    host.record(
-        context,
-        Some(SessionRecord {
-            token_hash: token_hash.to_string(),
-            previous_token_hash: previous_token_hash.to_string(),
-            principal: principal.to_string(),
-            detached_at: 0,
-        }),
-    )
-}
-
 fn attach_reason(e: AttachError) -> &'static str {
     match e {
         AttachError::Gone => "expired",
@@ -327,11 +373,12 @@ async fn resume_from_elsewhere(
     context: &ConnectionContext,
     protocol: Option<&str>,
     kept: Option<HandOver>,
+    proven: &mut Option<String>,
 ) -> Result<Resumed, &'static str> {
     let sessions = &host.config.extensions.sessions;
     let record = match host.store.get_connection(&resume.connection_id).await {
         Ok(Some(record)) => record,
-        Ok(None) => return Err("expired"),
+        Ok(None) => return Err(resume_ended(host, resume, principal, proven).await),
         Err(e) => {
             tracing::warn!(error = %e, "session record not read; resume refused");
             return Err(UNAVAILABLE);
@@ -357,6 +404,7 @@ async fn resume_from_elsewhere(
     if session.principal != principal {
         return Err("principal");
     }
+    *proven = Some(scope_of(&resume.connection_id, &session.key_scope));
     let window = i64::try_from(sessions.resume_window.as_millis()).unwrap_or(i64::MAX);
     if session.detached_at != 0 && ids::now_ms() - session.detached_at > window {
         return Err("expired");
@@ -383,6 +431,7 @@ async fn resume_from_elsewhere(
         principal.to_string(),
     );
     installing.installing = true;
+    installing.key_scope = session.key_scope.clone();
     let unconfirmed = token::unconfirmed(
         &token::hash(&resume.token),
         &session.token_hash,
@@ -400,7 +449,14 @@ async fn resume_from_elsewhere(
         host.registry.remove_if_same(&resume.connection_id, &handle);
         handle.mark_closed();
     };
-    let taken = attached_record(host, &context, &new_hash, &unconfirmed, principal);
+    let taken = SessionRecord {
+        token_hash: new_hash.clone(),
+        previous_token_hash: unconfirmed.clone(),
+        principal: principal.to_string(),
+        detached_at: 0,
+        key_scope: session.key_scope.clone(),
+    };
+    let taken = host.record(&context, Some(taken));
     match host
         .store
         .rotate_token(
@@ -446,7 +502,8 @@ async fn resume_from_elsewhere(
             let host = host.clone();
             let tasks = host.tasks.clone();
             tasks.spawn(async move {
-                crate::ending::finish(&host, &context, 1006, "Connection closed abnormally").await;
+                let (code, reason) = (1006, "Connection closed abnormally");
+                crate::ending::finish(&host, &context, Some(*session), code, reason).await;
             });
             return Err(reason);
         }
@@ -470,6 +527,31 @@ async fn resume_from_elsewhere(
     let attachment = handle.attach_first(welcome);
     tracing::info!(from = %previous.host_id, "session resumed from another host");
     Ok(Resumed { handle, attachment })
+}
+
+/// The `reason` of a resume whose session's record is gone (the session ended): `expired`,
+/// having set `proven` to the ended session's key scope when what is kept of it
+/// ([`crate::store::ConnectionStore::keep_ended_session`]) accepts the token and principal.
+async fn resume_ended(
+    host: &Host,
+    resume: &token::Resume,
+    principal: &str,
+    proven: &mut Option<String>,
+) -> &'static str {
+    match host.store.ended_session(&resume.connection_id).await {
+        Ok(Some(ended))
+            if token::accepted(&resume.token, &ended.token_hash, &ended.previous_token_hash)
+                && ended.principal == principal =>
+        {
+            *proven = Some(scope_of(&resume.connection_id, &ended.key_scope));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "ended session not read; resume refused");
+            return UNAVAILABLE;
+        }
+    }
+    "expired"
 }
 
 /// Loads the memberships of a reliable session this host has just taken in (from a host that
@@ -575,6 +657,7 @@ async fn adopt_if_gone(
         session.principal.clone(),
     );
     installing.installing = true;
+    installing.key_scope = session.key_scope.clone();
     let handle = Arc::new(ConnectionHandle::with_session(context.clone(), installing));
     if !host.registry.insert_new(handle.clone()) {
         return Err(no());
@@ -842,10 +925,8 @@ pub(crate) fn confirm_token(host: &Arc<Host>, handle: &Arc<ConnectionHandle>) {
         return;
     }
     let Some(session) = handle.session(|s| SessionRecord {
-        token_hash: s.token_hash.clone(),
         previous_token_hash: String::new(),
-        principal: s.principal.clone(),
-        detached_at: s.detached_at,
+        ..record_of(s)
     }) else {
         return;
     };
@@ -903,7 +984,8 @@ pub(crate) async fn end(host: &Arc<Host>, handle: &Arc<ConnectionHandle>, code: 
         .remove_if_same(&handle.context.connection_id, handle);
     handle.mark_closed();
     if removed {
-        crate::ending::finish(host, &handle.context, code, reason).await;
+        let ended = handle.session(|s| record_of(s));
+        crate::ending::finish(host, &handle.context, ended, code, reason).await;
     }
 }
 

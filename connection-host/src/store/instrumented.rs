@@ -4,7 +4,7 @@
 
 use super::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
-    RecordsPage, StoreError, StoredFrame,
+    RecordsPage, SessionRecord, StoreError, StoredFrame,
 };
 use crate::metrics::{Metrics, StoreOperation};
 use std::sync::Arc;
@@ -214,6 +214,26 @@ impl ConnectionStore for Instrumented {
             .inner
             .complete_key(connection_id, key, answer, expires_at_ms);
         self.call(StoreOperation::PutItem, call).await
+    }
+
+    async fn keep_ended_session(
+        &self,
+        connection_id: &str,
+        session: &SessionRecord,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let call = self
+            .inner
+            .keep_ended_session(connection_id, session, expires_at_ms);
+        self.call(StoreOperation::PutItem, call).await
+    }
+
+    async fn ended_session(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let call = self.inner.ended_session(connection_id);
+        self.call(StoreOperation::GetItem, call).await
     }
 
     async fn append_frame(

@@ -3,7 +3,7 @@
 use super::page_token::PageToken;
 use super::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
-    RecordsPage, StoreError, StoredFrame,
+    RecordsPage, SessionRecord, StoreError, StoredFrame,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -25,6 +25,8 @@ struct Inner {
     keys: HashMap<String, HashMap<String, (KeyClaim, i64)>>,
     /// Kept frames and fences per connection, by sequence number.
     frames: HashMap<String, BTreeMap<u64, FrameItem>>,
+    /// What is kept of ended sessions, and until when.
+    ended: HashMap<String, (SessionRecord, i64)>,
 }
 
 /// What a sequence number of a session holds.
@@ -111,8 +113,12 @@ impl ConnectionStore for MemoryStore {
     async fn delete_connection(&self, connection_id: &str) -> Result<Vec<String>, StoreError> {
         let mut inner = self.lock();
         inner.connections.remove(connection_id);
-        // A session's keys and frames die with it here; DynamoDB leaves them to their ttl.
-        inner.keys.remove(connection_id);
+        // A session's keys and frames die with it here (DynamoDB leaves them to their ttl),
+        // except the keys of an ended session kept for the client's next session to carry on;
+        // those are swept once expired (`keep_ended_session`).
+        if !inner.ended.contains_key(connection_id) {
+            inner.keys.remove(connection_id);
+        }
         inner.frames.remove(connection_id);
         let groups = inner.memberships.remove(connection_id).unwrap_or_default();
         for g in &groups {
@@ -415,6 +421,45 @@ impl ConnectionStore for MemoryStore {
                 (KeyClaim::Done(answer.to_string()), expires_at_ms),
             );
         Ok(())
+    }
+
+    async fn keep_ended_session(
+        &self,
+        connection_id: &str,
+        session: &SessionRecord,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let kept = SessionRecord {
+            detached_at: 0,
+            ..session.clone()
+        };
+        inner
+            .ended
+            .insert(connection_id.to_string(), (kept, expires_at_ms));
+        if inner.ended.len().is_multiple_of(SWEEP_AT) {
+            let now = crate::ids::now_ms();
+            inner.ended.retain(|_, (_, expires)| *expires > now);
+            // Keys outlive their session only while they have not expired.
+            inner.keys.retain(|_, keys| {
+                keys.retain(|_, (_, expires)| *expires > now);
+                !keys.is_empty()
+            });
+        }
+        Ok(())
+    }
+
+    async fn ended_session(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let now = crate::ids::now_ms();
+        Ok(self
+            .lock()
+            .ended
+            .get(connection_id)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(session, _)| session.clone()))
     }
 
     async fn append_frame(

@@ -54,6 +54,10 @@ pub struct SessionRecord {
     /// Epoch milliseconds since when the session has had no connection (0 while one is open):
     /// with `resume_window`, when it ends.
     pub detached_at: i64,
+    /// The connection ID under which the session's idempotency keys are claimed: empty for its
+    /// own, or that of an earlier session of the same client, which a resume that could not
+    /// recover it carried on (PROTOCOL.md section 6.7).
+    pub key_scope: String,
 }
 
 pub use crate::sessions::replay::StoredFrame;
@@ -266,6 +270,20 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         answer: &str,
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Keeps `session`, the proof of a resume token of the ended session `connection_id`
+    /// (token hashes, principal, key scope; `detached_at` is not kept), until `expires_at_ms`:
+    /// a resume with that token can then carry the session's idempotency keys on into the
+    /// client's next session (PROTOCOL.md section 6.7). Replaces what was kept before.
+    async fn keep_ended_session(
+        &self,
+        connection_id: &str,
+        session: &SessionRecord,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// What [`keep_ended_session`](Self::keep_ended_session) kept of `connection_id`, unless it
+    /// expired.
+    async fn ended_session(&self, connection_id: &str)
+    -> Result<Option<SessionRecord>, StoreError>;
     /// Keeps `frame` for replay under its sequence number (`durability = "store"`), written by
     /// `owner_host`/`owner_incarnation`, unless that number is taken by another writer: a frame
     /// another host wrote, or a fence ([`fence_frames`](Self::fence_frames)) a new owner of the

@@ -37,15 +37,37 @@ pub(super) fn record_from_item(item: &HashMap<String, AttributeValue>) -> Option
         // Written by `put_connection` from a JSON object, so text that is not one was not ours.
         authorizer: get_s(item, "authorizer").and_then(|text| serde_json::from_str(&text).ok()),
         // `sessionTokenHash` marks a session: every session has a token.
-        session: get_s(item, "sessionTokenHash").map(|token_hash| {
-            Box::new(SessionRecord {
-                token_hash,
-                principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
-                previous_token_hash: get_s(item, "sessionPreviousTokenHash").unwrap_or_default(),
-                detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
-            })
-        }),
+        session: session_from_item(item).map(Box::new),
     })
+}
+
+/// The session part of a connection record's item, or of an ended session's item in the
+/// sessions table.
+pub(super) fn session_from_item(item: &HashMap<String, AttributeValue>) -> Option<SessionRecord> {
+    // `sessionTokenHash` marks a session: every session has a token.
+    Some(SessionRecord {
+        token_hash: get_s(item, "sessionTokenHash")?,
+        principal: get_s(item, "sessionPrincipal").unwrap_or_default(),
+        previous_token_hash: get_s(item, "sessionPreviousTokenHash").unwrap_or_default(),
+        detached_at: get_n(item, "sessionDetachedAt").unwrap_or_default(),
+        key_scope: get_s(item, "sessionKeyScope").unwrap_or_default(),
+    })
+}
+
+/// Adds the attributes of `session` to `item` (see [`session_from_item`]).
+pub(super) fn insert_session(item: &mut HashMap<String, AttributeValue>, session: &SessionRecord) {
+    item.insert("sessionTokenHash".into(), s(&session.token_hash));
+    item.insert("sessionDetachedAt".into(), n(session.detached_at));
+    // Empty strings are left out, as they read back.
+    for (name, value) in [
+        ("sessionPreviousTokenHash", &session.previous_token_hash),
+        ("sessionPrincipal", &session.principal),
+        ("sessionKeyScope", &session.key_scope),
+    ] {
+        if !value.is_empty() {
+            item.insert(name.into(), s(value));
+        }
+    }
 }
 
 /// The item of `record`, expiring at `ttl` (epoch seconds): what `put_connection` and `take_over`
@@ -83,17 +105,7 @@ pub(super) fn connection_item(
         }
     }
     if let Some(session) = &record.session {
-        item.insert("sessionTokenHash".into(), s(&session.token_hash));
-        item.insert("sessionDetachedAt".into(), n(session.detached_at));
-        if !session.previous_token_hash.is_empty() {
-            item.insert(
-                "sessionPreviousTokenHash".into(),
-                s(&session.previous_token_hash),
-            );
-        }
-        if !session.principal.is_empty() {
-            item.insert("sessionPrincipal".into(), s(&session.principal));
-        }
+        insert_session(&mut item, session);
     }
     item
 }
@@ -102,6 +114,10 @@ pub(super) fn connection_item(
 pub(super) fn key_item(key: &str) -> AttributeValue {
     s(&format!("k#{key}"))
 }
+
+/// Sort key, in the sessions table, of what is kept of an ended session (beside its frames,
+/// `m#…`, and keys, `k#…`).
+pub(super) const ENDED_ITEM: &str = "ended";
 
 /// Sort key of frame `seq` in the sessions table: zero-padded to the 20 digits of `u64::MAX`, so
 /// that the keys sort as the numbers do.

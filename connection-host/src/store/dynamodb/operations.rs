@@ -1,15 +1,16 @@
 //! The [`ConnectionStore`] operations on the three tables.
 
 use super::codec::{
-    connection_item, frame_item, get_n, get_s, group_key, group_name, group_shard, host_from_item,
-    host_key, key_item, member_from_item, n, record_from_item, s, ttl_from_ms,
+    ENDED_ITEM, connection_item, frame_item, get_n, get_s, group_key, group_name, group_shard,
+    host_from_item, host_key, insert_session, key_item, member_from_item, n, record_from_item, s,
+    session_from_item, ttl_from_ms,
 };
 use super::schema::{BY_CONNECTION_INDEX, BY_OWNER_INDEX, HOSTS_PARTITION};
 use super::{DynamoDbStore, is_conditional_failure, unavailable};
 use crate::store::page_token::PageToken;
 use crate::store::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
-    RecordsPage, StoreError, StoredFrame,
+    RecordsPage, SessionRecord, StoreError, StoredFrame,
 };
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, KeysAndAttributes, ReturnValue, Select, WriteRequest,
@@ -733,6 +734,49 @@ impl ConnectionStore for DynamoDbStore {
             .await
             .map_err(|e| unavailable("PutItem complete_key", e))?;
         Ok(())
+    }
+
+    async fn keep_ended_session(
+        &self,
+        connection_id: &str,
+        session: &SessionRecord,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut item = HashMap::from([
+            ("connectionId".to_string(), s(connection_id)),
+            ("item".to_string(), s(ENDED_ITEM)),
+            ("ttl".to_string(), n(ttl_from_ms(expires_at_ms))),
+        ]);
+        insert_session(&mut item, session);
+        self.client
+            .put_item()
+            .table_name(&self.tables.sessions)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem keep_ended_session", e))?;
+        Ok(())
+    }
+
+    async fn ended_session(
+        &self,
+        connection_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sessions)
+            .key("connectionId", s(connection_id))
+            .key("item", s(ENDED_ITEM))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem ended_session", e))?;
+        // TTL deletion is late: an item past its ttl is gone all the same.
+        Ok(out
+            .item
+            .filter(|item| get_n(item, "ttl").is_some_and(|ttl| ttl > now_secs()))
+            .and_then(|item| session_from_item(&item)))
     }
 
     async fn append_frame(
