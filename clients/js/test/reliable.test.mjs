@@ -139,6 +139,7 @@ describe("reliable mode", () => {
     ws.receive({ t: "msg", s: 1, d: "a" });
     ws.receive({ t: "msg", s: 2, d: "b" });
     c.send("pending");
+    const [first] = ws.frames();
     ws.drop(1006);
     await tick(1000);
     ws = last();
@@ -147,19 +148,28 @@ describe("reliable mode", () => {
     welcome(ws, { id: "c2", token: "tok9", recovered: false, seq: 0, reason: "expired" });
     await settle();
     assert.deepEqual(r.of("connected").at(-1), { first: false, recovered: false, connectionId: "c2", reason: "expired", protocol: null });
-    assert.deepEqual(ws.frames().map((f) => f.d), ["pending"]);
+    const [again] = ws.frames();
+    assert.equal(again.d, "pending");
+    assert.equal(again.id, first.id, "sent again with its key");
     ws.receive({ t: "msg", s: 1, d: "new" });
     assert.deepEqual(r.of("message"), ["a", "b", "new"]);
     c.close();
   });
 
-  test("a close from the host other than 4000/4001 ends the session: the next connection does not resume", async () => {
+  test("after a close that ends the session, the next connection offers its token and sends the unanswered again with their keys", async () => {
     const c = client();
-    const ws = await connected(c);
+    let ws = await connected(c);
     ws.receive({ t: "msg", s: 1, d: "a" });
+    c.send("pending");
+    const [sent] = ws.frames();
     ws.drop(1001, "Going away");
     await tick(1000);
-    assert.deepEqual(last().protocols, ["ch-reliable.v1"]);
+    ws = last();
+    assert.deepEqual(ws.protocols, ["ch-reliable.v1", "ch-resume.1.tok1"]);
+    ws.accept("ch-reliable.v1");
+    welcome(ws, { id: "c2", token: "tok2", recovered: false, seq: 0, reason: "expired" });
+    await settle();
+    assert.deepEqual(ws.frames(), [sent]);
     c.close();
   });
 

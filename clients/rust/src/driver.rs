@@ -339,13 +339,12 @@ impl Driver {
             // so that was one of its own attempts it had given up on that completed late (or
             // someone holding its token): resume again with the latest token it has.
             Some(CLOSE_REPLACED) if self.options.reliable => Outcome::Retry,
-            Some(CLOSE_RESUME) => Outcome::Retry,
-            _ => {
-                // Any other code from the host means the session ended (PROTOCOL.md section 7):
-                // its token is worthless, the next connection starts a new session.
-                self.resume_token = None;
-                Outcome::Retry
-            }
+            // Any other code from the host means the session ended (PROTOCOL.md section 7). The
+            // next connection offers its token all the same: the host cannot resume an ended
+            // session, but the token proves this client held it, so the new session carries on
+            // its idempotency keys and the unanswered messages sent again are not invoked twice
+            // (section 6.7).
+            _ => Outcome::Retry,
         }
     }
 

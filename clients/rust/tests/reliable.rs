@@ -263,12 +263,15 @@ async fn close_code_4001_resumes_again() {
 }
 
 #[tokio::test]
-async fn another_host_close_code_ends_the_session_and_starts_a_new_one() {
+async fn after_the_session_ended_the_next_one_is_offered_its_token_and_gets_its_messages_again() {
     let mut host = FakeHost::start(true).await;
     let mut client = Client::connect(fast(&host.url).reliable(true));
+    let sender = client.sender();
     let mut conn = host.accept().await;
     conn.welcome("c1", "t1", false, 0).await;
     connected(&mut client).await;
+    sender.send("unanswered").await.unwrap();
+    let sent = conn.next_of("msg").await;
     conn.ws
         .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
             code: 1001.into(),
@@ -276,12 +279,16 @@ async fn another_host_close_code_ends_the_session_and_starts_a_new_one() {
         }))
         .await
         .unwrap();
-    let conn = host.accept().await;
-    assert_eq!(
-        conn.protocols,
-        ["ch-reliable.v1"],
-        "no resume of an ended session"
-    );
+    // The ended session cannot be resumed, but its token carries its keys on into the next.
+    let mut conn = host.accept().await;
+    assert_eq!(conn.protocols, ["ch-reliable.v1", "ch-resume.0.t1"]);
+    conn.send_json(
+        json!({"t": "welcome", "v": 1, "connectionId": "c2", "resumeToken": "t2",
+        "recovered": false, "seq": 0, "protocol": null, "reason": "expired"}),
+    )
+    .await;
+    let again = conn.next_of("msg").await;
+    assert_eq!((&again["id"], &again["d"]), (&sent["id"], &sent["d"]));
 }
 
 #[tokio::test]
