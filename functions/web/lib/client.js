@@ -6,11 +6,8 @@ import { backoffDelay } from "./backoff.js";
 import { ClientError, ClosedError, ProtocolError, QueueFullError, ReliableNotSupportedError, ReplyError, TimeoutError, UnauthorizedError, } from "./errors.js";
 import { ackFrame, isProtocolToken, msgFrame, order, parseHostFrame, PING_FRAME, RELIABLE, resumeEntry, } from "./frames.js";
 import { parsePresence } from "./presence.js";
-/** The host asks to resume (4000); another connection took the session (4001). */
+/** The close code with which the client asks to resume (PROTOCOL.md 5.3). */
 const CLOSE_RESUME = 4000;
-/** What browsers report for a connection lost without a Close frame. */
-const CLOSE_ABNORMAL = 1006;
-const CLOSE_REPLACED = 4001;
 /** Close codes that say the credentials were refused after the handshake. */
 const CLOSE_UNAUTHORIZED = new Set([4401, 4403]);
 /** The error of a `reply` whose message the host did not invoke, because it could not claim its key (PROTOCOL.md 6). */
@@ -240,11 +237,11 @@ export class Client {
             if (CLOSE_UNAUTHORIZED.has(ev.code)) {
                 return this.stop(new UnauthorizedError(`the host closed the connection with ${ev.code} ${ev.reason}`, ev.code));
             }
-            // 1006 is a connection lost without a Close frame: the session is detached, not ended. Any other
-            // code from the host but 4000 and 4001 means it ended (PROTOCOL.md 7): its token is worthless.
-            if (this.o.reliable && link.welcomed && ![CLOSE_ABNORMAL, CLOSE_RESUME, CLOSE_REPLACED].includes(ev.code)) {
-                this.resumeToken = undefined;
-            }
+            // Any code from the host but 4000 and 4001 (or a connection lost without a Close frame, 1006)
+            // means the session ended (PROTOCOL.md 7). The next connection offers its token all the same:
+            // the host cannot resume an ended session, but the token proves this client held it, so the
+            // new session carries on its idempotency keys and the unanswered messages sent again are not
+            // invoked twice (6.7).
             this.drop(link, opened ? `closed with ${ev.code}` : "the connection attempt failed");
         };
     }
