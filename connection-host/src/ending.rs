@@ -131,18 +131,18 @@ async fn delete_record(
     first_done: tokio::sync::oneshot::Sender<()>,
 ) {
     let connection_id = &context.connection_id;
-    if let Some(session) = ended {
-        let window = host.config.extensions.sessions.dedup_window;
-        let expires = ids::now_ms() + i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
-        if let Err(e) = host
-            .store
-            .keep_ended_session(connection_id, &session, expires)
-            .await
-        {
-            tracing::warn!(error = %e, "ended session not kept; a resume with its token cannot carry its idempotency keys on");
-        }
-    }
     let retry = async {
+        if let Some(session) = ended {
+            let window = host.config.extensions.sessions.dedup_window;
+            let expires = ids::now_ms() + i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2);
+            if let Err(e) = host
+                .store
+                .keep_ended_session(connection_id, &session, expires)
+                .await
+            {
+                tracing::warn!(error = %e, "ended session not kept; a resume with its token cannot carry its idempotency keys on");
+            }
+        }
         let mut first_done = Some(first_done);
         let mut delay = DELETE_BACKOFF_FIRST;
         let mut attempts = 0u32;

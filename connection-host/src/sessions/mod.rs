@@ -12,6 +12,12 @@
 //! unacknowledged frames (from the previous owner, or from the store with
 //! `durability = "store"`), and attaches the connection. The previous owner, asked to hand the
 //! session over, lets go of it: its later posts look the owner up again.
+//!
+//! A resume that cannot recover its session but proves it comes from the session's client (a
+//! token the session accepts, the same principal) starts the fresh session in the old one's key
+//! scope (PROTOCOL.md section 6.7): its idempotency keys are claimed under the connection ID the
+//! old session's were, so a message sent again is not invoked twice. A session that ends leaves
+//! that proof in the store for `dedup_window` ([`end`], and [`crate::ending::finish`]).
 
 pub mod envelope;
 pub mod replay;

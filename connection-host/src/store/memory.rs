@@ -430,13 +430,8 @@ impl ConnectionStore for MemoryStore {
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let kept = SessionRecord {
-            detached_at: 0,
-            ..session.clone()
-        };
-        inner
-            .ended
-            .insert(connection_id.to_string(), (kept, expires_at_ms));
+        let kept = (session.clone(), expires_at_ms);
+        inner.ended.insert(connection_id.to_string(), kept);
         if inner.ended.len().is_multiple_of(SWEEP_AT) {
             let now = crate::ids::now_ms();
             inner.ended.retain(|_, (_, expires)| *expires > now);

@@ -271,7 +271,7 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
     /// Keeps `session`, the proof of a resume token of the ended session `connection_id`
-    /// (token hashes, principal, key scope; `detached_at` is not kept), until `expires_at_ms`:
+    /// (token hashes, principal, key scope), until `expires_at_ms`:
     /// a resume with that token can then carry the session's idempotency keys on into the
     /// client's next session (PROTOCOL.md section 6.7). Replaces what was kept before.
     async fn keep_ended_session(
