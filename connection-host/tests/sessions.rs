@@ -315,6 +315,31 @@ async fn messages_sent_again_after_the_window_passed_are_not_invoked_again() {
 }
 
 #[tokio::test]
+async fn a_message_sent_again_while_its_first_attempt_runs_past_the_session_is_invoked_once() {
+    let handler = Handler::start(echo).await;
+    let toml = config(&handler, "").replace("resume_window = \"3s\"", "resume_window = \"300ms\"");
+    let host = TestHost::start(&toml).await;
+    let (mut ws, welcome) = reliable(&host, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    // Answered 1.5 s after it arrives: the session ends while it runs.
+    let slow = json!({"t":"msg","id":"slow","d":"{\"action\":\"slow\"}"});
+    send(&mut ws, slow.clone()).await;
+    handler.wait_body("{\"action\":\"slow\"}").await;
+    drop(ws);
+    handler.wait_route("$disconnect", Some(&id)).await;
+    let (mut ws, fresh) = reliable(&host, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(fresh["reason"], "expired");
+    // The key is still claimed by the first attempt: the fresh session answers with its outcome.
+    send(&mut ws, slow).await;
+    let reply = frame(&mut ws).await;
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("slow"), Some("echo:{\"action\":\"slow\"}"))
+    );
+    assert_eq!(invocations(&handler, "slow"), 1);
+}
+
+#[tokio::test]
 async fn delete_connection_ends_a_detached_session() {
     let handler = Handler::start(echo).await;
     let host = TestHost::start(&config(&handler, "")).await;

@@ -15,7 +15,8 @@ pub struct SessionsConfig {
     pub resume_window: Duration,
     /// Bytes of unacknowledged frames kept per session; a post past it answers 429.
     pub session_buffer_bytes: usize,
-    /// How long an idempotency key and its answer are remembered.
+    /// How long an idempotency key and its answer are remembered, and how long a session that
+    /// ended can pass its keys on to its client's next session (PROTOCOL.md section 6.7).
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
     /// Where a session's unacknowledged frames are kept: in the owning host's memory (lost only
