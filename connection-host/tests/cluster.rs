@@ -1665,6 +1665,35 @@ async fn a_key_answered_on_a_host_that_died_is_not_invoked_again_in_the_fresh_se
 }
 
 #[tokio::test]
+async fn a_key_is_carried_on_after_the_reaper_removed_the_dead_hosts_session() {
+    let Some(tables) = TestTables::create("keys_reaped").await else {
+        return;
+    };
+    let handler = echo_handler().await;
+    let routes = echoed_sessions(&handler, "memory");
+    let mut a = ClusterHost::start_with_routes(&tables, "a", FAST_LIVENESS, &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", FAST_LIVENESS, &routes);
+    let (mut ws, welcome) = reliable_connect(a.public, None).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_string();
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    a.kill();
+    drop(ws);
+    // B's reaper deletes the session's record, leaving what proves its token.
+    let store = &tables.store;
+    eventually(
+        "the dead host's session reaped",
+        Duration::from_secs(15),
+        || async { store.get_connection(&id).await.unwrap().is_none() },
+    )
+    .await;
+    let (mut ws, fresh) = reliable_connect(b.public, Some(&resume_offer(&welcome, 0))).await;
+    assert_eq!(fresh["reason"], "expired");
+    assert_eq!(request(&mut ws, "k", "work").await, "echo:work");
+    assert_eq!(invocations(&handler, "k"), 1);
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_key_is_not_invoked_again_after_the_window_passed_and_the_client_came_back_elsewhere() {
     let Some(tables) = TestTables::create("keys_expired").await else {
         return;
