@@ -200,6 +200,23 @@ fn frame_at(b: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
     (b.len() >= end).then_some((b0, header..end))
 }
 
+/// CPU seconds (user + system) the host `pid` and this process have used so far, from
+/// `/proc/{pid}/stat` (Linux; `None` elsewhere or without a pid).
+fn cpu_times(pid: Option<u32>) -> Option<(f64, f64)> {
+    let seconds = |path: String| -> Option<f64> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        // The fields after the command name, which ends with the last ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ: 100 on Linux's architectures.
+        Some(ticks / 100.0)
+    };
+    Some((
+        seconds(format!("/proc/{}/stat", pid?))?,
+        seconds("/proc/self/stat".into())?,
+    ))
+}
+
 fn epoch_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -209,7 +226,7 @@ fn epoch_us() -> u64 {
 pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
     if !o.hosts.is_empty() {
         let what = format!("{} running host(s)", o.hosts.len());
-        return broadcast_run(o, &o.hosts, &what).await;
+        return broadcast_run(o, &o.hosts, &what, None).await;
     }
     // The group's fan-out limit off, like every other rate limit in the bench.
     let config = format!("{WHOAMI_CONFIG}\n[extensions.groups]\nenabled = true\nfanout_rate = 0\n");
@@ -223,7 +240,8 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
         }
     };
     let at = SocketAddr::from(([127, 0, 0, 1], host.port));
-    let rows = broadcast_run(o, &[Target { ws: at, mgmt: at }], "one host").await;
+    let targets = [Target { ws: at, mgmt: at }];
+    let rows = broadcast_run(o, &targets, "one host", Some(host.pid())).await;
     host.report_log();
     rows
 }
@@ -231,8 +249,14 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
 /// Connects `o.members` WebSockets spread over `targets` (round-robin), joins them to the group
 /// through their own host, then broadcasts through the first target. The hosts need the groups
 /// extension with `fanout_rate = 0`, the `whoami` route of [`WHOAMI_CONFIG`] and their rate
-/// limits off (the `UNLIMITED` variables).
-pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) -> Res<Vec<Row>> {
+/// limits off (the `UNLIMITED` variables). With `host_pid` (a host started here), the CPU time the
+/// host and this process spend per delivery in each phase is printed too.
+pub(crate) async fn broadcast_run(
+    o: &Opts,
+    targets: &[Target],
+    where_: &str,
+    host_pid: Option<u32>,
+) -> Res<Vec<Row>> {
     let n = o.members;
     let t = Instant::now();
     let opened: Vec<Res<(Ws, String, usize)>> = futures_util::stream::iter(0..n)
@@ -337,6 +361,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
     seq += 1;
 
     // One at a time.
+    let cpu_start = cpu_times(host_pid);
     let (mut to_last, mut answers, mut missing) = (Vec::new(), Vec::new(), 0);
     for _ in 0..ROUNDS {
         let (t0, answered) = call(seq).await?;
@@ -351,6 +376,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
 
     // Sustained: WINDOW broadcasts in flight for the run's duration.
     stats.sustained_from.store(seq as u64, Ordering::Relaxed);
+    let cpu_sustained = cpu_times(host_pid);
     eprintln!(
         "  broadcast: one at a time done; sustained for {:?}",
         o.duration
@@ -380,6 +406,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
         .map(|s| u64::from(stats.count[s].load(Ordering::Relaxed)))
         .sum();
     let rate = delivered as f64 / ((end - start) as f64 / 1e6);
+    let cpu_end = cpu_times(host_pid);
     for r in readers {
         r.abort();
     }
@@ -389,6 +416,20 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
         ms(percentile(&answers, 0.99)),
         seq - first
     );
+    if let (Some(a), Some(b), Some(c)) = (cpu_start, cpu_sustained, cpu_end) {
+        let per = |from: (f64, f64), to: (f64, f64), n: f64| {
+            format!(
+                "host {:.1} µs, bench {:.1} µs",
+                (to.0 - from.0) / n * 1e6,
+                (to.1 - from.1) / n * 1e6
+            )
+        };
+        eprintln!(
+            "  broadcast: CPU per delivery (user + system): one at a time {}; sustained {}",
+            per(a, b, (ROUNDS * n) as f64),
+            per(b, c, delivered as f64)
+        );
+    }
 
     let complete = if missing == 0 {
         String::new()
