@@ -470,3 +470,26 @@ pub(crate) async fn broadcast_run(
     rows.push(row);
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::frame_at;
+
+    #[test]
+    fn a_frame_is_found_only_once_all_of_it_is_there() {
+        let mut text = vec![0x81, 3];
+        text.extend_from_slice(b"1 2");
+        assert_eq!(frame_at(&text), Some((0x81, 2..5)));
+        assert_eq!(frame_at(&text[..4]), None);
+        assert_eq!(frame_at(&text[..1]), None);
+        // A 16-bit length, and a second frame behind the first.
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(b'.', 256));
+        long.extend_from_slice(&[0x89, 0]);
+        assert_eq!(frame_at(&long), Some((0x81, 4..260)));
+        assert_eq!(frame_at(&long[260..]), Some((0x89, 2..2)));
+        assert_eq!(frame_at(&long[..259]), None);
+        // A 64-bit length never fits the reader's buffer.
+        assert_eq!(frame_at(&[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 1, 0]), None);
+    }
+}
