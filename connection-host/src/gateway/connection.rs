@@ -220,6 +220,11 @@ where
         }
     };
     tokio::pin!(replaced);
+    // Made once: a future made anew on every turn of the loop would register with the host-wide
+    // shutdown signal, and unregister, at every message sent, under that signal's lock, which all
+    // connections share.
+    let shutdown = host.shutdown.cancelled();
+    tokio::pin!(shutdown);
     let reliable = attachment.is_some();
     let mut ordered = None;
     let pinging = !limits.ping_interval.is_zero();
@@ -242,7 +247,7 @@ where
         }
         tokio::select! {
             biased;
-            _ = host.shutdown.cancelled() => return Ending::host(1001, "Going away"),
+            _ = &mut shutdown => return Ending::host(1001, "Going away"),
             _ = &mut replaced => return Ending { replaced: true, ..Ending::client(4001, "Replaced".into()) },
             _ = handle.queued() => loop {
                 // Boxed: inline, the writes and their deadline would enlarge the task that every
@@ -259,7 +264,8 @@ where
                     Err(failed) => return failed.ending(host),
                 }
             },
-            acquired = inflight.clone().acquire_owned(), if permit.is_none() => {
+            // In a block: `select!` builds every branch's future on each turn, disabled or not.
+            acquired = async { inflight.clone().acquire_owned().await }, if permit.is_none() => {
                 permit = acquired.ok();
             }
             frame = ws.next(), if permit.is_some() => {
@@ -410,14 +416,16 @@ async fn write_bounded(
     host: &Host,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), SendError> {
+    // The write first: one that completes at once (the usual case) never registers with the
+    // host-wide shutdown signal, whose lock every connection shares.
     tokio::select! {
         biased;
-        _ = host.shutdown.cancelled() => Err(SendError::ShuttingDown),
         written = tokio::time::timeout(host.config.limits.outbound_full_grace, write) => match written {
             Err(_) => Err(SendError::Stalled),
             Ok(Err(_)) => Err(SendError::Closed),
             Ok(Ok(())) => Ok(()),
         },
+        _ = host.shutdown.cancelled() => Err(SendError::ShuttingDown),
     }
 }
 

@@ -131,6 +131,92 @@ impl Stats {
     }
 }
 
+/// Bytes a member's reader holds: many 64-byte frames; a frame that does not fit ends the reader
+/// (its deliveries then count as missing).
+const READ_BUFFER: usize = 4096;
+
+/// A member's reader: reads its socket's bytes and parses every WebSocket frame in them, recording
+/// each text frame with the time its read returned. Straight on the socket rather than through
+/// tungstenite, whose reader zeroes its 4 KiB buffer before every read and wakes the task through
+/// its own wakers: on two cores shared with the host, that cost came out of the host's share.
+/// A Ping is answered with its Pong; a Close or anything unexpected ends the reader.
+async fn read_frames(mut tcp: TcpStream, stats: Arc<Stats>) {
+    let mut buf = vec![0u8; READ_BUFFER].into_boxed_slice();
+    let (mut start, mut end) = (0, 0);
+    loop {
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let n = match tcp.read(&mut buf[end..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        end += n;
+        let now = epoch_us();
+        // Every complete frame in the buffer (a server's frames are not masked).
+        while let Some((first, payload)) = frame_at(&buf[start..end]) {
+            let len = payload.end;
+            // Whole frames only (FIN set): the host sends 64-byte messages unfragmented.
+            match first {
+                0x81 => match std::str::from_utf8(&buf[start + payload.start..start + len]) {
+                    Ok(text) => stats.record(text, now),
+                    Err(_) => return,
+                },
+                0x89 => {
+                    let ping = &buf[start + payload.start..start + len];
+                    // FIN + Pong, masked (client to server) with a zero key.
+                    let mut pong = vec![0x8a, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(ping);
+                    if tcp.write_all(&pong).await.is_err() {
+                        return;
+                    }
+                }
+                0x8a => {}
+                _ => return,
+            }
+            start += len;
+        }
+        if start == 0 && end == buf.len() {
+            return;
+        }
+    }
+}
+
+/// The first byte (FIN and opcode) and payload range (whose end is the frame's end) of the
+/// unmasked frame at the start of `b`, once all of it is there.
+fn frame_at(b: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
+    let (&b0, &b1) = (b.first()?, b.get(1)?);
+    let (header, len) = match b1 & 0x7f {
+        126 => (
+            4usize,
+            usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?])),
+        ),
+        127 => (10, usize::MAX),
+        n => (2, usize::from(n)),
+    };
+    let end = header.checked_add(len)?;
+    (b.len() >= end).then_some((b0, header..end))
+}
+
+/// CPU seconds (user + system) the host `pid` and this process have used so far, from
+/// `/proc/{pid}/stat` (Linux; `None` elsewhere or without a pid).
+fn cpu_times(pid: Option<u32>) -> Option<(f64, f64)> {
+    let seconds = |path: String| -> Option<f64> {
+        let stat = std::fs::read_to_string(path).ok()?;
+        // The fields after the command name, which ends with the last ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ: 100 on Linux's architectures.
+        Some(ticks / 100.0)
+    };
+    Some((
+        seconds(format!("/proc/{}/stat", pid?))?,
+        seconds("/proc/self/stat".into())?,
+    ))
+}
+
 fn epoch_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -140,7 +226,7 @@ fn epoch_us() -> u64 {
 pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
     if !o.hosts.is_empty() {
         let what = format!("{} running host(s)", o.hosts.len());
-        return broadcast_run(o, &o.hosts, &what).await;
+        return broadcast_run(o, &o.hosts, &what, None).await;
     }
     // The group's fan-out limit off, like every other rate limit in the bench.
     let config = format!("{WHOAMI_CONFIG}\n[extensions.groups]\nenabled = true\nfanout_rate = 0\n");
@@ -154,7 +240,8 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
         }
     };
     let at = SocketAddr::from(([127, 0, 0, 1], host.port));
-    let rows = broadcast_run(o, &[Target { ws: at, mgmt: at }], "one host").await;
+    let targets = [Target { ws: at, mgmt: at }];
+    let rows = broadcast_run(o, &targets, "one host", Some(host.pid())).await;
     host.report_log();
     rows
 }
@@ -162,8 +249,14 @@ pub(crate) async fn broadcast(o: &Opts) -> Res<Vec<Row>> {
 /// Connects `o.members` WebSockets spread over `targets` (round-robin), joins them to the group
 /// through their own host, then broadcasts through the first target. The hosts need the groups
 /// extension with `fanout_rate = 0`, the `whoami` route of [`WHOAMI_CONFIG`] and their rate
-/// limits off (the `UNLIMITED` variables).
-pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) -> Res<Vec<Row>> {
+/// limits off (the `UNLIMITED` variables). With `host_pid` (a host started here), the CPU time the
+/// host and this process spend per delivery in each phase is printed too.
+pub(crate) async fn broadcast_run(
+    o: &Opts,
+    targets: &[Target],
+    where_: &str,
+    host_pid: Option<u32>,
+) -> Res<Vec<Row>> {
     let n = o.members;
     let t = Instant::now();
     let opened: Vec<Res<(Ws, String, usize)>> = futures_util::stream::iter(0..n)
@@ -234,16 +327,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
     let stats = Arc::new(Stats::new());
     let readers: Vec<_> = members
         .into_iter()
-        .map(|(mut ws, _, _)| {
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(text) = m {
-                        stats.record(text.as_str(), epoch_us());
-                    }
-                }
-            })
-        })
+        .map(|(ws, _, _)| tokio::spawn(read_frames(ws.into_inner(), stats.clone())))
         .collect();
 
     let mgmt = targets[0].mgmt;
@@ -277,6 +361,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
     seq += 1;
 
     // One at a time.
+    let cpu_start = cpu_times(host_pid);
     let (mut to_last, mut answers, mut missing) = (Vec::new(), Vec::new(), 0);
     for _ in 0..ROUNDS {
         let (t0, answered) = call(seq).await?;
@@ -291,6 +376,11 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
 
     // Sustained: WINDOW broadcasts in flight for the run's duration.
     stats.sustained_from.store(seq as u64, Ordering::Relaxed);
+    let cpu_sustained = cpu_times(host_pid);
+    eprintln!(
+        "  broadcast: one at a time done; sustained for {:?}",
+        o.duration
+    );
     let first = seq;
     let mut pending = std::collections::VecDeque::new();
     let (start, deadline) = (epoch_us(), Instant::now() + o.duration);
@@ -316,6 +406,7 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
         .map(|s| u64::from(stats.count[s].load(Ordering::Relaxed)))
         .sum();
     let rate = delivered as f64 / ((end - start) as f64 / 1e6);
+    let cpu_end = cpu_times(host_pid);
     for r in readers {
         r.abort();
     }
@@ -325,6 +416,20 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
         ms(percentile(&answers, 0.99)),
         seq - first
     );
+    if let (Some(a), Some(b), Some(c)) = (cpu_start, cpu_sustained, cpu_end) {
+        let per = |from: (f64, f64), to: (f64, f64), n: f64| {
+            format!(
+                "host {:.1} µs, bench {:.1} µs",
+                (to.0 - from.0) / n * 1e6,
+                (to.1 - from.1) / n * 1e6
+            )
+        };
+        eprintln!(
+            "  broadcast: CPU per delivery (user + system): one at a time {}; sustained {}",
+            per(a, b, (ROUNDS * n) as f64),
+            per(b, c, delivered as f64)
+        );
+    }
 
     let complete = if missing == 0 {
         String::new()
@@ -364,4 +469,27 @@ pub(crate) async fn broadcast_run(o: &Opts, targets: &[Target], where_: &str) ->
     row.verdict = verdict(rate >= 600_000.0 && missing == 0);
     rows.push(row);
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_at;
+
+    #[test]
+    fn a_frame_is_found_only_once_all_of_it_is_there() {
+        let mut text = vec![0x81, 3];
+        text.extend_from_slice(b"1 2");
+        assert_eq!(frame_at(&text), Some((0x81, 2..5)));
+        assert_eq!(frame_at(&text[..4]), None);
+        assert_eq!(frame_at(&text[..1]), None);
+        // A 16-bit length, and a second frame behind the first.
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(b'.', 256));
+        long.extend_from_slice(&[0x89, 0]);
+        assert_eq!(frame_at(&long), Some((0x81, 4..260)));
+        assert_eq!(frame_at(&long[260..]), Some((0x89, 2..2)));
+        assert_eq!(frame_at(&long[..259]), None);
+        // A 64-bit length never fits the reader's buffer.
+        assert_eq!(frame_at(&[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 1, 0]), None);
+    }
 }
