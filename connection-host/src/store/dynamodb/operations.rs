@@ -11,14 +11,9 @@ use crate::store::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
     RecordsPage, StoreError, StoredFrame,
 };
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, KeysAndAttributes, ReturnValue, Select, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, ReturnValue, Select, WriteRequest};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Most keys in one `BatchGetItem` call (a DynamoDB limit).
-const BATCH_GET_SIZE: usize = 100;
 
 /// Most write requests in one `BatchWriteItem` call (a DynamoDB limit).
 const BATCH_SIZE: usize = 25;
@@ -374,60 +369,6 @@ impl ConnectionStore for DynamoDbStore {
         futures_util::future::try_join_all(counts)
             .await
             .map(|counts| counts.into_iter().sum())
-    }
-
-    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let now = now_secs();
-        let mut records = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH_GET_SIZE) {
-            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|id| HashMap::from([("connectionId".to_string(), s(id))]))
-                .collect();
-            // BatchGetItem refuses duplicate keys.
-            keys.sort_by(|a, b| {
-                a["connectionId"]
-                    .as_s()
-                    .ok()
-                    .cmp(&b["connectionId"].as_s().ok())
-            });
-            keys.dedup();
-            let mut attempt = 0;
-            while !keys.is_empty() {
-                before_batch_attempt(attempt, keys.len(), "BatchGetItem").await?;
-                attempt += 1;
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(format!("BatchGetItem request: {e}")))?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.tables.connections, request)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("BatchGetItem", e))?;
-                if let Some(items) = out
-                    .responses
-                    .as_ref()
-                    .and_then(|r| r.get(&self.tables.connections))
-                {
-                    records.extend(
-                        items
-                            .iter()
-                            .filter(|i| get_n(i, "ttl").is_none_or(|ttl| ttl >= now))
-                            .filter_map(record_from_item),
-                    );
-                }
-                keys = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.tables.connections))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-            }
-        }
-        Ok(records)
     }
 
     async fn connections_of_host(
