@@ -1384,6 +1384,50 @@ async fn dynamodb_items_stored_with_schema_and_expired_ones_ignored() {
 }
 
 #[tokio::test]
+async fn dynamodb_listing_reads_past_expired_members_in_every_shard() {
+    let Some(tables) =
+        TestTables::create("dynamodb_listing_reads_past_expired_members_in_every_shard").await
+    else {
+        return;
+    };
+    let store = &tables.store;
+    let expiring = DynamoDbStore::new(store.client().clone(), store.tables().clone())
+        .with_lifetime(Duration::ZERO);
+    // Expired memberships before, among and after the live ones, in every shard: a shard's
+    // read can come back with nothing but a position, and the page must read on.
+    let expired: Vec<String> = (0..48)
+        .map(|i| format!("{}-{i:02}", ["a", "m", "z"][i % 3]))
+        .collect();
+    let live: Vec<String> = (0..10).map(|i| format!("live-{i:02}")).collect();
+    let writes = expired
+        .iter()
+        .map(|id| (&expiring, id))
+        .chain(live.iter().map(|id| (store, id)))
+        .map(|(store, id)| async move { store.add_to_group("g", &member(id)).await.unwrap() });
+    futures_util::stream::iter(writes)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    for limit in [1, 3, 10, 1000] {
+        let (mut ids, sizes) = all_members(store, "g", limit).await;
+        ids.sort();
+        assert_eq!(ids, live, "pages of {limit}: each live member once");
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            live.len(),
+            "pages of {limit}: {sizes:?}"
+        );
+        assert_eq!(
+            sizes.len(),
+            live.len().div_ceil(limit),
+            "no empty last page"
+        );
+    }
+    assert_eq!(store.group_count("g").await.unwrap(), live.len() as u64);
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn dynamodb_session_items_stored_with_schema() {
     let Some(tables) = TestTables::create("dynamodb_session_items_stored_with_schema").await else {
         return;

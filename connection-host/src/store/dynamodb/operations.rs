@@ -293,8 +293,13 @@ impl ConnectionStore for DynamoDbStore {
                 // Limit counts items before the filter, so an expired item makes a page short;
                 // the loop reads on until the page is full or the group ends.
                 .filter_expression("#ttl > :now")
+                // Only what a member needs: a smaller answer to send and to parse.
+                .projection_expression("#c, #p, #j")
                 .expression_attribute_names("#g", "group")
                 .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_names("#c", "connectionId")
+                .expression_attribute_names("#p", "principal")
+                .expression_attribute_names("#j", "joinedAt")
                 .expression_attribute_values(":g", group_key(group, shard))
                 .expression_attribute_values(":now", n(now))
                 .limit(i32::try_from(want - members.len()).unwrap_or(i32::MAX))
