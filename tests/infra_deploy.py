@@ -632,7 +632,7 @@ def check_self_hosted(checks, aws, out, host_bin):
         "TaskRole": ("ecs-tasks.amazonaws.com", {
             **{f"dynamodb:{a}": store_resources for a in (
                 "DescribeTable", "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query",
-                "BatchGetItem", "BatchWriteItem")},
+                "BatchWriteItem")},
             "lambda:InvokeFunction": sorted(function_arns.values()),
         }),
         "TaskExecutionRole": ("ecs-tasks.amazonaws.com", {

@@ -180,18 +180,15 @@ pub enum StoreOperation {
     UpdateItem,
     /// `Query`.
     Query,
-    /// `BatchGetItem`.
-    BatchGetItem,
 }
 
 impl StoreOperation {
-    const ALL: [StoreOperation; 6] = [
+    const ALL: [StoreOperation; 5] = [
         StoreOperation::PutItem,
         StoreOperation::GetItem,
         StoreOperation::DeleteItem,
         StoreOperation::UpdateItem,
         StoreOperation::Query,
-        StoreOperation::BatchGetItem,
     ];
 
     fn label(self) -> &'static str {
@@ -201,7 +198,6 @@ impl StoreOperation {
             StoreOperation::DeleteItem => "DeleteItem",
             StoreOperation::UpdateItem => "UpdateItem",
             StoreOperation::Query => "Query",
-            StoreOperation::BatchGetItem => "BatchGetItem",
         }
     }
 }
@@ -321,8 +317,8 @@ pub struct Metrics {
     /// `connection_host_heartbeat_closes`.
     pub heartbeat_closes: Counter,
     closes: [Counter; CLOSE_CODES.len() + 1],
-    store_calls: [[Counter; 2]; 6],
-    store_latency: [Histogram; 6],
+    store_calls: [[Counter; 2]; 5],
+    store_latency: [Histogram; 5],
     /// `connection_host_cluster_forwards{outcome="ok"}`.
     pub forwards_ok: Counter,
     /// `connection_host_cluster_forwards{outcome="error"}`.

@@ -842,6 +842,67 @@ async fn health_reports_a_full_host_and_ready_answers_503_until_a_place_frees() 
     within("run to return", run).await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn ready_answers_503_draining_once_shutdown_has_started() {
+    init_env();
+    // A long handshake timeout: the held connection below sends its request only after the
+    // shutdown has begun, however slow the machine.
+    let config = connection_host::Config::from_toml(&format!(
+        "[server]\nhandshake_timeout = \"60s\"\n{WHOAMI}"
+    ))
+    .unwrap();
+    let public = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let internal = connection_host::bind(([127, 0, 0, 1], 0).into(), 128).unwrap();
+    let internal_addr = internal.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let run = tokio::spawn(connection_host::run(
+        config,
+        connection_host::Listeners {
+            public,
+            management: Some(internal),
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    // A health checker's request in progress: its first line is sent, the rest comes once the
+    // shutdown has begun. The management listener accepts in order, so once the request on the
+    // connection made after it is answered, this one is being served; a connection that has
+    // begun a request gets its answer while the host drains.
+    let mut held = TcpStream::connect(internal_addr).await.unwrap();
+    held.write_all(b"GET /health/ready HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (status, body) = health_of(internal_addr, "/health/ready").await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (200, json!("ok")),
+        "{body}"
+    );
+
+    let _ = tx.send(());
+    // The listener closes once the shutdown has begun.
+    eventually("the management listener to close", WAIT, async || {
+        TcpStream::connect(internal_addr).await.is_err()
+    })
+    .await;
+    held.write_all(b"Host: checker\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    within("the answer while draining", held.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8(response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 503 "),
+        "a draining host is not ready: {response}"
+    );
+    let body: Value =
+        serde_json::from_str(&response[response.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["status"], "draining", "{body}");
+    assert_eq!(body["accepting"], false, "{body}");
+    within("run to return", run).await.unwrap().unwrap();
+}
+
 /// API Gateway's frame for a throttled message.
 fn is_throttle_frame(text: &str) -> bool {
     regex_lite::Regex::new(

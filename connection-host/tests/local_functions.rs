@@ -51,9 +51,6 @@ impl ConnectionStore for RegistrationFails {
     async fn groups_of(&self, _: &str) -> Result<Vec<String>, StoreError> {
         Err(unreachable_store())
     }
-    async fn get_connections(&self, _: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
-        Err(unreachable_store())
-    }
     async fn connections_of_host(
         &self,
         _: &str,

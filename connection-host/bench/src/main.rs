@@ -28,6 +28,9 @@
 //! `--targets` (each `http://IP:PORT`, with `=http://IP:MGMT_PORT` when its management API listens
 //! apart), broadcasting through the first.
 //!
+//! `presence-list` lists a 10,000-member group through every page and counts it, on the memory
+//! store and then on the DynamoDB store (dynalite, or `--dynamodb-endpoint`), side by side.
+//!
 //! `reliable` and `reliable-store` post to clients speaking the `ch-reliable.v1` subprotocol
 //! (PROTOCOL.md) beside plain clients on the same host, and time a session's resume.
 //!
@@ -624,7 +627,8 @@ struct Opts {
     hosts: Vec<Target>,
     /// The DynamoDB endpoint, or why there is none.
     dynamodb: Result<String, String>,
-    /// `--dynamodb-endpoint` for the scale scenarios; without it they start dynalite.
+    /// `--dynamodb-endpoint` for the scale and `presence-list` scenarios; without it they start
+    /// dynalite.
     scale_endpoint: Option<String>,
     /// The dynalite executable (`--dynalite`).
     dynalite: PathBuf,

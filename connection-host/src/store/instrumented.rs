@@ -99,11 +99,6 @@ impl ConnectionStore for Instrumented {
             .await
     }
 
-    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let call = self.inner.get_connections(ids);
-        self.call(StoreOperation::BatchGetItem, call).await
-    }
-
     async fn connections_of_host(
         &self,
         host_id: &str,

@@ -230,14 +230,6 @@ impl ConnectionStore for MemoryStore {
         Ok(self.lock().groups.get(group).map_or(0, |m| m.len() as u64))
     }
 
-    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let inner = self.lock();
-        Ok(ids
-            .iter()
-            .filter_map(|id| inner.connections.get(id).cloned())
-            .collect())
-    }
-
     async fn connections_of_host(
         &self,
         host_id: &str,

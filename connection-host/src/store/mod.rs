@@ -185,9 +185,6 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
     ) -> Result<MembersPage, StoreError>;
     /// How many members a group has (0 for an unknown group), without listing them.
     async fn group_count(&self, group: &str) -> Result<u64, StoreError>;
-    /// Reads the records of several connections at once (missing ones are left out, in no
-    /// particular order); a broadcast uses it to find the owners of its members.
-    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError>;
     /// Lists the records owned by `host_id` (every incarnation), `limit` at a time, starting after
     /// `next_token`; the reaper and a restarting host use it.
     async fn connections_of_host(

@@ -506,15 +506,15 @@ fn epoch_ms() -> u64 {
 
 /// dynalite (a DynamoDB-API server on Node.js, in memory) on a free loopback port; stopped when
 /// dropped.
-struct Dynalite {
+pub(crate) struct Dynalite {
     child: Child,
-    endpoint: String,
+    pub endpoint: String,
 }
 
 impl Dynalite {
     /// Starts dynalite on a free loopback port; a port taken between the check and dynalite's
     /// bind makes it exit, and another port is tried (three in all).
-    async fn start(bin: &Path) -> Res<Self> {
+    pub async fn start(bin: &Path) -> Res<Self> {
         if !bin.exists() {
             return Err(format!(
                 "dynalite not found at {} (cd connection-host/bench && npm install --no-save dynalite; \

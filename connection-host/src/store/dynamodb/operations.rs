@@ -12,14 +12,9 @@ use crate::store::{
     Claim, ConnectionRecord, ConnectionStore, HostRecord, KeyClaim, Member, MembersPage,
     RecordsPage, SessionRecord, StoreError, StoredFrame,
 };
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, KeysAndAttributes, ReturnValue, Select, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, ReturnValue, Select, WriteRequest};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Most keys in one `BatchGetItem` call (a DynamoDB limit).
-const BATCH_GET_SIZE: usize = 100;
 
 /// Most write requests in one `BatchWriteItem` call (a DynamoDB limit).
 const BATCH_SIZE: usize = 25;
@@ -299,8 +294,13 @@ impl ConnectionStore for DynamoDbStore {
                 // Limit counts items before the filter, so an expired item makes a page short;
                 // the loop reads on until the page is full or the group ends.
                 .filter_expression("#ttl > :now")
+                // Only what a member needs: a smaller answer to send and to parse.
+                .projection_expression("#c, #p, #j")
                 .expression_attribute_names("#g", "group")
                 .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_names("#c", "connectionId")
+                .expression_attribute_names("#p", "principal")
+                .expression_attribute_names("#j", "joinedAt")
                 .expression_attribute_values(":g", group_key(group, shard))
                 .expression_attribute_values(":now", n(now))
                 .limit(i32::try_from(want - members.len()).unwrap_or(i32::MAX))
@@ -375,60 +375,6 @@ impl ConnectionStore for DynamoDbStore {
         futures_util::future::try_join_all(counts)
             .await
             .map(|counts| counts.into_iter().sum())
-    }
-
-    async fn get_connections(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let now = now_secs();
-        let mut records = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH_GET_SIZE) {
-            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|id| HashMap::from([("connectionId".to_string(), s(id))]))
-                .collect();
-            // BatchGetItem refuses duplicate keys.
-            keys.sort_by(|a, b| {
-                a["connectionId"]
-                    .as_s()
-                    .ok()
-                    .cmp(&b["connectionId"].as_s().ok())
-            });
-            keys.dedup();
-            let mut attempt = 0;
-            while !keys.is_empty() {
-                before_batch_attempt(attempt, keys.len(), "BatchGetItem").await?;
-                attempt += 1;
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(format!("BatchGetItem request: {e}")))?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.tables.connections, request)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("BatchGetItem", e))?;
-                if let Some(items) = out
-                    .responses
-                    .as_ref()
-                    .and_then(|r| r.get(&self.tables.connections))
-                {
-                    records.extend(
-                        items
-                            .iter()
-                            .filter(|i| get_n(i, "ttl").is_none_or(|ttl| ttl >= now))
-                            .filter_map(record_from_item),
-                    );
-                }
-                keys = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.tables.connections))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-            }
-        }
-        Ok(records)
     }
 
     async fn connections_of_host(
