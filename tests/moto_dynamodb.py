@@ -6,7 +6,8 @@ One request at a time: moto_server handles each request on its own thread, and i
 write's condition and then writes without a lock, so two conditional writes racing on one item can both
 succeed (seen with eight concurrent `SET owner = :new IF owner = :old` updates: two winners for 4 keys in
 300). DynamoDB never lets both succeed, and the host's session take-over, key claims and frame fencing
-rely on that. Here every request is answered under one lock, which gives moto DynamoDB's atomicity.
+rely on that. Here every request is answered in turn by one event loop, which gives moto DynamoDB's
+atomicity.
 
 Faster than moto_server: most of moto_server's time per request went to its HTTP layer (werkzeug's
 development server: a new connection and thread per request, an access-log line, Flask's dispatch), not
@@ -15,17 +16,16 @@ with an `X-Amz-Target: DynamoDB_20120810.*` header) straight to moto's DynamoDB 
 moto_server's Flask route calls, and writes the status, headers and body moto_server would (only
 werkzeug's own `Server` header and the access log are gone). Every other request (`/moto-api/`, other
 services, a request with an `Origin` header, which moto_server answers with CORS headers) goes to
-moto_server's own WSGI application, under the same lock. `python tests/moto_load.py` measures it
+moto_server's own WSGI application, in the same turn. `python tests/moto_load.py` measures it
 (requests/s per operation) and checks the atomicity.
 """
 
 import argparse
+import asyncio
 import functools
 import io
 import os
-import socketserver
 import sys
-import threading
 import time
 import traceback
 from urllib.parse import unquote
@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 from moto.core import responses as moto_responses
 from moto.core.request import Request
 from moto.core.serialize import DEFAULT_ALIAS_PROVIDERS, XFormedAttributePicker
+from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_api import recorder
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -45,7 +46,6 @@ DYNAMODB_TARGET = "dynamodb_20120810."
 MAX_HEAD = 64 * 1024
 
 moto_server_app = DomainDispatcherApplication(create_backend_app)
-one_at_a_time = threading.Lock()
 
 # Two of moto's steps recompute, on every request, what depends only on code and on the API's model;
 # each is remembered here, which changes no answer. Every request listed the handler's methods
@@ -56,6 +56,37 @@ moto_responses.method_names_from_class = functools.cache(moto_responses.method_n
 # For a dict result, the providers' answer depends only on the member's shape, its parent structure's
 # shape and the member's name: remembered by those (the shapes, kept alive here, are those of moto's
 # cached service model, so their ids stay theirs).
+# moto's Query finds its candidates in `Table.all_items()`, which lists and sorts every item of the table,
+# for every Query: a session's frames (one partition) cost a sort of every frame of every session, and
+# the chaos test's resumes then outran the server as the table grew. The candidates given here are the
+# same items: for a Query of the table's own key, the partition's (moto keeps the table's items by
+# partition, and keeps only those whose partition key matches); for an index, every item, unsorted
+# (moto sorts the matches by the index's key and then the table's, which orders them fully). The
+# answer is moto's own. Safe only because requests are answered one at a time.
+_moto_query = Table.query
+
+
+def _query_candidates(self, hash_key, *args, **kwargs):
+    index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+    if index_name is None and hash_key is not None:
+        partition = self.items.get(hash_key)  # not self.items[...]: a defaultdict would add it
+        if partition is None:
+            candidates = []
+        else:
+            candidates = list(partition.values()) if self.range_key_attr else [partition]
+    elif self.range_key_attr:
+        candidates = [item for partition in self.items.values() for item in partition.values()]
+    else:
+        candidates = list(self.items.values())
+    self.all_items = lambda: candidates
+    try:
+        return _moto_query(self, hash_key, *args, **kwargs)
+    finally:
+        del self.all_items
+
+
+Table.query = _query_candidates
+
 _possible_keys = XFormedAttributePicker.get_possible_keys
 _possible_keys_of = {}
 
@@ -179,50 +210,63 @@ def respond(method, target, version, headers, body, server, peer, close):
     return "".join(head).encode("latin1") + (b"" if method == "HEAD" else payload)
 
 
-class Connection(socketserver.StreamRequestHandler):
-    """One client connection on its own thread: HTTP/1.1 with keep-alive, its requests answered in order."""
+async def connection(reader, writer):
+    """One client connection: HTTP/1.1 with keep-alive, its requests answered in order.
 
-    def handle(self):
-        server = self.connection.getsockname()
+    Every connection is a coroutine of one event loop, and `respond` runs without awaiting: requests
+    are answered one at a time by construction, with no lock and no thread per connection (the hosts
+    of a cluster test keep a few hundred connections open, and threads contending for one lock and
+    the interpreter's spent more of the CPU than moto did).
+    """
+    server = writer.get_extra_info("sockname")
+    peer = writer.get_extra_info("peername")
+    try:
         while True:
-            line = self.rfile.readline(MAX_HEAD)
+            line = await reader.readline()
             if not line:
                 return
             try:
+                if len(line) > MAX_HEAD:
+                    raise ValueError("request line too long")
                 method, target, version = line.decode("latin1").rstrip("\r\n").split(" ")
                 headers = {}
-                while (line := self.rfile.readline(MAX_HEAD).decode("latin1").rstrip("\r\n")) != "":
-                    name, value = line.split(":", 1)
+                head_size = len(line)
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    head_size += len(line)
+                    if head_size > MAX_HEAD:
+                        raise ValueError("request head too large")
+                    name, value = line.decode("latin1").rstrip("\r\n").split(":", 1)
                     name = name.strip().lower()
                     value = value.strip()
                     headers[name] = f"{headers[name]},{value}" if name in headers else value
                 length = int(headers.get("content-length", "0"))
             except ValueError:
-                return self.refuse(400)
+                return await refuse(writer, 400)
             if "transfer-encoding" in headers:
-                return self.refuse(501)  # AWS SDKs send DynamoDB requests with a Content-Length
-            body = self.rfile.read(length)
+                return await refuse(writer, 501)  # AWS SDKs send DynamoDB requests with a Content-Length
+            body = await reader.readexactly(length)
             close = version != "HTTP/1.1" or headers.get("connection", "").lower() == "close"
-            with one_at_a_time:
-                response = respond(method, target, version, headers, body, server, self.client_address, close)
-            self.wfile.write(response)
+            writer.write(respond(method, target, version, headers, body, server, peer, close))
+            await writer.drain()
             if close:
                 return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass  # a client that goes away mid-request (a host the test kills) is not the server's error
+    finally:
+        writer.close()
 
-    def refuse(self, status):
-        self.wfile.write(f"{status_line(status)}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+async def refuse(writer, status):
+    writer.write(f"{status_line(status)}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
 
 
-class Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # The hosts of a cluster test open many connections at once; socketserver's default backlog is 5.
-    request_queue_size = 128
-
-    def handle_error(self, request, client_address):
-        # A client that goes away mid-request (a host the test kills) is not an error of the server's.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+async def serve(host, port):
+    # The hosts of a cluster test open many connections at once: a backlog well above the default.
+    server = await asyncio.start_server(connection, host, port, backlog=1024, limit=MAX_HEAD)
+    print(f" * Running on http://{host}:{port}", file=sys.stderr, flush=True)
+    async with server:
+        await server.serve_forever()
 
 
 def main():
@@ -232,12 +276,10 @@ def main():
     args = parser.parse_args()
     # As moto_server: some of moto's answers name the server's own URL.
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    with Server((args.host, args.port), Connection) as server:
-        print(f" * Running on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+    try:
+        asyncio.run(serve(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
