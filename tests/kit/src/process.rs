@@ -9,9 +9,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// The `connection-host` binary of the workspace build (see [`workspace_binary`]).
+/// The `connection-host` binary the process tests start: `$CONNECTION_HOST_BIN` when set (e.g. a
+/// release build, which the chaos step of tests/run.sh uses for its scale), else the workspace
+/// build's (see [`workspace_binary`]).
 pub fn host_binary() -> PathBuf {
-    workspace_binary("connection-host")
+    match std::env::var_os("CONNECTION_HOST_BIN").filter(|bin| !bin.is_empty()) {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "CONNECTION_HOST_BIN={bin:?} is not a file");
+            bin
+        }
+        None => workspace_binary("connection-host"),
+    }
 }
 
 /// A binary of the workspace build, e.g. a function such as `chat`: next to the `deps/` directory
