@@ -59,10 +59,11 @@ moto_responses.method_names_from_class = functools.cache(moto_responses.method_n
 # moto's Query finds its candidates in `Table.all_items()`, which lists and sorts every item of the table,
 # for every Query: a session's frames (one partition) cost a sort of every frame of every session, and
 # the chaos test's resumes then outran the server as the table grew. The candidates given here are the
-# same items: for a Query of the table's own key, the partition's (moto keeps the table's items by
-# partition, and keeps only those whose partition key matches); for an index, every item, unsorted
-# (moto sorts the matches by the index's key and then the table's, which orders them fully). The
-# answer is moto's own. Safe only because requests are answered one at a time.
+# items moto would keep: for a Query of the table's own key, the partition's (moto keeps the table's
+# items by partition, and keeps only those whose partition key matches) that the sort key condition
+# keeps; for an index, every item, unsorted (moto sorts the matches by the index's key and then the
+# table's, which orders them fully). The answer is moto's own. Safe only because requests are answered
+# one at a time.
 _moto_query = Table.query
 
 
@@ -72,8 +73,17 @@ def _query_candidates(self, hash_key, *args, **kwargs):
         partition = self.items.get(hash_key)  # not self.items[...]: a defaultdict would add it
         if partition is None:
             candidates = []
+        elif not self.range_key_attr:
+            candidates = [partition]
         else:
-            candidates = list(partition.values()) if self.range_key_attr else [partition]
+            candidates = list(partition.values())
+            # And only those its sort key condition keeps: moto sizes and sorts every candidate
+            # before it compares them, and a session's partition holds thousands of frames, of
+            # which a resume reads the few after the client's last sequence number.
+            comparison = args[0] if args else kwargs.get("range_comparison")
+            if comparison:
+                values = args[1] if len(args) > 1 else kwargs.get("range_objs")
+                candidates = [item for item in candidates if item.range_key.compare(comparison, values)]
     elif self.range_key_attr:
         candidates = [item for partition in self.items.values() for item in partition.values()]
     else:
