@@ -63,7 +63,7 @@
 #                  --release -p connection-host`), connections reset and black-holed every 0.5–3 s, one host
 #                  SIGKILLed; fails on any loss, duplicate or reordering; then the same with plain clients,
 #                  whose losses it prints (CHAOS_CLIENTS, CHAOS_MESSAGES, CHAOS_RUN_SECS change it;
-#                  connection-host/SESSIONS.md, "The chaos test", says why not 2,000 messages yet)
+#                  connection-host/SESSIONS.md, "The chaos test", says why not 1,000 or 2,000 yet)
 #   tests/run.sh --only conformance     only the named steps (repeatable, or comma-separated: --only fmt,clippy);
 #                                       conformance builds the workspace itself when run without build
 #
