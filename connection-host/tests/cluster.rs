@@ -1369,6 +1369,50 @@ async fn a_keyed_post_acknowledged_before_its_owner_was_lost_is_not_kept_again()
 }
 
 #[tokio::test]
+async fn a_take_over_without_a_hand_over_reads_the_keys_of_the_newest_frames_only() {
+    let Some(tables) = TestTables::create("sessions_post_key_bound").await else {
+        return;
+    };
+    let routes = sessions("store");
+    let a = ClusterHost::start_with_routes(&tables, "a", "", &routes);
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    // A ghost's session with a keyed post in frame 1, 1,025 frames without keys, and a keyed
+    // post in the newest frame, all of which the client has.
+    let id = "cG9zdEtleUJvdW4=";
+    let store = &tables.store;
+    let token = ghost_session(store, id).await;
+    let expires = now_ms() + 600_000;
+    let last = 1027;
+    for seq in 1..=last {
+        let frame = match seq {
+            1 => serde_json::json!({"t":"msg","s":seq,"p":"oldest","d":"old"}),
+            s if s == last => serde_json::json!({"t":"msg","s":seq,"p":"newest","d":"new"}),
+            _ => serde_json::json!({"t":"msg","s":seq,"d":"filler"}),
+        };
+        let frame = connection_host::store::StoredFrame {
+            seq,
+            frame: frame.to_string(),
+        };
+        assert!(
+            store
+                .append_frame(id, "ghost", "ghost-1", &frame, expires)
+                .await
+                .unwrap()
+        );
+    }
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": token }), last);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&offer)).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    // The newest key is known: its retry is answered 200 and kept no second time.
+    post_with_key(&a.sdk(), id, "new", "newest").await.unwrap();
+    // The key of frame 1, 1,026 frames before the client's last, was not read (PROTOCOL.md
+    // section 3: the newest 1,024 frames): its retry is kept again.
+    post_with_key(&a.sdk(), id, "old", "oldest").await.unwrap();
+    assert_eq!(msg(&next_frame(&mut ws).await), (last + 1, "old".into()));
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_sessions_post_keys_move_with_it_to_another_host() {
     let Some(tables) = TestTables::create("sessions_post_key_moved").await else {
         return;

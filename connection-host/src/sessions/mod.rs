@@ -809,8 +809,11 @@ async fn fetch(
             // host's first frame goes: a frame does not replace another host's fence, a fence does.
             let fenced = handed.as_ref().is_none_or(|h| h.fenced);
             // Without a hand-over, the keys of the posts the client already acknowledged are
-            // only in the store's frames: every frame it keeps is read.
-            let mut read_after = 0;
+            // only in the store's frames: those of the newest `POST_KEYS` frames it acknowledged
+            // are read, as many as a session remembers keys. Reading every frame the store keeps
+            // would make a take-over's cost grow with the session's age, for keys a retry (sent
+            // within moments of the failure it retries) no longer needs.
+            let mut read_after = last_seq.saturating_sub(replay::POST_KEYS as u64);
             let mut handed_posts = Vec::new();
             if let Some(handed) = handed {
                 at_least = at_least.max(handed.next_seq);
