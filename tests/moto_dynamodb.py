@@ -60,7 +60,7 @@ from moto.core.serialize import (
 )
 from moto.core.utils import get_service_model
 from moto.dynamodb import responses as dynamodb_responses
-from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.dynamo_type import DynamoType, LimitedSizeDict
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
 from moto.moto_api import recorder
@@ -145,16 +145,16 @@ XFormedAttributePicker.get_possible_keys = possible_keys
 # A handler's result (DynamoResult) first has its items' attribute values (DynamoType) turned into dicts
 # by moto's `dynamo_to_dict`, which tests what each value is an instance of, and whether it has a
 # `to_json`, before it sees a dict, a list or a string. This one answers the common kinds by their exact
-# type, as moto's does (a dict, a list or a DynamoType other than B and BS is converted the same way;
-# a str, int, float, bool or None is returned, as moto's finds it none of the others), and hands
-# everything else to moto's.
+# type, as moto's does (a dict, an item's attributes (a LimitedSizeDict, a dict without `to_json`), a list
+# or a DynamoType other than B and BS is converted the same way; a str, int, float, bool or None is
+# returned, as moto's finds it none of the others), and hands everything else to moto's.
 _moto_dynamo_to_dict = dynamodb_responses.dynamo_to_dict
 _AS_THEY_ARE = frozenset([str, int, float, bool, type(None)])
 
 
 def dynamo_to_dict(value):
     kind = type(value)
-    if kind is dict:
+    if kind is dict or kind is LimitedSizeDict:
         return {key: dynamo_to_dict(each) for key, each in value.items()}
     if kind is list:
         return [dynamo_to_dict(each) for each in value]

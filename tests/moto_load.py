@@ -2,7 +2,7 @@
 
     python tests/moto_load.py --endpoint http://127.0.0.1:PORT [--clients 1,16] [--seconds 5] [--pid PID]
     python tests/moto_load.py --endpoint http://127.0.0.1:PORT --atomicity 300
-    python tests/moto_load.py --endpoint http://127.0.0.1:PORT --partition 2000 [--reads 5]
+    python tests/moto_load.py --endpoint http://127.0.0.1:PORT --partition 2000 [--reads 5] [--pid PID]
 
 The first form creates a table and, for each number of concurrent clients, sends PutItem, GetItem, a
 conditional UpdateItem and a Query (10 items), in that order, for --seconds each, every client on one keep-alive
@@ -17,7 +17,8 @@ server. Exits non-zero when a round has another number of winners.
 
 The third form writes one partition of N items shaped like a session's frames (a ~200-byte JSON `frame`,
 `writer`, `ttl`) and times --reads strongly consistent Queries of the whole partition, each followed over its
-1 MB pages, as a host taking over a session reads its frames; it prints each read's time and pages.
+1 MB pages, as a host taking over a session reads its frames; it prints each read's time and pages (and
+with --pid the server's CPU time for it).
 """
 
 import argparse
@@ -218,7 +219,7 @@ def atomicity(endpoint, rounds):
     return bad == 0
 
 
-def frame_partition(endpoint, items, reads):
+def frame_partition(endpoint, items, reads, pid):
     dynamo = Dynamo(endpoint)
     table = f"frames-{uuid.uuid4().hex}"
     status, answer = dynamo.call(
@@ -254,6 +255,7 @@ def frame_partition(endpoint, items, reads):
         assert status == 200 and not answer.get("UnprocessedItems"), answer
     for _ in range(reads):
         start = time.perf_counter()
+        cpu = cpu_seconds(pid) if pid else None
         request = {
             "TableName": table,
             "KeyConditionExpression": "connectionId = :c",
@@ -270,7 +272,10 @@ def frame_partition(endpoint, items, reads):
                 break
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         assert count == items, count
-        print(f"Query of {items} items: {time.perf_counter() - start:.3f} s, {pages} page(s)", flush=True)
+        line = f"Query of {items} items: {time.perf_counter() - start:.3f} s, {pages} page(s)"
+        if pid:
+            line += f", server CPU {cpu_seconds(pid) - cpu:.3f} s"
+        print(line, flush=True)
     dynamo.call("DeleteTable", {"TableName": table})
 
 
@@ -285,7 +290,7 @@ def main():
     parser.add_argument("--reads", type=int, default=5, help="with --partition: how many reads of it")
     args = parser.parse_args()
     if args.partition:
-        return frame_partition(args.endpoint, args.partition, args.reads)
+        return frame_partition(args.endpoint, args.partition, args.reads, args.pid)
     if args.atomicity:
         raise SystemExit(0 if atomicity(args.endpoint, args.atomicity) else 1)
 
