@@ -2,6 +2,7 @@
 
     python tests/moto_load.py --endpoint http://127.0.0.1:PORT [--clients 1,16] [--seconds 5] [--pid PID]
     python tests/moto_load.py --endpoint http://127.0.0.1:PORT --atomicity 300
+    python tests/moto_load.py --endpoint http://127.0.0.1:PORT --partition 2000 [--reads 5] [--pid PID]
 
 The first form creates a table and, for each number of concurrent clients, sends PutItem, GetItem, a
 conditional UpdateItem and a Query (10 items), in that order, for --seconds each, every client on one keep-alive
@@ -13,6 +14,11 @@ lock does not cap what it measures.
 The second form runs ROUNDS rounds of eight concurrent `SET #o = :me IF #o = :old` updates on one item,
 each round from a new owner: DynamoDB lets exactly one of each round's eight succeed, and so must the
 server. Exits non-zero when a round has another number of winners.
+
+The third form writes one partition of N items shaped like a session's frames (a ~200-byte JSON `frame`,
+`writer`, `ttl`) and times --reads strongly consistent Queries of the whole partition, each followed over its
+1 MB pages, as a host taking over a session reads its frames; it prints each read's time and pages (and
+with --pid the server's CPU time for it).
 """
 
 import argparse
@@ -213,6 +219,66 @@ def atomicity(endpoint, rounds):
     return bad == 0
 
 
+def frame_partition(endpoint, items, reads, pid):
+    dynamo = Dynamo(endpoint)
+    table = f"frames-{uuid.uuid4().hex}"
+    status, answer = dynamo.call(
+        "CreateTable",
+        {
+            "TableName": table,
+            "KeySchema": [
+                {"AttributeName": "connectionId", "KeyType": "HASH"},
+                {"AttributeName": "item", "KeyType": "RANGE"},
+            ],
+            "AttributeDefinitions": [
+                {"AttributeName": "connectionId", "AttributeType": "S"},
+                {"AttributeName": "item", "AttributeType": "S"},
+            ],
+            "BillingMode": "PAY_PER_REQUEST",
+        },
+    )
+    assert status == 200, answer
+    session = {"S": "c-" + uuid.uuid4().hex[:12]}
+    for start in range(0, items, 25):
+        puts = []
+        for n in range(start, min(start + 25, items)):
+            frame = json.dumps({"seq": n, "kind": "message", "key": uuid.uuid4().hex, "data": "x" * 120})
+            item = {
+                "connectionId": session,
+                "item": {"S": f"m#{n:012}"},
+                "frame": {"S": frame},
+                "writer": {"S": "host-a"},
+                "ttl": {"N": str(1_900_000_000 + n)},
+            }
+            puts.append({"PutRequest": {"Item": item}})
+        status, answer = dynamo.call("BatchWriteItem", {"RequestItems": {table: puts}})
+        assert status == 200 and not answer.get("UnprocessedItems"), answer
+    for _ in range(reads):
+        start = time.perf_counter()
+        cpu = cpu_seconds(pid) if pid else None
+        request = {
+            "TableName": table,
+            "KeyConditionExpression": "connectionId = :c",
+            "ExpressionAttributeValues": {":c": session},
+            "ConsistentRead": True,
+        }
+        count = pages = 0
+        while True:
+            status, answer = dynamo.call("Query", request)
+            assert status == 200, answer
+            count += answer["Count"]
+            pages += 1
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        assert count == items, count
+        line = f"Query of {items} items: {time.perf_counter() - start:.3f} s, {pages} page(s)"
+        if pid:
+            line += f", server CPU {cpu_seconds(pid) - cpu:.3f} s"
+        print(line, flush=True)
+    dynamo.call("DeleteTable", {"TableName": table})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoint", required=True)
@@ -220,7 +286,11 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0, help="per operation and number of clients")
     parser.add_argument("--pid", type=int, help="the server's process, for its CPU time per request")
     parser.add_argument("--atomicity", type=int, metavar="ROUNDS", help="check atomicity instead")
+    parser.add_argument("--partition", type=int, metavar="N", help="time Queries of one partition of N frames")
+    parser.add_argument("--reads", type=int, default=5, help="with --partition: how many reads of it")
     args = parser.parse_args()
+    if args.partition:
+        return frame_partition(args.endpoint, args.partition, args.reads, args.pid)
     if args.atomicity:
         raise SystemExit(0 if atomicity(args.endpoint, args.atomicity) else 1)
 

@@ -18,7 +18,8 @@
 #                  started on a free loopback port for the test run and DYNAMODB_TEST_ENDPOINT pointing at it;
 #                  a DYNAMODB_TEST_ENDPOINT given by the caller (e.g. LocalStack) is used instead, and moto is
 #                  not started; installs Debian's prometheus (apt-get) when missing, for
-#                  tests/tests/prometheus.rs, which scrapes a host with a real Prometheus
+#                  tests/tests/prometheus.rs, which scrapes a host with a real Prometheus; with moto, first
+#                  tests/moto_check.py (that tests/moto_dynamodb.py's own serialisation answers as moto's would)
 #     infra        the templates of infra/: cfn-lint on each, `sam validate --lint` on the SAM ones (offline),
 #                  then tests/infra_deploy.py transforms managed.yaml with aws-sam-translator and deploys it and
 #                  self-hosted.yaml to moto's CloudFormation (its own moto, tests/infra_moto.py, on a free
@@ -263,6 +264,7 @@ step_test() {
     else
         start_moto
         endpoint="$MOTO_ENDPOINT"
+        "$VENV/bin/python" "$ROOT/tests/moto_check.py" </dev/null
     fi
     mkdir -p "$RUN_DIR"
     DYNAMODB_TEST_ENDPOINT="$endpoint" cargo test "${CARGO_FLAGS[@]}" --workspace --no-fail-fast </dev/null 2>&1 \
