@@ -718,6 +718,7 @@ fn claim(host: &str, at: i64) -> Claim {
         claimed_at: at,
         host_id: host.to_string(),
         incarnation: "inc-1".to_string(),
+        attempt: format!("{host}@{at}"),
     }
 }
 
@@ -740,6 +741,27 @@ async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
             .unwrap(),
         KeyClaim::Pending(first.clone())
     );
+    // The first attempt trying again (its write landed, its answer was lost) finds its own
+    // claim; another attempt on the same host does not.
+    let retried = Claim {
+        claimed_at: now + 5,
+        ..first.clone()
+    };
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k1", &retried, expires)
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+    let other = Claim {
+        attempt: "another".into(),
+        ..retried.clone()
+    };
+    assert!(matches!(
+        store.claim_key("conn-k", "k1", &other, expires).await.unwrap(),
+        KeyClaim::Pending(held) if held.attempt == first.attempt
+    ));
     // Keys are per key and per connection.
     assert_eq!(
         store

@@ -149,7 +149,9 @@ async fn process(
         refused(&route.key, 429, "Too Many Requests");
         return reply(host, handle, &error("Too Many Requests", &request_id)).await;
     }
-    let mine = claim_now(host);
+    // One attempt, whatever it tries: a try whose write landed unseen is recognised as its own.
+    let attempt = ids::new_id();
+    let mine = claim_now(host, &attempt);
     let expires = mine.claimed_at + millis(host.config.extensions.sessions.dedup_window);
     match claim(host, &scope, &id, &mine, expires).await {
         Ok(KeyClaim::Claimed) => {}
@@ -160,8 +162,14 @@ async fn process(
         }
         Ok(KeyClaim::Pending(other)) => {
             host.metrics.idempotency_pending.increment(1);
-            let waited =
-                await_other_attempt(host, handle, &scope, &id, other, route.timeout, expires);
+            let waited = await_other_attempt(
+                host,
+                handle,
+                (&scope, &id, &attempt),
+                other,
+                route.timeout,
+                expires,
+            );
             match waited.await {
                 Waited::Answered => return,
                 Waited::Reclaimed => {}
@@ -227,10 +235,28 @@ async fn process(
             ..super::connection::message_entry(&handle.context, &route.key, &request_id, &trace_id)
         });
     }
-    if let Err(e) = host.store.complete_key(&scope, &id, &answer, expires).await {
-        tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
-    }
+    complete(host, &scope, &id, &answer, expires).await;
     reply(host, handle, &answer).await;
+}
+
+/// Stores the answer to `key`, trying again briefly while the store fails: a key left pending by
+/// a live host makes a resend wait for it, then answer `Outcome unknown`.
+async fn complete(host: &Host, scope: &str, key: &str, answer: &str, expires: i64) {
+    let mut delay = Duration::from_millis(100);
+    for tried in 1..=CLAIM_TRIES {
+        match host.store.complete_key(scope, key, answer, expires).await {
+            Ok(()) => return,
+            Err(e) if tried == CLAIM_TRIES => {
+                tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "idempotency key's answer not stored; trying again")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
 }
 
 /// Claims `key` in `scope`, trying again briefly while the store fails.
@@ -253,7 +279,7 @@ async fn claim(
     host.store.claim_key(scope, key, mine, expires).await
 }
 
-/// How many times [`claim`] tries.
+/// How many times [`claim`] and [`complete`] try.
 const CLAIM_TRIES: u32 = 3;
 
 /// The error of a message whose key could not be claimed (the store failed): it was not
@@ -276,8 +302,7 @@ enum Waited {
 async fn await_other_attempt(
     host: &Host,
     handle: &ConnectionHandle,
-    scope: &str,
-    id: &str,
+    (scope, id, attempt): (&str, &str, &str),
     mut other: Claim,
     timeout: Duration,
     expires: i64,
@@ -293,7 +318,7 @@ async fn await_other_attempt(
         if claimer_gone(host, &other).await {
             let reclaimed = host
                 .store
-                .reclaim_key(scope, id, &other, &claim_now(host), expires)
+                .reclaim_key(scope, id, &other, &claim_now(host, attempt), expires)
                 .await;
             // Otherwise completed or reclaimed meanwhile (or a store error): the next read says.
             if let Ok(true) = reclaimed {
@@ -312,7 +337,7 @@ async fn await_other_attempt(
         delay = (delay * 2).min(Duration::from_secs(1));
         let claimed = host
             .store
-            .claim_key(scope, id, &claim_now(host), expires)
+            .claim_key(scope, id, &claim_now(host, attempt), expires)
             .await;
         match claimed {
             Ok(KeyClaim::Done(answer)) => {
@@ -327,12 +352,13 @@ async fn await_other_attempt(
     }
 }
 
-/// A claim of a key by this host, now.
-fn claim_now(host: &Host) -> Claim {
+/// A claim of a key by `attempt` on this host, now.
+fn claim_now(host: &Host, attempt: &str) -> Claim {
     Claim {
         claimed_at: ids::now_ms(),
         host_id: host.identity.host_id.clone(),
         incarnation: host.identity.incarnation.clone(),
+        attempt: attempt.to_string(),
     }
 }
 

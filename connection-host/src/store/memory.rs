@@ -362,8 +362,12 @@ impl ConnectionStore for MemoryStore {
         if let Some((held, expires)) = keys.get(key)
             && *expires > now_ms
         {
-            // Stored states are only `Pending` and `Done`.
-            return Ok(held.clone());
+            return Ok(match held {
+                // This attempt's own claim, from an earlier try.
+                KeyClaim::Pending(own) if own.attempt == claim.attempt => KeyClaim::Claimed,
+                // Stored states are only `Pending` and `Done`.
+                held => held.clone(),
+            });
         }
         keys.insert(
             key.to_string(),

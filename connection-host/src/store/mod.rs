@@ -85,6 +85,10 @@ pub struct Claim {
     pub host_id: String,
     /// The claiming host's incarnation.
     pub incarnation: String,
+    /// The attempt that made the claim (random, one per processing of a message, kept across
+    /// its tries): a claim read back with the caller's `attempt` is its own, whose write landed
+    /// although its answer was lost, not another attempt's.
+    pub attempt: String,
 }
 
 /// A host's liveness record, rewritten every `cluster.heartbeat_interval`.

@@ -581,12 +581,12 @@ impl ConnectionStore for DynamoDbStore {
         // A key is held while its ttl (whole seconds, rounded up) is after `now_ms`; TTL deletion
         // is late, so an item past its ttl is free although still there.
         let now = n(now_ms.div_euclid(1000));
-        // Marks this call's claim: if the SDK retries a put that had landed (its answer was lost),
-        // the retry's conditional failure reads back our own claim, not another attempt's.
-        let claim_token = uuid::Uuid::new_v4().simple().to_string();
+        // The claim carries its attempt: if a put had landed although its answer was lost (the
+        // SDK retries it, or the caller tries again), the next put's conditional failure reads
+        // back this attempt's own claim, not another attempt's.
         for _ in 0..CLAIM_ATTEMPTS {
             let result = self
-                .put_claim(connection_id, key, claim, &claim_token, expires_at_ms)
+                .put_claim(connection_id, key, claim, expires_at_ms)
                 .condition_expression("attribute_not_exists(connectionId) OR #ttl <= :now")
                 .expression_attribute_names("#ttl", "ttl")
                 .expression_attribute_values(":now", now.clone())
@@ -605,7 +605,7 @@ impl ConnectionStore for DynamoDbStore {
             // Gone or expired between the two calls: claim again.
             let Some(item) = held else { continue };
             if get_s(&item, "state").as_deref() == Some("pending")
-                && get_s(&item, "claimToken").as_deref() == Some(claim_token.as_str())
+                && get_s(&item, "claimToken").as_deref() == Some(claim.attempt.as_str())
             {
                 return Ok(KeyClaim::Claimed);
             }
@@ -616,6 +616,7 @@ impl ConnectionStore for DynamoDbStore {
                         claimed_at: get_n(&item, "claimedAt").unwrap_or_default(),
                         host_id: get_s(&item, "claimHost").unwrap_or_default(),
                         incarnation: get_s(&item, "claimIncarnation").unwrap_or_default(),
+                        attempt: get_s(&item, "claimToken").unwrap_or_default(),
                     }),
                 },
             );
@@ -633,9 +634,8 @@ impl ConnectionStore for DynamoDbStore {
         claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        let claim_token = uuid::Uuid::new_v4().simple().to_string();
         let result = self
-            .put_claim(connection_id, key, claim, &claim_token, expires_at_ms)
+            .put_claim(connection_id, key, claim, expires_at_ms)
             .condition_expression(
                 "#state = :pending AND claimedAt = :at AND claimHost = :host \
                  AND claimIncarnation = :incarnation",
@@ -654,7 +654,7 @@ impl ConnectionStore for DynamoDbStore {
                 .read_key(connection_id, key, "GetItem reclaim_key")
                 .await?
                 .is_some_and(|item| {
-                    get_s(&item, "claimToken").as_deref() == Some(claim_token.as_str())
+                    get_s(&item, "claimToken").as_deref() == Some(claim.attempt.as_str())
                 })),
             Err(e) => Err(unavailable("PutItem reclaim_key", e)),
         }
@@ -844,7 +844,6 @@ impl DynamoDbStore {
         connection_id: &str,
         key: &str,
         claim: &Claim,
-        claim_token: &str,
         expires_at_ms: i64,
     ) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
         self.client
@@ -856,7 +855,7 @@ impl DynamoDbStore {
             .item("claimedAt", n(claim.claimed_at))
             .item("claimHost", s(&claim.host_id))
             .item("claimIncarnation", s(&claim.incarnation))
-            .item("claimToken", s(claim_token))
+            .item("claimToken", s(&claim.attempt))
             .item("ttl", n(ttl_from_ms(expires_at_ms)))
     }
 
