@@ -1413,6 +1413,72 @@ async fn a_take_over_without_a_hand_over_reads_the_keys_of_the_newest_frames_onl
 }
 
 #[tokio::test]
+async fn an_adopted_session_keeps_the_frames_its_client_can_need_and_not_older_ones() {
+    let Some(tables) = TestTables::create("sessions_adoption_bound").await else {
+        return;
+    };
+    // A buffer that more than the newest 1,024 frames fill, so that it sets what is kept.
+    let limit = 1_100_000;
+    let routes = sessions("store").replace(
+        "durability = \"store\"",
+        &format!("durability = \"store\"\nsession_buffer_bytes = {limit}"),
+    );
+    let b = ClusterHost::start_with_routes(&tables, "b", "", &routes);
+    // Two sessions of "ghost" (no heartbeat: gone) with 1,300 frames each: `msg` frames of 1 KB,
+    // then 5 replies of 1 KB, which the previous owner numbered past its buffer's bound. Written
+    // as a host writes them, their type first.
+    let (last_msg, last) = (1295, 1300);
+    let frame = |seq: u64| connection_host::store::StoredFrame {
+        seq,
+        frame: if seq <= last_msg {
+            format!(r#"{{"t":"msg","s":{seq},"d":"{}"}}"#, "x".repeat(1000))
+        } else {
+            format!(
+                r#"{{"t":"reply","s":{seq},"id":"k","d":"{}"}}"#,
+                "y".repeat(1000)
+            )
+        },
+    };
+    // The furthest back a client can be: the previous owner numbered the newest `msg` only with
+    // every frame the client had not acknowledged, and that `msg`, within the buffer.
+    let mut held = frame(last_msg).frame.len();
+    let mut furthest = last_msg - 1;
+    while held + frame(furthest).frame.len() <= limit {
+        held += frame(furthest).frame.len();
+        furthest -= 1;
+    }
+    let store = &tables.store;
+    let expires = now_ms() + 600_000;
+    let (far, old) = ("YWRvcHRGYXJCYWM=", "YWRvcHRPbGRQb3M=");
+    let mut tokens = Vec::new();
+    for id in [far, old] {
+        tokens.push(ghost_session(store, id).await);
+        for seq in 1..=last {
+            let frame = frame(seq);
+            let written = store.append_frame(id, "ghost", "ghost-1", &frame, expires);
+            assert!(written.await.unwrap());
+        }
+        // A call for the session makes B adopt it: its client has not resumed yet.
+        get_status(&b, id).await.unwrap();
+    }
+    // The client furthest back gets every frame after its position, replies included, in order.
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": tokens[0] }), furthest);
+    let (mut ws, resumed) = reliable_connect(b.public, Some(&offer)).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    for seq in furthest + 1..=last {
+        let replayed = next_frame(&mut ws).await;
+        assert_eq!(replayed["s"], seq, "{replayed}");
+        assert_eq!(replayed["t"], if seq <= last_msg { "msg" } else { "reply" });
+    }
+    // A position before that cannot have been a client's: those frames were not kept.
+    let offer = resume_offer(&serde_json::json!({ "resumeToken": tokens[1] }), 50);
+    let (_ws, fresh) = reliable_connect(b.public, Some(&offer)).await;
+    assert_eq!(fresh["recovered"], false, "{fresh}");
+    assert_eq!(fresh["reason"], "sequence", "{fresh}");
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_sessions_post_keys_move_with_it_to_another_host() {
     let Some(tables) = TestTables::create("sessions_post_key_moved").await else {
         return;

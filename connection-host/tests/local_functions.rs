@@ -136,6 +136,13 @@ impl ConnectionStore for RegistrationFails {
     async fn frames_after(&self, _: &str, _: u64) -> Result<Vec<StoredFrame>, StoreError> {
         Err(unreachable_store())
     }
+    async fn newest_frames_start(
+        &self,
+        _: &str,
+        _: &mut (dyn for<'f> FnMut(&'f StoredFrame) -> bool + Send),
+    ) -> Result<u64, StoreError> {
+        Err(unreachable_store())
+    }
     async fn keep_ended_session(
         &self,
         _: &str,

@@ -1055,6 +1055,65 @@ async fn suite_frames_after(store: &dyn ConnectionStore) {
     );
 }
 
+async fn suite_newest_frames_start(store: &dyn ConnectionStore) {
+    let expires = now_ms() + 60_000;
+    store
+        .put_connection(session_record("newest", "host-1", "inc-1", "t"))
+        .await
+        .unwrap();
+    // 150 frames of 8 KB, more than one Query page, then a fence after them; a frame of another
+    // session, and an expired one above them all.
+    for seq in 1..=150 {
+        let frame = big_frame(seq);
+        let written = store.append_frame("newest", "host-1", "inc-1", &frame, expires);
+        assert!(written.await.unwrap());
+    }
+    let fenced = store.fence_frames("newest", 151, "host-2", "inc-2", expires);
+    assert!(fenced.await.unwrap());
+    for (id, seq, expires) in [
+        ("other-newest", 160, expires),
+        ("newest", 170, now_ms() - 2_000),
+    ] {
+        let frame = big_frame(seq);
+        assert!(
+            store
+                .append_frame(id, "host-1", "inc-1", &frame, expires)
+                .await
+                .unwrap()
+        );
+    }
+
+    // Newest first, across pages, every frame as kept, until the walk has enough.
+    let mut walked = Vec::new();
+    let start = store
+        .newest_frames_start("newest", &mut |f| {
+            assert_eq!(f, &big_frame(f.seq));
+            walked.push(f.seq);
+            f.seq == 7
+        })
+        .await
+        .unwrap();
+    assert_eq!(start, 6, "frames_after(6) reads the frames walked");
+    assert_eq!(walked, (7..=150).rev().collect::<Vec<_>>());
+    // A walk that never has enough reads every frame and starts at the beginning.
+    let mut count = 0;
+    let mut never = |_: &StoredFrame| {
+        count += 1;
+        false
+    };
+    let all = store.newest_frames_start("newest", &mut never).await;
+    assert_eq!(all.unwrap(), 0);
+    assert_eq!(count, 150);
+    let mut none = |_: &StoredFrame| -> bool { panic!("a session without frames hands none over") };
+    assert_eq!(
+        store
+            .newest_frames_start("nobody", &mut none)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 macro_rules! shared_suite {
     ($($suite:ident => $test:ident),* $(,)?) => {
         mod memory {
@@ -1099,6 +1158,7 @@ shared_suite! {
     suite_reclaim_key => a_lost_claim_is_reclaimed_once,
     suite_frames_fence_the_previous_owner => frames_fence_the_previous_owner,
     suite_frames_after => frames_after_reads_every_page_in_order,
+    suite_newest_frames_start => newest_frames_start_walks_the_frames_newest_first,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -204,6 +204,11 @@ pub fn reply(seq: u64, answer: &str) -> String {
     sequenced("reply", seq, answer)
 }
 
+/// Whether a sequenced `frame` is a `reply`, the one kind numbered past the buffer's bound.
+pub fn is_reply(frame: &str) -> bool {
+    frame.starts_with("{\"t\":\"reply\"")
+}
+
 fn sequenced(kind: &str, seq: u64, members: &str) -> String {
     let mut out = String::with_capacity(members.len() + 32);
     out.push_str("{\"t\":\"");
@@ -410,5 +415,7 @@ mod tests {
         let r: serde_json::Value =
             serde_json::from_str(&reply(7, &answer("k", Outcome::Text("ok")))).unwrap();
         assert_eq!(r, serde_json::json!({"t":"reply","s":7,"id":"k","d":"ok"}));
+        assert!(is_reply(&reply(7, &answer("k", Outcome::Accepted))));
+        assert!(!is_reply(&msg(8, Some("reply"), "\"d\":\"reply\"")));
     }
 }

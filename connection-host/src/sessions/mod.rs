@@ -683,10 +683,16 @@ async fn adopt_if_gone(
         abandon();
         return Err(no());
     }
-    // Every frame the store still keeps: the client's position is not known until it resumes.
+    // The client's position is not known until it resumes: every frame it can still need, and
+    // those whose post keys a session remembers, are read.
     let mut kept = std::collections::BTreeMap::new();
-    let next = match fence(host, connection_id, 0, 1, &mut kept, true).await {
-        Ok(next) => next,
+    let read = async {
+        let start = adoption_start(host, connection_id).await?;
+        let next = fence(host, connection_id, start.read_after, 1, &mut kept, true).await?;
+        Ok::<_, StoreError>((start, next))
+    };
+    let (start, next) = match read.await {
+        Ok(read) => read,
         Err(e) => {
             tracing::warn!(error = %e, "adopted session's frames not read; it ends");
             abandon();
@@ -697,7 +703,8 @@ async fn adopt_if_gone(
         .into_iter()
         .map(|(seq, frame)| StoredFrame { seq, frame })
         .collect();
-    let acked = frames.first().map_or(next - 1, |f| f.seq - 1);
+    let first = frames.first().map_or(next, |f| f.seq);
+    let acked = start.replay_from.map_or(first, |seq| seq.max(first)) - 1;
     // Its posts' keys, so that a post sent again (its first attempt's answer lost with the host)
     // is not kept twice.
     let post_keys = taken_post_keys(host, &[], frames.iter().map(|f| (f.seq, f.frame.as_str())));
@@ -733,6 +740,48 @@ async fn adopt_if_gone(
         }
     });
     Ok(handle)
+}
+
+/// Where [`adopt`] reads a session's frames from.
+struct AdoptionStart {
+    /// The number after which the frames are read.
+    read_after: u64,
+    /// The first frame the replay keeps, when not the first read.
+    replay_from: Option<u64>,
+}
+
+/// Where the frames of a session adopted without its client's position start to matter.
+///
+/// Its previous owner numbered a `msg` frame only while the frames the client had not
+/// acknowledged, and the new one, came to at most `session_buffer_bytes` (replies pass that
+/// bound, see [`ConnectionHandle::post_reply`]), and a resuming client has acknowledged at least
+/// what that owner dropped. So the frames older than the newest `msg` that the client can still
+/// need add up to at most that many bytes: the replay keeps the frames from the newest `msg` on,
+/// and those before it back to where they add up to more. Reading goes back to the newest
+/// [`replay::POST_KEYS`] frames at least, for the post keys a session remembers. Either way, what
+/// is read does not grow with the session's age.
+async fn adoption_start(host: &Host, connection_id: &str) -> Result<AdoptionStart, StoreError> {
+    let limit = host.config.extensions.sessions.session_buffer_bytes;
+    let (mut walked, mut bytes, mut past_msg, mut replay_from) = (0, 0, false, None);
+    let read_after = host
+        .store
+        .newest_frames_start(connection_id, &mut |f| {
+            walked += 1;
+            if past_msg {
+                bytes += f.frame.len();
+                if bytes > limit && replay_from.is_none() {
+                    replay_from = Some(f.seq);
+                }
+            } else {
+                past_msg = !envelope::is_reply(&f.frame);
+            }
+            walked >= replay::POST_KEYS && replay_from.is_some()
+        })
+        .await?;
+    Ok(AdoptionStart {
+        read_after,
+        replay_from,
+    })
 }
 
 /// What [`fetch`] got of a session taken over.

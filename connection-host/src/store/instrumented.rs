@@ -275,4 +275,13 @@ impl ConnectionStore for Instrumented {
         let call = self.inner.frames_after(connection_id, after_seq);
         self.call(StoreOperation::Query, call).await
     }
+
+    async fn newest_frames_start(
+        &self,
+        connection_id: &str,
+        enough: &mut (dyn for<'f> FnMut(&'f StoredFrame) -> bool + Send),
+    ) -> Result<u64, StoreError> {
+        let call = self.inner.newest_frames_start(connection_id, enough);
+        self.call(StoreOperation::Query, call).await
+    }
 }

@@ -516,6 +516,30 @@ impl ConnectionStore for MemoryStore {
             })
             .collect())
     }
+
+    async fn newest_frames_start(
+        &self,
+        connection_id: &str,
+        enough: &mut (dyn for<'f> FnMut(&'f StoredFrame) -> bool + Send),
+    ) -> Result<u64, StoreError> {
+        let now = crate::ids::now_ms();
+        let inner = self.lock();
+        let Some(frames) = inner.frames.get(connection_id) else {
+            return Ok(0);
+        };
+        for (seq, item) in frames.iter().rev().filter(|(_, item)| item.expires > now) {
+            if let Some(frame) = &item.frame {
+                let frame = StoredFrame {
+                    seq: *seq,
+                    frame: frame.clone(),
+                };
+                if enough(&frame) {
+                    return Ok(seq.saturating_sub(1));
+                }
+            }
+        }
+        Ok(0)
+    }
 }
 
 #[cfg(test)]

@@ -320,4 +320,13 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         connection_id: &str,
         after_seq: u64,
     ) -> Result<Vec<StoredFrame>, StoreError>;
+    /// Walks the kept frames of a connection newest first (read strongly consistent), handing
+    /// each to `enough` until it answers true, and returns the sequence number just below that
+    /// frame: [`frames_after`](Self::frames_after) it reads the frames walked. 0 when `enough`
+    /// never answers true. Fences and expired frames are not handed over.
+    async fn newest_frames_start(
+        &self,
+        connection_id: &str,
+        enough: &mut (dyn for<'f> FnMut(&'f StoredFrame) -> bool + Send),
+    ) -> Result<u64, StoreError>;
 }

@@ -835,6 +835,53 @@ impl ConnectionStore for DynamoDbStore {
             }
         }
     }
+
+    async fn newest_frames_start(
+        &self,
+        connection_id: &str,
+        enough: &mut (dyn for<'f> FnMut(&'f StoredFrame) -> bool + Send),
+    ) -> Result<u64, StoreError> {
+        let now_ms = crate::ids::now_ms();
+        let mut start = None;
+        // Page by page, newest first: the walk stops within the page where `enough` does, so
+        // what it reads does not grow with the session's age.
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.tables.sessions)
+                .key_condition_expression("connectionId = :c AND #item BETWEEN :first AND :last")
+                .expression_attribute_names("#item", "item")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":c", s(connection_id))
+                .expression_attribute_values(":first", s(&frame_item(0)))
+                .expression_attribute_values(":last", s(LAST_FRAME_ITEM))
+                .projection_expression("#item, frame, #ttl")
+                .scan_index_forward(false)
+                // Read right after a take-over, as `frames_after` is.
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Query newest frames", e))?;
+            for item in out.items() {
+                if get_n(item, "ttl").is_some_and(|ttl| ttl * 1000 <= now_ms) {
+                    continue;
+                }
+                let seq = get_s(item, "item")
+                    .and_then(|k| k.strip_prefix("m#").and_then(|d| d.parse::<u64>().ok()));
+                if let (Some(seq), Some(frame)) = (seq, get_s(item, "frame"))
+                    && enough(&StoredFrame { seq, frame })
+                {
+                    return Ok(seq.saturating_sub(1));
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(0);
+            }
+        }
+    }
 }
 
 impl DynamoDbStore {
