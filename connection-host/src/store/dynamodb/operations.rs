@@ -805,30 +805,12 @@ impl ConnectionStore for DynamoDbStore {
         // Pages end at 1 MB; a session's backlog may take several.
         loop {
             let out = self
-                .client
-                .query()
-                .table_name(&self.tables.sessions)
-                .key_condition_expression("connectionId = :c AND #item BETWEEN :first AND :last")
-                .expression_attribute_names("#item", "item")
-                .expression_attribute_values(":c", s(connection_id))
-                .expression_attribute_values(":first", s(&frame_item(first)))
-                .expression_attribute_values(":last", s(LAST_FRAME_ITEM))
-                // Read right after a take-over: every frame the old owner kept must be seen.
-                .consistent_read(true)
+                .frames_query(connection_id, first)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| unavailable("Query frames", e))?;
-            for item in out.items() {
-                if get_n(item, "ttl").is_some_and(|ttl| ttl * 1000 <= now_ms) {
-                    continue;
-                }
-                let seq = get_s(item, "item")
-                    .and_then(|k| k.strip_prefix("m#").and_then(|d| d.parse().ok()));
-                if let (Some(seq), Some(frame)) = (seq, get_s(item, "frame")) {
-                    frames.push(StoredFrame { seq, frame });
-                }
-            }
+            frames.extend(out.items().iter().filter_map(|i| stored_frame(i, now_ms)));
             start = out.last_evaluated_key;
             if start.is_none() {
                 return Ok(frames);
@@ -847,33 +829,17 @@ impl ConnectionStore for DynamoDbStore {
         // what it reads does not grow with the session's age.
         loop {
             let out = self
-                .client
-                .query()
-                .table_name(&self.tables.sessions)
-                .key_condition_expression("connectionId = :c AND #item BETWEEN :first AND :last")
-                .expression_attribute_names("#item", "item")
+                .frames_query(connection_id, 0)
                 .expression_attribute_names("#ttl", "ttl")
-                .expression_attribute_values(":c", s(connection_id))
-                .expression_attribute_values(":first", s(&frame_item(0)))
-                .expression_attribute_values(":last", s(LAST_FRAME_ITEM))
                 .projection_expression("#item, frame, #ttl")
                 .scan_index_forward(false)
-                // Read right after a take-over, as `frames_after` is.
-                .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| unavailable("Query newest frames", e))?;
-            for item in out.items() {
-                if get_n(item, "ttl").is_some_and(|ttl| ttl * 1000 <= now_ms) {
-                    continue;
-                }
-                let seq = get_s(item, "item")
-                    .and_then(|k| k.strip_prefix("m#").and_then(|d| d.parse::<u64>().ok()));
-                if let (Some(seq), Some(frame)) = (seq, get_s(item, "frame"))
-                    && enough(&StoredFrame { seq, frame })
-                {
-                    return Ok(seq.saturating_sub(1));
+            for frame in out.items().iter().filter_map(|i| stored_frame(i, now_ms)) {
+                if enough(&frame) {
+                    return Ok(frame.seq.saturating_sub(1));
                 }
             }
             start = out.last_evaluated_key;
@@ -885,6 +851,25 @@ impl ConnectionStore for DynamoDbStore {
 }
 
 impl DynamoDbStore {
+    /// A query of a session's frames from `first` on (not its fences, which carry no `frame`),
+    /// strongly consistent: it is read right after a take-over, and every frame the previous
+    /// owner kept must be seen.
+    fn frames_query(
+        &self,
+        connection_id: &str,
+        first: u64,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.tables.sessions)
+            .key_condition_expression("connectionId = :c AND #item BETWEEN :first AND :last")
+            .expression_attribute_names("#item", "item")
+            .expression_attribute_values(":c", s(connection_id))
+            .expression_attribute_values(":first", s(&frame_item(first)))
+            .expression_attribute_values(":last", s(LAST_FRAME_ITEM))
+            .consistent_read(true)
+    }
+
     /// A put of `k#{key}` as pending under `claim`, to which the caller adds its condition.
     fn put_claim(
         &self,
@@ -998,4 +983,17 @@ fn group_names(keys: &[String]) -> Vec<String> {
     groups.sort();
     groups.dedup();
     groups
+}
+
+/// The frame an item of the sessions table holds, unless it is a fence or past its `ttl` at
+/// `now_ms` (TTL deletion is late).
+fn stored_frame(item: &HashMap<String, AttributeValue>, now_ms: i64) -> Option<StoredFrame> {
+    if get_n(item, "ttl").is_some_and(|ttl| ttl * 1000 <= now_ms) {
+        return None;
+    }
+    let seq = get_s(item, "item").and_then(|k| k.strip_prefix("m#").and_then(|d| d.parse().ok()));
+    Some(StoredFrame {
+        seq: seq?,
+        frame: get_s(item, "frame")?,
+    })
 }
