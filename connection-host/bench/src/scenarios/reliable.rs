@@ -90,7 +90,7 @@ pub(crate) async fn reliable_store(o: &Opts, endpoint: &str) -> Res<Vec<Row>> {
         let host =
             HostProc::start_with_env(&o.host_bin, "reliable-store", &config, &aws_env(endpoint))
                 .await?;
-        let before = tables.count(&tables.sessions).await?;
+        let before = tables.count_frames().await?;
         let mut rows = Vec::new();
         let scenario = "reliable-store";
         // One poster first, while the tables are small: moto copies every table a transaction
@@ -117,7 +117,7 @@ pub(crate) async fn reliable_store(o: &Opts, endpoint: &str) -> Res<Vec<Row>> {
         row.target = "— (reported)".into();
         rows.push(row);
         // Every post to a reliable client wrote its frame: one item each in the sessions table.
-        let written = tables.count(&tables.sessions).await? - before;
+        let written = tables.count_frames().await? - before;
         let posted = reliable_posts + concurrent.sent;
         let mut row = Row::new(
             scenario,
@@ -681,9 +681,12 @@ fn msg_frame(seq: u64, payload: &str) -> String {
 }
 
 impl Tables {
-    /// The number of items in `table` (a Scan with `Select: COUNT`, unsigned like
-    /// [`Tables::delete`]: enough for moto and other local endpoints).
-    async fn count(&self, table: &str) -> Res<u64> {
+    /// The number of frame items (`item` starting `m#`) in the sessions table: a Scan with
+    /// `Select: COUNT`, unsigned like [`Tables::delete`] (enough for moto and other local
+    /// endpoints). The table also holds each ended session's `ended` item and key claims, which
+    /// are not frames.
+    async fn count_frames(&self) -> Res<u64> {
+        let table = &self.sessions;
         let addr = self
             .endpoint
             .strip_prefix("http://")
@@ -694,7 +697,13 @@ impl Tables {
         let mut count = 0;
         let mut start: Option<serde_json::Value> = None;
         loop {
-            let mut body = serde_json::json!({"TableName": table, "Select": "COUNT"});
+            let mut body = serde_json::json!({
+                "TableName": table,
+                "Select": "COUNT",
+                "FilterExpression": "begins_with(#item, :frame)",
+                "ExpressionAttributeNames": {"#item": "item"},
+                "ExpressionAttributeValues": {":frame": {"S": "m#"}},
+            });
             if let Some(key) = start.take() {
                 body["ExclusiveStartKey"] = key;
             }
