@@ -242,20 +242,11 @@ async fn process(
 /// Stores the answer to `key`, trying again briefly while the store fails: a key left pending by
 /// a live host makes a resend wait for it, then answer `Outcome unknown`.
 async fn complete(host: &Host, scope: &str, key: &str, answer: &str, expires: i64) {
-    let mut delay = Duration::from_millis(100);
-    for tried in 1..=CLAIM_TRIES {
-        match host.store.complete_key(scope, key, answer, expires).await {
-            Ok(()) => return,
-            Err(e) if tried == CLAIM_TRIES => {
-                tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "idempotency key's answer not stored; trying again")
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+    let stored = retried("answer not stored", || {
+        host.store.complete_key(scope, key, answer, expires)
+    });
+    if let Err(e) = stored.await {
+        tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
     }
 }
 
@@ -267,19 +258,34 @@ async fn claim(
     mine: &Claim,
     expires: i64,
 ) -> Result<KeyClaim, crate::store::StoreError> {
+    retried("not claimed", || {
+        host.store.claim_key(scope, key, mine, expires)
+    })
+    .await
+}
+
+/// Runs a store call for an idempotency key up to [`CLAIM_TRIES`] times, with a doubling pause
+/// while it fails (`failed` says what, in the log); the last result either way.
+async fn retried<T, F>(
+    failed: &str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, crate::store::StoreError>
+where
+    F: Future<Output = Result<T, crate::store::StoreError>>,
+{
     let mut delay = Duration::from_millis(100);
     for _ in 1..CLAIM_TRIES {
-        match host.store.claim_key(scope, key, mine, expires).await {
-            Err(e) => tracing::debug!(error = %e, "idempotency key not claimed; trying again"),
+        match call().await {
+            Err(e) => tracing::debug!(error = %e, "idempotency key {failed}; trying again"),
             done => return done,
         }
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
-    host.store.claim_key(scope, key, mine, expires).await
+    call().await
 }
 
-/// How many times [`claim`] and [`complete`] try.
+/// How many times [`retried`] tries a key's claim or answer.
 const CLAIM_TRIES: u32 = 3;
 
 /// The error of a message whose key could not be claimed (the store failed): it was not

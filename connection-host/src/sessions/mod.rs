@@ -742,7 +742,7 @@ async fn adopt_if_gone(
     Ok(handle)
 }
 
-/// Where [`adopt`] reads a session's frames from.
+/// Where [`adopt_if_gone`] reads a session's frames from.
 struct AdoptionStart {
     /// The number after which the frames are read.
     read_after: u64,
