@@ -2048,6 +2048,41 @@ async fn a_message_whose_key_cannot_be_claimed_is_refused_for_a_resend_then_invo
 }
 
 #[tokio::test]
+async fn a_message_whose_claim_landed_unseen_is_invoked_when_sent_again() {
+    let Some(tables) = TestTables::create("sessions_unseen_claim").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(tables.endpoint()).await;
+    let mut a = ClusterHost::start_via(&tables, &proxy.url, "a", "", &sessions("memory"));
+    let (mut ws, _) = reliable_connect(a.public, None).await;
+    let message = serde_json::json!({"t":"msg","id":"k1","d":"hi"});
+    // The store does the work but its answers never come back in time: the claim lands while the
+    // host sees it fail, and the message is refused for a resend.
+    proxy.set(Mode::HoldAnswers);
+    send_frame(&mut ws, message.clone()).await;
+    let reply = next_message_within(&mut ws, Duration::from_secs(60)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply["error"]["message"], "Service Unavailable", "{reply}");
+    assert!(
+        proxy.held_requests() > 0,
+        "no request reached the store while answers were held"
+    );
+    // The resend finds the refused attempt's claim, which the host releases once the store
+    // answers again: it is invoked, not left waiting for an attempt that never runs.
+    proxy.set(Mode::Pass);
+    send_frame(&mut ws, message).await;
+    let reply = next_message_within(&mut ws, Duration::from_secs(20)).await;
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (reply["id"].as_str(), reply["d"].as_str()),
+        (Some("k1"), Some("echo:hi")),
+        "{reply}"
+    );
+    a.stop().await;
+    tables.delete().await;
+}
+
+#[tokio::test]
 async fn a_resume_during_a_store_outage_is_refused_for_a_retry_not_started_afresh() {
     let Some(tables) = TestTables::create("sessions_outage").await else {
         return;

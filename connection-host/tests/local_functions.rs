@@ -110,6 +110,9 @@ impl ConnectionStore for RegistrationFails {
     ) -> Result<bool, StoreError> {
         Err(unreachable_store())
     }
+    async fn release_key(&self, _: &str, _: &str, _: &Claim) -> Result<(), StoreError> {
+        Err(unreachable_store())
+    }
     async fn complete_key(&self, _: &str, _: &str, _: &str, _: i64) -> Result<(), StoreError> {
         Err(unreachable_store())
     }

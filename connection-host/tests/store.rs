@@ -762,6 +762,30 @@ async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
         store.claim_key("conn-k", "k1", &other, expires).await.unwrap(),
         KeyClaim::Pending(held) if held.attempt == first.attempt
     ));
+    // Another attempt cannot release it; its own attempt can (its claim's write landed although
+    // it saw it fail, and it will not invoke).
+    store.release_key("conn-k", "k3", &first).await.unwrap();
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k3", &first, expires)
+            .await
+            .unwrap(),
+        KeyClaim::Claimed
+    );
+    store.release_key("conn-k", "k3", &other).await.unwrap();
+    assert!(matches!(
+        store.claim_key("conn-k", "k3", &other, expires).await.unwrap(),
+        KeyClaim::Pending(held) if held.attempt == first.attempt
+    ));
+    store.release_key("conn-k", "k3", &first).await.unwrap();
+    assert_eq!(
+        store
+            .claim_key("conn-k", "k3", &other, expires)
+            .await
+            .unwrap(),
+        KeyClaim::Claimed,
+        "released, the key is free for the next attempt"
+    );
     // Keys are per key and per connection.
     assert_eq!(
         store
@@ -787,6 +811,8 @@ async fn suite_idempotency_keys(store: &dyn ConnectionStore) {
         .complete_key("conn-k", "k1", answer, expires)
         .await
         .unwrap();
+    // Nor does a release: the key is done.
+    store.release_key("conn-k", "k1", &first).await.unwrap();
     assert_eq!(
         store
             .claim_key("conn-k", "k1", &claim("host-2", now + 20), expires + 20)

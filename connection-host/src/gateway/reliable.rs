@@ -94,7 +94,7 @@ pub(super) fn refuse(host: &Arc<Host>, handle: &Arc<ConnectionHandle>, id: &str,
 }
 
 async fn process(
-    host: &Host,
+    host: &Arc<Host>,
     handle: &ConnectionHandle,
     id: String,
     body: String,
@@ -177,6 +177,7 @@ async fn process(
         }
         Err(e) => {
             tracing::warn!(error = %e, "idempotency key not claimed; message not invoked");
+            release(host, &scope, &id, mine, route.timeout);
             return reply(host, handle, &error(NOT_CLAIMED, &request_id)).await;
         }
     }
@@ -248,6 +249,39 @@ async fn complete(host: &Host, scope: &str, key: &str, answer: &str, expires: i6
     if let Err(e) = stored.await {
         tracing::warn!(error = %e, "idempotency key's answer not stored; a resend will wait for it");
     }
+}
+
+/// Frees in the background the claim `mine` of a message that will not be invoked: a claim
+/// seen to fail may have landed all the same, and a resend (here or on another host) would then
+/// wait for this attempt until `Outcome unknown`. Tried while the store fails, for as long as
+/// such a resend waits at most.
+fn release(host: &Arc<Host>, scope: &str, key: &str, mine: Claim, timeout: Duration) {
+    let (store, shutdown) = (host.store.clone(), host.shutdown.clone());
+    let (scope, key) = (scope.to_string(), key.to_string());
+    // As long as `await_other_attempt` waits for a live host's claim.
+    let judged = host
+        .cluster
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.host_timeout());
+    let give_up = tokio::time::Instant::now() + timeout + judged + LOST_ATTEMPT_MARGIN;
+    host.tasks.spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.release_key(&scope, &key, &mine).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + delay > give_up => {
+                    tracing::warn!(error = %e, "unused idempotency key claim not released; a resend may answer Outcome unknown");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "unused idempotency key claim not released; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
 }
 
 /// Claims `key` in `scope`, trying again briefly while the store fails.

@@ -198,6 +198,16 @@ impl ConnectionStore for Instrumented {
         self.call(StoreOperation::PutItem, call).await
     }
 
+    async fn release_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        claim: &Claim,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.release_key(connection_id, key, claim);
+        self.call(StoreOperation::DeleteItem, call).await
+    }
+
     async fn complete_key(
         &self,
         connection_id: &str,

@@ -401,6 +401,21 @@ impl ConnectionStore for MemoryStore {
         }
     }
 
+    async fn release_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        claim: &Claim,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(keys) = inner.keys.get_mut(connection_id)
+            && matches!(keys.get(key), Some((KeyClaim::Pending(held), _)) if held.attempt == claim.attempt)
+        {
+            keys.remove(key);
+        }
+        Ok(())
+    }
+
     async fn complete_key(
         &self,
         connection_id: &str,

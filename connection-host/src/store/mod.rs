@@ -263,6 +263,15 @@ pub trait ConnectionStore: Send + Sync + std::fmt::Debug {
         claim: &Claim,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError>;
+    /// Frees `key` if it is still pending under `claim`'s attempt (which will not invoke it: its
+    /// claim's write landed although the caller saw it fail), so that a resend claims it rather
+    /// than wait for an attempt that never runs. Nothing changes otherwise.
+    async fn release_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        claim: &Claim,
+    ) -> Result<(), StoreError>;
     /// Records the answer of a claimed key (idempotent), keeping it until `expires_at_ms`.
     async fn complete_key(
         &self,

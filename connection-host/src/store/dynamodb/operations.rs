@@ -660,6 +660,32 @@ impl ConnectionStore for DynamoDbStore {
         }
     }
 
+    async fn release_key(
+        &self,
+        connection_id: &str,
+        key: &str,
+        claim: &Claim,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.tables.sessions)
+            .key("connectionId", s(connection_id))
+            .key("item", key_item(key))
+            .condition_expression("#state = :pending AND claimToken = :attempt")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":attempt", s(&claim.attempt))
+            .send()
+            .await;
+        match result {
+            // Refused: completed, another attempt's, or already released (a retried delete).
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(unavailable("DeleteItem release_key", e)),
+        }
+    }
+
     async fn complete_key(
         &self,
         connection_id: &str,
